@@ -1,0 +1,20 @@
+"""AIOS: an operating system for LLM agents on a message broker.
+
+The SDK is :class:`Kernel` (synchronous) and :class:`AsyncKernel` (asyncio); errors derive from :class:`AIOSError`.
+"""
+
+from aios.client import AsyncKernel, Kernel, Pending
+from aios.errors import (
+    AccessDenied, AIOSError, BackendError, ConfigError, DeadlineExceeded, InvalidSyscall, InvalidToolArguments,
+    KernelUnavailable, NotFound, PayloadTooLarge, SyscallTimeout, ToolError, UnknownTool,
+)
+from aios.settings import Settings
+from aios.syscalls import ChatMessage, LLMSyscall, MemorySyscall, Response, StorageSyscall, ToolSpec, ToolSyscall
+
+__version__ = "0.1.0"
+__all__ = [
+    "AIOSError", "AccessDenied", "AsyncKernel", "BackendError", "ChatMessage", "ConfigError", "DeadlineExceeded",
+    "InvalidSyscall", "InvalidToolArguments", "Kernel", "KernelUnavailable", "LLMSyscall", "MemorySyscall",
+    "NotFound", "PayloadTooLarge", "Pending", "Response", "Settings", "StorageSyscall", "SyscallTimeout", "ToolError",
+    "ToolSpec", "ToolSyscall", "UnknownTool",
+]

@@ -1,0 +1,262 @@
+"""The ``aios`` command: run an agent, run the kernel, run a worker, look at the fleet, benchmark."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+import click
+
+from aios.errors import AIOSError, ConfigError
+from aios.settings import QUEUES, Settings, get_settings
+
+
+def _fail(exc: Exception) -> None:
+    click.secho(f"aios: {exc}", fg="red", err=True)
+    sys.exit(1)
+
+
+def _say(msg: str) -> None:
+    click.secho(f"[aios] {msg}", fg="cyan", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """AIOS: an operating system for LLM agents on a message broker."""
+
+
+# -- agents -------------------------------------------------------------------------------------------------
+
+def load_agent(name_or_path: str) -> ModuleType:
+    """An agent by its name in ``agents/`` or by the path of its folder (which holds ``agent.py``)."""
+    path = Path(name_or_path)
+    if path.is_dir() or name_or_path.endswith(".py"):
+        file = path / "agent.py" if path.is_dir() else path
+        if not file.exists():
+            raise ConfigError(f"{file} does not exist: an agent folder must hold agent.py with run(kernel, task)")
+        spec = importlib.util.spec_from_file_location(f"aios_agent_{file.parent.name}", file)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(f"agents.{name_or_path}.agent")
+        except ModuleNotFoundError as exc:
+            import agents
+
+            known = sorted(p.name for p in Path(agents.__file__).parent.iterdir() if (p / "agent.py").exists())
+            raise ConfigError(f"no agent named {name_or_path!r} ({exc}); known agents: {', '.join(known)}, "
+                              "or give the path of an agent folder") from None
+    if not callable(getattr(module, "run", None)):
+        raise ConfigError(f"agent {name_or_path!r} has no run(kernel, task) function")
+    return module
+
+
+@main.command()
+@click.argument("agent")
+@click.argument("task")
+@click.option("--agent-id", default=None, help="The agent's id (default: the agent's name).")
+@click.option("--timeout", "timeout_s", type=float, default=None, help="Per-syscall timeout in seconds.")
+@click.option("-v", "--verbose", is_flag=True, help="Show each step and the kernel's start-up.")
+def run(agent: str, task: str, agent_id: str | None, timeout_s: float | None, verbose: bool) -> None:
+    """Run AGENT (a name in agents/ or a folder) on TASK and print its answer.
+
+    With AIOS_BROKER_URL set, or an `aios up` running, the agent uses that kernel; otherwise an embedded
+    Redis and the three workers start for this run and stop after it.
+    """
+    from aios.client import Kernel
+    from aios.embedded import LocalKernel, discover
+
+    try:
+        module = load_agent(agent)
+        settings = get_settings()
+        agent_id = agent_id or Path(agent).name.removesuffix(".py").replace("_", "-")
+        local: LocalKernel | None = None
+        if settings.broker_url is None and discover(settings) is None:
+            local = LocalKernel(settings, progress=_say if verbose else None)
+            _say("starting an embedded kernel (set AIOS_BROKER_URL or run `aios up` to use a long-lived one)")
+            t0 = time.monotonic()
+            local.start()
+            settings = local.settings
+            _say(f"kernel ready in {time.monotonic() - t0:.1f}s")
+        try:
+            with _sigterm_as_interrupt(), Kernel(agent_id, settings=settings, timeout_s=timeout_s) as kernel:
+                answer = module.run(kernel, task, **({"verbose": True} if verbose and _accepts(module.run, "verbose") else {}))
+        finally:
+            if local is not None:
+                _say("stopping the embedded kernel")
+                local.stop()
+    except KeyboardInterrupt:
+        _say("interrupted; kernel stopped")
+        sys.exit(130)
+    except (AIOSError, ValueError) as exc:
+        _fail(exc)
+    click.echo(answer)
+
+
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    import inspect
+
+    return name in inspect.signature(fn).parameters
+
+
+class _sigterm_as_interrupt:
+    """SIGTERM shuts down as cleanly as Ctrl-C does."""
+
+    def __enter__(self) -> None:
+        def raise_interrupt(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt
+        self._old = signal.signal(signal.SIGTERM, raise_interrupt)
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGTERM, self._old)
+
+
+# -- kernel and workers ---------------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--flower", "flower_port", type=int, default=None, help="Also serve Flower on this port.")
+@click.option("--loglevel", default="WARNING", show_default=True)
+def up(flower_port: int | None, loglevel: str) -> None:
+    """Run the local kernel (embedded Redis unless AIOS_BROKER_URL is set, plus the three workers) until Ctrl-C."""
+    from aios.embedded import LocalKernel
+
+    settings = get_settings()
+    local = LocalKernel(settings, persistent=True, loglevel=loglevel, progress=_say,
+                        extra_worker_args=("-E",) if flower_port else ())
+    try:
+        with _sigterm_as_interrupt():
+            local.start()
+            local.publish_discovery()
+            flower = None
+            if flower_port:
+                import subprocess
+
+                flower = subprocess.Popen(
+                    [sys.executable, "-m", "celery", "-A", "workers.tool", "flower", f"--port={flower_port}",
+                     "--address=127.0.0.1"], env=local.env(), start_new_session=True,
+                )
+                _say(f"Flower on http://127.0.0.1:{flower_port}")
+            _say(f"kernel up: broker {local.broker_url}; logs in {local.log_dir}")
+            click.echo(f"export AIOS_BROKER_URL={local.broker_url}")
+            _say("processes on this machine find this kernel without configuration; Ctrl-C stops it")
+            try:
+                while all(local.alive().values()):
+                    time.sleep(0.5)
+                dead = [n for n, ok in local.alive().items() if not ok]
+                _say(f"worker(s) {dead} exited; see {local.log_dir}; stopping")
+            finally:
+                if flower is not None:
+                    flower.terminate()
+                    flower.wait(10)
+    except KeyboardInterrupt:
+        _say("stopping (waiting for syscalls in progress)")
+    except AIOSError as exc:
+        _fail(exc)
+    finally:
+        local.withdraw_discovery()
+        local.stop()
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("resource", type=click.Choice(sorted(QUEUES)))
+@click.pass_context
+def worker(ctx: click.Context, resource: str) -> None:
+    """Run one RESOURCE worker in the foreground; extra arguments go to `celery worker`."""
+    from aios.client import resolve_settings
+
+    try:
+        settings = resolve_settings(None)
+    except AIOSError as exc:
+        _fail(exc)
+    env = {**os.environ, **settings.to_env()}
+    argv = [sys.executable, "-m", "celery", "-A", f"workers.{resource}", "worker", "-Q", QUEUES[resource], *ctx.args]
+    os.execvpe(argv[0], argv, env)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def status(as_json: bool) -> None:
+    """Queues, workers and syscalls in flight."""
+    from aios.client import resolve_settings
+    from aios.status import collect
+
+    try:
+        info = collect(resolve_settings(None))
+    except AIOSError as exc:
+        _fail(exc)
+    except Exception as exc:
+        _fail(RuntimeError(f"cannot read the kernel's state: {exc}; is the broker up? (`aios up`)"))
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"broker: {info['broker']}")
+    t = Table("queue", "waiting")
+    for q, n in info["queues"].items():
+        t.add_row(q, "-" if n is None else str(n))
+    console.print(t)
+    t = Table("worker", "active", "reserved")
+    for w in info["workers"]:
+        t.add_row(w["name"], str(w["active"]), str(w["reserved"]))
+    console.print(t if info["workers"] else "[yellow]no worker answered[/yellow]")
+    if info["in_flight"]:
+        t = Table("syscall", "kind", "agent", "priority", "worker")
+        for s in info["in_flight"]:
+            t.add_row(str(s["id"]), str(s["kind"]), str(s["agent_id"]), str(s["priority"]), s["worker"])
+        console.print(t)
+    console.print(f"answered: {info['answered'] or '{}'}")
+    console.print(f"rejected: {info['rejected'] or '{}'}; dead letters kept: {info['deadletters']} (`aios deadletters`)")
+
+
+@main.command()
+@click.option("--limit", default=20, show_default=True)
+def deadletters(limit: int) -> None:
+    """The most recent rejected messages, newest first, as JSON lines."""
+    from aios.client import resolve_settings
+    from aios.status import deadletters as read
+
+    try:
+        for entry in read(resolve_settings(None), limit):
+            click.echo(json.dumps(entry))
+    except AIOSError as exc:
+        _fail(exc)
+
+
+# -- benchmarks -----------------------------------------------------------------------------------------------
+
+@main.group()
+def bench() -> None:
+    """Benchmarks: each runs its contenders side by side and reports ratios."""
+
+
+@bench.command()
+@click.option("--requests", "n_latency", default=1000, show_default=True, help="Sequential round trips per contender.")
+@click.option("--throughput-requests", "n_throughput", default=2000, show_default=True,
+              help="Syscalls kept in flight per throughput round.")
+@click.option("--rounds", default=5, show_default=True, help="Interleaved rounds (contenders alternate).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def overhead(n_latency: int, n_throughput: int, rounds: int, json_path: Path | None) -> None:
+    """Kernel no-op tool syscall vs raw Celery no-op task, on the same broker and worker."""
+    from aios.bench.overhead import run_overhead
+
+    try:
+        run_overhead(get_settings(), n_latency=n_latency, n_throughput=n_throughput, rounds=rounds,
+                     json_path=json_path)
+    except AIOSError as exc:
+        _fail(exc)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,340 @@
+"""The SDK: how an agent (any Python process) makes syscalls, synchronously or with asyncio.
+
+    from aios import Kernel
+    k = Kernel("my-agent")
+    k.llm_chat("What is the capital of France?")
+    k.call_tool("calculator", expression="17 * 23")
+
+A syscall is published as a Celery task on its resource's queue (task id = syscall id) and answered through
+a one-element Redis list the caller blocks on, so any number of syscalls can be in flight at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import redis
+import redis.asyncio as aredis
+from kombu.exceptions import OperationalError
+
+from aios import keys
+from aios.celery_app import make_app
+from aios.errors import KernelUnavailable, PayloadTooLarge, SyscallTimeout, from_code
+from aios.priority import DEFAULT_PRIORITY, check, to_broker
+from aios.settings import KIND_TO_RESOURCE, QUEUES, Settings, get_settings
+from aios.syscalls import (
+    ChatMessage, LLMSyscall, MemorySyscall, Response, Status, StorageSyscall, Syscall, ToolSpec, ToolSyscall,
+)
+
+Messages = str | Sequence[ChatMessage | dict[str, str]]
+REPLY_GRACE_S = 2.0
+"""How long past a syscall's deadline the SDK keeps listening, for a reply already on its way."""
+
+
+def _messages(messages: Messages) -> tuple[ChatMessage, ...]:
+    if isinstance(messages, str):
+        return (ChatMessage(role="user", content=messages),)
+    return tuple(m if isinstance(m, ChatMessage) else ChatMessage(**m) for m in messages)
+
+
+def _tools(tools: Iterable[ToolSpec | dict[str, Any]]) -> tuple[ToolSpec, ...]:
+    return tuple(t if isinstance(t, ToolSpec) else ToolSpec(**t) for t in tools)
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A syscall in flight: wait for it with ``Kernel.wait`` / ``AsyncKernel.wait``."""
+
+    syscall: Syscall
+
+    @property
+    def id(self) -> str:
+        return self.syscall.id
+
+
+def resolve_settings(settings: Settings | None) -> Settings:
+    """Settings with a broker: the configured one, else a running ``aios up`` kernel on this machine."""
+    settings = settings or get_settings()
+    if settings.broker_url is None:
+        from aios.embedded import discover
+
+        found = discover(settings)
+        if found is not None:
+            settings = settings.model_copy(update={"broker_url": found})
+    settings.require_broker()
+    return settings
+
+
+class _Core:
+    """What the sync and async clients share: building, publishing and decoding syscalls."""
+
+    def __init__(self, agent_id: str, *, settings: Settings | None = None, priority: int = DEFAULT_PRIORITY,
+                 timeout_s: float | None = None) -> None:
+        self.settings = resolve_settings(settings)
+        self.agent_id = agent_id
+        self.priority = check(priority)
+        self.timeout_s = timeout_s or self.settings.default_timeout_s
+        self._app = make_app(self.settings, name=f"aios-sdk-{agent_id}")
+        self._broker_url = self.settings.require_broker()
+        self._check_agent_id()
+
+    def _check_agent_id(self) -> None:
+        ToolSyscall(agent_id=self.agent_id, tool="noop")  # raises a clear ValidationError for a bad agent id
+
+    def _common(self, priority: int | None, timeout_s: float | None) -> dict[str, Any]:
+        return {"agent_id": self.agent_id, "priority": self.priority if priority is None else priority,
+                "timeout_s": timeout_s or self.timeout_s}
+
+    # -- builders: one per SDK call, each returning the syscall and how to turn its result into the answer --
+
+    def _b_llm(self, messages: Messages, output: str, *, json_schema: dict[str, Any] | None = None,
+               tools: Iterable[ToolSpec | dict[str, Any]] = (), max_tokens: int = 256, temperature: float = 0.0,
+               model: str | None = None, priority: int | None = None, timeout_s: float | None = None) -> LLMSyscall:
+        return LLMSyscall(messages=_messages(messages), output=output, json_schema=json_schema,  # type: ignore[arg-type]
+                          tools=_tools(tools), max_tokens=max_tokens, temperature=temperature, model=model,
+                          **self._common(priority, timeout_s))
+
+    def _b_tool(self, name: str, arguments: dict[str, Any], priority: int | None, timeout_s: float | None
+                ) -> ToolSyscall:
+        return ToolSyscall(tool=name, arguments=arguments, **self._common(priority, timeout_s))
+
+    def _b_memory(self, op: str, key: str | None = None, value: Any = None, **kw: Any) -> MemorySyscall:
+        return MemorySyscall(op=op, key=key, value=value, **self._common(kw.get("priority"), kw.get("timeout_s")))  # type: ignore[arg-type]
+
+    def _b_storage(self, op: str, path: str = "", content: str | None = None, **kw: Any) -> StorageSyscall:
+        return StorageSyscall(op=op, path=path, content=content, **self._common(kw.get("priority"), kw.get("timeout_s")))  # type: ignore[arg-type]
+
+    # -- the wire ----------------------------------------------------------------------------------------
+
+    def _publish(self, syscall: Syscall) -> Pending:
+        payload = syscall.model_dump(mode="json")
+        size = len(json.dumps(payload, separators=(",", ":")))
+        if size > self.settings.max_payload_bytes:
+            raise PayloadTooLarge(
+                f"syscall is {size} bytes; the limit is {self.settings.max_payload_bytes} (AIOS_MAX_PAYLOAD_BYTES): "
+                "store large data with write_file and pass its path"
+            )
+        resource = KIND_TO_RESOURCE[syscall.kind]
+        try:
+            self._app.send_task(
+                f"aios.{resource}", args=[payload], task_id=syscall.id, queue=QUEUES[resource],
+                priority=to_broker(syscall.priority, self._broker_url),
+            )
+        except OperationalError as exc:
+            raise KernelUnavailable(
+                f"cannot reach the broker at {self._broker_url}: {exc}; start the kernel with `aios up` "
+                "or check AIOS_BROKER_URL"
+            ) from None
+        return Pending(syscall)
+
+    def _wait_s(self, pending: Pending) -> float:
+        return max(0.01, pending.syscall.deadline - time.time() + REPLY_GRACE_S)
+
+    def _timeout(self, pending: Pending) -> SyscallTimeout:
+        s = pending.syscall
+        return SyscallTimeout(
+            f"no answer to {s.kind} syscall {s.id} within {s.timeout_s}s: is a {KIND_TO_RESOURCE[s.kind]} worker "
+            f"serving queue {QUEUES[KIND_TO_RESOURCE[s.kind]]}? Check `aios status`, or raise timeout_s"
+        )
+
+    @staticmethod
+    def _response(raw: bytes) -> Response:
+        return Response.model_validate_json(raw)
+
+    @staticmethod
+    def _unwrap(response: Response) -> Any:
+        if response.status is Status.ERROR:
+            assert response.error is not None
+            raise from_code(response.error.code, response.error.message)
+        return response.result
+
+    def close(self) -> None:
+        self._app.close()
+
+
+# Post-processing of each SDK call's result, shared by both clients.
+_CONTENT: Callable[[Any], Any] = lambda r: r["content"]
+_JSON: Callable[[Any], Any] = lambda r: r["json"]
+_TOOL_CALLS: Callable[[Any], Any] = lambda r: r["tool_calls"]
+_VALUE: Callable[[Any], Any] = lambda r: r["value"]
+_KEYS: Callable[[Any], Any] = lambda r: r["keys"]
+_SAME: Callable[[Any], Any] = lambda r: r
+
+
+class Kernel(_Core):
+    """Synchronous SDK for one agent. Thread-safe: share one per process or make one per thread."""
+
+    def __init__(self, agent_id: str, **kwargs: Any) -> None:
+        super().__init__(agent_id, **kwargs)
+        self._redis = redis.Redis.from_url(self.settings.state_redis_url())
+
+    def submit(self, syscall: Syscall) -> Pending:
+        return self._publish(syscall)
+
+    def wait_response(self, pending: Pending) -> Response:
+        try:
+            got = self._redis.blpop([keys.reply(pending.id)], timeout=self._wait_s(pending))
+        except redis.ConnectionError as exc:
+            raise KernelUnavailable(f"cannot reach the kernel's Redis: {exc}; check AIOS_REDIS_URL") from None
+        if got is None:
+            raise self._timeout(pending)
+        return self._response(got[1])
+
+    def wait(self, pending: Pending) -> Any:
+        return self._unwrap(self.wait_response(pending))
+
+    def call(self, syscall: Syscall) -> Any:
+        return self.wait(self.submit(syscall))
+
+    def gather(self, syscalls: Iterable[Syscall], *, return_exceptions: bool = False) -> list[Any]:
+        """Submit all, then collect the answers in order: they run concurrently on the workers."""
+        pendings = [self.submit(s) for s in syscalls]
+        out: list[Any] = []
+        for p in pendings:
+            try:
+                out.append(self.wait(p))
+            except Exception as exc:
+                if not return_exceptions:
+                    raise
+                out.append(exc)
+        return out
+
+    def _do(self, syscall: Syscall, post: Callable[[Any], Any]) -> Any:
+        return post(self.call(syscall))
+
+    # -- LLM
+    def llm_chat(self, messages: Messages, **kw: Any) -> str:
+        return self._do(self._b_llm(messages, "text", **kw), _CONTENT)
+
+    def llm_chat_with_json_output(self, messages: Messages, json_schema: dict[str, Any] | None = None, **kw: Any) -> Any:
+        return self._do(self._b_llm(messages, "json", json_schema=json_schema, **kw), _JSON)
+
+    def llm_chat_with_tool_call_output(self, messages: Messages, tools: Iterable[ToolSpec | dict[str, Any]], **kw: Any
+                                       ) -> list[dict[str, Any]]:
+        return self._do(self._b_llm(messages, "tool_call", tools=tools, **kw), _TOOL_CALLS)
+
+    # -- tools
+    def call_tool(self, name: str, *, priority: int | None = None, timeout_s: float | None = None, **arguments: Any) -> Any:
+        return self._do(self._b_tool(name, arguments, priority, timeout_s), _SAME)
+
+    # -- memory
+    def memory_put(self, key: str, value: Any, **kw: Any) -> Any:
+        return self._do(self._b_memory("put", key, value, **kw), _SAME)
+
+    def memory_get(self, key: str, **kw: Any) -> Any:
+        return self._do(self._b_memory("get", key, **kw), _VALUE)
+
+    def memory_delete(self, key: str, **kw: Any) -> Any:
+        return self._do(self._b_memory("delete", key, **kw), _SAME)
+
+    def memory_list(self, **kw: Any) -> list[str]:
+        return self._do(self._b_memory("list", **kw), _KEYS)
+
+    # -- files
+    def write_file(self, path: str, content: str, **kw: Any) -> Any:
+        return self._do(self._b_storage("write", path, content, **kw), _SAME)
+
+    def read_file(self, path: str, **kw: Any) -> str:
+        return self._do(self._b_storage("read", path, **kw), _CONTENT)
+
+    def list_files(self, path: str = "", **kw: Any) -> Any:
+        return self._do(self._b_storage("list", path, **kw), _SAME)
+
+    def delete_file(self, path: str, **kw: Any) -> Any:
+        return self._do(self._b_storage("delete", path, **kw), _SAME)
+
+    def close(self) -> None:
+        self._redis.close()
+        super().close()
+
+    def __enter__(self) -> "Kernel":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncKernel(_Core):
+    """asyncio SDK for one agent: every call is a coroutine; ``asyncio.gather`` keeps many in flight."""
+
+    def __init__(self, agent_id: str, **kwargs: Any) -> None:
+        super().__init__(agent_id, **kwargs)
+        self._redis = aredis.Redis.from_url(self.settings.state_redis_url(), max_connections=None)
+
+    async def submit(self, syscall: Syscall) -> Pending:
+        # Publishing is a blocking kombu call; keep it off the event loop.
+        return await asyncio.to_thread(self._publish, syscall)
+
+    async def wait_response(self, pending: Pending) -> Response:
+        try:
+            got = await self._redis.blpop([keys.reply(pending.id)], timeout=self._wait_s(pending))
+        except aredis.ConnectionError as exc:
+            raise KernelUnavailable(f"cannot reach the kernel's Redis: {exc}; check AIOS_REDIS_URL") from None
+        if got is None:
+            raise self._timeout(pending)
+        return self._response(got[1])
+
+    async def wait(self, pending: Pending) -> Any:
+        return self._unwrap(await self.wait_response(pending))
+
+    async def call(self, syscall: Syscall) -> Any:
+        return await self.wait(await self.submit(syscall))
+
+    async def gather(self, syscalls: Iterable[Syscall], *, return_exceptions: bool = False) -> list[Any]:
+        return await asyncio.gather(*(self.call(s) for s in syscalls), return_exceptions=return_exceptions)
+
+    async def _do(self, syscall: Syscall, post: Callable[[Any], Any]) -> Any:
+        return post(await self.call(syscall))
+
+    async def llm_chat(self, messages: Messages, **kw: Any) -> str:
+        return await self._do(self._b_llm(messages, "text", **kw), _CONTENT)
+
+    async def llm_chat_with_json_output(self, messages: Messages, json_schema: dict[str, Any] | None = None,
+                                        **kw: Any) -> Any:
+        return await self._do(self._b_llm(messages, "json", json_schema=json_schema, **kw), _JSON)
+
+    async def llm_chat_with_tool_call_output(self, messages: Messages, tools: Iterable[ToolSpec | dict[str, Any]],
+                                             **kw: Any) -> list[dict[str, Any]]:
+        return await self._do(self._b_llm(messages, "tool_call", tools=tools, **kw), _TOOL_CALLS)
+
+    async def call_tool(self, name: str, *, priority: int | None = None, timeout_s: float | None = None,
+                        **arguments: Any) -> Any:
+        return await self._do(self._b_tool(name, arguments, priority, timeout_s), _SAME)
+
+    async def memory_put(self, key: str, value: Any, **kw: Any) -> Any:
+        return await self._do(self._b_memory("put", key, value, **kw), _SAME)
+
+    async def memory_get(self, key: str, **kw: Any) -> Any:
+        return await self._do(self._b_memory("get", key, **kw), _VALUE)
+
+    async def memory_delete(self, key: str, **kw: Any) -> Any:
+        return await self._do(self._b_memory("delete", key, **kw), _SAME)
+
+    async def memory_list(self, **kw: Any) -> list[str]:
+        return await self._do(self._b_memory("list", **kw), _KEYS)
+
+    async def write_file(self, path: str, content: str, **kw: Any) -> Any:
+        return await self._do(self._b_storage("write", path, content, **kw), _SAME)
+
+    async def read_file(self, path: str, **kw: Any) -> str:
+        return await self._do(self._b_storage("read", path, **kw), _CONTENT)
+
+    async def list_files(self, path: str = "", **kw: Any) -> Any:
+        return await self._do(self._b_storage("list", path, **kw), _SAME)
+
+    async def delete_file(self, path: str, **kw: Any) -> Any:
+        return await self._do(self._b_storage("delete", path, **kw), _SAME)
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+        self.close()
+
+    async def __aenter__(self) -> "AsyncKernel":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

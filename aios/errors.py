@@ -1,0 +1,99 @@
+"""One root error for the kernel, and the tree under it.
+
+Every error that reaches an agent says what went wrong and what to do. Errors that come back from a worker
+carry a ``code`` (see :class:`aios.syscalls.ErrorInfo`) and are rebuilt on the SDK side by :func:`from_code`.
+"""
+
+from __future__ import annotations
+
+
+class AIOSError(Exception):
+    """Root of every error the kernel raises."""
+
+    code = "internal"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigError(AIOSError):
+    """A setting is missing or wrong; the message names the environment variable."""
+
+    code = "config"
+
+
+class InvalidSyscall(AIOSError):
+    """The syscall was refused before it ran: malformed, wrong schema, unknown kind, wrong content type."""
+
+    code = "invalid_syscall"
+
+
+class PayloadTooLarge(InvalidSyscall):
+    code = "payload_too_large"
+
+
+class SyscallTimeout(AIOSError, TimeoutError):
+    """No answer before the syscall's deadline."""
+
+    code = "timeout"
+
+
+class DeadlineExceeded(SyscallTimeout):
+    """The worker found the syscall's deadline already passed when it reached it."""
+
+    code = "deadline_exceeded"
+
+
+class ToolError(AIOSError):
+    """A tool refused its arguments or failed while running."""
+
+    code = "tool_error"
+
+
+class UnknownTool(ToolError):
+    code = "unknown_tool"
+
+
+class InvalidToolArguments(ToolError):
+    code = "invalid_arguments"
+
+
+class NotFound(AIOSError):
+    code = "not_found"
+
+
+class AccessDenied(AIOSError):
+    code = "access_denied"
+
+
+class BackendError(AIOSError):
+    """The LLM backend failed (unreachable, refused, or answered something unusable)."""
+
+    code = "backend_error"
+
+
+class KernelUnavailable(AIOSError):
+    """The broker or the kernel's Redis cannot be reached."""
+
+    code = "unavailable"
+
+
+_BY_CODE: dict[str, type[AIOSError]] = {}
+for _cls in (
+    AIOSError, ConfigError, InvalidSyscall, PayloadTooLarge, SyscallTimeout, DeadlineExceeded, ToolError,
+    UnknownTool, InvalidToolArguments, NotFound, AccessDenied, BackendError, KernelUnavailable,
+):
+    _BY_CODE[_cls.code] = _cls
+for _code in ("malformed", "unknown_kind", "content_type", "unknown_task", "wrong_queue"):
+    _BY_CODE[_code] = InvalidSyscall
+
+
+def from_code(code: str, message: str) -> AIOSError:
+    """Rebuild the typed error a worker reported."""
+    return _BY_CODE.get(code, AIOSError)(message, code=code)

@@ -1,0 +1,243 @@
+"""The worker side of a syscall: gatekeeping, dispatch to a resource service, replies, dead letters.
+
+A message reaches a service only after two gates:
+
+1. :class:`KernelConsumer` looks at the raw broker message before Celery does anything with it: content type
+   (JSON only; pickle is never even decoded), size, envelope shape and task name.
+2. :meth:`Runtime.execute` decodes the syscall against its schema, checks its kind belongs on this worker and
+   that its deadline has not passed, and answers a syscall it has already answered from the stored response.
+
+Whatever is refused gets an error reply (when the message names a syscall id), a count in
+``aios:stats:rejected`` and a copy in the dead-letter list. The worker goes on serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any, Callable, Protocol
+
+import redis
+from celery import Celery
+from celery.worker.consumer import Consumer
+
+from aios import keys
+from aios.celery_app import make_app
+from aios.errors import AIOSError, DeadlineExceeded, InvalidSyscall, PayloadTooLarge
+from aios.settings import KIND_TO_RESOURCE, QUEUES, Settings, get_settings
+from aios.syscalls import ErrorInfo, Response, Status, Syscall, Timing, decode_syscall
+
+log = logging.getLogger("aios.kernel")
+
+ENVELOPE_SLACK_BYTES = 4096
+"""Room for Celery's own envelope around the syscall when the raw message size is checked."""
+
+
+class Service(Protocol):
+    """A resource service: the LLM core, the tool manager, the storage manager."""
+
+    def handle(self, syscall: Syscall) -> Any:
+        """Run one syscall and return its JSON-able result, or raise an :class:`AIOSError`."""
+
+
+class Runtime:
+    """Per worker process: the state connection, the service, and the reply path."""
+
+    def __init__(self, settings: Settings, resource: str, service_factory: Callable[[Settings], Service]) -> None:
+        self.settings = settings
+        self.resource = resource
+        self.task_name = f"aios.{resource}"
+        self.plain_tasks: set[str] = set()
+        """Ordinary Celery tasks this worker also serves (the raw no-op of ``aios bench overhead``)."""
+        self._service_factory = service_factory
+        self._service: Service | None = None
+        self._lock = threading.Lock()
+        self.redis = redis.Redis.from_url(settings.state_redis_url())
+
+    @property
+    def service(self) -> Service:
+        if self._service is None:
+            with self._lock:
+                if self._service is None:
+                    self._service = self._service_factory(self.settings)
+        return self._service
+
+    # -- the normal path -------------------------------------------------------------------------------
+
+    def execute(self, message_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], worker: str) -> None:
+        started = time.time()
+        stored = self.redis.get(keys.result(message_id))
+        if stored is not None:
+            log.info("syscall %s already answered; redelivery acknowledged without rerunning", message_id)
+            return
+        created = started
+        try:
+            if len(args) != 1 or kwargs:
+                raise InvalidSyscall("a kernel message carries exactly one positional argument: the syscall object")
+            syscall = decode_syscall(args[0], max_bytes=self.settings.max_payload_bytes)
+            created = syscall.created_at
+            if syscall.id != message_id:
+                raise InvalidSyscall(
+                    f"syscall id {syscall.id!r} does not match the message id {message_id!r}; publish through the SDK"
+                )
+            resource = KIND_TO_RESOURCE[syscall.kind]
+            if resource != self.resource:
+                raise InvalidSyscall(
+                    f"a {syscall.kind} syscall reached the {self.resource} worker; send it to queue {QUEUES[resource]}",
+                    code="wrong_queue",
+                )
+        except AIOSError as exc:
+            self.reject(exc.code, exc.message, message_id, args[0] if len(args) == 1 else args, started=started)
+            return
+        if started > syscall.deadline:
+            exc = DeadlineExceeded(
+                f"the syscall waited {started - syscall.created_at:.1f}s in queue {QUEUES[self.resource]}, past its "
+                f"timeout of {syscall.timeout_s}s; raise timeout_s or add {self.resource} workers"
+            )
+            self.reply(self._error(syscall.id, exc, created, started, worker), syscall.kind)
+            return
+        try:
+            result = self.service.handle(syscall)
+            response = Response(
+                id=syscall.id, status=Status.OK, result=result,
+                timing=Timing(created_at=created, started_at=started, finished_at=time.time()), worker=worker,
+            )
+        except AIOSError as exc:
+            response = self._error(syscall.id, exc, created, started, worker)
+        except Exception as exc:  # a bug in a service must not kill the worker nor leave the caller waiting
+            log.exception("syscall %s failed inside the %s service", syscall.id, self.resource)
+            response = self._error(
+                syscall.id, AIOSError(f"{type(exc).__name__}: {exc} (a kernel bug: see the worker log)"),
+                created, started, worker,
+            )
+        self.reply(response, syscall.kind)
+
+    @staticmethod
+    def _error(syscall_id: str, exc: AIOSError, created: float, started: float, worker: str) -> Response:
+        return Response(
+            id=syscall_id, status=Status.ERROR, error=ErrorInfo(code=exc.code, message=exc.message),
+            timing=Timing(created_at=created, started_at=started, finished_at=time.time()), worker=worker,
+        )
+
+    def reply(self, response: Response, kind: str) -> None:
+        """Store the response (the idempotency record) and hand it to the waiting caller, atomically."""
+        body = response.model_dump_json()
+        ttl = self.settings.result_ttl_s
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(keys.result(response.id), body, ex=ttl)
+        pipe.rpush(keys.reply(response.id), body)
+        pipe.expire(keys.reply(response.id), ttl)
+        pipe.hincrby(keys.STATS_DONE, f"{kind}:{response.status.value}", 1)
+        pipe.execute()
+
+    # -- refusals --------------------------------------------------------------------------------------
+
+    def reject(self, code: str, message: str, syscall_id: str | None, raw: Any, *, started: float | None = None,
+               meta: dict[str, Any] | None = None) -> None:
+        """Count a refused message, keep it in the dead-letter list, and answer the caller if it can be named."""
+        now = time.time()
+        log.warning("refused message %s (%s): %s", syscall_id, code, message)
+        if not isinstance(raw, (str, bytes)):
+            try:
+                raw = json.dumps(raw)
+            except (TypeError, ValueError):
+                raw = repr(raw)
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8", errors="backslashreplace")
+        entry = {
+            "at": now, "code": code, "error": message, "syscall_id": syscall_id, "worker_resource": self.resource,
+            "size": len(raw), "body": raw[: self.settings.max_payload_bytes + ENVELOPE_SLACK_BYTES],
+            **(meta or {}),
+        }
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.lpush(keys.DEADLETTER, json.dumps(entry))
+        pipe.ltrim(keys.DEADLETTER, 0, self.settings.deadletter_max - 1)
+        pipe.hincrby(keys.STATS_REJECTED, code, 1)
+        pipe.execute()
+        if syscall_id:
+            t = started or now
+            self.reply(
+                Response(id=syscall_id, status=Status.ERROR, error=ErrorInfo(code=code, message=message),
+                         timing=Timing(created_at=t, started_at=t, finished_at=time.time()), worker=self.resource),
+                kind="rejected",
+            )
+
+
+class KernelConsumer(Consumer):
+    """Celery's consumer with a gate in front: a message that is not a well-formed kernel syscall never reaches
+    Celery's own decoding (which would log and drop it silently, or fail it without telling the caller)."""
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
+        handler = super().create_task_handler(*args, **kwargs)
+        runtime: Runtime | None = getattr(self.app, "aios_runtime", None)
+        if runtime is None:  # a plain Celery app using this consumer by mistake: behave like Celery
+            return handler
+
+        def gate(message: Any) -> Any:
+            refusal = check_envelope(message, runtime)
+            if refusal is None:
+                return handler(message)
+            code, text = refusal
+            headers = message.headers if isinstance(message.headers, dict) else {}
+            syscall_id = headers.get("id") if isinstance(headers.get("id"), str) else None
+            try:
+                runtime.reject(code, text, syscall_id, message.body, meta={
+                    "content_type": message.content_type, "task": headers.get("task"),
+                })
+            finally:
+                message.ack()
+            return None
+
+        return gate
+
+
+def check_envelope(message: Any, runtime: Runtime) -> tuple[str, str] | None:
+    """Return ``(code, explanation)`` for a message the kernel must refuse, ``None`` for one it accepts."""
+    if message.content_type != "application/json":
+        return "content_type", (
+            f"content type {message.content_type!r} refused: the kernel accepts only application/json "
+            "(pickle and other serializers are never accepted); publish through the aios SDK"
+        )
+    size = len(message.body or b"")
+    limit = runtime.settings.max_payload_bytes
+    if size > limit + ENVELOPE_SLACK_BYTES:
+        return PayloadTooLarge.code, f"message is {size} bytes; the syscall limit is {limit} (AIOS_MAX_PAYLOAD_BYTES)"
+    headers = message.headers
+    if not isinstance(headers, dict) or "task" not in headers or "id" not in headers:
+        return "malformed", "message lacks Celery protocol 2 headers 'task' and 'id'; publish through the aios SDK"
+    if headers["task"] != runtime.task_name and headers["task"] not in runtime.plain_tasks:
+        return "unknown_task", (
+            f"{headers['task']!r} is not served here: this worker serves {runtime.task_name!r} on queue "
+            f"{QUEUES[runtime.resource]}"
+        )
+    try:
+        body = message.decode()
+    except Exception as exc:  # kombu raises several decode error types, all meaning the same here
+        return "malformed", f"message body is not valid JSON: {exc}"
+    if not (isinstance(body, (list, tuple)) and len(body) == 3 and isinstance(body[0], (list, tuple))):
+        return "malformed", "message body is not a Celery protocol 2 envelope [args, kwargs, embed]"
+    return None
+
+
+def create_worker_app(resource: str, service_factory: Callable[[Settings], Service],
+                      settings: Settings | None = None, concurrency: int | None = None) -> Celery:
+    """The Celery app of one resource worker: ``celery -A workers.<resource> worker -Q aios.<resource>``."""
+    settings = settings or get_settings()
+    app = make_app(settings, name=f"aios-{resource}")
+    runtime = Runtime(settings, resource, service_factory)
+    app.aios_runtime = runtime  # type: ignore[attr-defined]
+    # Only its own queue, so that a bare `celery -A workers.<resource> worker` consumes the right one.
+    app.conf.task_queues = [q for q in app.conf.task_queues if q.name == QUEUES[resource]]
+    app.conf.task_default_queue = QUEUES[resource]
+    # Threads, not prefork: services hold models and connections worth sharing, and the main thread stays free
+    # to answer pings and control commands while a syscall runs.
+    app.conf.worker_pool = "threads"
+    app.conf.worker_concurrency = concurrency or settings.worker_concurrency or app.conf.worker_concurrency
+
+    @app.task(name=runtime.task_name, bind=True, ignore_result=True, typing=False)
+    def syscall(task: Any, *args: Any, **kwargs: Any) -> None:
+        runtime.execute(task.request.id, args, kwargs, worker=task.request.hostname or resource)
+
+    return app

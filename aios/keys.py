@@ -1,0 +1,23 @@
+"""Every Redis key the kernel uses, in one place."""
+
+PREFIX = "aios"
+DEADLETTER = f"{PREFIX}:deadletter"
+"""List of rejected messages, newest first (LPUSH), trimmed to ``AIOS_DEADLETTER_MAX``."""
+STATS_REJECTED = f"{PREFIX}:stats:rejected"
+"""Hash: rejection code -> count."""
+STATS_DONE = f"{PREFIX}:stats:done"
+"""Hash: ``<kind>:<status>`` -> count of answered syscalls."""
+
+
+def result(syscall_id: str) -> str:
+    """The stored response of a finished syscall: the idempotency record."""
+    return f"{PREFIX}:result:{syscall_id}"
+
+
+def reply(syscall_id: str) -> str:
+    """A one-element list the caller BLPOPs for its answer."""
+    return f"{PREFIX}:reply:{syscall_id}"
+
+
+def storage_lock(agent_id: str) -> str:
+    return f"{PREFIX}:lock:storage:{agent_id}"

@@ -1,0 +1,1 @@
+"""One Celery worker module per resource: ``celery -A workers.<llm|tool|storage> worker``."""
