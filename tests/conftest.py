@@ -1,0 +1,129 @@
+"""Shared fixtures: the brokers every integration test runs against, and kernels on them.
+
+Three brokers: the embedded Redis (always), the real Redis at 127.0.0.1:6379 and the real RabbitMQ at
+127.0.0.1:5672. A missing server skips its tests on a developer's machine and fails them in CI (``CI`` set).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import redis
+from kombu import Connection, Exchange, Producer, Queue
+
+from aios.celery_app import make_app
+from aios.embedded import LocalKernel
+from aios.priority import DEFAULT_PRIORITY, MAX_PRIORITY, to_broker
+from aios.settings import QUEUES, Settings
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672//"
+TEST_REDIS_DB = 13
+STATE_REDIS_DB = 12
+BROKERS = ["embedded", "redis", "rabbitmq"]
+IN_CI = bool(os.environ.get("CI"))
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+def redis_available() -> bool:
+    if not _port_open(REDIS_HOST, REDIS_PORT):
+        return False
+    try:
+        return bool(redis.Redis(host=REDIS_HOST, port=REDIS_PORT, socket_connect_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+def need_server(name: str, available: bool) -> None:
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"{name} is not reachable on 127.0.0.1, and CI must run the tests against it")
+    pytest.skip(f"no {name} on 127.0.0.1 (these tests run wherever one exists, and always in CI)")
+
+
+def base_settings(tmp: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"data_dir": tmp, "default_timeout_s": 30.0, "worker_concurrency": 2}
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+def state_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis for kernel state when the broker is RabbitMQ: the real one if present, else an embedded one."""
+    if redis_available():
+        url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{STATE_REDIS_DB}"
+        redis.Redis.from_url(url).flushdb()
+        yield url
+        return
+    holder = LocalKernel(base_settings(tmp_path_factory.mktemp("state-redis")), resources=())
+    holder.start()
+    try:
+        yield holder.settings.state_redis_url()
+    finally:
+        holder.stop()
+
+
+def purge_rabbit_queues() -> None:
+    with Connection(RABBIT_URL, connect_timeout=2) as conn:
+        channel = conn.channel()
+        for name in QUEUES.values():
+            try:
+                channel.queue_purge(name)
+            except Exception:  # not declared yet
+                channel = conn.channel()
+
+
+def make_broker_settings(broker: str, tmp: Path, request: pytest.FixtureRequest, **overrides: Any) -> Settings:
+    if broker == "embedded":
+        return base_settings(tmp, **overrides)
+    if broker == "redis":
+        need_server("Redis", redis_available())
+        url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{TEST_REDIS_DB}"
+        redis.Redis.from_url(url).flushdb()
+        return base_settings(tmp, broker_url=url, **overrides)
+    if broker == "rabbitmq":
+        need_server("RabbitMQ", _port_open("127.0.0.1", 5672))
+        purge_rabbit_queues()
+        state = request.getfixturevalue("state_redis")
+        redis.Redis.from_url(state).flushdb()
+        return base_settings(tmp, broker_url=RABBIT_URL, redis_url=state, **overrides)
+    raise ValueError(broker)
+
+
+@pytest.fixture(scope="module", params=BROKERS)
+def kernel(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKernel]:
+    """Tool and storage workers on each broker, shared by a test module."""
+    settings = make_broker_settings(request.param, tmp_path_factory.mktemp(f"kernel-{request.param}"), request)
+    with LocalKernel(settings, resources=["tool", "storage"]) as lk:
+        yield lk
+
+
+def publish_raw(settings: Settings, body: bytes, *, content_type: str, task: str = "aios.tool",
+                queue: str = QUEUES["tool"], message_id: str | None = None) -> str:
+    """Publish bytes straight onto a kernel queue, bypassing the SDK: how a buggy or hostile client would."""
+    message_id = message_id or uuid.uuid4().hex
+    broker = settings.require_broker()
+    q = Queue(queue, Exchange(queue, type="direct"), routing_key=queue, queue_arguments={"x-max-priority": MAX_PRIORITY})
+    app = make_app(settings, name="raw-publisher")  # the kernel's transport options (priority steps, separator)
+    with app.connection_for_write() as conn:
+        Producer(conn.default_channel).publish(
+            body, exchange=q.exchange, routing_key=queue, declare=[q], content_type=content_type,
+            content_encoding="binary" if content_type != "application/json" else "utf-8",
+            headers={"task": task, "id": message_id, "lang": "py", "argsrepr": "", "kwargsrepr": ""},
+            priority=to_broker(DEFAULT_PRIORITY, broker),
+        )
+    app.close()
+    return message_id

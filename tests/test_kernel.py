@@ -1,0 +1,167 @@
+"""The kernel end to end on each real broker: round trips, concurrency, timeouts, and every kind of bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pickle
+import time
+import uuid
+
+import pytest
+import redis
+
+from aios import AsyncKernel, InvalidToolArguments, Kernel, NotFound, PayloadTooLarge, SyscallTimeout
+from aios import AccessDenied, keys
+from aios.embedded import LocalKernel
+from aios.syscalls import Response, Status, ToolSyscall
+from tests.conftest import publish_raw
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def sdk(kernel: LocalKernel):
+    with Kernel(f"agent-{uuid.uuid4().hex[:8]}", settings=kernel.settings) as k:
+        yield k
+
+
+def _state(kernel: LocalKernel) -> redis.Redis:
+    return redis.Redis.from_url(kernel.settings.state_redis_url())
+
+
+def _reply(kernel: LocalKernel, syscall_id: str, timeout_s: float = 15) -> Response:
+    got = _state(kernel).blpop([keys.reply(syscall_id)], timeout=timeout_s)
+    assert got is not None, f"no reply for {syscall_id}"
+    return Response.model_validate_json(got[1])
+
+
+def test_tool_round_trip_reports_timing(sdk: Kernel) -> None:
+    pending = sdk.submit(sdk._b_tool("calculator", {"expression": "17 * 23"}, None, None))
+    response = sdk.wait_response(pending)
+    assert response.status is Status.OK
+    assert response.result == {"expression": "17 * 23", "value": 391}
+    t = response.timing
+    assert t.created_at <= t.started_at <= t.finished_at
+    assert 0 <= t.queue_wait_s < 10 and 0 <= t.service_s < 10
+    assert response.worker.startswith("tool-")
+
+
+def test_invalid_tool_arguments_name_the_field(sdk: Kernel) -> None:
+    with pytest.raises(InvalidToolArguments, match=r"arguments\.expression: 5 is not of type 'string'"):
+        sdk.call_tool("calculator", expression=5)
+
+
+def test_memory_and_files_per_agent(sdk: Kernel, kernel: LocalKernel) -> None:
+    sdk.memory_put("plan", {"steps": [1, 2]})
+    assert sdk.memory_get("plan") == {"steps": [1, 2]}
+    assert "plan" in sdk.memory_list()
+    sdk.write_file("notes/a.txt", "hello")
+    assert sdk.read_file("notes/a.txt") == "hello"
+    with Kernel("someone-else", settings=kernel.settings) as other:
+        with pytest.raises(NotFound):
+            other.memory_get("plan")
+        with pytest.raises(NotFound):
+            other.read_file("notes/a.txt")
+    with pytest.raises(AccessDenied):
+        sdk.read_file("../someone-else/files/x")
+
+
+async def test_async_many_in_flight(kernel: LocalKernel) -> None:
+    async with AsyncKernel("async-agent", settings=kernel.settings) as k:
+        results = await asyncio.gather(*(k.call_tool("echo", text=str(i)) for i in range(64)))
+        assert [r["text"] for r in results] == [str(i) for i in range(64)]
+        await k.memory_put("n", 64)
+        assert await k.memory_get("n") == 64
+
+
+def test_sync_gather_runs_concurrently(sdk: Kernel) -> None:
+    """Two worker threads: 4 sleeps of 0.5 s in flight together finish well under their 2 s serial sum."""
+    t0 = time.monotonic()
+    out = sdk.gather([sdk._b_tool("sleep", {"seconds": 0.5}, None, None) for _ in range(4)])
+    assert [o["slept_s"] for o in out] == [0.5] * 4
+    assert time.monotonic() - t0 < 1.9
+
+
+def test_timeout_raises_typed_error_that_says_what_to_do(sdk: Kernel) -> None:
+    with pytest.raises(SyscallTimeout, match="aios status"):
+        sdk.call_tool("sleep", seconds=5, timeout_s=0.3)
+
+
+def test_oversized_payload_refused_by_sdk(sdk: Kernel) -> None:
+    with pytest.raises(PayloadTooLarge, match="AIOS_MAX_PAYLOAD_BYTES"):
+        sdk.call_tool("echo", text="x" * 2_000_000)
+
+
+def _envelope(syscall: object) -> bytes:
+    return json.dumps([[syscall], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]).encode()
+
+
+def _valid_tool_syscall(**over: object) -> dict:
+    sc = ToolSyscall(agent_id="raw-client", tool="echo", arguments={"text": "hi"}).model_dump(mode="json")
+    sc.update(over)
+    return sc
+
+
+BAD_INPUTS = {
+    "malformed": lambda sid: (b'[[{"v": 1, "kind": "tool", ', "application/json", "aios.tool"),
+    "content_type": lambda sid: (pickle.dumps(([{"id": sid}], {}, {})), "application/x-python-serialize", "aios.tool"),
+    "invalid_syscall": lambda sid: (_envelope(_valid_tool_syscall(id=sid, priority="urgent")), "application/json", "aios.tool"),
+    "unknown_kind": lambda sid: (_envelope(_valid_tool_syscall(id=sid, kind="teleport")), "application/json", "aios.tool"),
+    "payload_too_large": lambda sid: (_envelope(_valid_tool_syscall(id=sid, arguments={"text": "x" * 1_100_000})),
+                                      "application/json", "aios.tool"),
+    "unknown_task": lambda sid: (_envelope(_valid_tool_syscall(id=sid)), "application/json", "aios.rm_rf"),
+}
+
+
+@pytest.mark.parametrize("code", sorted(BAD_INPUTS))
+def test_bad_input_gets_clear_error_is_dead_lettered_and_worker_keeps_serving(
+    code: str, kernel: LocalKernel, sdk: Kernel
+) -> None:
+    state = _state(kernel)
+    rejected_before = int(state.hget(keys.STATS_REJECTED, code) or 0)
+    sid = uuid.uuid4().hex
+    body, content_type, task = BAD_INPUTS[code](sid)
+    publish_raw(kernel.settings, body, content_type=content_type, task=task, message_id=sid)
+
+    response = _reply(kernel, sid)
+    assert response.status is Status.ERROR
+    assert response.error is not None
+    expected = code
+    assert response.error.code == expected, response.error
+    assert len(response.error.message) > 20  # says what is wrong, not just a code
+    assert int(state.hget(keys.STATS_REJECTED, expected) or 0) == rejected_before + 1
+    letters = [json.loads(x) for x in state.lrange(keys.DEADLETTER, 0, 50)]
+    assert any(entry["syscall_id"] == sid and entry["code"] == expected for entry in letters)
+    # the worker is alive and serving
+    assert sdk.call_tool("calculator", expression="1 + 1")["value"] == 2
+    assert all(kernel.alive().values())
+
+
+def test_syscall_of_wrong_kind_on_queue_is_refused(kernel: LocalKernel) -> None:
+    sid = uuid.uuid4().hex
+    memory = {"v": 1, "id": sid, "agent_id": "raw-client", "priority": 5, "timeout_s": 30,
+              "created_at": time.time(), "kind": "memory", "op": "list"}
+    publish_raw(kernel.settings, _envelope(memory), content_type="application/json", task="aios.tool", message_id=sid)
+    response = _reply(kernel, sid)
+    assert response.error is not None and response.error.code == "wrong_queue"
+    assert "aios.storage" in response.error.message
+
+
+def test_redelivered_answered_syscall_is_not_rerun(kernel: LocalKernel, sdk: Kernel) -> None:
+    """Idempotency: a syscall id already answered is acknowledged again without running twice."""
+    syscall = sdk._b_memory("put", "counter", 1)
+    sdk.call(syscall)
+    state = _state(kernel)
+    done_before = int(state.hget(keys.STATS_DONE, "memory:ok") or 0)
+    sdk._publish(syscall)  # the same message again, as a broker redelivery would
+    time.sleep(1.0)
+    assert state.llen(keys.reply(syscall.id)) == 0
+    assert int(state.hget(keys.STATS_DONE, "memory:ok") or 0) == done_before
+
+
+def test_invalid_syscall_fails_on_the_client_before_sending(sdk: Kernel) -> None:
+    with pytest.raises(ValueError, match="priority"):
+        sdk.call_tool("noop", priority=11)
+    with pytest.raises(ValueError, match="agent_id"):
+        Kernel("../etc", settings=sdk.settings)
