@@ -27,6 +27,10 @@ def make_app(settings: Settings, name: str = "aios") -> Celery:
             "sep": ":",
             "queue_order_strategy": "priority",
             "visibility_timeout": settings.visibility_timeout_s,
+            # Sweep for messages of dead workers often enough that redelivery follows the visibility timeout
+            # closely (kombu's defaults sweep only every ~100 s).
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 4)),
+            "unacked_restore_throttle": 1,
         }
     app.conf.update(
         task_serializer="json",

@@ -110,7 +110,7 @@ class LocalKernel:
                 self._start_redis()
             for name in self.resources:
                 self._start_worker(name)
-            self._wait_ready()
+            self._wait_ready(self.resources)
         except BaseException:
             self.stop()
             raise
@@ -162,11 +162,11 @@ class LocalKernel:
                 "--without-mingle", *self.extra_worker_args]
         self._workers[name] = self._spawn(argv, f"worker-{name}", env=self.env())
 
-    def _wait_ready(self) -> None:
+    def _wait_ready(self, names: Sequence[str]) -> None:
         from aios.celery_app import make_app
 
         app = make_app(self.settings, name="aios-embedded")
-        wanted = {f"{name}-{os.getpid()}" for name in self.resources}
+        wanted = {f"{name}-{os.getpid()}" for name in names}
         deadline = time.monotonic() + self.ready_timeout_s
         try:
             while True:
@@ -215,9 +215,10 @@ class LocalKernel:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
-    def restart_worker(self, name: str) -> None:
+    def start_worker(self, name: str) -> None:
+        """Start (or restart, after :meth:`kill_worker`) one resource worker and wait until it answers."""
         self._start_worker(name)
-        self._wait_ready()
+        self._wait_ready([name])
 
     # -- discovery for `aios up` ------------------------------------------------------------------------
 

@@ -9,12 +9,25 @@ import redis
 
 from aios import keys
 from aios.celery_app import make_app
-from aios.settings import QUEUES, Settings
+from aios.priority import PRIORITY_STEPS, is_redis_url
+from aios.settings import QUEUES, Settings, broker_to_redis_py
 
 
-def queue_depths(app: Any) -> dict[str, int | None]:
-    """Messages waiting per kernel queue (all priority steps together), through kombu: any broker."""
+def queue_depths(app: Any, settings: Settings) -> dict[str, int | None]:
+    """Messages waiting per kernel queue, all priority steps together."""
     out: dict[str, int | None] = {}
+    if is_redis_url(settings.require_broker()):
+        # kombu keeps one list per priority step: "<queue>" for step 0, "<queue>:<step>" for the others.
+        r = redis.Redis.from_url(broker_to_redis_py(settings.require_broker()))
+        try:
+            for queue in QUEUES.values():
+                pipe = r.pipeline(transaction=False)
+                for step in PRIORITY_STEPS:
+                    pipe.llen(f"{queue}:{step}" if step else queue)
+                out[queue] = sum(pipe.execute())
+        finally:
+            r.close()
+        return out
     with app.connection_for_read() as conn:
         channel = conn.default_channel
         for queue in QUEUES.values():
@@ -44,7 +57,7 @@ def collect(settings: Settings, timeout_s: float = 1.0) -> dict[str, Any]:
                     "agent_id": syscall.get("agent_id"), "priority": syscall.get("priority"),
                     "started": task.get("time_start"),
                 })
-        depths = queue_depths(app)
+        depths = queue_depths(app, settings)
     finally:
         app.close()
     r = redis.Redis.from_url(settings.state_redis_url())
