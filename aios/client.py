@@ -170,7 +170,9 @@ class Kernel(_Core):
 
     def __init__(self, agent_id: str, **kwargs: Any) -> None:
         super().__init__(agent_id, **kwargs)
-        self._redis = redis.Redis.from_url(self.settings.state_redis_url())
+        # No socket timeout: BLPOP waits as long as the syscall may take (redis-py's default would cut it at 5 s).
+        self._redis = redis.Redis.from_url(self.settings.state_redis_url(), socket_timeout=None,
+                                           socket_connect_timeout=10)
 
     def submit(self, syscall: Syscall) -> Pending:
         return self._publish(syscall)
@@ -263,7 +265,8 @@ class AsyncKernel(_Core):
 
     def __init__(self, agent_id: str, **kwargs: Any) -> None:
         super().__init__(agent_id, **kwargs)
-        self._redis = aredis.Redis.from_url(self.settings.state_redis_url(), max_connections=None)
+        self._redis = aredis.Redis.from_url(self.settings.state_redis_url(), socket_timeout=None,
+                                            socket_connect_timeout=10)
 
     async def submit(self, syscall: Syscall) -> Pending:
         # Publishing is a blocking kombu call; keep it off the event loop.

@@ -48,7 +48,7 @@ class SyscallBase(_Wire):
     @field_validator("agent_id")
     @classmethod
     def _agent_id_ok(cls, value: str) -> str:
-        if not AGENT_ID_RE.match(value):
+        if not AGENT_ID_RE.fullmatch(value):
             raise ValueError("agent_id must be 1-64 characters of letters, digits, '_', '.', '-', starting alphanumeric")
         return value
 

@@ -306,3 +306,21 @@ def test_fifo_does_not_hang_read(svc: StorageService, tmp_path: Path) -> None:
     os.mkfifo(files / "pipe")
     with pytest.raises(AccessDenied, match="not a file"):
         fs(svc, "read", "pipe")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_no_file_handles_leak(svc: StorageService, tmp_path: Path) -> None:
+    _, files = _plant(tmp_path)
+    os.symlink("/etc", files / "link")
+    mem(svc, "put", "k", 1)  # the thread's cached connection is opened here, before counting
+    before = len(os.listdir("/proc/self/fd"))
+    for n in range(50):
+        fs(svc, "write", f"d/e/f{n % 5}.txt", "x")
+        fs(svc, "read", "d/e/f0.txt")
+        fs(svc, "list", "d/e")
+        fs(svc, "delete", f"d/e/f{(n + 1) % 5}.txt")
+        mem(svc, "put", "k", n)
+        for op, path in (("read", "link/passwd"), ("read", "missing"), ("list", "d/e/f0.txt"), ("read", "d")):
+            with pytest.raises((AccessDenied, NotFound, InvalidSyscall)):
+                fs(svc, op, path)
+    assert len(os.listdir("/proc/self/fd")) == before

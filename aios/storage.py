@@ -1,0 +1,323 @@
+"""The storage worker's service: per-agent key-value memory (SQLite) and per-agent files.
+
+An agent's data lives under ``data_dir/agents/<agent_id>/`` (``memory.sqlite3`` and ``files/``), located from
+``syscall.agent_id`` alone, so agents never see each other's data. File paths are walked one folder at a time
+through directory fds opened with ``O_NOFOLLOW``: a symlink anywhere on the way is refused, not followed, and
+since no path string is checked and then reused, a symlink swapped in after a check cannot redirect the operation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import sqlite3
+import stat
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from aios.errors import AccessDenied, AIOSError, InvalidSyscall, NotFound
+from aios.settings import Settings
+from aios.syscalls import AGENT_ID_RE, MemorySyscall, StorageSyscall
+
+TMP_PREFIX = ".aios-tmp-"  # in-flight writes: hidden from list and reserved, so no agent sees or names one
+CONNECTIONS_PER_THREAD = 8  # least recently used closed beyond this, so file handles stay bounded
+BUSY_TIMEOUT_MS = 30_000  # how long a write waits on another thread or worker process holding the lock
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS memory (key TEXT PRIMARY KEY, value TEXT NOT NULL, "
+           "created_at REAL NOT NULL, updated_at REAL NOT NULL)")
+
+
+class StorageService:
+    """Serves ``memory`` and ``storage`` syscalls; safe to share between threads and between processes."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.agents_dir = Path(settings.data_dir) / "agents"
+        self._local = threading.local()
+
+    def handle(self, syscall: MemorySyscall | StorageSyscall) -> Any:
+        agent = syscall.agent_id
+        if agent in (".", "..") or not AGENT_ID_RE.fullmatch(agent):  # fullmatch: '$' lets a trailing \n through
+            raise AccessDenied(f"agent id {agent!r} cannot name a storage folder")
+        try:
+            if isinstance(syscall, MemorySyscall):
+                return self._memory(agent, syscall)
+            if isinstance(syscall, StorageSyscall):
+                return self._storage(agent, syscall)
+        except UnicodeEncodeError:
+            raise InvalidSyscall("text must be valid Unicode (it holds a lone surrogate)") from None
+        except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk full: worth a retry
+            raise AIOSError(f"agent memory unavailable: {exc}; retry the syscall", code="storage_error") from None
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                raise InvalidSyscall("a path component is longer than the filesystem allows") from None
+            raise AIOSError(f"storage failed: {exc.strerror or exc}", code="storage_error") from None
+        raise InvalidSyscall(f"the storage worker serves memory and storage syscalls, not {syscall.kind!r}",
+                             code="wrong_queue")
+
+    def close(self) -> None:
+        """Close the calling thread's connections (a SQLite connection belongs to the thread that opened it)."""
+        conns = self._connections()
+        while conns:
+            conns.popitem()[1].close()
+
+    # -- memory ----------------------------------------------------------------------------------------
+
+    def _memory(self, agent: str, sc: MemorySyscall) -> Any:
+        db, key = self._db(agent, create=sc.op == "put"), sc.key
+        missing = NotFound(f"memory key '{key}' not found for agent '{agent}'; list keys with op='list'")
+        if db is None:  # nothing stored yet: answer without creating a database just to say so
+            if sc.op == "get":
+                raise missing
+            return {"keys": []} if sc.op == "list" else {"key": key, "deleted": False}
+        if sc.op == "put":
+            text, now = _to_json(sc.value), time.time()
+            with db:  # IMMEDIATE takes the write lock first, so "created" is decided under it
+                db.execute("BEGIN IMMEDIATE")
+                created = db.execute("SELECT 1 FROM memory WHERE key = ?", (key,)).fetchone() is None
+                db.execute("INSERT INTO memory VALUES (?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+                           "value = excluded.value, updated_at = excluded.updated_at", (key, text, now, now))
+            return {"key": key, "created": created}
+        if sc.op == "get":
+            row = db.execute("SELECT value FROM memory WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                raise missing
+            return {"key": key, "value": json.loads(row[0])}
+        if sc.op == "delete":
+            return {"key": key, "deleted": db.execute("DELETE FROM memory WHERE key = ?", (key,)).rowcount > 0}
+        return {"keys": sorted(row[0] for row in db.execute("SELECT key FROM memory"))}
+
+    def _connections(self) -> OrderedDict[str, sqlite3.Connection]:
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():  # a forked child must not use its parent's connections
+            local.pid, local.conns = os.getpid(), OrderedDict()
+        conns: OrderedDict[str, sqlite3.Connection] = local.conns
+        return conns
+
+    def _db(self, agent: str, create: bool) -> sqlite3.Connection | None:
+        conns = self._connections()
+        if agent in conns:
+            conns.move_to_end(agent)
+            return conns[agent]
+        try:
+            os.close(self._open(agent, None, create))  # the agent folder exists and is no symlink
+        except NotFound:
+            return None
+        path = self.agents_dir / agent / "memory.sqlite3"
+        try:
+            if stat.S_ISLNK(os.lstat(path).st_mode):
+                raise AccessDenied(f"agent '{agent}' memory database is a symlink; storage never follows symlinks")
+        except FileNotFoundError:
+            if not create:
+                return None
+        conns[agent] = conn = _connect(path)
+        if len(conns) > CONNECTIONS_PER_THREAD:
+            conns.popitem(last=False)[1].close()
+        return conn
+
+    # -- files -----------------------------------------------------------------------------------------
+
+    def _open(self, agent: str, parts: list[str] | None, create: bool) -> int:
+        """An fd on the agent's folder (``parts`` None) or on its ``files/<parts>``, never through a symlink."""
+        if create:
+            os.makedirs(self.agents_dir, mode=0o700, exist_ok=True)
+        try:  # data_dir is the operator's and may be a symlink; only what lies under agents/ is the agents'
+            fd = os.open(self.agents_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NotFound(f"agent '{agent}' has no storage yet") from None
+        return _walk(fd, [agent] if parts is None else [agent, "files", *parts], create, visible=2)
+
+    def _storage(self, agent: str, sc: StorageSyscall) -> Any:
+        parts = _split(sc.path)
+        path, folder, name = "/".join(parts), parts[:-1], parts[-1] if parts else ""
+        if sc.op != "list" and not parts:
+            raise InvalidSyscall(f"storage op {sc.op!r} needs a file path, not the agent's root folder")
+        if sc.op == "write":
+            data = (sc.content or "").encode("utf-8")
+            d = self._open(agent, folder, create=True)
+            try:
+                _write_at(d, name, data, path)
+            finally:
+                os.close(d)
+            return {"path": path, "bytes": len(data)}
+        try:
+            d = self._open(agent, parts if sc.op == "list" else folder, create=False)
+        except NotFound:
+            if sc.op == "delete":
+                return {"path": path, "deleted": False}
+            if sc.op == "list" and not parts:
+                return {"path": "", "entries": []}
+            what = "folder" if sc.op == "list" else "file"
+            raise NotFound(f"{what} '{path}' not found for agent '{agent}'; list files with op='list'") from None
+        try:
+            if sc.op == "list":
+                return {"path": path, "entries": _entries(d)}
+            try:
+                mode = os.lstat(name, dir_fd=d).st_mode
+            except FileNotFoundError:
+                if sc.op == "delete":
+                    return {"path": path, "deleted": False}
+                raise NotFound(f"file '{path}' not found for agent '{agent}'; list files with op='list'") from None
+            if sc.op == "read":
+                return {"path": path, "content": _read_at(d, name, path)}
+            if stat.S_ISLNK(mode):
+                raise _refusal(d, name, path)
+            with contextlib.suppress(FileNotFoundError):  # a concurrent delete got there first: same outcome
+                if stat.S_ISDIR(mode):
+                    try:
+                        os.rmdir(name, dir_fd=d)
+                    except OSError as exc:
+                        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                            raise
+                        raise InvalidSyscall(f"folder '{path}' is not empty; delete its entries first") from None
+                else:  # unlink never follows: a symlink swapped in since lstat is removed, not its target
+                    os.unlink(name, dir_fd=d)
+                os.fsync(d)
+                return {"path": path, "deleted": True}
+            return {"path": path, "deleted": False}
+        finally:
+            os.close(d)
+
+
+def _split(path: str) -> list[str]:
+    if "\x00" in path:
+        raise AccessDenied("path contains a NUL byte")
+    if "\\" in path:
+        raise AccessDenied(f"path {path!r} contains a backslash; separate folders with '/'")
+    if path.startswith("/"):
+        raise AccessDenied(f"path {path!r} is absolute; paths are relative to the agent's folder")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise AccessDenied(f"path {path!r} has a '..' component; paths must stay inside the agent's folder")
+    if any(p.startswith(TMP_PREFIX) for p in parts):
+        raise InvalidSyscall(f"path {path!r}: names starting with {TMP_PREFIX!r} are reserved")
+    return parts
+
+
+def _refusal(dir_fd: int, name: str, shown: str) -> AIOSError:
+    """Why ``name`` could not be opened as asked: a symlink is refused; anything else is the wrong kind."""
+    try:
+        mode = os.lstat(name, dir_fd=dir_fd).st_mode
+    except FileNotFoundError:  # gone since the caller looked
+        return NotFound(f"'{shown}' does not exist")
+    if stat.S_ISLNK(mode):
+        return AccessDenied(f"'{shown}' is a symlink; agent storage never follows symlinks, wherever they point")
+    if stat.S_ISDIR(mode):
+        return InvalidSyscall(f"'{shown}' is a folder; use op='list'")
+    if stat.S_ISREG(mode):
+        return InvalidSyscall(f"'{shown}' is a file, not a folder")
+    return AccessDenied(f"'{shown}' is not a file: only files and folders are served")
+
+
+def _walk(fd: int, parts: list[str], create: bool, visible: int) -> int:
+    """Descend from ``fd`` (consumed) one folder at a time, making missing ones if ``create``."""
+    try:
+        for i, name in enumerate(parts):
+            shown = "/".join(parts[visible:i + 1]) or "the agent's folder"
+            for attempt in (0, 1):
+                try:
+                    nxt = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    if exc.errno != errno.ENOENT or not create or attempt:
+                        raise _refusal(fd, name, shown) from None
+                with contextlib.suppress(FileExistsError):  # another thread or worker made it first
+                    os.mkdir(name, 0o700, dir_fd=fd)
+                os.fsync(fd)  # the new folder must survive a crash as surely as the file written into it
+            os.close(fd)
+            fd = nxt
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _entries(d: int) -> list[dict[str, Any]]:
+    entries = []
+    with os.scandir(d) as it:
+        for e in it:
+            with contextlib.suppress(FileNotFoundError):  # deleted while listing
+                st = e.stat(follow_symlinks=False)
+                # Temp files, symlinks and special files are left out: no op would serve them.
+                if stat.S_ISDIR(st.st_mode) and not e.name.startswith(TMP_PREFIX):
+                    entries.append({"name": e.name, "type": "dir", "bytes": 0})
+                elif stat.S_ISREG(st.st_mode) and not e.name.startswith(TMP_PREFIX):
+                    entries.append({"name": e.name, "type": "file", "bytes": st.st_size})
+    return sorted(entries, key=lambda e: e["name"])
+
+
+def _read_at(d: int, name: str, shown: str) -> str:
+    try:  # O_NONBLOCK: a planted FIFO must not hang the worker thread in open()
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=d)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP):
+            raise _refusal(d, name, shown) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _refusal(d, name, shown)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read()
+    finally:
+        os.close(fd)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidSyscall(f"'{shown}' is not UTF-8 text") from None
+
+
+def _write_at(d: int, name: str, data: bytes, shown: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISREG(os.lstat(name, dir_fd=d).st_mode):
+            raise _refusal(d, name, shown)
+    # Readers see the old content or the new, never a torn file; and rename replaces a symlink swapped in
+    # since the check above instead of writing through it.
+    tmp = TMP_PREFIX + uuid.uuid4().hex
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, name, src_dir_fd=d, dst_dir_fd=d)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=d)
+        raise
+    os.fsync(d)  # the rename must be durable before the write is acknowledged
+
+
+def _to_json(value: Any) -> str:
+    try:
+        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise InvalidSyscall(f"memory value must be plain JSON: {exc}") from None
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # isolation_level=None: transactions are explicit, so a lone statement has committed when it returns.
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        for attempt in range(100):  # switching to WAL takes a lock SQLite does not always wait for
+            try:
+                conn.execute("PRAGMA journal_mode = WAL").fetchone()
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == 99:
+                    raise
+                time.sleep(0.05)
+        conn.execute("PRAGMA synchronous = FULL")  # an acknowledged put survives kill -9 and power loss
+        conn.execute(_SCHEMA)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
