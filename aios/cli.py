@@ -242,9 +242,9 @@ def bench() -> None:
 
 
 @bench.command()
-@click.option("--requests", "n_latency", default=1000, show_default=True, help="Sequential round trips per contender.")
+@click.option("--requests", "n_latency", default=1000, show_default=True, help="Sequential round trips per contender, in total, split across the rounds.")
 @click.option("--throughput-requests", "n_throughput", default=2000, show_default=True,
-              help="Syscalls kept in flight per throughput round.")
+              help="Syscalls per contender for throughput, in total, split across the rounds.")
 @click.option("--rounds", default=5, show_default=True, help="Interleaved rounds (contenders alternate).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def overhead(n_latency: int, n_throughput: int, rounds: int, json_path: Path | None) -> None:

@@ -62,9 +62,7 @@ def resolve_settings(settings: Settings | None) -> Settings:
     if settings.broker_url is None:
         from aios.embedded import discover
 
-        found = discover(settings)
-        if found is not None:
-            settings = settings.model_copy(update={"broker_url": found})
+        settings = discover(settings) or settings
     settings.require_broker()
     return settings
 
@@ -123,6 +121,11 @@ class _Core:
             self._app.send_task(
                 f"aios.{resource}", args=[payload], task_id=syscall.id, queue=QUEUES[resource],
                 priority=to_broker(syscall.priority, self._broker_url),
+                # Replies come through aios:reply:<id>, not Celery's backend: subscribing to it for every
+                # syscall would pile unread pub/sub messages up in Redis.
+                ignore_result=True,
+                # A short label for logs and Flower, instead of a repr of the whole (possibly private) payload.
+                argsrepr=f"<{syscall.kind} syscall of {syscall.agent_id}>", kwargsrepr="{}",
             )
         except OperationalError as exc:
             raise KernelUnavailable(

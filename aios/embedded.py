@@ -57,15 +57,15 @@ def kernel_file(settings: Settings) -> Path:
     return settings.data_dir / "kernel.json"
 
 
-def discover(settings: Settings) -> str | None:
-    """The broker URL of a running ``aios up`` on this machine, if there is one."""
+def discover(settings: Settings) -> Settings | None:
+    """``settings`` pointed at a running ``aios up`` on this machine (its broker and Redis), if there is one."""
     path = kernel_file(settings)
     try:
         info = json.loads(path.read_text())
         os.kill(int(info["pid"]), 0)
+        return settings.model_copy(update={"broker_url": str(info["broker_url"]), "redis_url": str(info["redis_url"])})
     except (OSError, ValueError, KeyError):
         return None
-    return str(info["broker_url"])
 
 
 class LocalKernel:
@@ -225,7 +225,8 @@ class LocalKernel:
     def publish_discovery(self) -> Path:
         path = kernel_file(self.settings)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"pid": os.getpid(), "broker_url": self.broker_url}))
+        path.write_text(json.dumps({"pid": os.getpid(), "broker_url": self.broker_url,
+                                    "redis_url": self.settings.state_redis_url()}))
         return path
 
     def withdraw_discovery(self) -> None:

@@ -1,0 +1,1 @@
+"""Benchmarks behind ``aios bench <name>``: each runs its contenders side by side in one run and reports ratios."""
