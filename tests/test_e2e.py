@@ -1,0 +1,147 @@
+"""End to end on the real local model: the ReAct agent through the whole kernel, `aios run`, `aios up`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import redis
+
+from agents.react import agent as react
+from aios import Kernel, keys
+from aios.embedded import LocalKernel, kernel_file
+from tests.conftest import base_settings
+
+pytestmark = pytest.mark.integration
+CALC = {"name": "calculator", "description": "Evaluate arithmetic",
+        "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]}}
+
+
+@pytest.fixture(scope="module")
+def full_kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKernel]:
+    with LocalKernel(base_settings(tmp_path_factory.mktemp("e2e"), llm_n_ctx=2048)) as lk:
+        yield lk
+
+
+def test_react_agent_runs_through_the_whole_kernel(full_kernel: LocalKernel) -> None:
+    state = redis.Redis.from_url(full_kernel.settings.state_redis_url())
+    with Kernel("react-e2e", settings=full_kernel.settings) as k:
+        answer = react.run(k, "What is 17 * 23?")
+        assert isinstance(answer, str) and answer.strip()
+        # It went through the kernel: LLM syscalls answered by the LLM worker, its memory and files by storage.
+        done = {key.decode(): int(v) for key, v in state.hgetall(keys.STATS_DONE).items()}
+        assert done.get("llm:ok", 0) >= 1
+        assert done.get("memory:ok", 0) >= 1 and done.get("storage:ok", 0) >= 1
+        assert k.memory_get("last_answer") == {"task": "What is 17 * 23?", "answer": answer}
+        assert json.loads(k.read_file("transcripts/last.json"))["answer"] == answer
+
+
+def test_llm_output_modes_through_the_kernel(full_kernel: LocalKernel) -> None:
+    with Kernel("llm-modes", settings=full_kernel.settings) as k:
+        text = k.llm_chat("What is the capital of France?", max_tokens=32)
+        assert isinstance(text, str) and text.strip()
+        obj = k.llm_chat_with_json_output(
+            "Name a city as JSON.", {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            max_tokens=48,
+        )
+        assert isinstance(obj["city"], str)
+        calls = k.llm_chat_with_tool_call_output("Compute 6 * 7 with the calculator.", tools=[CALC], max_tokens=64)
+        assert calls and calls[0]["name"] == "calculator" and isinstance(calls[0]["arguments"]["expression"], str)
+        # A high-priority syscall and a batch in flight at once, all answered.
+        answers = k.gather([k._b_llm(f"Say the number {i}.", "text", max_tokens=8, priority=i) for i in range(4)])
+        assert len(answers) == 4 and all(isinstance(a["content"], str) for a in answers)
+
+
+def _env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIOS_")}
+    env["AIOS_DATA_DIR"] = str(data_dir)
+    env["AIOS_LLM_N_CTX"] = "2048"
+    return env
+
+
+def _processes_with_env(var: str, value: str) -> list[int]:
+    """Processes still alive whose environment has ``var=value``: orphans of a kernel that should be gone."""
+    needle = f"{var}={value}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                state = (entry / "stat").read_text().split()[2]
+                if state != "Z":
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _aios(*args: str) -> list[str]:
+    return [sys.executable, "-m", "aios.cli", *args]
+
+
+def test_aios_run_starts_the_embedded_kernel_answers_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    done = subprocess.run(_aios("run", "react", "What is 17 * 23?"), env=_env(tmp_path), capture_output=True,
+                          text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip(), "the agent printed no answer"
+    assert "embedded kernel" in done.stderr
+    time.sleep(0.5)
+    assert _processes_with_env("AIOS_DATA_DIR", str(tmp_path)) == []
+
+
+def test_aios_run_unknown_agent_says_which_exist(tmp_path: Path) -> None:
+    done = subprocess.run(_aios("run", "nosuch", "x"), env=_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "known agents: react" in done.stderr
+
+
+def test_aios_up_serves_other_processes_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    env = _env(tmp_path)
+    up = subprocess.Popen(_aios("up"), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not kernel_file(base_settings(tmp_path)).exists():
+            assert up.poll() is None, up.stderr.read() if up.stderr else ""
+            assert time.monotonic() < deadline, "aios up did not come up"
+            time.sleep(0.2)
+        # Another process, with no configuration but the data dir, finds the kernel.
+        with Kernel("neighbour", settings=base_settings(tmp_path)) as k:
+            assert k.call_tool("calculator", expression="6 * 7")["value"] == 42
+        status = subprocess.run(_aios("status", "--json"), env=env, capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0, status.stderr
+        info = json.loads(status.stdout)
+        assert len(info["workers"]) == 3 and set(info["queues"]) == {"aios.llm", "aios.tool", "aios.storage"}
+        assert info["answered"].get("tool:ok", 0) >= 1
+        up.send_signal(signal.SIGINT)
+        assert up.wait(timeout=60) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    time.sleep(0.5)
+    assert _processes_with_env("AIOS_DATA_DIR", str(tmp_path)) == []
+    assert not kernel_file(base_settings(tmp_path)).exists()
+
+
+@pytest.mark.parametrize("how", ["aios", "celery"])
+def test_a_worker_started_by_hand_serves_its_queue(how: str, tmp_path: Path) -> None:
+    """`aios worker tool` and plain `celery -A workers.tool worker` join a running kernel's broker."""
+    with LocalKernel(base_settings(tmp_path), resources=()) as lk:  # only the embedded broker
+        argv = (_aios("worker", "tool", "--loglevel", "WARNING") if how == "aios" else
+                [sys.executable, "-m", "celery", "-A", "workers.tool", "worker", "--loglevel", "WARNING"])
+        worker = subprocess.Popen(argv, env=lk.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
+        try:
+            with Kernel("by-hand", settings=lk.settings, timeout_s=60) as k:
+                assert k.call_tool("calculator", expression="2 ** 10")["value"] == 1024
+        finally:
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(timeout=30)
