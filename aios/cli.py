@@ -136,27 +136,15 @@ def up(flower_port: int | None, loglevel: str) -> None:
         with _sigterm_as_interrupt():
             local.start()
             local.publish_discovery()
-            flower = None
             if flower_port:
-                import subprocess
-
-                flower = subprocess.Popen(
-                    [sys.executable, "-m", "celery", "-A", "workers.tool", "flower", f"--port={flower_port}",
-                     "--address=127.0.0.1"], env=local.env(), start_new_session=True,
-                )
-                _say(f"Flower on http://127.0.0.1:{flower_port}")
+                local.start_flower(flower_port)
             _say(f"kernel up: broker {local.broker_url}; logs in {local.log_dir}")
-            click.echo(f"export AIOS_BROKER_URL={local.broker_url}")
+            click.echo(f"export AIOS_BROKER_URL={local.broker_url} AIOS_REDIS_URL={local.settings.state_redis_url()}")
             _say("processes on this machine find this kernel without configuration; Ctrl-C stops it")
-            try:
-                while all(local.alive().values()):
-                    time.sleep(0.5)
-                dead = [n for n, ok in local.alive().items() if not ok]
-                _say(f"worker(s) {dead} exited; see {local.log_dir}; stopping")
-            finally:
-                if flower is not None:
-                    flower.terminate()
-                    flower.wait(10)
+            while all(local.alive().values()):
+                time.sleep(0.5)
+            dead = [n for n, ok in local.alive().items() if not ok]
+            _say(f"{dead} exited; see the logs in {local.log_dir}; stopping")
     except KeyboardInterrupt:
         _say("stopping (waiting for syscalls in progress)")
     except AIOSError as exc:

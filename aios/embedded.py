@@ -215,6 +215,12 @@ class LocalKernel:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
+    def start_flower(self, port: int) -> None:
+        """Flower on 127.0.0.1:``port``, watching this kernel; stopped with it. Workers need ``-E`` for task views."""
+        self.progress(f"starting Flower on http://127.0.0.1:{port}")
+        argv = [sys.executable, "-m", "celery", "-A", "workers.tool", "flower", f"--port={port}", "--address=127.0.0.1"]
+        self._workers["flower"] = self._spawn(argv, "flower", env=self.env())
+
     def start_worker(self, name: str) -> None:
         """Start (or restart, after :meth:`kill_worker`) one resource worker and wait until it answers."""
         self._start_worker(name)

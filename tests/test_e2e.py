@@ -145,3 +145,36 @@ def test_a_worker_started_by_hand_serves_its_queue(how: str, tmp_path: Path) -> 
         finally:
             os.killpg(worker.pid, signal.SIGTERM)
             worker.wait(timeout=30)
+
+
+def test_flower_sees_the_workers_and_their_syscalls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import urllib.request
+
+    monkeypatch.setenv("FLOWER_UNAUTHENTICATED_API", "true")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with LocalKernel(base_settings(tmp_path), resources=["tool"], extra_worker_args=("-E",)) as lk:
+        lk.start_flower(port)
+        with Kernel("watched", settings=lk.settings) as k:
+            # Flower sees only events sent after it connects: keep making syscalls until one shows up as done.
+            sent: list[str] = []
+            deadline = time.monotonic() + 60
+            while True:
+                sent.append(k.submit(k._b_tool("echo", {"text": "hi"}, None, None)).id)
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/tasks", timeout=5) as r:
+                        tasks = json.loads(r.read())
+                    seen = [i for i in sent if tasks.get(i, {}).get("state") == "SUCCESS"]
+                    if seen:
+                        syscall_id = seen[0]
+                        break
+                except OSError:
+                    pass
+                assert time.monotonic() < deadline, "Flower never showed a syscall"
+                time.sleep(0.5)
+        assert tasks[syscall_id]["name"] == "aios.tool"
+        assert tasks[syscall_id]["args"] == "<tool syscall of watched>"  # a label, not the payload
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            assert b"flower_events_total" in r.read()
