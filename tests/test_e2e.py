@@ -178,3 +178,42 @@ def test_flower_sees_the_workers_and_their_syscalls(tmp_path: Path, monkeypatch:
         assert tasks[syscall_id]["args"] == "<tool syscall of watched>"  # a label, not the payload
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             assert b"flower_events_total" in r.read()
+
+
+def _wait_for_line(stream: object, needle: str, timeout_s: float = 120) -> None:
+    import selectors
+
+    sel = selectors.DefaultSelector()
+    sel.register(stream, selectors.EVENT_READ)  # type: ignore[arg-type]
+    deadline = time.monotonic() + timeout_s
+    buf = ""
+    while needle not in buf:
+        assert time.monotonic() < deadline, f"never saw {needle!r}; got {buf!r}"
+        if sel.select(timeout=0.5):
+            chunk = os.read(stream.fileno(), 4096).decode()  # type: ignore[attr-defined]
+            assert chunk, f"stream closed before {needle!r}; got {buf!r}"
+            buf += chunk
+
+
+def _no_orphans_within(data_dir: Path, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (left := _processes_with_env("AIOS_DATA_DIR", str(data_dir))) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left == []
+
+
+def test_ctrl_c_during_aios_run_stops_the_embedded_kernel(tmp_path: Path) -> None:
+    run = subprocess.Popen(_aios("run", "-v", "react", "What is 17 * 23?"), env=_env(tmp_path),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _wait_for_line(run.stderr, "kernel ready")
+    run.send_signal(signal.SIGINT)
+    assert run.wait(timeout=60) == 130
+    _no_orphans_within(tmp_path)
+
+
+def test_kill_9_of_aios_up_leaves_no_orphans(tmp_path: Path) -> None:
+    up = subprocess.Popen(_aios("up"), env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _wait_for_line(up.stderr, "kernel up")
+    up.kill()
+    up.wait()
+    _no_orphans_within(tmp_path)
