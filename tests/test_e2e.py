@@ -59,6 +59,24 @@ def test_llm_output_modes_through_the_kernel(full_kernel: LocalKernel) -> None:
         assert len(answers) == 4 and all(isinstance(a["content"], str) for a in answers)
 
 
+@pytest.mark.parametrize("resource", ["llm", "storage"])
+def test_every_worker_type_refuses_pickle_and_keeps_serving(resource: str, full_kernel: LocalKernel) -> None:
+    import pickle
+
+    from aios.settings import QUEUES
+    from aios.syscalls import Response
+    from tests.conftest import publish_raw
+
+    sid = publish_raw(full_kernel.settings, pickle.dumps(([{}], {}, {})), content_type="application/x-python-serialize",
+                      task=f"aios.{resource}", queue=QUEUES[resource])
+    got = redis.Redis.from_url(full_kernel.settings.state_redis_url()).blpop([keys.reply(sid)], timeout=30)
+    assert got is not None
+    response = Response.model_validate_json(got[1])
+    assert response.error is not None and response.error.code == "content_type"
+    with Kernel("after-pickle", settings=full_kernel.settings) as k:
+        assert k.memory_list() == [] and isinstance(k.llm_chat("Hi", max_tokens=4), str)
+
+
 def _env(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIOS_")}
     env["AIOS_DATA_DIR"] = str(data_dir)
