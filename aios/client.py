@@ -85,30 +85,35 @@ class _Core:
 
     def _common(self, priority: int | None, timeout_s: float | None) -> dict[str, Any]:
         return {"agent_id": self.agent_id, "priority": self.priority if priority is None else priority,
-                "timeout_s": timeout_s or self.timeout_s}
+                "timeout_s": self.timeout_s if timeout_s is None else timeout_s}
 
-    # -- builders: one per SDK call, each returning the syscall and how to turn its result into the answer --
+    # -- builders: the syscall behind each SDK call, for submit() / gather() -------------------------------
 
-    def _b_llm(self, messages: Messages, output: str, *, json_schema: dict[str, Any] | None = None,
+    def llm_syscall(self, messages: Messages, output: str = "text", *, json_schema: dict[str, Any] | None = None,
                tools: Iterable[ToolSpec | dict[str, Any]] = (), max_tokens: int = 256, temperature: float = 0.0,
                model: str | None = None, priority: int | None = None, timeout_s: float | None = None) -> LLMSyscall:
         return LLMSyscall(messages=_messages(messages), output=output, json_schema=json_schema,  # type: ignore[arg-type]
                           tools=_tools(tools), max_tokens=max_tokens, temperature=temperature, model=model,
                           **self._common(priority, timeout_s))
 
-    def _b_tool(self, name: str, arguments: dict[str, Any], priority: int | None, timeout_s: float | None
-                ) -> ToolSyscall:
-        return ToolSyscall(tool=name, arguments=arguments, **self._common(priority, timeout_s))
+    def tool_syscall(self, name: str, arguments: dict[str, Any] | None = None, *, priority: int | None = None,
+                     timeout_s: float | None = None) -> ToolSyscall:
+        return ToolSyscall(tool=name, arguments=arguments or {}, **self._common(priority, timeout_s))
 
-    def _b_memory(self, op: str, key: str | None = None, value: Any = None, **kw: Any) -> MemorySyscall:
-        return MemorySyscall(op=op, key=key, value=value, **self._common(kw.get("priority"), kw.get("timeout_s")))  # type: ignore[arg-type]
+    def memory_syscall(self, op: str, key: str | None = None, value: Any = None, *, priority: int | None = None,
+                       timeout_s: float | None = None) -> MemorySyscall:
+        return MemorySyscall(op=op, key=key, value=value, **self._common(priority, timeout_s))  # type: ignore[arg-type]
 
-    def _b_storage(self, op: str, path: str = "", content: str | None = None, **kw: Any) -> StorageSyscall:
-        return StorageSyscall(op=op, path=path, content=content, **self._common(kw.get("priority"), kw.get("timeout_s")))  # type: ignore[arg-type]
+    def storage_syscall(self, op: str, path: str = "", content: str | None = None, *, priority: int | None = None,
+                        timeout_s: float | None = None) -> StorageSyscall:
+        return StorageSyscall(op=op, path=path, content=content, **self._common(priority, timeout_s))  # type: ignore[arg-type]
 
     # -- the wire ----------------------------------------------------------------------------------------
 
     def _publish(self, syscall: Syscall) -> Pending:
+        if syscall.agent_id != self.agent_id:
+            raise ValueError(f"this client acts for agent {self.agent_id!r}, not {syscall.agent_id!r}: "
+                             "make one Kernel per agent")
         payload = syscall.model_dump(mode="json")
         size = len(json.dumps(payload, separators=(",", ":")))
         if size > self.settings.max_payload_bytes:
@@ -213,44 +218,47 @@ class Kernel(_Core):
 
     # -- LLM
     def llm_chat(self, messages: Messages, **kw: Any) -> str:
-        return self._do(self._b_llm(messages, "text", **kw), _CONTENT)
+        return self._do(self.llm_syscall(messages, "text", **kw), _CONTENT)
 
     def llm_chat_with_json_output(self, messages: Messages, json_schema: dict[str, Any] | None = None, **kw: Any) -> Any:
-        return self._do(self._b_llm(messages, "json", json_schema=json_schema, **kw), _JSON)
+        return self._do(self.llm_syscall(messages, "json", json_schema=json_schema, **kw), _JSON)
 
     def llm_chat_with_tool_call_output(self, messages: Messages, tools: Iterable[ToolSpec | dict[str, Any]], **kw: Any
                                        ) -> list[dict[str, Any]]:
-        return self._do(self._b_llm(messages, "tool_call", tools=tools, **kw), _TOOL_CALLS)
+        return self._do(self.llm_syscall(messages, "tool_call", tools=tools, **kw), _TOOL_CALLS)
 
     # -- tools
-    def call_tool(self, name: str, *, priority: int | None = None, timeout_s: float | None = None, **arguments: Any) -> Any:
-        return self._do(self._b_tool(name, arguments, priority, timeout_s), _SAME)
+    def call_tool(self, tool: str, arguments: dict[str, Any] | None = None, /, *, priority: int | None = None,
+                  timeout_s: float | None = None, **kwargs: Any) -> Any:
+        """Arguments as keywords, or as a dict (for arguments named like ``priority`` or ``timeout_s``)."""
+        return self._do(self.tool_syscall(tool, {**(arguments or {}), **kwargs}, priority=priority,
+                                          timeout_s=timeout_s), _SAME)
 
     # -- memory
     def memory_put(self, key: str, value: Any, **kw: Any) -> Any:
-        return self._do(self._b_memory("put", key, value, **kw), _SAME)
+        return self._do(self.memory_syscall("put", key, value, **kw), _SAME)
 
     def memory_get(self, key: str, **kw: Any) -> Any:
-        return self._do(self._b_memory("get", key, **kw), _VALUE)
+        return self._do(self.memory_syscall("get", key, **kw), _VALUE)
 
     def memory_delete(self, key: str, **kw: Any) -> Any:
-        return self._do(self._b_memory("delete", key, **kw), _SAME)
+        return self._do(self.memory_syscall("delete", key, **kw), _SAME)
 
     def memory_list(self, **kw: Any) -> list[str]:
-        return self._do(self._b_memory("list", **kw), _KEYS)
+        return self._do(self.memory_syscall("list", **kw), _KEYS)
 
     # -- files
     def write_file(self, path: str, content: str, **kw: Any) -> Any:
-        return self._do(self._b_storage("write", path, content, **kw), _SAME)
+        return self._do(self.storage_syscall("write", path, content, **kw), _SAME)
 
     def read_file(self, path: str, **kw: Any) -> str:
-        return self._do(self._b_storage("read", path, **kw), _CONTENT)
+        return self._do(self.storage_syscall("read", path, **kw), _CONTENT)
 
     def list_files(self, path: str = "", **kw: Any) -> Any:
-        return self._do(self._b_storage("list", path, **kw), _SAME)
+        return self._do(self.storage_syscall("list", path, **kw), _SAME)
 
     def delete_file(self, path: str, **kw: Any) -> Any:
-        return self._do(self._b_storage("delete", path, **kw), _SAME)
+        return self._do(self.storage_syscall("delete", path, **kw), _SAME)
 
     def close(self) -> None:
         self._redis.close()
@@ -297,43 +305,44 @@ class AsyncKernel(_Core):
         return post(await self.call(syscall))
 
     async def llm_chat(self, messages: Messages, **kw: Any) -> str:
-        return await self._do(self._b_llm(messages, "text", **kw), _CONTENT)
+        return await self._do(self.llm_syscall(messages, "text", **kw), _CONTENT)
 
     async def llm_chat_with_json_output(self, messages: Messages, json_schema: dict[str, Any] | None = None,
                                         **kw: Any) -> Any:
-        return await self._do(self._b_llm(messages, "json", json_schema=json_schema, **kw), _JSON)
+        return await self._do(self.llm_syscall(messages, "json", json_schema=json_schema, **kw), _JSON)
 
     async def llm_chat_with_tool_call_output(self, messages: Messages, tools: Iterable[ToolSpec | dict[str, Any]],
                                              **kw: Any) -> list[dict[str, Any]]:
-        return await self._do(self._b_llm(messages, "tool_call", tools=tools, **kw), _TOOL_CALLS)
+        return await self._do(self.llm_syscall(messages, "tool_call", tools=tools, **kw), _TOOL_CALLS)
 
-    async def call_tool(self, name: str, *, priority: int | None = None, timeout_s: float | None = None,
-                        **arguments: Any) -> Any:
-        return await self._do(self._b_tool(name, arguments, priority, timeout_s), _SAME)
+    async def call_tool(self, tool: str, arguments: dict[str, Any] | None = None, /, *, priority: int | None = None,
+                        timeout_s: float | None = None, **kwargs: Any) -> Any:
+        return await self._do(self.tool_syscall(tool, {**(arguments or {}), **kwargs}, priority=priority,
+                                                timeout_s=timeout_s), _SAME)
 
     async def memory_put(self, key: str, value: Any, **kw: Any) -> Any:
-        return await self._do(self._b_memory("put", key, value, **kw), _SAME)
+        return await self._do(self.memory_syscall("put", key, value, **kw), _SAME)
 
     async def memory_get(self, key: str, **kw: Any) -> Any:
-        return await self._do(self._b_memory("get", key, **kw), _VALUE)
+        return await self._do(self.memory_syscall("get", key, **kw), _VALUE)
 
     async def memory_delete(self, key: str, **kw: Any) -> Any:
-        return await self._do(self._b_memory("delete", key, **kw), _SAME)
+        return await self._do(self.memory_syscall("delete", key, **kw), _SAME)
 
     async def memory_list(self, **kw: Any) -> list[str]:
-        return await self._do(self._b_memory("list", **kw), _KEYS)
+        return await self._do(self.memory_syscall("list", **kw), _KEYS)
 
     async def write_file(self, path: str, content: str, **kw: Any) -> Any:
-        return await self._do(self._b_storage("write", path, content, **kw), _SAME)
+        return await self._do(self.storage_syscall("write", path, content, **kw), _SAME)
 
     async def read_file(self, path: str, **kw: Any) -> str:
-        return await self._do(self._b_storage("read", path, **kw), _CONTENT)
+        return await self._do(self.storage_syscall("read", path, **kw), _CONTENT)
 
     async def list_files(self, path: str = "", **kw: Any) -> Any:
-        return await self._do(self._b_storage("list", path, **kw), _SAME)
+        return await self._do(self.storage_syscall("list", path, **kw), _SAME)
 
     async def delete_file(self, path: str, **kw: Any) -> Any:
-        return await self._do(self._b_storage("delete", path, **kw), _SAME)
+        return await self._do(self.storage_syscall("delete", path, **kw), _SAME)
 
     async def aclose(self) -> None:
         await self._redis.aclose()

@@ -219,7 +219,9 @@ class LocalKernel:
         """Flower on 127.0.0.1:``port``, watching this kernel; stopped with it. Workers need ``-E`` for task views."""
         self.progress(f"starting Flower on http://127.0.0.1:{port}")
         argv = [sys.executable, "-m", "celery", "-A", "workers.tool", "flower", f"--port={port}", "--address=127.0.0.1"]
-        self._workers["flower"] = self._spawn(argv, "flower", env=self.env())
+        # Bound to loopback only, so its API may answer without a login (as the UI does).
+        env = {"FLOWER_UNAUTHENTICATED_API": "true", **self.env()}
+        self._workers["flower"] = self._spawn(argv, "flower", env=env)
 
     def start_worker(self, name: str) -> None:
         """Start (or restart, after :meth:`kill_worker`) one resource worker and wait until it answers."""

@@ -121,15 +121,18 @@ class Runtime:
             timing=Timing(created_at=created, started_at=started, finished_at=time.time()), worker=worker,
         )
 
-    def reply(self, response: Response, kind: str) -> None:
-        """Store the response (the idempotency record) and hand it to the waiting caller, atomically."""
+    def reply(self, response: Response, kind: str | None) -> None:
+        """Store the response (the idempotency record) and hand it to the waiting caller, atomically.
+
+        ``kind`` counts the answer in ``aios:stats:done``; refusals pass ``None`` (they count as rejected)."""
         body = response.model_dump_json()
         ttl = self.settings.result_ttl_s
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(keys.result(response.id), body, ex=ttl)
         pipe.rpush(keys.reply(response.id), body)
         pipe.expire(keys.reply(response.id), ttl)
-        pipe.hincrby(keys.STATS_DONE, f"{kind}:{response.status.value}", 1)
+        if kind is not None:
+            pipe.hincrby(keys.STATS_DONE, f"{kind}:{response.status.value}", 1)
         pipe.execute()
 
     # -- refusals --------------------------------------------------------------------------------------
@@ -161,7 +164,7 @@ class Runtime:
             self.reply(
                 Response(id=syscall_id, status=Status.ERROR, error=ErrorInfo(code=code, message=message),
                          timing=Timing(created_at=t, started_at=t, finished_at=time.time()), worker=self.resource),
-                kind="rejected",
+                kind=None,
             )
 
 

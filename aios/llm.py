@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -220,6 +221,9 @@ class LlamaCppBackend:
                                f"AIOS_LLM_N_CTX (now {self.n_ctx})") from None
 
     def chat(self, syscall: LLMSyscall) -> dict[str, Any]:
+        if syscall.model not in (None, self.model_name, Path(self.model_name).stem):
+            raise ConfigError(f"this LLM worker serves {self.model_name!r}, not {syscall.model!r}: leave model unset "
+                              "or point AIOS_LLM_MODEL at that GGUF file")
         schema, instruction = prepare(syscall)
         raw = self._complete(syscall, build_messages(syscall, instruction), schema)
         choice, usage = raw["choices"][0], raw.get("usage") or {}
@@ -238,7 +242,9 @@ class OpenAIBackend:
 
         self._openai = openai
         self.settings = settings
-        self.client = openai.OpenAI(base_url=settings.llm_base_url, api_key=settings.llm_api_key or "not-needed",
+        # AIOS_LLM_API_KEY, else the usual OPENAI_API_KEY, else a placeholder for local servers that need none.
+        api_key = settings.llm_api_key or os.environ.get("OPENAI_API_KEY") or "not-needed"
+        self.client = openai.OpenAI(base_url=settings.llm_base_url, api_key=api_key,
                                     timeout=settings.llm_request_timeout_s, max_retries=2)
         self.base_url = str(self.client.base_url)
 

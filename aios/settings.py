@@ -27,12 +27,14 @@ class Settings(BaseSettings):
     """Redis for replies, idempotency, dead letters and counters. Defaults to the broker when it is Redis;
     must be set when the broker is RabbitMQ."""
     data_dir: Path = Field(default_factory=lambda: Path(os.path.expanduser("~/.local/share/aios")))
-    """Where the storage worker keeps memory and files, and where the embedded Redis keeps its socket."""
+    """Where the storage worker keeps memory and files, logs of ``aios up``/``run``, and ``kernel.json``."""
     max_payload_bytes: int = Field(default=1_000_000, ge=1024)
     default_timeout_s: float = Field(default=120.0, gt=0)
-    max_syscall_timeout_s: float = Field(default=3600.0, gt=0)
-    """The longest a syscall may run; ``visibility_timeout_s`` must be above it."""
-    visibility_timeout_s: int = 7200
+    max_syscall_timeout_s: float = Field(default=600.0, gt=0)
+    """The longest one syscall may take to run on a worker (its service time, not its wait in the queue).
+    ``visibility_timeout_s`` must be above it; on RabbitMQ it must stay below the server's ``consumer_timeout``
+    (30 min by default)."""
+    visibility_timeout_s: int = 900
     """Redis only: an unacknowledged message is redelivered after this long (a worker that died mid-syscall)."""
     result_ttl_s: int = 86_400
     deadletter_max: int = 10_000
@@ -56,6 +58,11 @@ class Settings(BaseSettings):
             raise ConfigError(
                 f"AIOS_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must be above AIOS_MAX_SYSCALL_TIMEOUT_S "
                 f"({self.max_syscall_timeout_s}), or Redis redelivers syscalls that are still running"
+            )
+        if self.result_ttl_s < self.visibility_timeout_s:
+            raise ConfigError(
+                f"AIOS_RESULT_TTL_S ({self.result_ttl_s}) must be at least AIOS_VISIBILITY_TIMEOUT_S "
+                f"({self.visibility_timeout_s}), or a redelivered syscall could run again after its answer expired"
             )
         return self
 

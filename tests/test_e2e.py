@@ -55,7 +55,7 @@ def test_llm_output_modes_through_the_kernel(full_kernel: LocalKernel) -> None:
         calls = k.llm_chat_with_tool_call_output("Compute 6 * 7 with the calculator.", tools=[CALC], max_tokens=64)
         assert calls and calls[0]["name"] == "calculator" and isinstance(calls[0]["arguments"]["expression"], str)
         # A high-priority syscall and a batch in flight at once, all answered.
-        answers = k.gather([k._b_llm(f"Say the number {i}.", "text", max_tokens=8, priority=i) for i in range(4)])
+        answers = k.gather([k.llm_syscall(f"Say the number {i}.", "text", max_tokens=8, priority=i) for i in range(4)])
         assert len(answers) == 4 and all(isinstance(a["content"], str) for a in answers)
 
 
@@ -180,7 +180,7 @@ def test_flower_sees_the_workers_and_their_syscalls(tmp_path: Path, monkeypatch:
             sent: list[str] = []
             deadline = time.monotonic() + 60
             while True:
-                sent.append(k.submit(k._b_tool("echo", {"text": "hi"}, None, None)).id)
+                sent.append(k.submit(k.tool_syscall("echo", {"text": "hi"})).id)
                 try:
                     with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/tasks", timeout=5) as r:
                         tasks = json.loads(r.read())

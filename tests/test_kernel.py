@@ -37,7 +37,7 @@ def _reply(kernel: LocalKernel, syscall_id: str, timeout_s: float = 15) -> Respo
 
 
 def test_tool_round_trip_reports_timing(sdk: Kernel) -> None:
-    pending = sdk.submit(sdk._b_tool("calculator", {"expression": "17 * 23"}, None, None))
+    pending = sdk.submit(sdk.tool_syscall("calculator", {"expression": "17 * 23"}))
     response = sdk.wait_response(pending)
     assert response.status is Status.OK
     assert response.result == {"expression": "17 * 23", "value": 391}
@@ -77,9 +77,9 @@ async def test_async_many_in_flight(kernel: LocalKernel) -> None:
 
 def test_sync_gather_runs_concurrently(sdk: Kernel) -> None:
     """Syscalls in flight together run together: with two worker threads, sleeps overlap in time."""
-    out = sdk.gather([sdk._b_tool("sleep", {"seconds": 0.3}, None, None) for _ in range(4)])
+    out = sdk.gather([sdk.tool_syscall("sleep", {"seconds": 0.3}) for _ in range(4)])
     assert [o["slept_s"] for o in out] == [0.3] * 4
-    pendings = [sdk.submit(sdk._b_tool("sleep", {"seconds": 0.3}, None, None)) for _ in range(4)]
+    pendings = [sdk.submit(sdk.tool_syscall("sleep", {"seconds": 0.3})) for _ in range(4)]
     spans = sorted((r.timing.started_at, r.timing.finished_at) for r in map(sdk.wait_response, pendings))
     assert any(b_start < a_end for (_, a_end), (b_start, _) in zip(spans, spans[1:])), spans
 
@@ -151,7 +151,7 @@ def test_syscall_of_wrong_kind_on_queue_is_refused(kernel: LocalKernel) -> None:
 
 def test_redelivered_answered_syscall_is_not_rerun(kernel: LocalKernel, sdk: Kernel) -> None:
     """Idempotency: a syscall id already answered is acknowledged again without running twice."""
-    syscall = sdk._b_memory("put", "counter", 1)
+    syscall = sdk.memory_syscall("put", "counter", 1)
     sdk.call(syscall)
     state = _state(kernel)
     done_before = int(state.hget(keys.STATS_DONE, "memory:ok") or 0)

@@ -21,9 +21,9 @@ def test_high_priority_runs_before_queued_low_priority(broker: str, tmp_path: Pa
     settings = make_broker_settings(broker, tmp_path, request, worker_concurrency=1)
     with LocalKernel(settings, resources=()) as lk, Kernel("prio", settings=lk.settings) as k:
         # No worker yet: everything waits in the queue, low priority first, the urgent one last.
-        lows = [k.submit(k._b_tool("sleep", {"seconds": 0.05}, 1, 60)) for _ in range(8)]
-        high = k.submit(k._b_tool("noop", {}, 9, 60))
-        default = k.submit(k._b_tool("noop", {}, None, 60))
+        lows = [k.submit(k.tool_syscall("sleep", {"seconds": 0.05}, priority=1, timeout_s=60)) for _ in range(8)]
+        high = k.submit(k.tool_syscall("noop", priority=9, timeout_s=60))
+        default = k.submit(k.tool_syscall("noop", timeout_s=60))
         lk.start_worker("tool")
         started = {p.id: k.wait_response(p).timing.started_at for p in [*lows, high, default]}
     order = sorted(started, key=started.__getitem__)
@@ -38,7 +38,7 @@ def test_tool_worker_killed_during_long_syscall_redelivers(broker: str, tmp_path
                                     max_syscall_timeout_s=3)
     with LocalKernel(settings, resources=["tool"]) as lk, Kernel("survivor", settings=lk.settings) as k:
         state = redis.Redis.from_url(lk.settings.state_redis_url())
-        pending = k.submit(k._b_tool("sleep", {"seconds": 2.5}, None, 60))
+        pending = k.submit(k.tool_syscall("sleep", {"seconds": 2.5}, timeout_s=60))
         time.sleep(1.0)  # an idle worker picks it up at once: it is now 1 s into its 2.5 s
         lk.kill_worker("tool")
         assert state.exists(keys.result(pending.id)) == 0, "it must not have finished before the kill"

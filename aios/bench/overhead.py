@@ -85,7 +85,7 @@ class KernelSyscalls:
 
     def batch(self, n: int) -> None:
         k = self.kernel
-        for pending in [k.submit(k._b_tool("noop", {}, None, None)) for _ in range(n)]:
+        for pending in [k.submit(k.tool_syscall("noop")) for _ in range(n)]:
             k.wait(pending)
 
     def close(self) -> None:

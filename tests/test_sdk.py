@@ -1,0 +1,53 @@
+"""The SDK's own checks, before anything reaches a broker (no server needed: nothing is sent)."""
+
+from __future__ import annotations
+
+import pytest
+
+from aios import Kernel, PayloadTooLarge
+from aios.settings import Settings
+
+NOWHERE = Settings(broker_url="redis://127.0.0.1:1/0", max_payload_bytes=2048)
+
+
+@pytest.fixture
+def k() -> Kernel:
+    return Kernel("alice", settings=NOWHERE, priority=3, timeout_s=7)
+
+
+def test_builders_fill_in_the_agent_and_its_defaults(k: Kernel) -> None:
+    s = k.tool_syscall("calculator", {"expression": "1+1"})
+    assert (s.agent_id, s.priority, s.timeout_s) == ("alice", 3, 7)
+    s = k.memory_syscall("get", "x", priority=9, timeout_s=1.5)
+    assert (s.priority, s.timeout_s) == (9, 1.5)
+    assert k.llm_syscall("hi").messages[0].content == "hi"
+
+
+def test_a_client_acts_for_one_agent_only(k: Kernel) -> None:
+    with Kernel("mallory", settings=NOWHERE) as other:
+        with pytest.raises(ValueError, match="acts for agent 'alice'"):
+            k.submit(other.tool_syscall("noop"))
+
+
+def test_oversized_syscall_is_refused_before_sending(k: Kernel) -> None:
+    with pytest.raises(PayloadTooLarge, match="write_file"):
+        k.submit(k.tool_syscall("echo", {"text": "x" * 5000}))
+
+
+def test_unknown_options_are_typos_not_silently_ignored(k: Kernel) -> None:
+    with pytest.raises(TypeError):
+        k.memory_get("key", timeout=5)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        k.read_file("a.txt", priorty=9)  # type: ignore[call-arg]
+
+
+def test_tool_arguments_may_be_a_dict_when_named_like_options(k: Kernel) -> None:
+    captured = []
+    k._do = lambda syscall, post: captured.append(syscall)  # type: ignore[method-assign]
+    k.call_tool("schedule", {"priority": "high", "timeout_s": 3}, priority=1)
+    assert captured[0].arguments == {"priority": "high", "timeout_s": 3} and captured[0].priority == 1
+
+
+def test_no_broker_and_no_running_kernel_says_what_to_do(tmp_path) -> None:
+    with pytest.raises(Exception, match="aios up"):
+        Kernel("alice", settings=Settings(data_dir=tmp_path))
