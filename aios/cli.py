@@ -75,30 +75,36 @@ def run(agent: str, task: str, agent_id: str | None, timeout_s: float | None, ve
     from aios.client import Kernel
     from aios.embedded import LocalKernel, discover
 
+    interrupts = _Interrupts()
     try:
-        module = load_agent(agent)
-        settings = get_settings()
-        agent_id = agent_id or Path(agent).name.removesuffix(".py").replace("_", "-")
-        local: LocalKernel | None = None
-        if settings.broker_url is None and discover(settings) is None:
-            local = LocalKernel(settings, progress=_say if verbose else None)
-            _say("starting an embedded kernel (set AIOS_BROKER_URL or run `aios up` to use a long-lived one)")
-            t0 = time.monotonic()
-            local.start()
-            settings = local.settings
-            _say(f"kernel ready in {time.monotonic() - t0:.1f}s")
-        try:
-            with _sigterm_as_interrupt(), Kernel(agent_id, settings=settings, timeout_s=timeout_s) as kernel:
-                answer = module.run(kernel, task, **({"verbose": True} if verbose and _accepts(module.run, "verbose") else {}))
-        finally:
-            if local is not None:
-                _say("stopping the embedded kernel")
-                local.stop()
-    except KeyboardInterrupt:
-        _say("interrupted; kernel stopped")
-        sys.exit(130)
-    except (AIOSError, ValueError) as exc:
-        _fail(exc)
+        with interrupts:
+            module = load_agent(agent)
+            settings = get_settings()
+            agent_id = agent_id or Path(agent).name.removesuffix(".py").replace("_", "-")
+            local: LocalKernel | None = None
+            if settings.broker_url is None and discover(settings) is None:
+                local = LocalKernel(settings, progress=_say if verbose else None)
+                _say("starting an embedded kernel (set AIOS_BROKER_URL or run `aios up` to use a long-lived one)")
+                t0 = time.monotonic()
+                local.start()
+                settings = local.settings
+                _say(f"kernel ready in {time.monotonic() - t0:.1f}s")
+            try:
+                with Kernel(agent_id, settings=settings, timeout_s=timeout_s) as kernel:
+                    extra = {"verbose": True} if verbose and _accepts(module.run, "verbose") else {}
+                    answer = module.run(kernel, task, **extra)
+            finally:
+                if local is not None:
+                    _say("stopping the embedded kernel")
+                    local.stop()
+    except BaseException as exc:
+        # An interrupt can surface as another exception (Python wraps one raised during an import, say).
+        if interrupts.seen or isinstance(exc, KeyboardInterrupt):
+            _say("interrupted; kernel stopped")
+            sys.exit(130)
+        if isinstance(exc, (AIOSError, ValueError)):
+            _fail(exc)
+        raise
     click.echo(answer)
 
 
@@ -108,16 +114,23 @@ def _accepts(fn: Callable[..., Any], name: str) -> bool:
     return name in inspect.signature(fn).parameters
 
 
-class _sigterm_as_interrupt:
-    """SIGTERM shuts down as cleanly as Ctrl-C does."""
+class _Interrupts:
+    """Ctrl-C and SIGTERM both raise KeyboardInterrupt, and are remembered: shutdown is the same for both."""
 
-    def __enter__(self) -> None:
-        def raise_interrupt(signum: int, frame: Any) -> None:
-            raise KeyboardInterrupt
-        self._old = signal.signal(signal.SIGTERM, raise_interrupt)
+    def __init__(self) -> None:
+        self.seen = False
+
+    def _raise(self, signum: int, frame: Any) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> "_Interrupts":
+        self._old = {sig: signal.signal(sig, self._raise) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGTERM, self._old)
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
 
 
 # -- kernel and workers ---------------------------------------------------------------------------------------
@@ -132,8 +145,9 @@ def up(flower_port: int | None, loglevel: str) -> None:
     settings = get_settings()
     local = LocalKernel(settings, persistent=True, loglevel=loglevel, progress=_say,
                         extra_worker_args=("-E",) if flower_port else ())
+    interrupts = _Interrupts()
     try:
-        with _sigterm_as_interrupt():
+        with interrupts:
             local.start()
             local.publish_discovery()
             if flower_port:
@@ -144,11 +158,13 @@ def up(flower_port: int | None, loglevel: str) -> None:
             while all(local.alive().values()):
                 time.sleep(0.5)
             dead = [n for n, ok in local.alive().items() if not ok]
-            _say(f"{dead} exited; see the logs in {local.log_dir}; stopping")
-    except KeyboardInterrupt:
+            _fail(RuntimeError(f"{', '.join(dead)} exited; see the logs in {local.log_dir}; stopping the kernel"))
+    except BaseException as exc:
+        if not (interrupts.seen or isinstance(exc, KeyboardInterrupt)):
+            if isinstance(exc, AIOSError):
+                _fail(exc)
+            raise
         _say("stopping (waiting for syscalls in progress)")
-    except AIOSError as exc:
-        _fail(exc)
     finally:
         local.withdraw_discovery()
         local.stop()

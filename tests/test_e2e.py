@@ -225,7 +225,8 @@ def test_ctrl_c_during_aios_run_stops_the_embedded_kernel(tmp_path: Path) -> Non
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _wait_for_line(run.stderr, "kernel ready")
     run.send_signal(signal.SIGINT)
-    assert run.wait(timeout=60) == 130
+    rc = run.wait(timeout=60)
+    assert rc == 130, run.stderr.read().decode() if run.stderr else ""
     _no_orphans_within(tmp_path)
 
 
