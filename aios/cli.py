@@ -16,7 +16,7 @@ from typing import Any, Callable
 import click
 
 from aios.errors import AIOSError, ConfigError
-from aios.settings import QUEUES, Settings, get_settings
+from aios.settings import QUEUES, get_settings
 
 
 def _fail(exc: Exception) -> None:

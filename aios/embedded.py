@@ -150,7 +150,7 @@ class LocalKernel:
                 break
             except (redis.ConnectionError, FileNotFoundError):
                 if self._redis_proc.poll() is not None or time.monotonic() > deadline:
-                    raise KernelUnavailable(f"the embedded Redis did not start; see {self.log_dir / 'redis.log'}")
+                    raise KernelUnavailable(f"the embedded Redis did not start; see {self.log_dir / 'redis.log'}") from None
                 time.sleep(0.02)
             finally:
                 client.close()

@@ -17,7 +17,3 @@ def result(syscall_id: str) -> str:
 def reply(syscall_id: str) -> str:
     """A one-element list the caller BLPOPs for its answer."""
     return f"{PREFIX}:reply:{syscall_id}"
-
-
-def storage_lock(agent_id: str) -> str:
-    return f"{PREFIX}:lock:storage:{agent_id}"

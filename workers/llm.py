@@ -14,4 +14,4 @@ app = create_worker_app("llm", LLMService, concurrency=1)
 
 @worker_ready.connect
 def _load_model(sender: object = None, **_: object) -> None:
-    app.aios_runtime.service.backend  # type: ignore[attr-defined]
+    _ = app.aios_runtime.service.backend  # type: ignore[attr-defined]  # building it loads the model

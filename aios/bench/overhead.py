@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 from kombu.utils.url import maybe_sanitize_url
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from aios.celery_app import make_app
