@@ -89,6 +89,10 @@ def run(agent: str, task: str, agent_id: str | None, timeout_s: float | None, ve
                 local.start()
                 settings = local.settings
                 _say(f"kernel ready in {time.monotonic() - t0:.1f}s")
+            if settings.auth == "required":
+                from aios.identity import Credentials
+
+                Credentials(settings).ensure(agent_id)  # who runs `aios run` may act as the agent it starts
             try:
                 with Kernel(agent_id, settings=settings, timeout_s=timeout_s) as kernel:
                     extra = {"verbose": True} if verbose and _accepts(module.run, "verbose") else {}
@@ -236,6 +240,70 @@ def deadletters(limit: int) -> None:
             click.echo(json.dumps(entry))
     except AIOSError as exc:
         _fail(exc)
+
+
+# -- agent identities ---------------------------------------------------------------------------------------
+
+@main.group()
+def agent() -> None:
+    """Agent credentials: every syscall is signed with its agent's credential."""
+
+
+def _credentials() -> "Any":
+    from aios.client import resolve_settings
+    from aios.identity import Credentials
+
+    try:
+        return Credentials(resolve_settings(None))
+    except AIOSError as exc:
+        _fail(exc)
+
+
+@agent.command("create")
+@click.argument("agent_id")
+@click.option("--group", "groups", multiple=True, help="A privilege group the agent belongs to (repeatable).")
+@click.option("--expires-in", "expires_in_s", type=float, default=None, help="Seconds until the credential expires.")
+@click.option("--print-secret", is_flag=True, help="Also print the secret (for AIOS_AGENT_SECRET elsewhere).")
+def agent_create(agent_id: str, groups: tuple[str, ...], expires_in_s: float | None, print_secret: bool) -> None:
+    """Issue a credential for AGENT_ID (replacing any earlier one) and save it for processes on this machine."""
+    from aios.identity import credential_file
+
+    store = _credentials()
+    try:
+        cred = store.create(agent_id, groups=groups, expires_in_s=expires_in_s)
+    except AIOSError as exc:
+        _fail(exc)
+    _say(f"credential for {agent_id!r} saved in {credential_file(store.settings, agent_id)}")
+    if print_secret:
+        click.echo(cred.secret)
+
+
+@agent.command("revoke")
+@click.argument("agent_id")
+def agent_revoke(agent_id: str) -> None:
+    """Revoke AGENT_ID's credential: workers refuse its syscalls from now on."""
+    if not _credentials().revoke(agent_id):
+        _fail(ValueError(f"no agent {agent_id!r}; see `aios agent list`"))
+    _say(f"credential of {agent_id!r} revoked")
+
+
+@agent.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def agent_list(as_json: bool) -> None:
+    """Agents with credentials."""
+    creds = [c.public() for c in _credentials().list()]
+    if as_json:
+        click.echo(json.dumps(creds, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table("agent", "created", "expires", "revoked", "groups")
+    fmt = lambda ts: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "never"  # noqa: E731
+    for c in creds:
+        t.add_row(c["agent_id"], fmt(c["created_at"]), fmt(c["expires_at"]), "yes" if c["revoked"] else "no",
+                  ",".join(c["groups"]))
+    Console().print(t)
 
 
 # -- benchmarks -----------------------------------------------------------------------------------------------

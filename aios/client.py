@@ -23,7 +23,8 @@ from kombu.exceptions import OperationalError
 
 from aios import keys
 from aios.celery_app import make_app
-from aios.errors import KernelUnavailable, PayloadTooLarge, SyscallTimeout, from_code
+from aios.errors import ConfigError, KernelUnavailable, PayloadTooLarge, SyscallTimeout, from_code
+from aios.identity import SIG_FIELD, credential_file, load_secret, sign
 from aios.priority import DEFAULT_PRIORITY, check, to_broker
 from aios.settings import KIND_TO_RESOURCE, QUEUES, Settings, get_settings
 from aios.syscalls import (
@@ -71,7 +72,7 @@ class _Core:
     """What the sync and async clients share: building, publishing and decoding syscalls."""
 
     def __init__(self, agent_id: str, *, settings: Settings | None = None, priority: int = DEFAULT_PRIORITY,
-                 timeout_s: float | None = None) -> None:
+                 timeout_s: float | None = None, credential: str | None = None) -> None:
         self.settings = resolve_settings(settings)
         self.agent_id = agent_id
         self.priority = check(priority)
@@ -79,6 +80,12 @@ class _Core:
         self._app = make_app(self.settings, name=f"aios-sdk-{agent_id}")
         self._broker_url = self.settings.require_broker()
         self._check_agent_id()
+        self._secret = credential or load_secret(self.settings, agent_id)
+        if self._secret is None and self.settings.auth == "required":
+            raise ConfigError(
+                f"no credential for agent {agent_id!r}: run `aios agent create {agent_id}` (it writes "
+                f"{credential_file(self.settings, agent_id)}), or pass credential= / set AIOS_AGENT_SECRET"
+            )
 
     def _check_agent_id(self) -> None:
         ToolSyscall(agent_id=self.agent_id, tool="noop")  # raises a clear ValidationError for a bad agent id
@@ -115,6 +122,8 @@ class _Core:
             raise ValueError(f"this client acts for agent {self.agent_id!r}, not {syscall.agent_id!r}: "
                              "make one Kernel per agent")
         payload = syscall.model_dump(mode="json")
+        if self._secret is not None:
+            payload[SIG_FIELD] = sign(payload, self._secret)
         size = len(json.dumps(payload, separators=(",", ":")))
         if size > self.settings.max_payload_bytes:
             raise PayloadTooLarge(

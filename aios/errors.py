@@ -64,6 +64,12 @@ class InvalidToolArguments(ToolError):
     code = "invalid_arguments"
 
 
+class AuthError(AIOSError):
+    """The syscall's identity could not be verified: unsigned, forged, replayed, revoked or unknown agent."""
+
+    code = "unauthenticated"
+
+
 class NotFound(AIOSError):
     code = "not_found"
 
@@ -87,11 +93,13 @@ class KernelUnavailable(AIOSError):
 _BY_CODE: dict[str, type[AIOSError]] = {}
 for _cls in (
     AIOSError, ConfigError, InvalidSyscall, PayloadTooLarge, SyscallTimeout, DeadlineExceeded, ToolError,
-    UnknownTool, InvalidToolArguments, NotFound, AccessDenied, BackendError, KernelUnavailable,
+    UnknownTool, InvalidToolArguments, AuthError, NotFound, AccessDenied, BackendError, KernelUnavailable,
 ):
     _BY_CODE[_cls.code] = _cls
 for _code in ("malformed", "unknown_kind", "content_type", "unknown_task", "wrong_queue"):
     _BY_CODE[_code] = InvalidSyscall
+for _code in ("unsigned", "forged", "replayed", "revoked", "unknown_agent", "credential_expired"):
+    _BY_CODE[_code] = AuthError
 
 
 def from_code(code: str, message: str) -> AIOSError:

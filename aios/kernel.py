@@ -25,7 +25,8 @@ from celery.worker.consumer import Consumer
 
 from aios import keys
 from aios.celery_app import make_app
-from aios.errors import AIOSError, DeadlineExceeded, InvalidSyscall, PayloadTooLarge
+from aios.errors import AIOSError, AuthError, DeadlineExceeded, InvalidSyscall, PayloadTooLarge
+from aios.identity import Credential, verify
 from aios.settings import KIND_TO_RESOURCE, QUEUES, Settings, get_settings
 from aios.syscalls import ErrorInfo, Response, Status, Syscall, Timing, decode_syscall
 
@@ -68,10 +69,6 @@ class Runtime:
 
     def execute(self, message_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], worker: str) -> None:
         started = time.time()
-        stored = self.redis.get(keys.result(message_id))
-        if stored is not None:
-            log.info("syscall %s already answered; redelivery acknowledged without rerunning", message_id)
-            return
         created = started
         try:
             if len(args) != 1 or kwargs:
@@ -82,6 +79,19 @@ class Runtime:
                 raise InvalidSyscall(
                     f"syscall id {syscall.id!r} does not match the message id {message_id!r}; publish through the SDK"
                 )
+            # One round trip for both: has this id been answered, and who is its agent?
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.exists(keys.result(message_id))
+            pipe.hgetall(keys.agent(syscall.agent_id))
+            answered, record = pipe.execute()
+            if self.settings.auth == "required":
+                payload = args[0] if isinstance(args[0], dict) else json.loads(args[0])
+                verify(payload, Credential.from_redis(syscall.agent_id, record), now=started,
+                       clock_skew_s=self.settings.clock_skew_s)
+            if answered:
+                # A broker redelivery after the answer was stored, or someone replaying a captured message.
+                raise AuthError(f"syscall {message_id} was answered already; it is not run again (make a new "
+                                "syscall to repeat the request)", code="replayed")
             resource = KIND_TO_RESOURCE[syscall.kind]
             if resource != self.resource:
                 raise InvalidSyscall(

@@ -7,6 +7,13 @@ STATS_REJECTED = f"{PREFIX}:stats:rejected"
 """Hash: rejection code -> count."""
 STATS_DONE = f"{PREFIX}:stats:done"
 """Hash: ``<kind>:<status>`` -> count of answered syscalls."""
+AGENTS = f"{PREFIX}:agents"
+"""Set of agent ids that have (or had) a credential."""
+
+
+def agent(agent_id: str) -> str:
+    """Hash: an agent's credential (secret, created_at, expires_at, revoked, groups)."""
+    return f"{PREFIX}:agent:{agent_id}"
 
 
 def result(syscall_id: str) -> str:

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     """Redis only: an unacknowledged message is redelivered after this long (a worker that died mid-syscall)."""
     result_ttl_s: int = 86_400
     deadletter_max: int = 10_000
+    auth: Literal["required", "off"] = "required"
+    """``required``: workers act only on syscalls signed with the agent's credential (``aios agent create``)."""
+    clock_skew_s: float = 30.0
+    """How far in the future a syscall's ``created_at`` may lie (clock differences between machines)."""
     worker_concurrency: int | None = None
     """Threads per tool/storage worker; unset: Celery's default (the CPU count)."""
 

@@ -44,6 +44,8 @@ class SyscallBase(_Wire):
     """How long the caller waits, counted from ``created_at``; the worker skips a syscall whose deadline passed."""
     created_at: float = Field(default_factory=time.time)
     """Unix time at which the SDK made the syscall."""
+    sig: str | None = Field(default=None, max_length=128)
+    """HMAC-SHA256 of the other fields with the agent's credential (see :mod:`aios.identity`)."""
 
     @field_validator("agent_id")
     @classmethod

@@ -17,7 +17,9 @@ import redis
 from kombu import Connection, Exchange, Producer, Queue
 
 from aios.celery_app import make_app
+from aios.client import Kernel
 from aios.embedded import LocalKernel
+from aios.identity import Credentials
 from aios.priority import DEFAULT_PRIORITY, MAX_PRIORITY, to_broker
 from aios.settings import QUEUES, Settings
 
@@ -109,6 +111,12 @@ def kernel(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     settings = make_broker_settings(request.param, tmp_path_factory.mktemp(f"kernel-{request.param}"), request)
     with LocalKernel(settings, resources=["tool", "storage"]) as lk:
         yield lk
+
+
+def authorized(settings: Settings, agent_id: str, **kwargs: Any) -> Kernel:
+    """An SDK client for ``agent_id`` with a freshly issued credential (as `aios agent create` would)."""
+    Credentials(settings).create(agent_id)
+    return Kernel(agent_id, settings=settings, **kwargs)
 
 
 def publish_raw(settings: Settings, body: bytes, *, content_type: str, task: str = "aios.tool",

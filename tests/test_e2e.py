@@ -17,7 +17,7 @@ import redis
 from agents.react import agent as react
 from aios import Kernel, keys
 from aios.embedded import LocalKernel, kernel_file
-from tests.conftest import base_settings
+from tests.conftest import authorized, base_settings
 
 pytestmark = pytest.mark.integration
 CALC = {"name": "calculator", "description": "Evaluate arithmetic",
@@ -32,7 +32,7 @@ def full_kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKerne
 
 def test_react_agent_runs_through_the_whole_kernel(full_kernel: LocalKernel) -> None:
     state = redis.Redis.from_url(full_kernel.settings.state_redis_url())
-    with Kernel("react-e2e", settings=full_kernel.settings) as k:
+    with authorized(full_kernel.settings, "react-e2e") as k:
         answer = react.run(k, "What is 17 * 23?")
         assert isinstance(answer, str) and answer.strip()
         # It went through the kernel: LLM syscalls answered by the LLM worker, its memory and files by storage.
@@ -44,7 +44,7 @@ def test_react_agent_runs_through_the_whole_kernel(full_kernel: LocalKernel) -> 
 
 
 def test_llm_output_modes_through_the_kernel(full_kernel: LocalKernel) -> None:
-    with Kernel("llm-modes", settings=full_kernel.settings) as k:
+    with authorized(full_kernel.settings, "llm-modes") as k:
         text = k.llm_chat("What is the capital of France?", max_tokens=32)
         assert isinstance(text, str) and text.strip()
         obj = k.llm_chat_with_json_output(
@@ -73,7 +73,7 @@ def test_every_worker_type_refuses_pickle_and_keeps_serving(resource: str, full_
     assert got is not None
     response = Response.model_validate_json(got[1])
     assert response.error is not None and response.error.code == "content_type"
-    with Kernel("after-pickle", settings=full_kernel.settings) as k:
+    with authorized(full_kernel.settings, "after-pickle") as k:
         assert k.memory_list() == [] and isinstance(k.llm_chat("Hi", max_tokens=4), str)
 
 
@@ -131,6 +131,9 @@ def test_aios_up_serves_other_processes_and_stops_cleanly_on_ctrl_c(tmp_path: Pa
             assert time.monotonic() < deadline, "aios up did not come up"
             time.sleep(0.2)
         # Another process, with no configuration but the data dir, finds the kernel.
+        made = subprocess.run(_aios("agent", "create", "neighbour"), env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert made.returncode == 0, made.stderr
         with Kernel("neighbour", settings=base_settings(tmp_path)) as k:
             assert k.call_tool("calculator", expression="6 * 7")["value"] == 42
         status = subprocess.run(_aios("status", "--json"), env=env, capture_output=True, text=True, timeout=60)
@@ -158,7 +161,7 @@ def test_a_worker_started_by_hand_serves_its_queue(how: str, tmp_path: Path) -> 
         worker = subprocess.Popen(argv, env=lk.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                   start_new_session=True)
         try:
-            with Kernel("by-hand", settings=lk.settings, timeout_s=60) as k:
+            with authorized(lk.settings, "by-hand", timeout_s=60) as k:
                 assert k.call_tool("calculator", expression="2 ** 10")["value"] == 1024
         finally:
             os.killpg(worker.pid, signal.SIGTERM)
@@ -175,7 +178,7 @@ def test_flower_sees_the_workers_and_their_syscalls(tmp_path: Path, monkeypatch:
         port = s.getsockname()[1]
     with LocalKernel(base_settings(tmp_path), resources=["tool"], extra_worker_args=("-E",)) as lk:
         lk.start_flower(port)
-        with Kernel("watched", settings=lk.settings) as k:
+        with authorized(lk.settings, "watched") as k:
             # Flower sees only events sent after it connects: keep making syscalls until one shows up as done.
             sent: list[str] = []
             deadline = time.monotonic() + 60

@@ -15,14 +15,15 @@ from aios import AsyncKernel, InvalidToolArguments, Kernel, NotFound, PayloadToo
 from aios import AccessDenied, keys
 from aios.embedded import LocalKernel
 from aios.syscalls import Response, Status, ToolSyscall
-from tests.conftest import publish_raw
+from aios.identity import Credentials, sign
+from tests.conftest import authorized, publish_raw
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def sdk(kernel: LocalKernel):
-    with Kernel(f"agent-{uuid.uuid4().hex[:8]}", settings=kernel.settings) as k:
+    with authorized(kernel.settings, f"agent-{uuid.uuid4().hex[:8]}") as k:
         yield k
 
 
@@ -58,7 +59,7 @@ def test_memory_and_files_per_agent(sdk: Kernel, kernel: LocalKernel) -> None:
     assert "plan" in sdk.memory_list()
     sdk.write_file("notes/a.txt", "hello")
     assert sdk.read_file("notes/a.txt") == "hello"
-    with Kernel("someone-else", settings=kernel.settings) as other:
+    with authorized(kernel.settings, "someone-else") as other:
         with pytest.raises(NotFound):
             other.memory_get("plan")
         with pytest.raises(NotFound):
@@ -68,6 +69,7 @@ def test_memory_and_files_per_agent(sdk: Kernel, kernel: LocalKernel) -> None:
 
 
 async def test_async_many_in_flight(kernel: LocalKernel) -> None:
+    Credentials(kernel.settings).create("async-agent")
     async with AsyncKernel("async-agent", settings=kernel.settings) as k:
         results = await asyncio.gather(*(k.call_tool("echo", text=str(i)) for i in range(64)))
         assert [r["text"] for r in results] == [str(i) for i in range(64)]
@@ -143,6 +145,7 @@ def test_syscall_of_wrong_kind_on_queue_is_refused(kernel: LocalKernel) -> None:
     sid = uuid.uuid4().hex
     memory = {"v": 1, "id": sid, "agent_id": "raw-client", "priority": 5, "timeout_s": 30,
               "created_at": time.time(), "kind": "memory", "op": "list"}
+    memory["sig"] = sign(memory, Credentials(kernel.settings).create("raw-client", write_file=False).secret)
     publish_raw(kernel.settings, _envelope(memory), content_type="application/json", task="aios.tool", message_id=sid)
     response = _reply(kernel, sid)
     assert response.error is not None and response.error.code == "wrong_queue"
@@ -150,14 +153,14 @@ def test_syscall_of_wrong_kind_on_queue_is_refused(kernel: LocalKernel) -> None:
 
 
 def test_redelivered_answered_syscall_is_not_rerun(kernel: LocalKernel, sdk: Kernel) -> None:
-    """Idempotency: a syscall id already answered is acknowledged again without running twice."""
+    """Idempotency: a syscall id already answered is refused as a replay, and does not run twice."""
     syscall = sdk.memory_syscall("put", "counter", 1)
     sdk.call(syscall)
     state = _state(kernel)
     done_before = int(state.hget(keys.STATS_DONE, "memory:ok") or 0)
-    sdk._publish(syscall)  # the same message again, as a broker redelivery would
-    time.sleep(1.0)
-    assert state.llen(keys.reply(syscall.id)) == 0
+    sdk._publish(syscall)  # the same message again, as a broker redelivery or a replay would
+    response = _reply(kernel, syscall.id)
+    assert response.error is not None and response.error.code == "replayed"
     assert int(state.hget(keys.STATS_DONE, "memory:ok") or 0) == done_before
 
 

@@ -10,7 +10,7 @@ import redis
 
 from aios import Kernel, keys
 from aios.embedded import LocalKernel
-from tests.conftest import BROKERS, make_broker_settings
+from tests.conftest import BROKERS, authorized, make_broker_settings
 
 pytestmark = pytest.mark.integration
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 def test_high_priority_runs_before_queued_low_priority(broker: str, tmp_path: Path, request: pytest.FixtureRequest
                                                        ) -> None:
     settings = make_broker_settings(broker, tmp_path, request, worker_concurrency=1)
-    with LocalKernel(settings, resources=()) as lk, Kernel("prio", settings=lk.settings) as k:
+    with LocalKernel(settings, resources=()) as lk, authorized(lk.settings, "prio") as k:
         # No worker yet: everything waits in the queue, low priority first, the urgent one last.
         lows = [k.submit(k.tool_syscall("sleep", {"seconds": 0.05}, priority=1, timeout_s=60)) for _ in range(8)]
         high = k.submit(k.tool_syscall("noop", priority=9, timeout_s=60))
@@ -36,7 +36,7 @@ def test_tool_worker_killed_during_long_syscall_redelivers(broker: str, tmp_path
                                                            request: pytest.FixtureRequest) -> None:
     settings = make_broker_settings(broker, tmp_path, request, worker_concurrency=1, visibility_timeout_s=4,
                                     max_syscall_timeout_s=3)
-    with LocalKernel(settings, resources=["tool"]) as lk, Kernel("survivor", settings=lk.settings) as k:
+    with LocalKernel(settings, resources=["tool"]) as lk, authorized(lk.settings, "survivor") as k:
         state = redis.Redis.from_url(lk.settings.state_redis_url())
         pending = k.submit(k.tool_syscall("sleep", {"seconds": 2.5}, timeout_s=60))
         time.sleep(1.0)  # an idle worker picks it up at once: it is now 1 s into its 2.5 s

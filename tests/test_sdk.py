@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from aios import Kernel, PayloadTooLarge
+from aios import ConfigError, Kernel, PayloadTooLarge
 from aios.settings import Settings
 
 NOWHERE = Settings(broker_url="redis://127.0.0.1:1/0", max_payload_bytes=2048)
+SECRET = "ab" * 32
 
 
 @pytest.fixture
 def k() -> Kernel:
-    return Kernel("alice", settings=NOWHERE, priority=3, timeout_s=7)
+    return Kernel("alice", settings=NOWHERE, priority=3, timeout_s=7, credential=SECRET)
 
 
 def test_builders_fill_in_the_agent_and_its_defaults(k: Kernel) -> None:
@@ -24,7 +25,7 @@ def test_builders_fill_in_the_agent_and_its_defaults(k: Kernel) -> None:
 
 
 def test_a_client_acts_for_one_agent_only(k: Kernel) -> None:
-    with Kernel("mallory", settings=NOWHERE) as other:
+    with Kernel("mallory", settings=NOWHERE, credential=SECRET) as other:
         with pytest.raises(ValueError, match="acts for agent 'alice'"):
             k.submit(other.tool_syscall("noop"))
 
@@ -51,3 +52,21 @@ def test_tool_arguments_may_be_a_dict_when_named_like_options(k: Kernel) -> None
 def test_no_broker_and_no_running_kernel_says_what_to_do(tmp_path) -> None:
     with pytest.raises(Exception, match="aios up"):
         Kernel("alice", settings=Settings(data_dir=tmp_path))
+
+
+def test_without_a_credential_the_client_says_how_to_get_one(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="aios agent create bob"):
+        Kernel("bob", settings=Settings(broker_url="redis://127.0.0.1:1/0", data_dir=tmp_path))
+    Kernel("bob", settings=Settings(broker_url="redis://127.0.0.1:1/0", data_dir=tmp_path, auth="off")).close()
+
+
+def test_signature_covers_every_field(k: Kernel) -> None:
+    from aios.identity import sign
+
+    payload = k.tool_syscall("echo", {"text": "a"}).model_dump(mode="json")
+    sig = sign(payload, SECRET)
+    assert sign({**payload, "sig": "whatever"}, SECRET) == sig  # the signature itself is not signed
+    for field, value in [("agent_id", "mallory"), ("arguments", {"text": "b"}), ("priority", 9),
+                         ("created_at", payload["created_at"] + 1), ("id", "f" * 32)]:
+        assert sign({**payload, field: value}, SECRET) != sig, field
+    assert sign(payload, "cd" * 32) != sig

@@ -31,6 +31,7 @@ from aios.celery_app import make_app
 from aios.client import Kernel
 from aios.embedded import LocalKernel
 from aios.errors import ConfigError
+from aios.identity import Credentials
 from aios.priority import DEFAULT_PRIORITY, is_redis_url, to_broker
 from aios.settings import QUEUES, Settings
 
@@ -78,6 +79,7 @@ class KernelSyscalls:
     name = "kernel"
 
     def __init__(self, settings: Settings) -> None:
+        Credentials(settings).create("bench")
         self.kernel = Kernel("bench", settings=settings, timeout_s=TIMEOUT_S)
 
     def one(self) -> None:

@@ -1,0 +1,154 @@
+"""Agent identity on every worker type: unsigned, forged, replayed, revoked and unknown syscalls are refused,
+counted, and nothing runs; a valid credential works; the CLI issues, lists and revokes credentials."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import redis
+
+from aios import AuthError, Kernel, keys
+from aios.embedded import LocalKernel
+from aios.identity import Credentials, sign
+from aios.settings import QUEUES
+from aios.syscalls import Response
+from tests.conftest import authorized, base_settings, publish_raw
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def lk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKernel]:
+    with LocalKernel(base_settings(tmp_path_factory.mktemp("identity"), llm_n_ctx=1024)) as k:
+        yield k
+
+
+# One harmless syscall per worker type, whose effect (if it ran) is visible afterwards.
+def _syscall(resource: str, agent: str, marker: str) -> dict[str, Any]:
+    base = {"v": 1, "id": uuid.uuid4().hex, "agent_id": agent, "priority": 5, "timeout_s": 30.0,
+            "created_at": time.time(), "sig": None}
+    if resource == "tool":
+        return {**base, "kind": "tool", "tool": "echo", "arguments": {"text": marker}}
+    if resource == "storage":
+        return {**base, "kind": "memory", "op": "put", "key": marker, "value": 1}
+    return {**base, "kind": "llm", "messages": [{"role": "user", "content": marker}], "output": "text",
+            "json_schema": None, "tools": [], "max_tokens": 2, "temperature": 0.0, "model": None}
+
+
+def _send(lk: LocalKernel, resource: str, payload: dict[str, Any]) -> Response:
+    body = json.dumps([[payload], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]).encode()
+    publish_raw(lk.settings, body, content_type="application/json", task=f"aios.{resource}", queue=QUEUES[resource],
+                message_id=payload["id"])
+    got = redis.Redis.from_url(lk.settings.state_redis_url()).blpop([keys.reply(payload["id"])], timeout=60)
+    assert got is not None
+    return Response.model_validate_json(got[1])
+
+
+def _done(lk: LocalKernel) -> dict[str, int]:
+    r = redis.Redis.from_url(lk.settings.state_redis_url())
+    return {k.decode(): int(v) for k, v in r.hgetall(keys.STATS_DONE).items()}
+
+
+def _rejected(lk: LocalKernel, code: str) -> int:
+    return int(redis.Redis.from_url(lk.settings.state_redis_url()).hget(keys.STATS_REJECTED, code) or 0)
+
+
+KIND = {"tool": "tool", "storage": "memory", "llm": "llm"}
+
+
+@pytest.mark.parametrize("resource", ["tool", "storage", "llm"])
+@pytest.mark.parametrize("attack", ["unsigned", "forged", "tampered", "unknown_agent", "revoked", "replayed",
+                                    "future"])
+def test_refused_on_every_worker_and_nothing_runs(lk: LocalKernel, resource: str, attack: str) -> None:
+    store = Credentials(lk.settings)
+    agent = f"victim-{resource}-{attack}"
+    secret = store.create(agent, write_file=False).secret
+    marker = f"m{uuid.uuid4().hex[:8]}"
+    payload = _syscall(resource, agent, marker)
+    code = attack
+    if attack == "forged":
+        payload["sig"] = sign(payload, "00" * 32)  # signed with a key that is not the agent's
+    elif attack == "tampered":
+        payload["sig"] = sign(payload, secret)
+        payload["priority"] = 9  # altered after signing
+        code = "forged"
+    elif attack == "unknown_agent":
+        payload["agent_id"] = f"ghost-{uuid.uuid4().hex[:6]}"
+        payload["sig"] = sign(payload, secret)
+    elif attack == "revoked":
+        payload["sig"] = sign(payload, secret)
+        store.revoke(agent)
+    elif attack == "future":
+        payload["created_at"] = time.time() + 3600
+        payload["sig"] = sign(payload, secret)
+        code = "forged"
+    elif attack == "replayed":
+        payload["sig"] = sign(payload, secret)
+        first = _send(lk, resource, payload)
+        assert first.error is None, first.error  # the genuine one runs
+    before = (_done(lk).get(f"{KIND[resource]}:ok", 0), _rejected(lk, code))
+    response = _send(lk, resource, payload)
+    assert response.error is not None and response.error.code == code, response.error
+    assert len(response.error.message) > 30
+    assert _done(lk).get(f"{KIND[resource]}:ok", 0) == before[0], "nothing may run"
+    assert _rejected(lk, code) == before[1] + 1
+    if resource == "storage" and attack != "replayed":
+        with authorized(lk.settings, agent) as k:
+            assert marker not in k.memory_list()
+
+
+def test_genuine_agent_works_and_revocation_takes_effect_at_once(lk: LocalKernel) -> None:
+    with authorized(lk.settings, "honest") as k:
+        assert k.call_tool("echo", text="hi") == {"text": "hi"}
+        Credentials(lk.settings).revoke("honest")
+        with pytest.raises(AuthError, match="revoked"):
+            k.call_tool("echo", text="hi")
+
+
+def test_expired_credential_is_refused(lk: LocalKernel) -> None:
+    Credentials(lk.settings).create("shortlived", expires_in_s=0.5)
+    with Kernel("shortlived", settings=lk.settings) as k:
+        assert k.memory_list() == []
+        time.sleep(0.6)
+        with pytest.raises(AuthError, match="expired"):
+            k.memory_list()
+
+
+def test_one_agent_cannot_sign_for_another(lk: LocalKernel) -> None:
+    mallory = Credentials(lk.settings).create("mallory", write_file=False).secret
+    Credentials(lk.settings).create("alice", write_file=False)
+    with Kernel("alice", settings=lk.settings, credential=mallory) as k:
+        with pytest.raises(AuthError, match="bad signature"):
+            k.memory_list()
+
+
+def test_cli_creates_lists_and_revokes(tmp_path: Path, lk: LocalKernel) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIOS_")}
+    env.update(lk.settings.to_env())
+    env["AIOS_REDIS_URL"] = lk.settings.state_redis_url()
+
+    def aios(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "aios.cli", *args], env=env, capture_output=True, text=True,
+                              timeout=60)
+
+    made = aios("agent", "create", "cli-agent", "--group", "research")
+    assert made.returncode == 0, made.stderr
+    path = lk.settings.data_dir / "credentials" / "cli-agent"
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    with Kernel("cli-agent", settings=lk.settings) as k:
+        assert k.call_tool("calculator", expression="2+2")["value"] == 4
+    listed = json.loads(aios("agent", "list", "--json").stdout)
+    mine = next(a for a in listed if a["agent_id"] == "cli-agent")
+    assert mine["groups"] == ["research"] and not mine["revoked"] and "secret" not in mine
+    assert aios("agent", "revoke", "cli-agent").returncode == 0
+    with Kernel("cli-agent", settings=lk.settings) as k, pytest.raises(AuthError, match="revoked"):
+        k.call_tool("calculator", expression="2+2")
+    assert aios("agent", "revoke", "nobody-here").returncode == 1
