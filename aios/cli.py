@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import click
 
+from aios.cli_access import register as register_access_commands
 from aios.errors import AIOSError, ConfigError
 from aios.settings import QUEUES, get_settings
 
@@ -242,6 +243,63 @@ def deadletters(limit: int) -> None:
         _fail(exc)
 
 
+# -- approvals ------------------------------------------------------------------------------------------------
+
+def _approvals() -> "Any":
+    from aios.approvals import Approvals
+    from aios.client import resolve_settings
+
+    try:
+        return Approvals(resolve_settings(None))
+    except AIOSError as exc:
+        _fail(exc)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def approvals(as_json: bool) -> None:
+    """Irreversible syscalls waiting for an operator, oldest first."""
+    pending = [r.public() for r in _approvals().pending()]
+    if as_json:
+        click.echo(json.dumps(pending, indent=2))
+        return
+    if not pending:
+        click.echo("no syscall waits for approval")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table("id", "agent", "what", "why", "time left")
+    for r in pending:
+        left = r["deadline"] - time.time()
+        t.add_row(r["id"], r["agent_id"], r["summary"], r["reason"], f"{left:.0f}s" if left > 0 else "expired")
+    Console().print(t)
+    click.echo("approve with `aios approve <id>`, deny with `aios deny <id>`")
+
+
+@main.command()
+@click.argument("syscall_id")
+def approve(syscall_id: str) -> None:
+    """Let a waiting irreversible syscall run."""
+    try:
+        _approvals().approve(syscall_id)
+    except AIOSError as exc:
+        _fail(exc)
+    _say(f"approved {syscall_id}: it runs on the next free worker")
+
+
+@main.command()
+@click.argument("syscall_id")
+@click.option("--reason", default="denied by an operator", show_default=True)
+def deny(syscall_id: str, reason: str) -> None:
+    """Refuse a waiting irreversible syscall: the agent gets an error, nothing runs."""
+    try:
+        _approvals().deny(syscall_id, reason)
+    except AIOSError as exc:
+        _fail(exc)
+    _say(f"denied {syscall_id}")
+
+
 # -- agent identities ---------------------------------------------------------------------------------------
 
 @main.group()
@@ -329,6 +387,8 @@ def overhead(n_latency: int, n_throughput: int, rounds: int, json_path: Path | N
     except AIOSError as exc:
         _fail(exc)
 
+
+register_access_commands(main)
 
 if __name__ == "__main__":
     main()

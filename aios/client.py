@@ -23,7 +23,7 @@ from kombu.exceptions import OperationalError
 
 from aios import keys
 from aios.celery_app import make_app
-from aios.errors import ConfigError, KernelUnavailable, PayloadTooLarge, SyscallTimeout, from_code
+from aios.errors import ApprovalDenied, ConfigError, KernelUnavailable, PayloadTooLarge, SyscallTimeout, from_code
 from aios.identity import SIG_FIELD, credential_file, load_secret, sign
 from aios.priority import DEFAULT_PRIORITY, check, to_broker
 from aios.settings import KIND_TO_RESOURCE, QUEUES, Settings, get_settings
@@ -80,6 +80,7 @@ class _Core:
         self._app = make_app(self.settings, name=f"aios-sdk-{agent_id}")
         self._broker_url = self.settings.require_broker()
         self._check_agent_id()
+        self._approvals: Any = None
         self._secret = credential or load_secret(self.settings, agent_id)
         if self._secret is None and self.settings.auth == "required":
             raise ConfigError(
@@ -107,13 +108,17 @@ class _Core:
                      timeout_s: float | None = None) -> ToolSyscall:
         return ToolSyscall(tool=name, arguments=arguments or {}, **self._common(priority, timeout_s))
 
-    def memory_syscall(self, op: str, key: str | None = None, value: Any = None, *, priority: int | None = None,
-                       timeout_s: float | None = None) -> MemorySyscall:
-        return MemorySyscall(op=op, key=key, value=value, **self._common(priority, timeout_s))  # type: ignore[arg-type]
+    def memory_syscall(self, op: str, key: str | None = None, value: Any = None, *, owner: str | None = None,
+                       priority: int | None = None, timeout_s: float | None = None) -> MemorySyscall:
+        """``owner``: another agent's memory (needs its grant, see ``aios grant``); ``None``: this agent's own."""
+        return MemorySyscall(op=op, key=key, value=value, owner=owner,  # type: ignore[arg-type]
+                             **self._common(priority, timeout_s))
 
-    def storage_syscall(self, op: str, path: str = "", content: str | None = None, *, priority: int | None = None,
-                        timeout_s: float | None = None) -> StorageSyscall:
-        return StorageSyscall(op=op, path=path, content=content, **self._common(priority, timeout_s))  # type: ignore[arg-type]
+    def storage_syscall(self, op: str, path: str = "", content: str | None = None, *, owner: str | None = None,
+                        priority: int | None = None, timeout_s: float | None = None) -> StorageSyscall:
+        """``owner``: another agent's files (needs its grant, see ``aios grant``); ``None``: this agent's own."""
+        return StorageSyscall(op=op, path=path, content=content, owner=owner,  # type: ignore[arg-type]
+                              **self._common(priority, timeout_s))
 
     # -- the wire ----------------------------------------------------------------------------------------
 
@@ -151,6 +156,20 @@ class _Core:
     def _wait_s(self, pending: Pending) -> float:
         return max(0.01, pending.syscall.deadline - time.time() + REPLY_GRACE_S)
 
+    def _expired_approval(self, pending: Pending) -> ApprovalDenied | None:
+        """If the syscall was parked for approval, deny it now (the caller stops waiting) and say so."""
+        from aios.approvals import Approvals
+
+        if self._approvals is None:
+            self._approvals = Approvals(self.settings)
+        if not self._approvals.expire(pending.id):
+            return None
+        return ApprovalDenied(
+            f"{pending.syscall.kind} syscall {pending.id} is irreversible and was not approved within its timeout of "
+            f"{pending.syscall.timeout_s}s: denied, nothing ran. An operator approves with `aios approve {pending.id}`"
+            " while it waits; raise timeout_s to give them time"
+        )
+
     def _timeout(self, pending: Pending) -> SyscallTimeout:
         s = pending.syscall
         return SyscallTimeout(
@@ -170,6 +189,8 @@ class _Core:
         return response.result
 
     def close(self) -> None:
+        if self._approvals is not None:
+            self._approvals.redis.close()
         self._app.close()
 
 
@@ -200,7 +221,7 @@ class Kernel(_Core):
         except redis.ConnectionError as exc:
             raise KernelUnavailable(f"cannot reach the kernel's Redis: {exc}; check AIOS_REDIS_URL") from None
         if got is None:
-            raise self._timeout(pending)
+            raise self._expired_approval(pending) or self._timeout(pending)
         return self._response(got[1])
 
     def wait(self, pending: Pending) -> Any:
@@ -244,30 +265,30 @@ class Kernel(_Core):
                                           timeout_s=timeout_s), _SAME)
 
     # -- memory
-    def memory_put(self, key: str, value: Any, **kw: Any) -> Any:
-        return self._do(self.memory_syscall("put", key, value, **kw), _SAME)
+    def memory_put(self, key: str, value: Any, *, owner: str | None = None, **kw: Any) -> Any:
+        return self._do(self.memory_syscall("put", key, value, owner=owner, **kw), _SAME)
 
-    def memory_get(self, key: str, **kw: Any) -> Any:
-        return self._do(self.memory_syscall("get", key, **kw), _VALUE)
+    def memory_get(self, key: str, *, owner: str | None = None, **kw: Any) -> Any:
+        return self._do(self.memory_syscall("get", key, owner=owner, **kw), _VALUE)
 
-    def memory_delete(self, key: str, **kw: Any) -> Any:
-        return self._do(self.memory_syscall("delete", key, **kw), _SAME)
+    def memory_delete(self, key: str, *, owner: str | None = None, **kw: Any) -> Any:
+        return self._do(self.memory_syscall("delete", key, owner=owner, **kw), _SAME)
 
-    def memory_list(self, **kw: Any) -> list[str]:
-        return self._do(self.memory_syscall("list", **kw), _KEYS)
+    def memory_list(self, *, owner: str | None = None, **kw: Any) -> list[str]:
+        return self._do(self.memory_syscall("list", owner=owner, **kw), _KEYS)
 
     # -- files
-    def write_file(self, path: str, content: str, **kw: Any) -> Any:
-        return self._do(self.storage_syscall("write", path, content, **kw), _SAME)
+    def write_file(self, path: str, content: str, *, owner: str | None = None, **kw: Any) -> Any:
+        return self._do(self.storage_syscall("write", path, content, owner=owner, **kw), _SAME)
 
-    def read_file(self, path: str, **kw: Any) -> str:
-        return self._do(self.storage_syscall("read", path, **kw), _CONTENT)
+    def read_file(self, path: str, *, owner: str | None = None, **kw: Any) -> str:
+        return self._do(self.storage_syscall("read", path, owner=owner, **kw), _CONTENT)
 
-    def list_files(self, path: str = "", **kw: Any) -> Any:
-        return self._do(self.storage_syscall("list", path, **kw), _SAME)
+    def list_files(self, path: str = "", *, owner: str | None = None, **kw: Any) -> Any:
+        return self._do(self.storage_syscall("list", path, owner=owner, **kw), _SAME)
 
-    def delete_file(self, path: str, **kw: Any) -> Any:
-        return self._do(self.storage_syscall("delete", path, **kw), _SAME)
+    def delete_file(self, path: str, *, owner: str | None = None, **kw: Any) -> Any:
+        return self._do(self.storage_syscall("delete", path, owner=owner, **kw), _SAME)
 
     def close(self) -> None:
         self._redis.close()
@@ -298,7 +319,7 @@ class AsyncKernel(_Core):
         except aredis.ConnectionError as exc:
             raise KernelUnavailable(f"cannot reach the kernel's Redis: {exc}; check AIOS_REDIS_URL") from None
         if got is None:
-            raise self._timeout(pending)
+            raise await asyncio.to_thread(self._expired_approval, pending) or self._timeout(pending)
         return self._response(got[1])
 
     async def wait(self, pending: Pending) -> Any:
@@ -329,29 +350,29 @@ class AsyncKernel(_Core):
         return await self._do(self.tool_syscall(tool, {**(arguments or {}), **kwargs}, priority=priority,
                                                 timeout_s=timeout_s), _SAME)
 
-    async def memory_put(self, key: str, value: Any, **kw: Any) -> Any:
-        return await self._do(self.memory_syscall("put", key, value, **kw), _SAME)
+    async def memory_put(self, key: str, value: Any, *, owner: str | None = None, **kw: Any) -> Any:
+        return await self._do(self.memory_syscall("put", key, value, owner=owner, **kw), _SAME)
 
-    async def memory_get(self, key: str, **kw: Any) -> Any:
-        return await self._do(self.memory_syscall("get", key, **kw), _VALUE)
+    async def memory_get(self, key: str, *, owner: str | None = None, **kw: Any) -> Any:
+        return await self._do(self.memory_syscall("get", key, owner=owner, **kw), _VALUE)
 
-    async def memory_delete(self, key: str, **kw: Any) -> Any:
-        return await self._do(self.memory_syscall("delete", key, **kw), _SAME)
+    async def memory_delete(self, key: str, *, owner: str | None = None, **kw: Any) -> Any:
+        return await self._do(self.memory_syscall("delete", key, owner=owner, **kw), _SAME)
 
-    async def memory_list(self, **kw: Any) -> list[str]:
-        return await self._do(self.memory_syscall("list", **kw), _KEYS)
+    async def memory_list(self, *, owner: str | None = None, **kw: Any) -> list[str]:
+        return await self._do(self.memory_syscall("list", owner=owner, **kw), _KEYS)
 
-    async def write_file(self, path: str, content: str, **kw: Any) -> Any:
-        return await self._do(self.storage_syscall("write", path, content, **kw), _SAME)
+    async def write_file(self, path: str, content: str, *, owner: str | None = None, **kw: Any) -> Any:
+        return await self._do(self.storage_syscall("write", path, content, owner=owner, **kw), _SAME)
 
-    async def read_file(self, path: str, **kw: Any) -> str:
-        return await self._do(self.storage_syscall("read", path, **kw), _CONTENT)
+    async def read_file(self, path: str, *, owner: str | None = None, **kw: Any) -> str:
+        return await self._do(self.storage_syscall("read", path, owner=owner, **kw), _CONTENT)
 
-    async def list_files(self, path: str = "", **kw: Any) -> Any:
-        return await self._do(self.storage_syscall("list", path, **kw), _SAME)
+    async def list_files(self, path: str = "", *, owner: str | None = None, **kw: Any) -> Any:
+        return await self._do(self.storage_syscall("list", path, owner=owner, **kw), _SAME)
 
-    async def delete_file(self, path: str, **kw: Any) -> Any:
-        return await self._do(self.storage_syscall("delete", path, **kw), _SAME)
+    async def delete_file(self, path: str, *, owner: str | None = None, **kw: Any) -> Any:
+        return await self._do(self.storage_syscall("delete", path, owner=owner, **kw), _SAME)
 
     async def aclose(self) -> None:
         await self._redis.aclose()

@@ -70,6 +70,12 @@ class AuthError(AIOSError):
     code = "unauthenticated"
 
 
+class ApprovalDenied(AIOSError):
+    """An irreversible operation was denied by an operator, or not approved before its deadline; it did not run."""
+
+    code = "approval_denied"
+
+
 class NotFound(AIOSError):
     code = "not_found"
 
@@ -93,7 +99,7 @@ class KernelUnavailable(AIOSError):
 _BY_CODE: dict[str, type[AIOSError]] = {}
 for _cls in (
     AIOSError, ConfigError, InvalidSyscall, PayloadTooLarge, SyscallTimeout, DeadlineExceeded, ToolError,
-    UnknownTool, InvalidToolArguments, AuthError, NotFound, AccessDenied, BackendError, KernelUnavailable,
+    UnknownTool, InvalidToolArguments, AuthError, ApprovalDenied, NotFound, AccessDenied, BackendError, KernelUnavailable,
 ):
     _BY_CODE[_cls.code] = _cls
 for _code in ("malformed", "unknown_kind", "content_type", "unknown_task", "wrong_queue"):

@@ -26,6 +26,7 @@ from celery.worker.consumer import Consumer
 from aios import keys
 from aios.celery_app import make_app
 from aios.errors import AIOSError, AuthError, DeadlineExceeded, InvalidSyscall, PayloadTooLarge
+from aios.approvals import APPROVED, PENDING, Approvals, irreversible_reason
 from aios.identity import Credential, verify
 from aios.settings import KIND_TO_RESOURCE, QUEUES, Settings, get_settings
 from aios.syscalls import ErrorInfo, Response, Status, Syscall, Timing, decode_syscall
@@ -108,6 +109,8 @@ class Runtime:
             )
             self.reply(self._error(syscall.id, exc, created, started, worker), syscall.kind)
             return
+        if self.settings.approvals == "required" and self._await_approval(syscall, args[0]):
+            return
         try:
             result = self.service.handle(syscall)
             response = Response(
@@ -123,6 +126,21 @@ class Runtime:
                 created, started, worker,
             )
         self.reply(response, syscall.kind)
+
+    def _await_approval(self, syscall: Syscall, raw: Any) -> bool:
+        """True if the syscall must not run now: parked for an operator, or already denied/expired."""
+        reason = irreversible_reason(syscall, self.service, self.settings)
+        if reason is None:
+            return False
+        approvals = Approvals(self.settings, self.redis)
+        status = approvals.status(syscall.id)
+        if status == APPROVED:
+            return False
+        if status is None or status == PENDING:
+            payload = raw if isinstance(raw, dict) else json.loads(raw)
+            approvals.park(syscall, payload, reason)
+            log.info("syscall %s of %s waits for approval: %s", syscall.id, syscall.agent_id, reason)
+        return True  # denied or expired: the caller was answered already
 
     @staticmethod
     def _error(syscall_id: str, exc: AIOSError, created: float, started: float, worker: str) -> Response:

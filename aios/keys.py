@@ -16,6 +16,15 @@ def agent(agent_id: str) -> str:
     return f"{PREFIX}:agent:{agent_id}"
 
 
+APPROVALS_PENDING = f"{PREFIX}:approvals"
+"""Sorted set of syscall ids waiting for an operator, by creation time."""
+
+
+def approval(syscall_id: str) -> str:
+    """Hash: an approval request (status, reason, the parked signed payload, deadline...)."""
+    return f"{PREFIX}:approval:{syscall_id}"
+
+
 def result(syscall_id: str) -> str:
     """The stored response of a finished syscall: the idempotency record."""
     return f"{PREFIX}:result:{syscall_id}"
@@ -24,3 +33,28 @@ def result(syscall_id: str) -> str:
 def reply(syscall_id: str) -> str:
     """A one-element list the caller BLPOPs for its answer."""
     return f"{PREFIX}:reply:{syscall_id}"
+
+
+# -- access control (aios/access.py, aios/audit.py) ---------------------------------------------------------
+
+AUDIT = f"{PREFIX}:audit"
+"""Stream: the append-only audit log of access decisions and policy changes (XADD, approximately capped)."""
+GRANT_OWNERS = f"{PREFIX}:grant-owners"
+"""Set of agent ids that have (or had) granted access, so ``aios grants`` lists them without a SCAN."""
+GROUPS = f"{PREFIX}:groups"
+"""Set of group names made with ``aios group add``."""
+
+
+def grant(owner: str) -> str:
+    """Hash: ``<grantee>:<resource>`` -> ``read`` | ``write``, the access ``owner`` gave other agents."""
+    return f"{PREFIX}:grant:{owner}"
+
+
+def group(name: str) -> str:
+    """Set: the agents ``aios group add`` put in group ``name``."""
+    return f"{PREFIX}:group:{name}"
+
+
+def member_of(agent_id: str) -> str:
+    """Set: the groups ``aios group add`` put ``agent_id`` in (the reverse of :func:`group`, for one-step checks)."""
+    return f"{PREFIX}:member-of:{agent_id}"

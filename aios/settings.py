@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     deadletter_max: int = 10_000
     auth: Literal["required", "off"] = "required"
     """``required``: workers act only on syscalls signed with the agent's credential (``aios agent create``)."""
+    approvals: Literal["required", "off"] = "required"
+    """``required``: irreversible operations (deleting, overwriting, tools declared irreversible) wait for
+    ``aios approve``; ``off``: they run at once."""
     clock_skew_s: float = 30.0
     """How far in the future a syscall's ``created_at`` may lie (clock differences between machines)."""
     worker_concurrency: int | None = None

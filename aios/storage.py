@@ -1,9 +1,13 @@
 """The storage worker's service: per-agent key-value memory (SQLite) and per-agent files.
 
 An agent's data lives under ``data_dir/agents/<agent_id>/`` (``memory.sqlite3`` and ``files/``), located from
-``syscall.agent_id`` alone, so agents never see each other's data. File paths are walked one folder at a time
-through directory fds opened with ``O_NOFOLLOW``: a symlink anywhere on the way is refused, not followed, and
-since no path string is checked and then reused, a symlink swapped in after a check cannot redirect the operation.
+``syscall.agent_id``, or from ``syscall.owner`` once :mod:`aios.access` allowed it. File paths are walked one
+folder at a time through directory fds opened with ``O_NOFOLLOW``: a symlink anywhere on the way is refused, not
+followed, and since no path string is checked and then reused, a symlink swapped in after a check cannot
+redirect the operation.
+
+A syscall whose ``owner`` is another agent needs that agent's grant or a shared group, and the decision is
+audited. Only such syscalls touch Redis: an agent's use of its own data never does.
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from aios.errors import AccessDenied, AIOSError, InvalidSyscall, NotFound
+import redis
+
+from aios.access import KIND_RESOURCE, OP_NEED, AccessManager
+from aios.errors import AccessDenied, AIOSError, InvalidSyscall, KernelUnavailable, NotFound
 from aios.settings import Settings
 from aios.syscalls import AGENT_ID_RE, MemorySyscall, StorageSyscall
 
@@ -37,15 +44,32 @@ _SCHEMA = ("CREATE TABLE IF NOT EXISTS memory (key TEXT PRIMARY KEY, value TEXT 
 class StorageService:
     """Serves ``memory`` and ``storage`` syscalls; safe to share between threads and between processes."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, access: AccessManager | None = None) -> None:
+        self.settings = settings
         self.agents_dir = Path(settings.data_dir) / "agents"
         self._local = threading.local()
+        self._access = access
+        self._access_lock = threading.Lock()
+
+    @property
+    def access(self) -> AccessManager:
+        """Made on the first cross-agent syscall, so a service that never sees one needs no Redis."""
+        if self._access is None:
+            with self._access_lock:
+                if self._access is None:
+                    self._access = AccessManager(self.settings)
+        return self._access
 
     def handle(self, syscall: MemorySyscall | StorageSyscall) -> Any:
-        agent = syscall.agent_id
-        if agent in (".", "..") or not AGENT_ID_RE.fullmatch(agent):  # fullmatch: '$' lets a trailing \n through
-            raise AccessDenied(f"agent id {agent!r} cannot name a storage folder")
+        # Whose data: the owner named, else the caller. agent_id was verified by the worker (HMAC signature).
+        owner = getattr(syscall, "owner", None) or syscall.agent_id
+        for agent in {syscall.agent_id, owner}:
+            if agent in (".", "..") or not AGENT_ID_RE.fullmatch(agent):  # fullmatch: '$' lets a \n through
+                raise AccessDenied(f"agent id {agent!r} cannot name a storage folder")
+        agent = owner  # from here on, every path and message is about the owner's data
         try:
+            if owner != syscall.agent_id:
+                self._authorize(syscall, owner)
             if isinstance(syscall, MemorySyscall):
                 return self._memory(agent, syscall)
             if isinstance(syscall, StorageSyscall):
@@ -60,6 +84,19 @@ class StorageService:
             raise AIOSError(f"storage failed: {exc.strerror or exc}", code="storage_error") from None
         raise InvalidSyscall(f"the storage worker serves memory and storage syscalls, not {syscall.kind!r}",
                              code="wrong_queue")
+
+    def _authorize(self, syscall: MemorySyscall | StorageSyscall, owner: str) -> None:
+        """Raise :class:`AccessDenied` unless the caller may do this op on ``owner``'s data (audited either way)."""
+        resource = KIND_RESOURCE[syscall.kind]
+        target = (syscall.key or "") if isinstance(syscall, MemorySyscall) else syscall.path
+        try:
+            decision = self.access.check(syscall.agent_id, owner, resource, OP_NEED[syscall.op], op=syscall.op,
+                                         target=target, syscall_id=syscall.id)
+        except redis.RedisError as exc:  # no decision can be made nor recorded: fail closed
+            raise KernelUnavailable(f"cannot check access to '{owner}''s {resource}: the kernel's Redis "
+                                    f"failed ({exc}); retry the syscall") from None
+        if not decision.allowed:
+            raise AccessDenied(decision.reason)
 
     def close(self) -> None:
         """Close the calling thread's connections (a SQLite connection belongs to the thread that opened it)."""

@@ -105,6 +105,13 @@ class ToolSyscall(SyscallBase):
     arguments: dict[str, Any] = Field(default_factory=dict)
 
 
+def _check_owner(value: str | None) -> str | None:
+    """``owner`` names an agent exactly as ``agent_id`` does (it selects that agent's storage folder)."""
+    if value is not None and not AGENT_ID_RE.fullmatch(value):
+        raise ValueError("owner must be 1-64 characters of letters, digits, '_', '.', '-', starting alphanumeric")
+    return value
+
+
 class MemorySyscall(SyscallBase):
     """Per-agent key-value memory: ``put``, ``get``, ``delete``, ``list``."""
 
@@ -112,6 +119,13 @@ class MemorySyscall(SyscallBase):
     op: Literal["put", "get", "delete", "list"]
     key: str | None = Field(default=None, min_length=1, max_length=256)
     value: Any = None
+    owner: str | None = None
+    """Whose memory: ``None`` is the calling agent's own; another agent's needs its grant (:mod:`aios.access`)."""
+
+    @field_validator("owner")
+    @classmethod
+    def _owner_ok(cls, value: str | None) -> str | None:
+        return _check_owner(value)
 
     @model_validator(mode="after")
     def _key_needed(self) -> "MemorySyscall":
@@ -127,6 +141,13 @@ class StorageSyscall(SyscallBase):
     op: Literal["write", "read", "list", "delete"]
     path: str = Field(default="", max_length=1024)
     content: str | None = None
+    owner: str | None = None
+    """Whose files: ``None`` is the calling agent's own; another agent's needs its grant (:mod:`aios.access`)."""
+
+    @field_validator("owner")
+    @classmethod
+    def _owner_ok(cls, value: str | None) -> str | None:
+        return _check_owner(value)
 
     @model_validator(mode="after")
     def _args_needed(self) -> "StorageSyscall":

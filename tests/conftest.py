@@ -57,7 +57,8 @@ def need_server(name: str, available: bool) -> None:
 
 
 def base_settings(tmp: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"data_dir": tmp, "default_timeout_s": 30.0, "worker_concurrency": 2}
+    # Approvals are off here, so that tests of other things may delete and overwrite; test_approvals turns them on.
+    values: dict[str, Any] = {"data_dir": tmp, "default_timeout_s": 30.0, "worker_concurrency": 2, "approvals": "off"}
     values.update(overrides)
     return Settings(**values)
 

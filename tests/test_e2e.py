@@ -39,8 +39,9 @@ def test_react_agent_runs_through_the_whole_kernel(full_kernel: LocalKernel) -> 
         done = {key.decode(): int(v) for key, v in state.hgetall(keys.STATS_DONE).items()}
         assert done.get("llm:ok", 0) >= 1
         assert done.get("memory:ok", 0) >= 1 and done.get("storage:ok", 0) >= 1
-        assert k.memory_get("last_answer") == {"task": "What is 17 * 23?", "answer": answer}
-        assert json.loads(k.read_file("transcripts/last.json"))["answer"] == answer
+        last = k.memory_get("last_answer")
+        assert (last["task"], last["answer"]) == ("What is 17 * 23?", answer)
+        assert json.loads(k.read_file(last["transcript"]))["answer"] == answer
 
 
 def test_llm_output_modes_through_the_kernel(full_kernel: LocalKernel) -> None:

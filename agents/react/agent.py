@@ -2,13 +2,15 @@
 
 The model's step is JSON-constrained (``thought``, ``action``, ``input``), so even a tiny model produces a
 well-formed step; what it decides is its own business. The agent remembers its last answer per task in
-its memory, and keeps a transcript of each run in its files.
+its memory, and keeps a transcript of each run in its files (a new file each time).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
+import uuid
 from typing import Any
 
 from aios import AIOSError, Kernel
@@ -87,5 +89,7 @@ def _act(kernel: Kernel, action: Any, arg: str, task: str) -> str:
 
 
 def _remember(kernel: Kernel, task: str, answer: str, transcript: list[dict[str, Any]]) -> None:
-    kernel.memory_put("last_answer", {"task": task, "answer": answer})
-    kernel.write_file("transcripts/last.json", json.dumps({"task": task, "answer": answer, "steps": transcript}))
+    # A new file per run: overwriting one would be an irreversible operation that waits for an operator.
+    path = f"transcripts/{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.json"
+    kernel.write_file(path, json.dumps({"task": task, "answer": answer, "steps": transcript}))
+    kernel.memory_put("last_answer", {"task": task, "answer": answer, "transcript": path})

@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,6 +44,7 @@ TARGETS: dict[str, tuple[str, float, str]] = {
     # name: (ratio it reads, goal, how the goal bounds it)
     "kernel_p50_vs_celery": ("p50", 1.5, "max"),
     "kernel_throughput_vs_celery": ("throughput", 0.7, "min"),
+    "signing_overhead_p50": ("signing_p50_added", 0.10, "max"),
 }
 
 
@@ -76,10 +78,12 @@ class RawCelery:
 
 
 class KernelSyscalls:
-    name = "kernel"
+    """Kernel no-op tool syscalls; signed unless the kernel's settings turn authentication off."""
 
-    def __init__(self, settings: Settings) -> None:
-        Credentials(settings).create("bench")
+    def __init__(self, settings: Settings, name: str = "kernel") -> None:
+        self.name = name
+        if settings.auth == "required":
+            Credentials(settings).create("bench")
         self.kernel = Kernel("bench", settings=settings, timeout_s=TIMEOUT_S)
 
     def one(self) -> None:
@@ -152,10 +156,14 @@ def measure(contenders: list[Contender], n_latency: int, n_throughput: int, roun
     return samples
 
 
-def report(raw: dict[str, Any], kern: dict[str, Any]) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+def report(raw: dict[str, Any], kern: dict[str, Any], signed: dict[str, Any], unsigned: dict[str, Any]
+           ) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
     ratios = {
         "p50": kern["p50_ms"] / raw["p50_ms"], "p99": kern["p99_ms"] / raw["p99_ms"],
         "mean": kern["mean_ms"] / raw["mean_ms"], "throughput": kern["throughput_ops_s"] / raw["throughput_ops_s"],
+        # What signing (SDK) plus verification (worker) add to the p50, as a fraction of the unsigned p50.
+        "signing_p50_added": signed["p50_ms"] / unsigned["p50_ms"] - 1.0,
+        "signing_throughput": signed["throughput_ops_s"] / unsigned["throughput_ops_s"],
     }
     targets = {}
     for name, (ratio, goal, bound) in TARGETS.items():
@@ -176,6 +184,10 @@ def print_table(console: Console, result: dict[str, Any]) -> None:
         table.add_row(label, f"{raw[key]:.2f}" if key.endswith("ms") else f"{raw[key]:.0f}",
                       f"{kern[key]:.2f}" if key.endswith("ms") else f"{kern[key]:.0f}", f"{ratios[ratio]:.2f}x")
     console.print(table)
+    signed, unsigned = result["signing"]["signed"], result["signing"]["unsigned"]
+    console.print(f"  signing (on two embedded kernels): p50 {unsigned['p50_ms']:.2f} ms unsigned, "
+                  f"{signed['p50_ms']:.2f} ms signed and verified (+{ratios['signing_p50_added'] * 100:.1f}%); "
+                  f"throughput ratio {ratios['signing_throughput']:.2f}", highlight=False)
     console.print(f"  broker {broker['url']}, one worker thread, {result['machine']['cpus']} CPUs", highlight=False)
     for name, t in result["targets"].items():
         bound = "<=" if TARGETS[name][2] == "max" else ">="
@@ -189,7 +201,8 @@ def plot(path: Path, samples: dict[str, Samples], result: dict[str, Any]) -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = {"raw_celery": "raw Celery", "kernel": "kernel"}
+    labels = {"raw_celery": "raw Celery", "kernel": "kernel", "signed": "kernel signed (embedded)",
+              "unsigned": "kernel unsigned (embedded)"}
     fig, (ax_cdf, ax_bar) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [2.2, 1]})
     for name, s in samples.items():
         ms = np.sort(np.asarray(s.latencies_s) * 1000.0)
@@ -202,7 +215,8 @@ def plot(path: Path, samples: dict[str, Samples], result: dict[str, Any]) -> Non
     ax_cdf.legend(loc="lower right")
     names = list(samples)
     values = [result[n]["throughput_ops_s"] for n in names]
-    bars = ax_bar.bar([labels[n] for n in names], values, color=["tab:blue", "tab:orange"][: len(names)])
+    bars = ax_bar.bar([labels[n].replace(" (", "\n(") for n in names], values,
+                      color=["tab:blue", "tab:orange", "tab:green", "tab:gray"][: len(names)])
     ax_bar.bar_label(bars, fmt="%.0f")
     ax_bar.set_ylim(0, max(values) * 1.15)
     ax_bar.set_ylabel("ops/s")
@@ -222,8 +236,19 @@ def run_overhead(settings: Settings, *, n_latency: int = 1000, n_throughput: int
                           f"--throughput-requests {n_throughput}, --rounds {rounds})")
     out, err = Console(), Console(stderr=True, log_path=False)
     settings = settings.model_copy(update={"worker_concurrency": WORKER_CONCURRENCY})
-    with LocalKernel(settings, resources=["tool"], progress=lambda msg: err.log(msg)) as lk:
-        contenders: list[Contender] = [RawCelery(lk.settings), KernelSyscalls(lk.settings)]
+    log = lambda msg: err.log(msg)  # noqa: E731
+    # Signing is measured on two private embedded kernels, alike but for authentication, so that the broker
+    # is the same for both even when the main comparison runs on a configured one.
+    embedded = settings.model_copy(update={"broker_url": None, "redis_url": None})
+    with ExitStack() as stack:
+        lk = stack.enter_context(LocalKernel(settings, resources=["tool"], progress=log))
+        off = stack.enter_context(LocalKernel(embedded.model_copy(update={"auth": "off"}), resources=["tool"],
+                                              progress=log))
+        contenders: list[Contender] = [RawCelery(lk.settings), KernelSyscalls(lk.settings),
+                                       KernelSyscalls(off.settings, "unsigned")]
+        if not lk.embedded:
+            on = stack.enter_context(LocalKernel(embedded, resources=["tool"], progress=log))
+            contenders.append(KernelSyscalls(on.settings, "signed"))
         try:
             with Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
                           TimeElapsedColumn(), console=err, refresh_per_second=4) as progress:
@@ -233,14 +258,17 @@ def run_overhead(settings: Settings, *, n_latency: int = 1000, n_throughput: int
                 c.close()
         broker = describe_broker(lk)
     raw, kern = samples["raw_celery"].summary(), samples["kernel"].summary()
-    ratios, targets = report(raw, kern)
+    unsigned = samples["unsigned"].summary()
+    signed = samples["signed"].summary() if "signed" in samples else kern
+    ratios, targets = report(raw, kern, signed, unsigned)
     result: dict[str, Any] = {
         "benchmark": "overhead", "broker": broker,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "params": {"n_latency": n_latency, "n_throughput": n_throughput, "rounds": rounds, "warmup": WARMUP,
                    "worker_pool": "threads", "worker_concurrency": WORKER_CONCURRENCY,
                    "priority": DEFAULT_PRIORITY},
-        "raw_celery": raw, "kernel": kern, "ratios": ratios, "targets": targets,
+        "raw_celery": raw, "kernel": kern, "signing": {"signed": signed, "unsigned": unsigned},
+        "ratios": ratios, "targets": targets,
     }
     print_table(out, result)
     if json_path is not None:

@@ -1,0 +1,130 @@
+"""Irreversible operations run only after approval; denial and time-out leave everything unchanged."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from aios import ApprovalDenied, Kernel, NotFound
+from aios.approvals import Approvals, irreversible_reason
+from aios.embedded import LocalKernel
+from aios.syscalls import MemorySyscall, StorageSyscall, ToolSyscall
+from aios.tools import Tool, ToolRegistry, ToolService
+from tests.conftest import authorized, base_settings
+
+
+def test_what_counts_as_irreversible(tmp_path: Path) -> None:
+    settings = base_settings(tmp_path, approvals="required")
+    reg = ToolRegistry()
+    reg.register(Tool("send_email", "sends mail", {"type": "object"}, lambda: None, irreversible=True))
+    reg.register(Tool("lookup", "reads", {"type": "object"}, lambda: None))
+    tools = ToolService(reg)
+    assert irreversible_reason(ToolSyscall(agent_id="a", tool="send_email"), tools, settings)
+    assert irreversible_reason(ToolSyscall(agent_id="a", tool="lookup"), tools, settings) is None
+    assert irreversible_reason(ToolSyscall(agent_id="a", tool="nope"), tools, settings) is None
+    assert irreversible_reason(MemorySyscall(agent_id="a", op="delete", key="k"), None, settings)
+    assert irreversible_reason(MemorySyscall(agent_id="a", op="put", key="k", value=1), None, settings) is None
+    assert irreversible_reason(StorageSyscall(agent_id="a", op="delete", path="x"), None, settings)
+    write = StorageSyscall(agent_id="a", op="write", path="d/x.txt", content="new")
+    assert irreversible_reason(write, None, settings) is None  # a new file
+    (tmp_path / "agents" / "a" / "files" / "d").mkdir(parents=True)
+    (tmp_path / "agents" / "a" / "files" / "d" / "x.txt").write_text("old")
+    assert "overwrites" in (irreversible_reason(write, None, settings) or "")
+
+
+
+
+@pytest.fixture(scope="module")
+def lk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKernel]:
+    settings = base_settings(tmp_path_factory.mktemp("approvals"), approvals="required")
+    with LocalKernel(settings, resources=["tool", "storage"]) as k:
+        yield k
+
+
+@pytest.fixture
+def agent(lk: LocalKernel) -> Iterator[Kernel]:
+    with authorized(lk.settings, f"careful-{uuid.uuid4().hex[:6]}", timeout_s=30) as k:
+        k.write_file("keep.txt", "precious")
+        k.memory_put("fact", 42)
+        yield k
+
+
+def _wait_parked(lk: LocalKernel, syscall_id: str) -> None:
+    deadline = time.monotonic() + 20
+    while syscall_id not in [r.id for r in Approvals(lk.settings).pending()]:
+        assert time.monotonic() < deadline, "the irreversible syscall never reached the approval queue"
+        time.sleep(0.05)
+
+
+@pytest.mark.integration
+def test_delete_waits_and_runs_only_after_approval(lk: LocalKernel, agent: Kernel) -> None:
+    pending = agent.submit(agent.storage_syscall("delete", "keep.txt"))
+    _wait_parked(lk, pending.id)
+    assert agent.read_file("keep.txt") == "precious"  # not yet
+    request = Approvals(lk.settings).get(pending.id)
+    assert request.agent_id == agent.agent_id and "deletes 'keep.txt'" in request.reason
+    Approvals(lk.settings).approve(pending.id)
+    assert agent.wait(pending) == {"path": "keep.txt", "deleted": True}
+    with pytest.raises(NotFound):
+        agent.read_file("keep.txt")
+    with pytest.raises(ApprovalDenied, match="approved, not pending"):
+        Approvals(lk.settings).approve(pending.id)  # once decided, decided
+
+
+@pytest.mark.integration
+def test_denial_leaves_everything_unchanged(lk: LocalKernel, agent: Kernel) -> None:
+    pendings = [agent.submit(agent.memory_syscall("delete", "fact")),
+                agent.submit(agent.storage_syscall("write", "keep.txt", "clobbered"))]
+    for p in pendings:
+        _wait_parked(lk, p.id)
+        Approvals(lk.settings).deny(p.id, "not today")
+        with pytest.raises(ApprovalDenied, match="not today"):
+            agent.wait(p)
+    assert agent.memory_get("fact") == 42
+    assert agent.read_file("keep.txt") == "precious"
+
+
+@pytest.mark.integration
+def test_timeout_denies_by_default_and_a_late_approval_is_refused(lk: LocalKernel, agent: Kernel) -> None:
+    pending = agent.submit(agent.storage_syscall("delete", "keep.txt", timeout_s=1.0))
+    _wait_parked(lk, pending.id)
+    with pytest.raises(ApprovalDenied, match="not approved within its timeout"):
+        agent.wait(pending)
+    with pytest.raises(ApprovalDenied, match="expired"):
+        Approvals(lk.settings).approve(pending.id)
+    time.sleep(0.5)
+    assert agent.read_file("keep.txt") == "precious"
+
+
+@pytest.mark.integration
+def test_operator_commands(lk: LocalKernel, agent: Kernel) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIOS_")}
+    env.update(lk.settings.to_env())
+    env["AIOS_REDIS_URL"] = lk.settings.state_redis_url()
+
+    def aios(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "aios.cli", *args], env=env, capture_output=True, text=True,
+                              timeout=60)
+
+    first = agent.submit(agent.memory_syscall("delete", "fact"))
+    second = agent.submit(agent.storage_syscall("delete", "keep.txt"))
+    _wait_parked(lk, first.id)
+    _wait_parked(lk, second.id)
+    listed = json.loads(aios("approvals", "--json").stdout)
+    assert {first.id, second.id} <= {r["id"] for r in listed}
+    assert "aios approve" in aios("approvals").stdout
+    assert aios("approve", first.id).returncode == 0
+    assert agent.wait(first) == {"key": "fact", "deleted": True}
+    assert aios("deny", second.id, "--reason", "keep it").returncode == 0
+    with pytest.raises(ApprovalDenied, match="keep it"):
+        agent.wait(second)
+    assert agent.read_file("keep.txt") == "precious"
+    assert aios("approve", "no-such-request").returncode == 1
