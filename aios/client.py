@@ -108,6 +108,18 @@ class _Core:
                      timeout_s: float | None = None) -> ToolSyscall:
         return ToolSyscall(tool=name, arguments=arguments or {}, **self._common(priority, timeout_s))
 
+    def tool_syscalls(self, tool_calls: Iterable[dict[str, Any]], *, priority: int | None = None,
+                      timeout_s: float | None = None) -> list[ToolSyscall]:
+        """One syscall per ``{"name": ..., "arguments": {...}}``, as ``llm_chat_with_tool_call_output`` returns them."""
+        out = []
+        for i, call in enumerate(tool_calls):
+            if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+                raise ValueError(f"tool call {i} must be a dict with a 'name' string and an 'arguments' dict, "
+                                 f"like the LLM's tool_calls; got {call!r}")
+            out.append(self.tool_syscall(call["name"], call.get("arguments") or {}, priority=priority,
+                                         timeout_s=timeout_s))
+        return out
+
     def memory_syscall(self, op: str, key: str | None = None, value: Any = None, *, owner: str | None = None,
                        priority: int | None = None, timeout_s: float | None = None) -> MemorySyscall:
         """``owner``: another agent's memory (needs its grant, see ``aios grant``); ``None``: this agent's own."""
@@ -264,6 +276,16 @@ class Kernel(_Core):
         return self._do(self.tool_syscall(tool, {**(arguments or {}), **kwargs}, priority=priority,
                                           timeout_s=timeout_s), _SAME)
 
+    def call_tools(self, tool_calls: Iterable[dict[str, Any]], *, priority: int | None = None,
+                   timeout_s: float | None = None) -> list[Any]:
+        """Run every call of an LLM's ``tool_calls`` at once; results in the same order.
+
+        Each call is its own syscall, so they run in parallel on the tool workers (as far as each tool's
+        concurrency limit allows). A call that fails has its exception in its place; the others still run.
+        """
+        return self.gather(self.tool_syscalls(tool_calls, priority=priority, timeout_s=timeout_s),
+                           return_exceptions=True)
+
     # -- memory
     def memory_put(self, key: str, value: Any, *, owner: str | None = None, **kw: Any) -> Any:
         return self._do(self.memory_syscall("put", key, value, owner=owner, **kw), _SAME)
@@ -349,6 +371,12 @@ class AsyncKernel(_Core):
                         timeout_s: float | None = None, **kwargs: Any) -> Any:
         return await self._do(self.tool_syscall(tool, {**(arguments or {}), **kwargs}, priority=priority,
                                                 timeout_s=timeout_s), _SAME)
+
+    async def call_tools(self, tool_calls: Iterable[dict[str, Any]], *, priority: int | None = None,
+                         timeout_s: float | None = None) -> list[Any]:
+        """See :meth:`Kernel.call_tools`."""
+        return await self.gather(self.tool_syscalls(tool_calls, priority=priority, timeout_s=timeout_s),
+                                 return_exceptions=True)
 
     async def memory_put(self, key: str, value: Any, *, owner: str | None = None, **kw: Any) -> Any:
         return await self._do(self.memory_syscall("put", key, value, owner=owner, **kw), _SAME)

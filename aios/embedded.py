@@ -117,7 +117,10 @@ class LocalKernel:
 
     def env(self) -> dict[str, str]:
         """The environment a process needs to use this kernel."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AIOS_")}
+        # The kernel's own settings come from self.settings alone (a field left unset here must not come back
+        # from the environment); other AIOS_* variables (the tool worker's plugins and allow-list) pass through.
+        own = {f"AIOS_{name.upper()}" for name in type(self.settings).model_fields}
+        env = {k: v for k, v in os.environ.items() if k not in own}
         env.update(self.settings.to_env())
         env["AIOS_REDIS_URL"] = self.settings.state_redis_url()
         return env

@@ -27,8 +27,12 @@ REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672//"
 TEST_REDIS_DB = 13
 STATE_REDIS_DB = 12
-BROKERS = ["embedded", "redis", "rabbitmq"]
 IN_CI = bool(os.environ.get("CI"))
+ALL_BROKERS = ["embedded", "redis", "rabbitmq"]
+# AIOS_TEST_BROKERS=embedded runs the integration tests on the embedded Redis only: for several test runs at once
+# on one machine (they would flush each other's databases on the shared servers). CI always runs all three.
+BROKERS = ALL_BROKERS if IN_CI else [
+    b for b in (os.environ.get("AIOS_TEST_BROKERS") or ",".join(ALL_BROKERS)).split(",") if b in ALL_BROKERS]
 
 
 def _port_open(host: str, port: int) -> bool:

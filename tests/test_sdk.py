@@ -49,6 +49,17 @@ def test_tool_arguments_may_be_a_dict_when_named_like_options(k: Kernel) -> None
     assert captured[0].arguments == {"priority": "high", "timeout_s": 3} and captured[0].priority == 1
 
 
+def test_an_llms_tool_calls_become_one_syscall_each(k: Kernel) -> None:
+    calls = [{"name": "calculator", "arguments": {"expression": "1+1"}}, {"name": "noop"}]
+    got = k.tool_syscalls(calls, priority=8)
+    assert [(s.tool, s.arguments, s.priority) for s in got] == [("calculator", {"expression": "1+1"}, 8),
+                                                                ("noop", {}, 8)]
+    assert len({s.id for s in got}) == 2
+    for bad in ({"arguments": {}}, "calculator", {"name": 3}):
+        with pytest.raises(ValueError, match="tool call 0 must be a dict with a 'name'"):
+            k.tool_syscalls([bad])  # type: ignore[list-item]
+
+
 def test_no_broker_and_no_running_kernel_says_what_to_do(tmp_path) -> None:
     with pytest.raises(Exception, match="aios up"):
         Kernel("alice", settings=Settings(data_dir=tmp_path))

@@ -1,0 +1,264 @@
+"""Third-party tools (entry points, AIOS_TOOL_MODULES) and MCP servers: registered and validated like built-ins."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import textwrap
+from importlib.metadata import EntryPoint
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from aios import tool_plugins
+from aios.errors import ConfigError, InvalidToolArguments, ToolError
+from aios.tool_plugins import (
+    McpServerConfig,
+    ToolSettings,
+    close_mcp_servers,
+    load_plugins,
+    register_mcp_server,
+)
+from aios.tools import ToolRegistry, builtin_registry
+from tests.conftest import base_settings
+
+PLUGIN = '''
+from aios.tools import Tool
+
+def greet(name: str, times: int = 1) -> dict:
+    return {"greeting": " ".join(["hello " + name] * times)}
+
+TOOL = Tool("shout", "Upper-case a text.", {"type": "object", "properties": {"text": {"type": "string"}},
+            "required": ["text"], "additionalProperties": False}, lambda text: text.upper())
+
+def register(registry):
+    registry.register(Tool("greet", "Greet someone.", {
+        "type": "object", "additionalProperties": False, "required": ["name"],
+        "properties": {"name": {"type": "string", "maxLength": 20}, "times": {"type": "integer", "minimum": 1}},
+    }, greet))
+'''
+
+MCP_SERVER = '''
+import os
+from mcp.server.mcpserver import MCPServer
+
+app = MCPServer("demo")
+CALLS = []
+
+@app.tool()
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    CALLS.append((a, b))
+    return a + b
+
+@app.tool()
+def calls() -> int:
+    """How many times add ran."""
+    return len(CALLS)
+
+@app.tool()
+def pid() -> int:
+    """The server's process id."""
+    return os.getpid()
+
+@app.tool()
+def fail() -> str:
+    """Always fails."""
+    raise ValueError("nope")
+
+if __name__ == "__main__":
+    app.run()
+'''
+
+
+@pytest.fixture
+def plugin_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    name = f"aios_test_plugin_{os.getpid()}"
+    (tmp_path / f"{name}.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield name
+    sys.modules.pop(name, None)
+
+
+def test_modules_named_in_the_settings_register_tools(plugin_module: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIOS_TOOL_MODULES", f"{plugin_module}, {plugin_module}:TOOL")
+    reg = load_plugins(builtin_registry())
+    assert {"greet", "shout", "calculator", "python"} <= set(reg.names())
+    assert reg.call("greet", {"name": "ada", "times": 2}) == {"greeting": "hello ada hello ada"}
+    assert reg.call("shout", {"text": "hi"}) == "HI"
+    with pytest.raises(InvalidToolArguments, match=r"arguments\.times: 0 is less than the minimum of 1"):
+        reg.call("greet", {"name": "ada", "times": 0})
+    with pytest.raises(InvalidToolArguments, match=r"arguments\.name: .* is too long"):
+        reg.call("greet", {"name": "x" * 21})
+    with pytest.raises(InvalidToolArguments, match=r"'name' is a required property"):
+        reg.call("greet", {})
+
+
+def test_entry_points_register_tools(plugin_module: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    eps = [EntryPoint("greeter", f"{plugin_module}:register", "aios.tools"),
+           EntryPoint("shouter", f"{plugin_module}:TOOL", "aios.tools")]
+    monkeypatch.setattr(tool_plugins, "entry_points", lambda group: eps if group == "aios.tools" else [])
+    reg = load_plugins(ToolRegistry(), ToolSettings())
+    assert reg.names() == ["greet", "shout"]
+    with pytest.raises(InvalidToolArguments, match=r"arguments\.text: 1 is not of type 'string'"):
+        reg.call("shout", {"text": 1})
+
+
+@pytest.mark.parametrize(("modules", "message"), [
+    ("no_such_module_xyz", "AIOS_TOOL_MODULES entry 'no_such_module_xyz' could not be loaded: ModuleNotFoundError"),
+    ("{mod}:nothing", "could not be loaded: AttributeError"),
+    ("{mod}:PLUGIN_CONST", "is neither a Tool nor a register"),
+    ("{mod},{mod}", "failed to register its tools: ValueError: tool 'greet' is already registered"),
+])
+def test_a_plugin_that_cannot_load_is_a_config_error(modules: str, message: str, plugin_module: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(__import__(plugin_module), "PLUGIN_CONST", 3, raising=False)
+    monkeypatch.setenv("AIOS_TOOL_MODULES", modules.format(mod=plugin_module))
+    with pytest.raises(ConfigError, match=message):
+        load_plugins(ToolRegistry())
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIOS_MCP_SERVERS", json.dumps({"files": {"command": "srv", "args": ["-v"]}}))
+    monkeypatch.setenv("AIOS_HTTP_ALLOW", " a.org ,b.org:8080,")
+    s = ToolSettings()
+    assert s.mcp_servers == {"files": McpServerConfig(command="srv", args=["-v"])}
+    assert s.http_allow_list() == ["a.org", "b.org:8080"]
+    monkeypatch.setenv("AIOS_MCP_SERVERS", json.dumps({"files": {"cmd": "srv"}}))
+    with pytest.raises(ConfigError, match="AIOS_MCP_SERVERS"):
+        load_plugins(ToolRegistry())
+
+
+def test_the_tool_worker_loads_plugins(plugin_module: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("AIOS_BROKER_URL", "redis://127.0.0.1:1/0")  # importing the worker app connects nowhere
+    monkeypatch.setenv("AIOS_TOOL_MODULES", plugin_module)
+    fresh = "workers.tool" not in sys.modules
+    from workers.tool import make_service
+
+    try:
+        service = make_service(base_settings(tmp_path))
+    finally:
+        if fresh:
+            sys.modules.pop("workers.tool")
+    assert "greet" in service.registry.names() and "calculator" in service.registry.names()
+
+
+# -- MCP --------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mcp_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ToolRegistry]:
+    server = tmp_path_factory.mktemp("mcp") / "server.py"
+    server.write_text(textwrap.dedent(MCP_SERVER))
+    reg = ToolRegistry()
+    settings = ToolSettings(mcp_servers={"demo": McpServerConfig(command=sys.executable, args=[str(server)],
+                                                                  timeout_s=10)})
+    load_plugins(reg, settings)
+    yield reg
+    close_mcp_servers()
+
+
+def test_mcp_tools_are_registered_with_their_schemas(mcp_registry: ToolRegistry) -> None:
+    assert mcp_registry.names() == ["demo__add", "demo__calls", "demo__fail", "demo__pid"]
+    spec = mcp_registry.get("demo__add").spec()
+    assert spec.description == "Add two integers." and spec.parameters["required"] == ["a", "b"]
+
+
+def test_mcp_calls_work_and_invalid_arguments_never_reach_the_server(mcp_registry: ToolRegistry) -> None:
+    before = mcp_registry.call("demo__calls", {})["result"]
+    assert mcp_registry.call("demo__add", {"a": 2, "b": 3}) == {"result": 5}
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"a": "x", "b": 1}, r"arguments\.a: 'x' is not of type 'integer'"),
+        ({"a": 1}, r"arguments: 'b' is a required property"),
+        ({"a": 1.5, "b": 1}, r"arguments\.a: 1\.5 is not of type 'integer'"),
+    ]
+    for args, message in cases:
+        with pytest.raises(InvalidToolArguments, match=message):
+            mcp_registry.call("demo__add", args)
+    assert mcp_registry.call("demo__calls", {})["result"] == before + 1  # only the valid call ran
+
+
+def test_an_mcp_tool_error_is_a_tool_error(mcp_registry: ToolRegistry) -> None:
+    with pytest.raises(ToolError, match="MCP tool demo__fail failed"):
+        mcp_registry.call("demo__fail", {})
+
+
+def test_an_mcp_server_that_died_is_started_again(mcp_registry: ToolRegistry) -> None:
+    pid = mcp_registry.call("demo__pid", {})["result"]
+    os.kill(pid, signal.SIGKILL)
+    assert mcp_registry.call("demo__add", {"a": 1, "b": 1}) == {"result": 2}
+    assert mcp_registry.call("demo__pid", {})["result"] != pid
+
+
+@pytest.mark.parametrize(("name", "config", "message"), [
+    ("bad", McpServerConfig(command="/nonexistent/mcp-server"), "server 'bad' .* could not be started"),
+    ("bad_name", McpServerConfig(command=sys.executable), "server name 'bad_name' must be"),
+])
+def test_an_mcp_server_that_cannot_start_is_a_config_error(name: str, config: McpServerConfig, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"AIOS_MCP_SERVERS.*{message}"):
+        register_mcp_server(ToolRegistry(), name, config)
+
+
+# -- through a real kernel --------------------------------------------------------------------------------------
+
+RENDEZVOUS = '''
+import time
+from pathlib import Path
+from aios.tools import Tool
+
+def meet(folder: str, parties: int, me: str, within_s: float = 10) -> dict:
+    """Arrive, then wait until `parties` calls have arrived: it can only return if they run at the same time."""
+    d = Path(folder)
+    (d / me).touch()
+    deadline = time.monotonic() + within_s
+    while (n := len(list(d.iterdir()))) < parties:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{n} of {parties} calls arrived: they did not run at the same time")
+        time.sleep(0.01)
+    return {"me": me}
+
+def register(registry):
+    schema = {"type": "object", "additionalProperties": False, "required": ["folder", "parties", "me"],
+              "properties": {"folder": {"type": "string"}, "parties": {"type": "integer"}, "me": {"type": "string"},
+                             "within_s": {"type": "number"}}}
+    registry.register(Tool("meet", "Rendezvous.", schema, meet))
+    registry.register(Tool("meet_alone", "Rendezvous, one call at a time.", schema, meet, max_concurrency=1))
+'''
+
+
+@pytest.mark.integration
+def test_all_tool_calls_of_a_request_run_in_parallel_through_the_kernel(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from aios.embedded import LocalKernel
+    from tests.conftest import authorized
+
+    name = f"aios_test_rendezvous_{os.getpid()}"
+    (tmp_path / f"{name}.py").write_text(RENDEZVOUS)
+    server = tmp_path / "server.py"
+    server.write_text(textwrap.dedent(MCP_SERVER))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("AIOS_TOOL_MODULES", name)
+    monkeypatch.setenv("AIOS_MCP_SERVERS", json.dumps({"demo": {"command": sys.executable, "args": [str(server)]}}))
+    together, alone = tmp_path / "together", tmp_path / "alone"
+    together.mkdir()
+    alone.mkdir()
+    with LocalKernel(base_settings(tmp_path / "kernel", worker_concurrency=4), resources=["tool"]) as lk:
+        with authorized(lk.settings, "caller") as k:
+            # What an LLM's tool_calls look like; every call is a syscall of its own, all in flight at once.
+            calls = [{"name": "meet", "arguments": {"folder": str(together), "parties": 3, "me": m}} for m in "abc"]
+            calls += [{"name": "demo__add", "arguments": {"a": 2, "b": 40}},
+                      {"name": "calculator", "arguments": {"expression": 7}},
+                      {"name": "no_such_tool", "arguments": {}}]
+            got = k.call_tools(calls)
+            assert got[:4] == [{"me": "a"}, {"me": "b"}, {"me": "c"}, {"result": 42}]
+            assert isinstance(got[4], InvalidToolArguments) and "arguments.expression: 7 is not of type" in str(got[4])
+            assert "unknown tool 'no_such_tool'" in str(got[5])
+            # A concurrency limit of 1 is kept across the worker's threads: the two calls cannot meet. The first
+            # gives up alone; the second then finds the first's mark and returns.
+            pair = [{"name": "meet_alone", "arguments": {"folder": str(alone), "parties": 2, "me": m, "within_s": 1}}
+                    for m in "xy"]
+            got = k.call_tools(pair)
+            failed = [r for r in got if isinstance(r, ToolError)]
+            assert len(failed) == 1 and "1 of 2 calls arrived" in str(failed[0]), got
