@@ -214,7 +214,8 @@ def plot(path: Path, samples: dict[str, Samples], result: dict[str, Any]) -> Non
     ax_cdf.grid(True, which="both", alpha=0.3)
     ax_cdf.legend(loc="lower right")
     names = list(samples)
-    values = [result[n]["throughput_ops_s"] for n in names]
+    summaries = {**result["signing"], "raw_celery": result["raw_celery"], "kernel": result["kernel"]}
+    values = [summaries[n]["throughput_ops_s"] for n in names]
     bars = ax_bar.bar([labels[n].replace(" (", "\n(") for n in names], values,
                       color=["tab:blue", "tab:orange", "tab:green", "tab:gray"][: len(names)])
     ax_bar.bar_label(bars, fmt="%.0f")
