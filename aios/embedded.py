@@ -158,9 +158,12 @@ class LocalKernel:
             finally:
                 client.close()
 
-    def _start_worker(self, name: str) -> None:
+    def _start_worker(self, name: str, resource: str | None = None) -> None:
+        """Start worker ``name`` (its node name and log name: ``llm``, or ``llm2``... for added ones) of ``resource``
+        (by default the resource its name says)."""
+        resource = resource or name.rstrip("0123456789")
         self.progress(f"starting the {name} worker")
-        argv = [sys.executable, "-m", "celery", "-A", f"workers.{name}", "worker", "-Q", QUEUES[name],
+        argv = [sys.executable, "-m", "celery", "-A", f"workers.{resource}", "worker", "-Q", QUEUES[resource],
                 "-n", f"{name}-{os.getpid()}@%h", "--loglevel", self.loglevel, "--without-gossip",
                 "--without-mingle", *self.extra_worker_args]
         self._workers[name] = self._spawn(argv, f"worker-{name}", env=self.env())
@@ -230,6 +233,31 @@ class LocalKernel:
         """Start (or restart, after :meth:`kill_worker`) one resource worker and wait until it answers."""
         self._start_worker(name)
         self._wait_ready([name])
+
+    def workers_of(self, resource: str) -> list[str]:
+        """The names of the running workers of ``resource``: ``llm``, then ``llm2``, ``llm3``... for added ones."""
+        return [n for n in self._workers if n == resource or (n.startswith(resource) and n[len(resource):].isdigit())]
+
+    def add_workers(self, resource: str, count: int = 1) -> list[str]:
+        """Start ``count`` more workers of ``resource`` (scale-out: each its own process, consuming the same queue),
+        wait until they answer, and return their names."""
+        if resource not in RESOURCES:
+            raise ConfigError(f"unknown resource {resource!r}; use one of {', '.join(RESOURCES)}")
+        names = []
+        for _ in range(count):
+            taken = set(self._workers)
+            name = next(n for n in (resource, *(f"{resource}{i}" for i in range(2, 1000))) if n not in taken)
+            self._start_worker(name, resource)
+            names.append(name)
+        self._wait_ready(names)
+        return names
+
+    def stop_worker(self, name: str, timeout_s: float = 20.0) -> None:
+        """Stop one worker (warm shutdown: the syscall it runs finishes first)."""
+        proc = self._workers.pop(name)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        _wait_or_kill(proc, time.monotonic() + timeout_s)
 
     # -- discovery for `aios up` ------------------------------------------------------------------------
 
