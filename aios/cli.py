@@ -388,6 +388,67 @@ def overhead(n_latency: int, n_throughput: int, rounds: int, json_path: Path | N
         _fail(exc)
 
 
+def _params(defaults: Any, quick: Any, use_quick: bool, given: dict[str, Any]) -> Any:
+    """The benchmark's parameters: its defaults (or its --quick ones), then the options given on the command line."""
+    from dataclasses import replace
+
+    return replace(quick if use_quick else defaults, **{k: v for k, v in given.items() if v is not None})
+
+
+@bench.command()
+@click.option("--agents", type=int, default=None, help="Agents (threads), each with its own client.  [default: 64]")
+@click.option("--calls", type=int, default=None, help="LLM calls per agent, one after the other.  [default: 16]")
+@click.option("--rpm", type=int, default=None, help="Provider limit: requests per window.  [default: 300]")
+@click.option("--tpm", type=int, default=None,
+              help="Provider limit: tokens per window.  [default: 25% above what --rpm requests use]")
+@click.option("--window-s", type=float, default=None,
+              help="Sliding window of the limits, provider's and kernel's (60: per minute).  [default: 30]")
+@click.option("--service-ms", type=float, default=None, help="Provider service time per request.  [default: 100]")
+@click.option("--max-tokens", type=int, default=None, help="max_tokens of every call.  [default: 32]")
+@click.option("--quota-margin", type=float, default=None,
+              help="Set the kernel's quota this fraction below the provider's limits.  [default: 0]")
+@click.option("--quick", is_flag=True, help="A short run (5 s window, 40 requests per window, 2 calls per agent).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def ratelimit(quick: bool, json_path: Path | None, **given: Any) -> None:
+    """Agents against a rate-limited provider: direct openai client vs the kernel with a global quota."""
+    from aios.bench.ratelimit import QUICK, RateParams, run_ratelimit
+
+    try:
+        run_ratelimit(get_settings(), _params(RateParams(), QUICK, quick, given), json_path=json_path)
+    except AIOSError as exc:
+        _fail(exc)
+
+
+def _worker_counts(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected worker counts separated by commas, like 1,2,4; got {value!r}") from None
+
+
+@bench.command()
+@click.option("--workers", callback=_worker_counts, default=None,
+              help="LLM worker counts to compare, comma-separated; must include 1 and 4.  [default: 1,2,4]")
+@click.option("--agents", type=int, default=None, help="Agents (threads) keeping the workers busy.  [default: 16]")
+@click.option("--calls-per-worker", type=int, default=None,
+              help="Measured calls per worker in each block.  [default: 25]")
+@click.option("--rounds", type=int, default=None, help="Interleaved rounds (order alternates).  [default: 3]")
+@click.option("--service-ms", type=float, default=None, help="Provider service time per request.  [default: 200]")
+@click.option("--max-tokens", type=int, default=None, help="max_tokens of every call.  [default: 16]")
+@click.option("--quick", is_flag=True, help="A short run (1 round, 8 calls per worker, 8 agents).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def scale(quick: bool, json_path: Path | None, **given: Any) -> None:
+    """LLM throughput with 1, 2 and 4 worker processes against a provider with a fixed service time."""
+    from aios.bench.scale import QUICK, ScaleParams, run_scale
+
+    try:
+        run_scale(get_settings(), _params(ScaleParams(), QUICK, quick, given), json_path=json_path)
+    except AIOSError as exc:
+        _fail(exc)
+
+
 register_access_commands(main)
 
 if __name__ == "__main__":
