@@ -153,6 +153,21 @@ def test_through_the_kernel_quotas_fail_with_the_limit_and_status_shows_agents(t
         assert agents["limited"]["syscalls"] == 3 and agents["free"]["syscalls"] == 1
         assert agents["limited"]["attained_s"] > 0
         assert any(q["scope"] == "agent:limited" and q["requests"] == 2 for q in sched["quotas"])
+        from urllib.request import urlopen
+
+        from aios.metrics import serve
+
+        server, url = serve(lk.settings, port=0)
+        try:
+            text = urlopen(url, timeout=10).read().decode()
+        finally:
+            server.shutdown()
+        assert 'aios_agent_syscalls_total{agent="limited",resource="tool"} 3.0' in text
+        assert 'aios_quota_window_use{scope="agent:limited",what="requests"} 2.0' in text
+        assert 'aios_quota_limit{scope="agent:limited",what="rpm"} 2.0' in text
+        assert 'aios_queue_depth{queue="aios.tool"} 0.0' in text
+        assert 'aios_syscalls_answered_total{kind="tool",status="ok"} 3.0' in text
+        assert 'aios_syscalls_answered_total{kind="tool",status="error"} 1.0' in text
 
 
 def test_fair_policy_enters_less_served_agents_first(tmp_path: Path) -> None:
