@@ -238,7 +238,7 @@ def status(as_json: bool) -> None:
                   f"{r['wait_p99_s'] * 1000:.0f} ms", str(r["recent"]))
     console.print(t)
     if info["agents"]:
-        t = Table("agent", "resource", "syscalls", "attained (decayed)", "service", "mean wait", "tokens used")
+        t = Table("agent", "resource", "syscalls", "attained", "service", "mean wait", "tokens used")
         for a in info["agents"]:
             t.add_row(a["agent"], a["resource"], str(a["syscalls"]), f"{a['attained_s']:.2f} s",
                       f"{a['service_s']:.2f} s", f"{a['mean_wait_s'] * 1000:.0f} ms",

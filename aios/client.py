@@ -26,7 +26,7 @@ from aios.celery_app import make_app
 from aios.errors import (
     ApprovalDenied, ConfigError, KernelBusy, KernelUnavailable, PayloadTooLarge, SyscallTimeout, from_code,
 )
-from aios.governor import attained_of
+from aios.governor import FairState
 from aios.identity import SIG_FIELD, credential_file, load_secret, sign
 from aios.priority import DEFAULT_PRIORITY, check, to_broker
 from aios.scheduler import make_policy
@@ -89,6 +89,7 @@ class _Core:
         self._check_agent_id()
         self._approvals: Any = None
         self._state: redis.Redis | None = None  # kernel state, for the fair policy and admission control
+        self._fair: FairState | None = None
         self._policies = {r: make_policy(self.settings, r) for r in QUEUES}
         self._depth_seen: dict[str, tuple[float, int]] = {}  # queue -> (when, depth)
         self._secret = credential or load_secret(self.settings, agent_id)
@@ -188,11 +189,12 @@ class _Core:
     def _queue_priority(self, syscall: Syscall, resource: str) -> int:
         """The priority the resource's scheduling policy gives this syscall (aios/scheduler.py)."""
         policy = self._policies[resource]
-        attained = 0.0
+        excess = 0.0
         if policy.needs_attained:
-            attained = attained_of(self._state_redis(), resource, syscall.agent_id).decayed(
-                time.time(), self.settings.fair_half_life_s)
-        return policy.priority(syscall.priority, attained)
+            if self._fair is None:
+                self._fair = FairState(self._state_redis())
+            excess = self._fair.excess(resource, syscall.agent_id, time.time(), self.settings.fair_window_s)
+        return policy.priority(syscall.priority, excess)
 
     def _admit(self, syscall: Syscall, resource: str) -> None:
         """Admission control: past AIOS_MAX_QUEUE_DEPTH waiting syscalls, wait for room or raise KernelBusy."""

@@ -15,9 +15,9 @@ token budget always fails: waiting would not help.
 across all workers). A lease expires ``LEASE_TTL_S`` after it was last renewed; a thread in each process renews
 the leases it holds, so a worker that dies (kill -9, lost machine) leaks its slots for at most that long.
 
-**Attained service** per agent and resource (worker seconds, decayed with ``AIOS_FAIR_HALF_LIFE_S``) feeds the
-``fair`` policy, and per-agent counters feed ``aios status`` and the metrics endpoint. Both are written in the
-same transaction as the syscall's reply.
+**Attained service** per agent and resource (worker seconds) feeds the ``fair`` policy (:class:`FairState`,
+read by the SDK when it submits), and per-agent counters feed ``aios status`` and the metrics endpoint. Both
+are written in the same transaction as the syscall's reply.
 
 **Aging** (``priority`` policy, Redis brokers): :class:`Ager` moves syscalls that have waited ``AIOS_AGING_S``
 up one priority list per step, in a Lua script over kombu's per-priority lists. RabbitMQ cannot reorder a
@@ -38,7 +38,7 @@ import redis
 from aios import keys
 from aios.errors import QuotaExceeded
 from aios.priority import MAX_PRIORITY
-from aios.scheduler import Attained, make_policy
+from aios.scheduler import make_policy
 from aios.settings import QUEUES, QuotaSpec, Settings
 from aios.syscalls import LLMSyscall, Response, Syscall, ToolSyscall
 
@@ -143,23 +143,40 @@ return 0
 # KEYS: [lease]. ARGV: new expiry, id. Renews a lease only if it is still held.
 _RENEW = "return redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[1], ARGV[2])"
 
-# KEYS: [attained hash, stats hash, waits list]. ARGV: agent, service_s, wait_s, now, half_life, waits_kept.
+# KEYS: [attained zset, stats hash, waits list]. ARGV: agent, service_s, wait_s, waits_kept.
 _ACCOUNT = """
-local agent, service, wait = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local now, half, kept = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local raw = redis.call('HGET', KEYS[1], agent)
-local v = 0
-if raw then
-  local s, at = string.match(raw, '^(%S+) (%S+)$')
-  if s then v = tonumber(s) * math.pow(0.5, math.max(0, now - tonumber(at)) / half) end
-end
-redis.call('HSET', KEYS[1], agent, string.format('%.6f %.3f', v + service, now))
+local agent, service, wait, kept = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('ZINCRBY', KEYS[1], service, agent)
 redis.call('HINCRBY', KEYS[2], agent .. ':n', 1)
 redis.call('HINCRBYFLOAT', KEYS[2], agent .. ':wait_s', wait)
 redis.call('HINCRBYFLOAT', KEYS[2], agent .. ':service_s', service)
 redis.call('LPUSH', KEYS[3], string.format('%.6f', wait))
 redis.call('LTRIM', KEYS[3], 0, kept - 1)
 return 0
+"""
+
+# KEYS: [attained zset, active zset]. ARGV: agent, now, window.
+# The agent's attained service above the least-served agent active within the window (itself included). An agent
+# new or back from a pause longer than the window starts level with that least-served one.
+_FAIR_EXCESS = """
+local agent, now, window = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local last = redis.call('ZSCORE', KEYS[2], agent)
+local least = nil
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], now - window, '+inf')) do
+  if m ~= agent then
+    local a = tonumber(redis.call('ZSCORE', KEYS[1], m) or '0')
+    if least == nil or a < least then least = a end
+  end
+end
+local mine = tonumber(redis.call('ZSCORE', KEYS[1], agent) or '0')
+if least ~= nil and (not last or tonumber(last) < now - window) then
+  mine = least
+  redis.call('ZADD', KEYS[1], mine, agent)
+end
+redis.call('ZADD', KEYS[2], now, agent)
+if math.random() < 0.01 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 10 * window) end
+if least == nil or mine < least then return '0' end
+return tostring(mine - least)
 """
 
 # KEYS: the queue's ten kombu lists, by kernel priority 0..9. ARGV: now, aging_s, max moves.
@@ -377,8 +394,7 @@ class Governor:
         if t is None:
             return
         self._account(keys=[keys.attained(self.resource), keys.agent_stats(self.resource), keys.waits(self.resource)],
-                      args=[syscall.agent_id, t.service_s, t.queue_wait_s, t.finished_at,
-                            self.settings.fair_half_life_s, WAITS_KEPT], client=pipe)
+                      args=[syscall.agent_id, t.service_s, t.queue_wait_s, WAITS_KEPT], client=pipe)
 
 
 def _declared_concurrency(service: Any, tool: str) -> int | None:
@@ -395,8 +411,16 @@ def _n(value: int | None) -> int:
     return NONE if value is None else value
 
 
-def attained_of(client: redis.Redis, resource: str, agent_id: str) -> Attained:
-    return Attained.decode(client.hget(keys.attained(resource), agent_id))
+class FairState:
+    """SDK side of the ``fair`` policy: one script call per submission."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._excess = client.register_script(_FAIR_EXCESS)
+
+    def excess(self, resource: str, agent_id: str, now: float, window_s: float) -> float:
+        """``agent_id``'s attained service on ``resource`` above the least-served active agent, in seconds."""
+        return float(self._excess(keys=[keys.attained(resource), keys.active(resource)],
+                                  args=[agent_id, now, window_s]))
 
 
 # -- aging ------------------------------------------------------------------------------------------------

@@ -63,8 +63,13 @@ def member_of(agent_id: str) -> str:
 # -- scheduling and quotas (aios/scheduler.py, aios/governor.py) --------------------------------------------
 
 def attained(resource: str) -> str:
-    """Hash: agent id -> ``"<seconds> <as-of unix time>"``, its attained service on ``resource`` (decaying)."""
+    """Sorted set: agent id by its attained service on ``resource`` (worker seconds)."""
     return f"{PREFIX}:sched:attained:{resource}"
+
+
+def active(resource: str) -> str:
+    """Sorted set: agent id by when it last submitted to ``resource`` (the ``fair`` policy's active agents)."""
+    return f"{PREFIX}:sched:active:{resource}"
 
 
 def agent_stats(resource: str) -> str:

@@ -59,7 +59,7 @@ class KernelCollector(Collector):
         sched = scheduling(self.settings)
         families = {
             "attained": GaugeMetricFamily("aios_agent_attained_service_seconds",
-                                          "Attained service per agent (decayed; what the fair policy uses)",
+                                          "Attained service per agent (what the fair policy compares)",
                                           labels=["agent", "resource"]),
             "service": CounterMetricFamily("aios_agent_service_seconds", "Worker time spent on an agent's syscalls",
                                            labels=["agent", "resource"]),

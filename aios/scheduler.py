@@ -10,50 +10,19 @@ workers' ager, :mod:`aios.governor`). One policy per resource (``AIOS_POLICIES``
               suspending a generation and sending it to the back of the queue.
 ``priority``  strict priority (the agent's 0..9), with aging: a syscall that has waited ``aging_s`` rises one
               step, so a flood of urgent work delays the rest but never starves it.
-``fair``      least attained service (multi-level, as in Autellix' PLAS): an agent's syscalls enter at a level
-              set by the service it has already received (decayed with a half-life), so an agent that has had
-              less waits in front of one that has had more; a new agent enters at the top.
+``fair``      least attained service (as in Autellix): an agent's syscalls enter at a level set by how much more
+              service it has received than the least-served active agent, so an agent that has had more
+              waits behind one that has had less. A newcomer, or an agent back from a pause longer than
+              ``AIOS_FAIR_WINDOW_S``, starts level with the least-served one (as in start-time fair queuing), so
+              it neither starves the others while it "catches up" nor pays for service it had long ago.
 
 Attained service is measured in seconds of worker time per agent and resource, recorded by the workers.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 from aios.priority import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from aios.settings import PolicyName, Settings, policy_name
-
-
-@dataclass(frozen=True)
-class Attained:
-    """An agent's attained service on one resource: ``seconds`` as of ``at`` (Unix time)."""
-
-    seconds: float = 0.0
-    at: float = 0.0
-
-    def decayed(self, now: float, half_life_s: float) -> float:
-        """The service as of ``now``: halved every ``half_life_s``, so that old service counts for less."""
-        if self.seconds <= 0.0:
-            return 0.0
-        return self.seconds * 0.5 ** (max(0.0, now - self.at) / half_life_s)
-
-    def plus(self, service_s: float, now: float, half_life_s: float) -> "Attained":
-        return Attained(self.decayed(now, half_life_s) + max(0.0, service_s), now)
-
-    def encode(self) -> str:
-        return f"{self.seconds:.6f} {self.at:.3f}"
-
-    @classmethod
-    def decode(cls, raw: bytes | str | None) -> "Attained":
-        if not raw:
-            return cls()
-        try:
-            seconds, at = (raw.decode() if isinstance(raw, bytes) else raw).split()
-            return cls(float(seconds), float(at))
-        except ValueError:  # a damaged entry counts as no service rather than breaking submission
-            return cls()
 
 
 class Policy:
@@ -95,8 +64,9 @@ class StrictPriority(Policy):
 
 
 class FairShare(Policy):
-    """Least attained service in levels: level ``k`` holds agents with ``quantum * (2^k - 1)`` to
-    ``quantum * (2^(k+1) - 1)`` seconds of service; level 0 enters at priority 9, level 9 and beyond at 0."""
+    """Least attained service: ``excess_s`` is the agent's attained service above the least-served agent active
+    in the last ``AIOS_FAIR_WINDOW_S``; every ``quantum_s`` of excess is one priority level down from the top.
+    The least-served agents (and newcomers, who start level with them) enter at 9; 9 or more quanta ahead, at 0."""
 
     name = "fair"
     needs_attained = True
@@ -104,8 +74,8 @@ class FairShare(Policy):
     def __init__(self, quantum_s: float) -> None:
         self.quantum_s = quantum_s
 
-    def level(self, attained_s: float) -> int:
-        return min(MAX_PRIORITY, int(math.log2(1.0 + max(0.0, attained_s) / self.quantum_s)))
+    def level(self, excess_s: float) -> int:
+        return min(MAX_PRIORITY, int(max(0.0, excess_s) / self.quantum_s))
 
     def priority(self, requested: int, attained_s: float = 0.0) -> int:
         return MAX_PRIORITY - self.level(attained_s)

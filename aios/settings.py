@@ -76,10 +76,12 @@ class Settings(BaseSettings):
     ``priority`` (strict, with aging; the default) or ``fair`` (least attained service per agent)."""
     aging_s: float = Field(default=10.0, gt=0)
     """``priority`` policy: a syscall waiting this long rises one priority step (Redis brokers), so none starves."""
-    fair_quantum_s: float = Field(default=1.0, gt=0)
-    """``fair`` policy: an agent drops one priority level each time its attained service doubles past this."""
-    fair_half_life_s: float = Field(default=300.0, gt=0)
-    """``fair`` policy: attained service decays by half over this time, so the past is forgiven."""
+    fair_quantum_s: float = Field(default=0.1, gt=0)
+    """``fair`` policy: each this many seconds of service above the least-served active agent is one priority
+    level down."""
+    fair_window_s: float = Field(default=60.0, gt=0)
+    """``fair`` policy: agents that submitted within this window count as active; one back after a longer pause
+    starts level with the least-served."""
     rr_quantum_tokens: int = Field(default=32, ge=1)
     """``rr`` policy on the LLM: tokens a generation runs before it yields to waiting syscalls."""
     quotas: dict[str, QuotaSpec] = Field(default_factory=dict)

@@ -101,7 +101,6 @@ def scheduling(settings: Settings) -> dict[str, Any]:
     """Per agent and resource: syscalls, attained service, waits; per resource: policy and wait percentiles;
     per quota scope: use of its current window, leases held, tokens used."""
     from aios.governor import LEASE_TTL_S
-    from aios.scheduler import Attained
     from aios.settings import policy_name
 
     now = time.time()
@@ -114,13 +113,13 @@ def scheduling(settings: Settings) -> dict[str, Any]:
             for k, v in r.hgetall(keys.agent_stats(resource)).items():
                 agent, _, fld = k.decode().rpartition(":")
                 stats.setdefault(agent, {})[fld] = float(v)
-            attained = r.hgetall(keys.attained(resource))
+            attained = {m.decode(): score for m, score in r.zrange(keys.attained(resource), 0, -1, withscores=True)}
             for agent in sorted(stats):
                 st = stats[agent]
                 n = int(st.get("n", 0))
                 agents.append({
                     "resource": resource, "agent": agent, "syscalls": n,
-                    "attained_s": Attained.decode(attained.get(agent.encode())).decayed(now, settings.fair_half_life_s),
+                    "attained_s": attained.get(agent, 0.0),
                     "service_s": st.get("service_s", 0.0), "mean_wait_s": st.get("wait_s", 0.0) / n if n else 0.0,
                 })
             waits = [float(x) for x in r.lrange(keys.waits(resource), 0, -1)]

@@ -170,10 +170,26 @@ def test_through_the_kernel_quotas_fail_with_the_limit_and_status_shows_agents(t
         assert 'aios_syscalls_answered_total{kind="tool",status="error"} 1.0' in text
 
 
-def test_fair_policy_enters_less_served_agents_first(tmp_path: Path) -> None:
+def test_fair_state_measures_excess_over_the_least_served_active_agent(holder: LocalKernel, r: redis.Redis) -> None:
+    from aios.governor import FairState
+
+    fair, now = FairState(r), 1000.0
+    assert fair.excess("tool", "a", now, 60) == 0.0  # alone: it is the least served
+    r.zadd(keys.attained("tool"), {"a": 5.0})
+    assert fair.excess("tool", "b", now, 60) == 0.0  # a newcomer starts level with the least served active agent
+    assert r.zscore(keys.attained("tool"), "b") == 5.0
+    r.zincrby(keys.attained("tool"), 2.5, "a")
+    assert fair.excess("tool", "a", now + 1, 60) == 2.5 and fair.excess("tool", "b", now + 1, 60) == 0.0
+    r.zadd(keys.attained("tool"), {"c": 100.0})
+    r.zadd(keys.active("tool"), {"c": now - 500})  # c was served long ago and paused: it starts level again
+    assert fair.excess("tool", "c", now + 2, 60) == 0.0 and r.zscore(keys.attained("tool"), "c") == 5.0
+
+
+def test_fair_policy_enters_more_served_agents_lower(tmp_path: Path) -> None:
     settings = base_settings(tmp_path, policies={"tool": "fair"}, fair_quantum_s=0.01)
     with LocalKernel(settings, resources=["tool"]) as lk:
         with authorized(lk.settings, "heavy") as heavy, authorized(lk.settings, "light") as light:
+            light.call_tool("noop")
             for _ in range(3):
                 heavy.call_tool("sleep", seconds=0.05)
             h = heavy._queue_priority(heavy.tool_syscall("noop"), "tool")
