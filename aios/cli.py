@@ -142,8 +142,9 @@ class _Interrupts:
 
 @main.command()
 @click.option("--flower", "flower_port", type=int, default=None, help="Also serve Flower on this port.")
+@click.option("--metrics-port", type=int, default=None, help="Also serve the kernel's Prometheus metrics on this port.")
 @click.option("--loglevel", default="WARNING", show_default=True)
-def up(flower_port: int | None, loglevel: str) -> None:
+def up(flower_port: int | None, metrics_port: int | None, loglevel: str) -> None:
     """Run the local kernel (embedded Redis unless AIOS_BROKER_URL is set, plus the three workers) until Ctrl-C."""
     from aios.embedded import LocalKernel
 
@@ -157,6 +158,12 @@ def up(flower_port: int | None, loglevel: str) -> None:
             local.publish_discovery()
             if flower_port:
                 local.start_flower(flower_port)
+            if metrics_port is not None:
+                from aios.metrics import serve
+
+                _server, url = serve(local.settings.model_copy(update={"redis_url": local.settings.state_redis_url()}),
+                                     port=metrics_port)
+                _say(f"Prometheus metrics on {url}")
             _say(f"kernel up: broker {local.broker_url}; logs in {local.log_dir}")
             click.echo(f"export AIOS_BROKER_URL={local.broker_url} AIOS_REDIS_URL={local.settings.state_redis_url()}")
             _say("processes on this machine find this kernel without configuration; Ctrl-C stops it")
@@ -225,8 +232,71 @@ def status(as_json: bool) -> None:
         for s in info["in_flight"]:
             t.add_row(str(s["id"]), str(s["kind"]), str(s["agent_id"]), str(s["priority"]), s["worker"])
         console.print(t)
+    t = Table("resource", "policy", "wait p50", "wait p90", "wait p99", "of last")
+    for r in info["scheduling"]:
+        t.add_row(r["resource"], r["policy"], f"{r['wait_p50_s'] * 1000:.0f} ms", f"{r['wait_p90_s'] * 1000:.0f} ms",
+                  f"{r['wait_p99_s'] * 1000:.0f} ms", str(r["recent"]))
+    console.print(t)
+    if info["agents"]:
+        t = Table("agent", "resource", "syscalls", "attained", "service", "mean wait", "tokens used")
+        for a in info["agents"]:
+            t.add_row(a["agent"], a["resource"], str(a["syscalls"]), f"{a['attained_s']:.2f} s",
+                      f"{a['service_s']:.2f} s", f"{a['mean_wait_s'] * 1000:.0f} ms",
+                      str(info["tokens_used"].get(a["agent"], "")) if a["resource"] == "llm" else "")
+        console.print(t)
+    if info["quotas"]:
+        window = f"{info['quota_window_s']:g} s"
+        t = Table("quota scope", f"requests / {window}", f"tokens / {window}", "running", "limits")
+        for q in info["quotas"]:
+            t.add_row(q["scope"], str(q["requests"]), str(q["tokens"]), str(q["running"]),
+                      ", ".join(f"{k}={v}" for k, v in q["limits"].items()))
+        console.print(t)
     console.print(f"answered: {info['answered'] or '{}'}")
     console.print(f"rejected: {info['rejected'] or '{}'}; dead letters kept: {info['deadletters']} (`aios deadletters`)")
+
+
+@main.command()
+@click.option("--port", default=9464, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--address", default="127.0.0.1", show_default=True)
+def metrics(port: int, address: str) -> None:
+    """Serve the kernel's metrics for Prometheus on http://ADDRESS:PORT/metrics (until Ctrl-C)."""
+    from aios.client import resolve_settings
+    from aios.metrics import serve
+
+    try:
+        settings = resolve_settings(None)
+        server, url = serve(settings, port=port, address=address)
+    except (AIOSError, OSError) as exc:
+        _fail(exc)
+    _say(f"serving Prometheus metrics on {url}; Ctrl-C stops")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        server.shutdown()
+
+
+@main.group()
+def quota() -> None:
+    """Token budgets: what agents used, and resetting an agent's account."""
+
+
+@quota.command("reset")
+@click.argument("agent_id")
+def quota_reset(agent_id: str) -> None:
+    """Set AGENT_ID's used tokens back to zero (its token_budget starts again)."""
+    import redis as redis_py
+
+    from aios import keys
+    from aios.client import resolve_settings
+
+    try:
+        r = redis_py.Redis.from_url(resolve_settings(None).state_redis_url())
+        used = r.hget(keys.TOKENS_USED, agent_id)
+        r.hdel(keys.TOKENS_USED, agent_id)
+    except AIOSError as exc:
+        _fail(exc)
+    _say(f"token account of {agent_id!r} reset (it had used {int(used or 0)} tokens)")
 
 
 @main.command()

@@ -23,15 +23,22 @@ from kombu.exceptions import OperationalError
 
 from aios import keys
 from aios.celery_app import make_app
-from aios.errors import ApprovalDenied, ConfigError, KernelUnavailable, PayloadTooLarge, SyscallTimeout, from_code
+from aios.errors import (
+    ApprovalDenied, ConfigError, KernelBusy, KernelUnavailable, PayloadTooLarge, SyscallTimeout, from_code,
+)
+from aios.governor import FairState
 from aios.identity import SIG_FIELD, credential_file, load_secret, sign
 from aios.priority import DEFAULT_PRIORITY, check, to_broker
+from aios.scheduler import make_policy
 from aios.settings import KIND_TO_RESOURCE, QUEUES, Settings, get_settings
+from aios.status import queue_depth
 from aios.syscalls import (
     ChatMessage, LLMSyscall, MemorySyscall, Response, Status, StorageSyscall, Syscall, ToolSpec, ToolSyscall,
 )
 
 Messages = str | Sequence[ChatMessage | dict[str, str]]
+DEPTH_CACHE_S = 0.1
+"""Admission control looks at a queue's depth at most this often per client."""
 REPLY_GRACE_S = 2.0
 """How long past a syscall's deadline the SDK keeps listening, for a reply already on its way."""
 
@@ -81,6 +88,10 @@ class _Core:
         self._broker_url = self.settings.require_broker()
         self._check_agent_id()
         self._approvals: Any = None
+        self._state: redis.Redis | None = None  # kernel state, for the fair policy and admission control
+        self._fair: FairState | None = None
+        self._policies = {r: make_policy(self.settings, r) for r in QUEUES}
+        self._depth_seen: dict[str, tuple[float, int]] = {}  # queue -> (when, depth)
         self._secret = credential or load_secret(self.settings, agent_id)
         if self._secret is None and self.settings.auth == "required":
             raise ConfigError(
@@ -149,21 +160,63 @@ class _Core:
             )
         resource = KIND_TO_RESOURCE[syscall.kind]
         try:
+            self._admit(syscall, resource)
+            priority = self._queue_priority(syscall, resource)
             self._app.send_task(
                 f"aios.{resource}", args=[payload], task_id=syscall.id, queue=QUEUES[resource],
-                priority=to_broker(syscall.priority, self._broker_url),
+                priority=to_broker(priority, self._broker_url),
+                # Read by the ager (aios/governor.py) to raise long-waiting syscalls one step per AIOS_AGING_S.
+                headers={"aios_enqueued": time.time(), "aios_priority": priority},
                 # Replies come through aios:reply:<id>, not Celery's backend: subscribing to it for every
                 # syscall would pile unread pub/sub messages up in Redis.
                 ignore_result=True,
                 # A short label for logs and Flower, instead of a repr of the whole (possibly private) payload.
                 argsrepr=f"<{syscall.kind} syscall of {syscall.agent_id}>", kwargsrepr="{}",
             )
-        except OperationalError as exc:
+        except (OperationalError, redis.ConnectionError) as exc:
             raise KernelUnavailable(
                 f"cannot reach the broker at {self._broker_url}: {exc}; start the kernel with `aios up` "
                 "or check AIOS_BROKER_URL"
             ) from None
         return Pending(syscall)
+
+    def _state_redis(self) -> redis.Redis:
+        if self._state is None:
+            self._state = redis.Redis.from_url(self.settings.state_redis_url(), socket_timeout=10,
+                                               socket_connect_timeout=10)
+        return self._state
+
+    def _queue_priority(self, syscall: Syscall, resource: str) -> int:
+        """The priority the resource's scheduling policy gives this syscall (aios/scheduler.py)."""
+        policy = self._policies[resource]
+        excess = 0.0
+        if policy.needs_attained:
+            if self._fair is None:
+                self._fair = FairState(self._state_redis())
+            excess = self._fair.excess(resource, syscall.agent_id, time.time(), self.settings.fair_window_s)
+        return policy.priority(syscall.priority, excess)
+
+    def _admit(self, syscall: Syscall, resource: str) -> None:
+        """Admission control: past AIOS_MAX_QUEUE_DEPTH waiting syscalls, wait for room or raise KernelBusy."""
+        limit = self.settings.max_queue_depth
+        if limit is None:
+            return
+        queue, pause = QUEUES[resource], 0.02
+        while True:
+            when, depth = self._depth_seen.get(queue, (0.0, 0))
+            now = time.time()
+            if now - when > DEPTH_CACHE_S:  # one look per DEPTH_CACHE_S, not one per syscall
+                depth = queue_depth(self._app, self.settings, queue) or 0
+                self._depth_seen[queue] = (now, depth)
+            if depth < limit:
+                return
+            if self.settings.admission == "fail" or now + pause > syscall.deadline:
+                raise KernelBusy(
+                    f"kernel busy: {depth} syscalls wait on queue {queue}, the limit is {limit} "
+                    f"(AIOS_MAX_QUEUE_DEPTH); retry later, add {resource} workers, or raise the limit")
+            time.sleep(pause)
+            pause = min(0.5, pause * 1.5)
+            self._depth_seen.pop(queue, None)
 
     def _wait_s(self, pending: Pending) -> float:
         return max(0.01, pending.syscall.deadline - time.time() + REPLY_GRACE_S)
@@ -203,6 +256,8 @@ class _Core:
     def close(self) -> None:
         if self._approvals is not None:
             self._approvals.redis.close()
+        if self._state is not None:
+            self._state.close()
         self._app.close()
 
 

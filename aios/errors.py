@@ -96,10 +96,25 @@ class KernelUnavailable(AIOSError):
     code = "unavailable"
 
 
+class QuotaExceeded(AIOSError):
+    """A rate limit, concurrency limit or token budget stopped the syscall (``AIOS_QUOTA_MODE=fail``, a budget
+    that is spent, or a limit still reached at the syscall's deadline); the message names the limit."""
+
+    code = "quota_exceeded"
+
+
+class KernelBusy(AIOSError):
+    """Admission control: the queue holds more than ``AIOS_MAX_QUEUE_DEPTH`` syscalls (``AIOS_ADMISSION=fail``,
+    or no room came free within the syscall's timeout). Nothing was sent; retry later."""
+
+    code = "kernel_busy"
+
+
 _BY_CODE: dict[str, type[AIOSError]] = {}
 for _cls in (
     AIOSError, ConfigError, InvalidSyscall, PayloadTooLarge, SyscallTimeout, DeadlineExceeded, ToolError,
     UnknownTool, InvalidToolArguments, AuthError, ApprovalDenied, NotFound, AccessDenied, BackendError, KernelUnavailable,
+    QuotaExceeded, KernelBusy,
 ):
     _BY_CODE[_cls.code] = _cls
 for _code in ("malformed", "unknown_kind", "content_type", "unknown_task", "wrong_queue"):

@@ -27,8 +27,9 @@ from aios import keys
 from aios.celery_app import make_app
 from aios.errors import AIOSError, AuthError, DeadlineExceeded, InvalidSyscall, PayloadTooLarge
 from aios.approvals import APPROVED, PENDING, Approvals, irreversible_reason
+from aios.governor import Ager, Governor, should_age
 from aios.identity import Credential, verify
-from aios.settings import KIND_TO_RESOURCE, QUEUES, Settings, get_settings
+from aios.settings import KIND_TO_RESOURCE, QUEUES, Settings, broker_to_redis_py, get_settings
 from aios.syscalls import ErrorInfo, Response, Status, Syscall, Timing, decode_syscall
 
 log = logging.getLogger("aios.kernel")
@@ -57,6 +58,7 @@ class Runtime:
         self._service: Service | None = None
         self._lock = threading.Lock()
         self.redis = redis.Redis.from_url(settings.state_redis_url())
+        self.governor = Governor(settings, self.redis, resource)
 
     @property
     def service(self) -> Service:
@@ -111,7 +113,12 @@ class Runtime:
             return
         if self.settings.approvals == "required" and self._await_approval(syscall, args[0]):
             return
+        admission = None
+        response: Response | None = None
         try:
+            # Quotas and leases (aios/governor.py): may wait for a turn; the wait counts as queue wait.
+            admission = self.governor.admit(syscall, self.service)
+            started = time.time() if admission is not None else started
             result = self.service.handle(syscall)
             response = Response(
                 id=syscall.id, status=Status.OK, result=result,
@@ -125,7 +132,12 @@ class Runtime:
                 syscall.id, AIOSError(f"{type(exc).__name__}: {exc} (a kernel bug: see the worker log)"),
                 created, started, worker,
             )
-        self.reply(response, syscall.kind)
+        finally:
+            try:
+                self.governor.release(admission, response)
+            except redis.RedisError as exc:  # its leases expire on their own; the answer matters more
+                log.error("could not release the quota leases of %s: %s", syscall.id, exc)
+        self.reply(response, syscall.kind, syscall)
 
     def _await_approval(self, syscall: Syscall, raw: Any) -> bool:
         """True if the syscall must not run now: parked for an operator, or already denied/expired."""
@@ -149,10 +161,11 @@ class Runtime:
             timing=Timing(created_at=created, started_at=started, finished_at=time.time()), worker=worker,
         )
 
-    def reply(self, response: Response, kind: str | None) -> None:
+    def reply(self, response: Response, kind: str | None, syscall: Syscall | None = None) -> None:
         """Store the response (the idempotency record) and hand it to the waiting caller, atomically.
 
-        ``kind`` counts the answer in ``aios:stats:done``; refusals pass ``None`` (they count as rejected)."""
+        ``kind`` counts the answer in ``aios:stats:done``; refusals pass ``None`` (they count as rejected).
+        ``syscall``: a syscall that ran; its service and wait are added to its agent's record."""
         body = response.model_dump_json()
         ttl = self.settings.result_ttl_s
         pipe = self.redis.pipeline(transaction=True)
@@ -161,6 +174,8 @@ class Runtime:
         pipe.expire(keys.reply(response.id), ttl)
         if kind is not None:
             pipe.hincrby(keys.STATS_DONE, f"{kind}:{response.status.value}", 1)
+        if syscall is not None:
+            self.governor.account(pipe, syscall, response)
         pipe.execute()
 
     # -- refusals --------------------------------------------------------------------------------------
@@ -266,6 +281,23 @@ def create_worker_app(resource: str, service_factory: Callable[[Settings], Servi
     # to answer pings and control commands while a syscall runs.
     app.conf.worker_pool = "threads"
     app.conf.worker_concurrency = concurrency or settings.worker_concurrency or app.conf.worker_concurrency
+
+    if should_age(settings, resource):
+        from celery.signals import worker_ready, worker_shutdown
+
+        agers: list[Ager] = []
+
+        @worker_ready.connect(weak=False)
+        def _start_ager(sender: Any = None, **_: Any) -> None:
+            if sender is not None and getattr(sender, "app", app) is not app:
+                return
+            broker = redis.Redis.from_url(broker_to_redis_py(settings.require_broker()))
+            agers.append(Ager(broker, resource, settings.aging_s).start())
+
+        @worker_shutdown.connect(weak=False)
+        def _stop_ager(**_: Any) -> None:
+            for ager in agers:
+                ager.stop()
 
     @app.task(name=runtime.task_name, bind=True, ignore_result=True, typing=False)
     def syscall(task: Any, *args: Any, **kwargs: Any) -> None:

@@ -58,3 +58,37 @@ def group(name: str) -> str:
 def member_of(agent_id: str) -> str:
     """Set: the groups ``aios group add`` put ``agent_id`` in (the reverse of :func:`group`, for one-step checks)."""
     return f"{PREFIX}:member-of:{agent_id}"
+
+
+# -- scheduling and quotas (aios/scheduler.py, aios/governor.py) --------------------------------------------
+
+def attained(resource: str) -> str:
+    """Sorted set: agent id by its attained service on ``resource`` (worker seconds)."""
+    return f"{PREFIX}:sched:attained:{resource}"
+
+
+def active(resource: str) -> str:
+    """Sorted set: agent id by when it last submitted to ``resource`` (the ``fair`` policy's active agents)."""
+    return f"{PREFIX}:sched:active:{resource}"
+
+
+def agent_stats(resource: str) -> str:
+    """Hash: ``<agent>:<field>`` -> number: syscalls, wait and service seconds per agent on ``resource``."""
+    return f"{PREFIX}:sched:stats:{resource}"
+
+
+def waits(resource: str) -> str:
+    """List: the latest queue waits (seconds) on ``resource``, newest first, capped: for percentiles."""
+    return f"{PREFIX}:sched:waits:{resource}"
+
+
+QUOTA_SCOPES = f"{PREFIX}:quota:scopes"
+"""Set of quota scopes that have been used, so status and metrics can list them."""
+TOKENS_USED = f"{PREFIX}:quota:tokens-used"
+"""Hash: agent id -> LLM tokens used in total (the ``token_budget`` account)."""
+
+
+def quota(scope: str, part: str) -> str:
+    """Per scope: ``req`` (sorted set: admitted syscall ids by time), ``tok`` (hash: id -> tokens), ``lease``
+    (sorted set: running syscall ids by lease expiry)."""
+    return f"{PREFIX}:quota:{{{scope}}}:{part}"

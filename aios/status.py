@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import redis
@@ -11,6 +12,24 @@ from aios import keys
 from aios.celery_app import make_app
 from aios.priority import PRIORITY_STEPS, is_redis_url
 from aios.settings import QUEUES, Settings, broker_to_redis_py
+
+
+def queue_depth(app: Any, settings: Settings, queue: str) -> int | None:
+    """Messages waiting on one kernel queue, all priority steps together (``None``: not declared yet)."""
+    if is_redis_url(settings.require_broker()):
+        r = redis.Redis.from_url(broker_to_redis_py(settings.require_broker()))
+        try:
+            pipe = r.pipeline(transaction=False)
+            for step in PRIORITY_STEPS:
+                pipe.llen(f"{queue}:{step}" if step else queue)
+            return int(sum(pipe.execute()))
+        finally:
+            r.close()
+    with app.connection_for_read() as conn:
+        try:
+            return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
+        except Exception:  # a queue nobody declared yet
+            return None
 
 
 def queue_depths(app: Any, settings: Settings) -> dict[str, int | None]:
@@ -68,7 +87,60 @@ def collect(settings: Settings, timeout_s: float = 1.0) -> dict[str, Any]:
     finally:
         r.close()
     return {"broker": settings.broker_url, "queues": depths, "workers": workers, "in_flight": in_flight,
-            "answered": done, "rejected": rejected, "deadletters": deadletters}
+            "answered": done, "rejected": rejected, "deadletters": deadletters, **scheduling(settings)}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def scheduling(settings: Settings) -> dict[str, Any]:
+    """Per agent and resource: syscalls, attained service, waits; per resource: policy and wait percentiles;
+    per quota scope: use of its current window, leases held, tokens used."""
+    from aios.governor import LEASE_TTL_S
+    from aios.settings import policy_name
+
+    now = time.time()
+    r = redis.Redis.from_url(settings.state_redis_url())
+    try:
+        agents: list[dict[str, Any]] = []
+        resources: list[dict[str, Any]] = []
+        for resource in QUEUES:
+            stats: dict[str, dict[str, float]] = {}
+            for k, v in r.hgetall(keys.agent_stats(resource)).items():
+                agent, _, fld = k.decode().rpartition(":")
+                stats.setdefault(agent, {})[fld] = float(v)
+            attained = {m.decode(): score for m, score in r.zrange(keys.attained(resource), 0, -1, withscores=True)}
+            for agent in sorted(stats):
+                st = stats[agent]
+                n = int(st.get("n", 0))
+                agents.append({
+                    "resource": resource, "agent": agent, "syscalls": n,
+                    "attained_s": attained.get(agent, 0.0),
+                    "service_s": st.get("service_s", 0.0), "mean_wait_s": st.get("wait_s", 0.0) / n if n else 0.0,
+                })
+            waits = [float(x) for x in r.lrange(keys.waits(resource), 0, -1)]
+            resources.append({"resource": resource, "policy": policy_name(settings, resource), "recent": len(waits),
+                              "wait_p50_s": _percentile(waits, 0.5), "wait_p90_s": _percentile(waits, 0.9),
+                              "wait_p99_s": _percentile(waits, 0.99)})
+        quotas: list[dict[str, Any]] = []
+        for scope in sorted(x.decode() for x in r.smembers(keys.QUOTA_SCOPES)):
+            pipe = r.pipeline(transaction=False)
+            pipe.zcount(keys.quota(scope, "req"), now - settings.quota_window_s, "+inf")
+            pipe.hget(keys.quota(scope, "tok"), "_sum")
+            pipe.zcount(keys.quota(scope, "lease"), now, now + LEASE_TTL_S + 1)
+            requests, tokens, leases = pipe.execute()
+            spec = settings.quotas.get(scope) or (settings.quotas.get("agent:*") if scope.startswith("agent:") else None)
+            quotas.append({"scope": scope, "requests": int(requests), "tokens": int(tokens or 0),
+                           "running": int(leases), "limits": spec.model_dump(exclude_none=True) if spec else {}})
+        used = {k.decode(): int(v) for k, v in r.hgetall(keys.TOKENS_USED).items()}
+    finally:
+        r.close()
+    return {"agents": agents, "scheduling": resources, "quotas": quotas, "tokens_used": used,
+            "quota_window_s": settings.quota_window_s}
 
 
 def deadletters(settings: Settings, limit: int = 20) -> list[dict[str, Any]]:
