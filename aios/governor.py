@@ -7,7 +7,9 @@ any number of workers on any number of machines (Celery's own ``rate_limit`` is 
 ``concurrency`` as leases, and ``token_budget`` per agent. A worker asks :meth:`Governor.admit` before it runs
 a syscall; every scope that applies must have room, and the syscall is then recorded in all of them at once
 (all or nothing). An LLM syscall reserves ``estimated prompt tokens + max_tokens``; :meth:`Governor.release`
-corrects that to the real usage. Past a limit the worker waits for the turn the script names (``wait``, the
+corrects that to the real usage, and from then on counts the request in the window from when it ended (a
+provider counts it on arrival, after the kernel admitted it: counting from admission would free its slot
+early). Past a limit the worker waits for the turn the script names (``wait``, the
 default) until the syscall's deadline, or answers :class:`QuotaExceeded` naming the limit (``fail``). A spent
 token budget always fails: waiting would not help.
 
@@ -120,13 +122,20 @@ end
 return {0}
 """
 
-# KEYS: per scope (tok, lease), then TOKENS_USED. ARGV: id, actual tokens (-1: keep the reservation), agent,
-# account tokens (1/0), n.
+# KEYS: per scope (req, tok, lease), then TOKENS_USED. ARGV: id, actual tokens (-1: keep the reservation), agent,
+# account tokens (1/0), n, now, window.
+# The request stays in the rpm/tpm window from the moment it ended, not from its admission: a provider counts it
+# when it arrives, some time after the kernel admitted it, and the kernel must not free its slot before the
+# provider does (measured by `aios bench ratelimit`: counted from admission, requests that reached the provider
+# late in a burst still filled its window when the kernel admitted the next ones, and got 429s).
 _RELEASE = """
 local id, actual, agent, account, n = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5])
+local now, window = tonumber(ARGV[6]), tonumber(ARGV[7])
 for i = 0, n - 1 do
-  local tok, lease = KEYS[2 * i + 1], KEYS[2 * i + 2]
+  local req, tok, lease = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
   redis.call('ZREM', lease, id)
+  local at = redis.call('ZSCORE', req, id)
+  if at and tonumber(at) > now - window and tonumber(at) < now then redis.call('ZADD', req, 'XX', now, id) end
   if actual >= 0 then
     local reserved = redis.call('HGET', tok, id)
     if reserved then
@@ -136,7 +145,7 @@ for i = 0, n - 1 do
     end
   end
 end
-if account == '1' and actual > 0 then redis.call('HINCRBY', KEYS[2 * n + 1], agent, actual) end
+if account == '1' and actual > 0 then redis.call('HINCRBY', KEYS[3 * n + 1], agent, actual) end
 return 0
 """
 
@@ -338,7 +347,8 @@ class Governor:
                 "raise timeout_s or the limit in AIOS_QUOTAS")
 
     def release(self, adm: Admission | None, response: Response | None) -> None:
-        """Free the leases and correct the token reservation to the real usage."""
+        """Free the leases, correct the token reservation to the real usage, and count the request in the rpm/tpm
+        windows from now (when it ended) rather than from its admission (see ``_RELEASE``)."""
         if adm is None:
             return
         if adm.leases:
@@ -352,10 +362,10 @@ class Governor:
                 actual = 0  # it failed: the provider did not charge (or we cannot know it did)
         keys_: list[str] = []
         for s in adm.scopes:
-            keys_ += [keys.quota(s.name, "tok"), keys.quota(s.name, "lease")]
+            keys_ += [keys.quota(s.name, "req"), keys.quota(s.name, "tok"), keys.quota(s.name, "lease")]
         keys_.append(keys.TOKENS_USED)
         self._release(keys=keys_, args=[adm.syscall_id, actual, adm.agent_id, "1" if adm.tokens else "0",
-                                        len(adm.scopes)])
+                                        len(adm.scopes), time.time(), self.settings.quota_window_s])
 
     # -- leases -----------------------------------------------------------------------------------------
 

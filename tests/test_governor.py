@@ -68,6 +68,25 @@ def test_rpm_over_a_sliding_window_fails_or_waits_naming_the_limit(holder: Local
     assert r.zcard(keys.quota("llm", "req")) <= 3  # never more than the limit in the window
 
 
+def test_a_request_counts_in_the_window_from_when_it_ended(holder: LocalKernel, r: redis.Redis) -> None:
+    """A provider counts a request when it arrives, after the kernel admitted it: the kernel keeps it in its window
+    from its end, so that it never frees the slot before the provider does (``aios bench ratelimit``)."""
+    g = gov(holder, r, quotas={"llm": {"rpm": 1, "tpm": 1000}}, quota_window_s=1.0, quota_mode="fail")
+    first = llm()
+    adm = g.admit(first)
+    admitted_at = time.time()
+    time.sleep(0.5)  # the call takes half a window
+    g.release(adm, ok(first, {"prompt_tokens": 10, "completion_tokens": 10}))
+    ended_at = time.time()
+    assert r.zscore(keys.quota("llm", "req"), first.id) == pytest.approx(ended_at, abs=0.05)
+    time.sleep(max(0.0, admitted_at + 1.1 - time.time()))  # a window after its admission, not after its end
+    with pytest.raises(QuotaExceeded, match="limit of 1 requests per 1 s"):
+        g.admit(llm())
+    time.sleep(max(0.0, ended_at + 1.05 - time.time()))
+    assert g.admit(llm()) is not None
+    assert r.hget(keys.quota("llm", "tok"), first.id) is None  # its corrected tokens left with it
+
+
 def test_a_redelivered_syscall_is_not_counted_twice(holder: LocalKernel, r: redis.Redis) -> None:
     g = gov(holder, r, quotas={"llm": {"rpm": 1}}, quota_mode="fail")
     s = llm()
