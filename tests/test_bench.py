@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 from aios.bench.overhead import run_overhead
+from aios.bench.ratelimit import RateParams, run_ratelimit, steady_throughput
+from aios.bench.scale import ScaleParams, run_scale
+from aios.errors import ConfigError
 from tests.conftest import base_settings
 
 
@@ -26,3 +29,63 @@ def test_overhead_writes_json_with_every_target_and_a_plot(tmp_path: Path) -> No
     for contender in (written["raw_celery"], written["kernel"], *written["signing"].values()):
         assert contender["latency_samples"] == 20 and contender["throughput_ops"] == 20
     assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+@pytest.mark.integration
+def test_ratelimit_writes_json_with_every_target_and_a_plot(tmp_path: Path) -> None:
+    out = tmp_path / "ratelimit.json"
+    params = RateParams(agents=6, calls=3, rpm=4, window_s=1.0, service_ms=20, max_tokens=4)
+    result = run_ratelimit(base_settings(tmp_path / "k"), params, json_path=out)
+    written = json.loads(out.read_text())
+    assert written == json.loads(json.dumps(result))
+    assert set(written["targets"]) == {"zero_429", "zero_failed_agents", "throughput_vs_limit"}
+    for target in written["targets"].values():
+        assert set(target) == {"value", "goal", "met"} and isinstance(target["met"], bool)
+    assert written["limits"]["binding_requests"] == 4 and written["limits"]["binding"] == "rpm"
+    for name in ("direct", "kernel"):
+        c = written[name]
+        assert c["agents"] == 6
+        # What the provider counted agrees with what the agents saw: every successful call was admitted once.
+        assert c["admitted"] >= c["calls_ok"] and c["calls_ok"] + 3 * c["failed_agents"] >= 18
+        assert c["steady"]["windows"] >= 1 and c["requests_per_window"] <= 4  # the provider enforced its limit
+    # 6 agents at once against 4 requests per window: the direct clients must have been refused.
+    assert written["direct"]["provider_429"] > 0
+    assert written["targets"]["zero_429"]["value"] == written["kernel"]["provider_429"]
+    assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+@pytest.mark.integration
+def test_scale_writes_json_with_its_target_and_a_plot(tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    params = ScaleParams(agents=8, calls_per_worker=2, rounds=2, service_ms=50, max_tokens=2)
+    result = run_scale(base_settings(tmp_path / "k"), params, json_path=out)
+    written = json.loads(out.read_text())
+    assert written == json.loads(json.dumps(result))
+    assert set(written["targets"]) == {"linear_scaling_4_workers"}
+    target = written["targets"]["linear_scaling_4_workers"]
+    assert set(target) == {"value", "goal", "met"} and target["value"] > 0
+    assert target["value"] == written["configs"]["4"]["vs_linear"]
+    assert [c["calls"] for c in written["configs"].values()] == [4, 8, 16]  # per worker x workers x rounds
+    assert written["configs"]["1"]["vs_linear"] == 1.0
+    # The provider saw four requests at once: four worker processes really served in parallel.
+    assert written["provider"]["max_in_flight"] == 4 and written["provider"]["rejected_429"] == 0
+    assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_bad_benchmark_options_are_refused_with_the_reason() -> None:
+    with pytest.raises(ConfigError, match="not enough to measure"):
+        RateParams(agents=2, calls=1, rpm=10).check()
+    with pytest.raises(ConfigError, match="admits no request"):
+        RateParams(tpm=10).check()
+    with pytest.raises(ConfigError, match="include 1"):
+        ScaleParams(workers=(2, 4)).check()
+    with pytest.raises(ConfigError, match="busy"):
+        ScaleParams(agents=4).check()
+
+
+def test_steady_throughput_counts_whole_windows_after_the_burst() -> None:
+    # Bursts of 3 at the start of each 10 s window, the last at t=30: windows [10, 20) and [20, 30) count.
+    at = [0.0, 0.1, 0.2, 10.1, 10.2, 10.3, 20.1, 20.2, 20.3, 30.1]
+    steady = steady_throughput(at, [5] * len(at), 10.0)
+    assert steady["windows"] == 2 and steady["requests_per_window"] == 3 and steady["tokens_per_window"] == 15
+    assert steady_throughput(at[:4], [5] * 4, 10.0)["windows"] == 0  # no whole window after the burst

@@ -234,6 +234,7 @@ def summarize(run: ContenderRun, params: RateParams) -> dict[str, Any]:
     per_min = 60.0 / params.window_s
     rpw = steady["requests_per_window"]
     failed = [o.error for o in run.outcomes if o.error]
+    t0 = s["admitted_at"][0] if s["admitted_at"] else 0.0
     span = (s["admitted_at"][-1] - s["admitted_at"][0]) if s["admitted_at"] else 0.0
     return {
         "agents": len(run.outcomes), "failed_agents": len(failed),
@@ -249,6 +250,9 @@ def summarize(run: ContenderRun, params: RateParams) -> dict[str, Any]:
         "throughput_vs_limit": None if rpw is None else rpw / params.binding_requests,
         "overall_requests_per_min": s["admitted"] / run.wall_s * 60.0 if run.wall_s else None,
         "errors": sorted({e.split(":")[0] for e in failed}), "first_errors": failed[:3], **run.extra,
+        # The provider's own record, in seconds since the first admission (for plots and a closer look).
+        "timeline": {"admitted_at": [round(t - t0, 4) for t in s["admitted_at"]],
+                     "rejected_at": [round(t - t0, 4) for t in s["rejected_at"]]},
     }
 
 
