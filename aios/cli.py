@@ -467,12 +467,12 @@ def _params(defaults: Any, quick: Any, use_quick: bool, given: dict[str, Any]) -
 
 @bench.command()
 @click.option("--agents", type=int, default=None, help="Agents (threads), each with its own client.  [default: 64]")
-@click.option("--calls", type=int, default=None, help="LLM calls per agent, one after the other.  [default: 16]")
-@click.option("--rpm", type=int, default=None, help="Provider limit: requests per window.  [default: 300]")
+@click.option("--calls", type=int, default=None, help="LLM calls per agent, one after the other.  [default: 6]")
+@click.option("--rpm", type=int, default=None, help="Provider limit: requests per window.  [default: 48]")
 @click.option("--tpm", type=int, default=None,
               help="Provider limit: tokens per window.  [default: 25% above what --rpm requests use]")
 @click.option("--window-s", type=float, default=None,
-              help="Sliding window of the limits, provider's and kernel's (60: per minute).  [default: 30]")
+              help="Sliding window of the limits, provider's and kernel's (60: per minute).  [default: 15]")
 @click.option("--service-ms", type=float, default=None, help="Provider service time per request.  [default: 100]")
 @click.option("--max-tokens", type=int, default=None, help="max_tokens of every call.  [default: 32]")
 @click.option("--quota-margin", type=float, default=None,

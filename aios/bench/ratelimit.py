@@ -52,12 +52,12 @@ TARGETS: dict[str, tuple[float, str]] = {"zero_429": (0, "max"), "zero_failed_ag
 @dataclass(frozen=True)
 class RateParams:
     agents: int = 64
-    calls: int = 16
-    rpm: int = 300
+    calls: int = 6
+    rpm: int = 48
     """Requests per window (the provider's and the kernel's); per minute when ``window_s`` is 60."""
     tpm: int | None = None
     """Tokens per window; None: 25 % above what ``rpm`` requests use, so that RPM binds."""
-    window_s: float = 30.0
+    window_s: float = 15.0
     service_ms: float = 100.0
     max_tokens: int = 32
     quota_margin: float = 0.0
