@@ -175,20 +175,14 @@ def kernel_settings(settings: Settings, base_url: str, updates: dict[str, Any]) 
     return type(settings)(**{k: v for k, v in values.items() if v is not None})
 
 
-def has_quotas() -> bool:
-    return "quotas" in Settings.model_fields
-
-
 def run_kernel(settings: Settings, params: RateParams, progress: Progress, log: Callable[[str], None]) -> ContenderRun:
     factor = 1.0 - params.quota_margin
     quota = {"rpm": max(1, math.floor(params.rpm * factor)), "tpm": max(1, math.floor(params.tpm_limit * factor))}
     timeout_s = min(settings.max_syscall_timeout_s, 300.0)
     with EmulatorProcess(rpm=params.rpm, tpm=params.tpm_limit, window_s=params.window_s,
                          service_s=params.service_ms / 1000) as emu:
-        ks = kernel_settings(settings, emu.url, {"quotas": {"llm": quota}, "quota_window_s": params.window_s})
-        if not has_quotas():
-            log("[yellow]this kernel has no quotas (settings `quotas`, `quota_window_s`): the kernel contender "
-                "runs without them[/]")
+        ks = kernel_settings(settings, emu.url, {"quotas": {"llm": quota}, "quota_window_s": params.window_s,
+                                                 "quota_mode": "wait"})
         with LocalKernel(ks, resources=["llm"], extra_worker_args=["--concurrency", str(LLM_WORKER_THREADS)],
                          progress=log) as lk:
             creds = Credentials(lk.settings)
@@ -210,7 +204,7 @@ def run_kernel(settings: Settings, params: RateParams, progress: Progress, log: 
                 creds.redis.close()
             stats = emu.stats()
     return ContenderRun("kernel", outcomes, wall, stats, {
-        "quota": quota if has_quotas() else None, "quota_window_s": params.window_s,
+        "quota": quota, "quota_window_s": params.window_s,
         "llm_worker_threads": LLM_WORKER_THREADS, "syscall_timeout_s": timeout_s})
 
 
@@ -288,8 +282,6 @@ def print_table(console: Console, result: dict[str, Any]) -> None:
     console.print(f"  limit: {lim['binding_requests']} requests per window ({lim['binding_requests_per_min']:.0f}/min,"
                   f" {lim['binding']} binds); steady throughput over the whole windows after the first "
                   f"(kernel: {k['steady']['windows']}, direct: {d['steady']['windows']})", highlight=False)
-    if not result["kernel_quotas"]:
-        console.print("  [yellow]the kernel ran without quotas (this build has none)[/]")
     for name, t in result["targets"].items():
         bound = "<=" if TARGETS[name][1] == "max" else ">="
         mark = "[green]met[/]" if t["met"] else "[red]missed[/]"
@@ -366,7 +358,6 @@ def run_ratelimit(settings: Settings, params: RateParams = RateParams(), *, json
         "limits": {"rpm": params.rpm, "tpm": params.tpm_limit, "window_s": params.window_s,
                    "binding_requests": limit, "binding_requests_per_min": limit * 60.0 / params.window_s,
                    "binding": "rpm" if params.rpm * params.tokens_per_request <= params.tpm_limit else "tpm"},
-        "kernel_quotas": has_quotas(),
         **{run.name: summarize(run, params) for run in runs},
     }
     result["targets"] = targets_of(result["kernel"])
