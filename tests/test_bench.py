@@ -22,7 +22,7 @@ def test_overhead_writes_json_with_every_target_and_a_plot(tmp_path: Path) -> No
     assert written == json.loads(json.dumps(result))
     assert set(written["targets"]) == {"kernel_p50_vs_celery", "kernel_throughput_vs_celery", "signing_overhead_p50"}
     for target in written["targets"].values():
-        assert set(target) == {"value", "goal", "met"} and target["value"] > 0
+        assert set(target) == {"value", "goal", "met"} and isinstance(target["value"], float)
     for contender in (written["raw_celery"], written["kernel"], *written["signing"].values()):
         assert contender["latency_samples"] == 20 and contender["throughput_ops"] == 20
     assert out.with_suffix(".png").stat().st_size > 10_000
