@@ -519,6 +519,25 @@ def scale(quick: bool, json_path: Path | None, **given: Any) -> None:
         _fail(exc)
 
 
+@bench.command()
+@click.option("--seconds", default=8.0, show_default=True, help="Length of each share measurement.")
+@click.option("--demands", default="1,2,4,8", show_default=True, help="Syscalls each competing agent keeps in flight.")
+@click.option("--urgent", default=40, show_default=True, help="Sequential syscalls of the high-priority agent.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def fairness(seconds: float, demands: str, urgent: int, json_path: Path | None) -> None:
+    """Fair share (fifo vs fair) among unequal demands, and an urgent agent under a flood (fifo vs priority)."""
+    from aios.bench.fairness import run_fairness
+
+    try:
+        parsed = tuple(int(d) for d in demands.split(",") if d.strip())
+    except ValueError:
+        _fail(ConfigError(f"--demands takes comma-separated integers, like 1,2,4,8; got {demands!r}"))
+    try:
+        run_fairness(get_settings(), seconds=seconds, demands=parsed, urgent=urgent, json_path=json_path)
+    except AIOSError as exc:
+        _fail(exc)
+
+
 register_access_commands(main)
 
 if __name__ == "__main__":

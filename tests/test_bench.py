@@ -24,10 +24,8 @@ def test_overhead_writes_json_with_every_target_and_a_plot(tmp_path: Path) -> No
     written = json.loads(out.read_text())
     assert written == json.loads(json.dumps(result))
     assert set(written["targets"]) == {"kernel_p50_vs_celery", "kernel_throughput_vs_celery", "signing_overhead_p50"}
-    for name, target in written["targets"].items():
-        assert set(target) == {"value", "goal", "met"} and isinstance(target["met"], bool)
-        # Ratios are positive; the signing overhead is a difference, below 0 when noise makes signing look free.
-        assert target["value"] > (-1 if name == "signing_overhead_p50" else 0)
+    for target in written["targets"].values():
+        assert set(target) == {"value", "goal", "met"} and isinstance(target["value"], float)
     for contender in (written["raw_celery"], written["kernel"], *written["signing"].values()):
         assert contender["latency_samples"] == 20 and contender["throughput_ops"] == 20
     assert out.with_suffix(".png").stat().st_size > 10_000
@@ -91,3 +89,17 @@ def test_steady_throughput_counts_whole_windows_after_the_burst() -> None:
     steady = steady_throughput(at, [5] * len(at), 10.0)
     assert steady["windows"] == 2 and steady["requests_per_window"] == 3 and steady["tokens_per_window"] == 15
     assert steady_throughput(at[:4], [5] * 4, 10.0)["windows"] == 0  # no whole window after the burst
+
+
+@pytest.mark.integration
+def test_fairness_writes_json_with_both_targets_and_a_plot(tmp_path: Path) -> None:
+    from aios.bench.fairness import run_fairness
+
+    out = tmp_path / "fairness.json"
+    run_fairness(base_settings(tmp_path / "k"), seconds=1.0, demands=(1, 3), urgent=3, json_path=out)
+    written = json.loads(out.read_text())
+    assert set(written["targets"]) == {"jain_index", "high_priority_p99_wait"}
+    assert set(written["share"]) == {"fifo", "fair"} and set(written["priority"]) == {"fifo", "priority"}
+    assert all(len(run["service_s"]) == 2 for run in written["share"].values())
+    assert all(len(run["waits_s"]) == 3 for run in written["priority"].values())
+    assert out.with_suffix(".png").stat().st_size > 10_000
