@@ -193,7 +193,7 @@ def run_scale(settings: Settings, params: ScaleParams = ScaleParams(), *, json_p
     total = sum(params.workers) * params.calls_per_worker * params.rounds
     timeout_s = min(settings.max_syscall_timeout_s, 120.0)
     with EmulatorProcess(service_s=service_s) as emu:
-        ks = kernel_settings(settings, emu.url, {})
+        ks = kernel_settings(settings, emu.url, {"quotas": {}})  # no limits: the workers are what scales
         with LocalKernel(ks, resources=["llm"], progress=log) as lk:
             creds = Credentials(lk.settings)
             kernels = []
