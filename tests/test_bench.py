@@ -47,7 +47,9 @@ def test_ratelimit_writes_json_with_every_target_and_a_plot(tmp_path: Path) -> N
         assert c["agents"] == 6
         # What the provider counted agrees with what the agents saw: every successful call was admitted once.
         assert c["admitted"] >= c["calls_ok"] and c["calls_ok"] + 3 * c["failed_agents"] >= 18
-        assert c["steady"]["windows"] >= 1 and c["requests_per_window"] <= 4  # the provider enforced its limit
+        if c["steady"]["windows"]:  # the direct agents may all have died too soon for a whole steady window
+            assert c["requests_per_window"] <= 4  # the provider enforced its limit
+    assert written["kernel"]["steady"]["windows"] >= 1  # 18 requests at 4 a window: at least 4 windows
     # 6 agents at once against 4 requests per window: the direct clients must have been refused.
     assert written["direct"]["provider_429"] > 0
     assert written["targets"]["zero_429"]["value"] == written["kernel"]["provider_429"]
