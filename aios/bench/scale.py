@@ -91,7 +91,7 @@ def run_block(kernels: list[Kernel], n_calls: int, max_tokens: int, sink: Block 
                 left[0] -= 1
             t0 = clock()
             try:
-                resp = k.call(k.llm_syscall(PROMPT, max_tokens=max_tokens))
+                k.call(k.llm_syscall(PROMPT, max_tokens=max_tokens))
             except BaseException as exc:  # noqa: BLE001 - reported below: a failed call spoils the measurement
                 errors.append(exc)
                 return
@@ -99,7 +99,6 @@ def run_block(kernels: list[Kernel], n_calls: int, max_tokens: int, sink: Block 
                 with lock:
                     sink.latencies_s.append(clock() - t0)
             on_call()
-            del resp
 
     threads = [threading.Thread(target=agent, args=(k,), daemon=True) for k in kernels]
     t0 = clock()
