@@ -84,6 +84,12 @@ class AccessDenied(AIOSError):
     code = "access_denied"
 
 
+class Conflict(AIOSError):
+    """A compare-and-set lost: the item changed since it was read (read it again and retry), or already exists."""
+
+    code = "conflict"
+
+
 class BackendError(AIOSError):
     """The LLM backend failed (unreachable, refused, or answered something unusable)."""
 
@@ -99,7 +105,8 @@ class KernelUnavailable(AIOSError):
 _BY_CODE: dict[str, type[AIOSError]] = {}
 for _cls in (
     AIOSError, ConfigError, InvalidSyscall, PayloadTooLarge, SyscallTimeout, DeadlineExceeded, ToolError,
-    UnknownTool, InvalidToolArguments, AuthError, ApprovalDenied, NotFound, AccessDenied, BackendError, KernelUnavailable,
+    UnknownTool, InvalidToolArguments, AuthError, ApprovalDenied, NotFound, AccessDenied, Conflict, BackendError,
+    KernelUnavailable,
 ):
     _BY_CODE[_cls.code] = _cls
 for _code in ("malformed", "unknown_kind", "content_type", "unknown_task", "wrong_queue"):

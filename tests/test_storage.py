@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from aios.embeddings import HashEmbedderFake
 from aios.errors import AccessDenied, InvalidSyscall, NotFound
 from aios.settings import Settings
 from aios.storage import TMP_PREFIX, StorageService
@@ -16,7 +17,9 @@ from aios.syscalls import MemorySyscall, StorageSyscall
 
 @pytest.fixture
 def svc(tmp_path: Path) -> StorageService:
-    return StorageService(Settings(data_dir=tmp_path))
+    # The FAKE embedder keeps these unit tests fast; the vector store is the real Milvus Lite, and
+    # tests/test_memory_storage.py runs the real embedding model.
+    return StorageService(Settings(data_dir=tmp_path), embedder=HashEmbedderFake())
 
 
 def mem(svc: StorageService, op: str, key: str | None = None, value: object = None, agent: str = "a1") -> object:
@@ -138,10 +141,12 @@ def test_connections_per_thread_stay_bounded(svc: StorageService) -> None:
 
 def test_nested_write_read_list_delete(svc: StorageService, tmp_path: Path) -> None:
     assert fs(svc, "list") == {"path": "", "entries": []}
-    assert fs(svc, "write", "docs/2024/report.md", "# héllo\n") == {"path": "docs/2024/report.md", "bytes": 9}
-    assert fs(svc, "write", "top.txt", "") == {"path": "top.txt", "bytes": 0}
+    assert fs(svc, "write", "docs/2024/report.md", "# héllo\n") == {"path": "docs/2024/report.md", "bytes": 9,
+                                                                    "version": 1}
+    assert fs(svc, "write", "top.txt", "") == {"path": "top.txt", "bytes": 0, "version": 1}
     assert fs(svc, "read", "docs/2024/report.md") == {"path": "docs/2024/report.md", "content": "# héllo\n"}
-    assert fs(svc, "write", "docs/2024/report.md", "v2") == {"path": "docs/2024/report.md", "bytes": 2}
+    assert fs(svc, "write", "docs/2024/report.md", "v2") == {"path": "docs/2024/report.md", "bytes": 2,
+                                                                "version": 2}
     assert fs(svc, "read", "./docs//2024/report.md")["content"] == "v2"  # type: ignore[index]
     assert (tmp_path / "agents" / "a1" / "files" / "docs" / "2024" / "report.md").read_text() == "v2"
 
@@ -315,10 +320,11 @@ def test_no_file_handles_leak(svc: StorageService, tmp_path: Path) -> None:
     mem(svc, "put", "k", 1)  # the thread's cached connection is opened here, before counting
 
     def open_here() -> int:  # only handles into this test's folder: other tests' threads open sockets meanwhile
-        count = 0
+        count = 0  # the vector store (Milvus Lite) is one long-lived store whose own files are not counted
         for fd in os.listdir("/proc/self/fd"):
             try:
-                count += os.readlink(f"/proc/self/fd/{fd}").startswith(str(tmp_path))
+                target = os.readlink(f"/proc/self/fd/{fd}")
+                count += target.startswith(str(tmp_path)) and not target.startswith(str(tmp_path / "vectors"))
             except OSError:
                 pass
         return count

@@ -1,0 +1,141 @@
+"""The vector store: Milvus, embedded (Milvus Lite, a file under the data dir) or a server by URI.
+
+The same :class:`pymilvus.MilvusClient` code serves both. **Only one process may open a Milvus Lite data
+file** (it takes a file lock): with the default ``AIOS_MILVUS_URI`` unset, that process is the storage worker
+(one worker process, any number of threads). With several storage worker processes, run a Milvus server (the
+``milvus`` service of ``compose.yaml``) or ``milvus-lite server --host 127.0.0.1 --port 19530`` and set
+``AIOS_MILVUS_URI=http://127.0.0.1:19530`` for every one of them.
+
+Two collections, named after the embedding dimension so that switching models never mixes vector spaces:
+
+* ``aios_memory_d<dim>``: one row per memory item (``agent``, ``key``); id = sha1(agent, key).
+* ``aios_files_d<dim>``: one row per chunk of a file (``agent``, ``path``, ``chunk``, ``text``);
+  ``pid`` = sha1(agent, path) selects all chunks of one file.
+
+Every query is filtered on ``agent`` (an agent id matches ``AGENT_ID_RE``, so it needs no escaping), so one
+agent's search never returns another agent's items.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from aios.errors import AIOSError, ConfigError
+from aios.syscalls import AGENT_ID_RE
+
+# Milvus Lite's in-process gRPC server logs a traceback for every call pymilvus makes that it does not implement
+# (AllocTimestamp, asked on each write); pymilvus carries on without it.
+logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+
+MAX_TEXT = 2000  # characters of a chunk kept in Milvus for the snippet returned with a file hit
+
+
+def row_id(agent: str, name: str) -> str:
+    return hashlib.sha1(f"{agent}\x00{name}".encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class VectorStore:
+    """Thread-safe wrapper over one ``MilvusClient``; collections are created once, at open."""
+
+    def __init__(self, uri: str, dim: int, token: str | None = None) -> None:
+        from pymilvus import MilvusClient
+
+        self.uri, self.dim = uri, dim
+        if "://" not in uri:
+            Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.client = MilvusClient(uri=uri, token=token or "")
+        except Exception as exc:  # pymilvus raises several types; all mean the store cannot be opened
+            hint = (" (Milvus Lite: only one process may open a data file; with several storage workers set "
+                    "AIOS_MILVUS_URI to a Milvus server)") if "://" not in uri else ""
+            raise ConfigError(f"cannot open the vector store at {uri}: {exc}{hint}") from None
+        self._lock = threading.Lock()
+        self.memory = f"aios_memory_d{dim}"
+        self.files = f"aios_files_d{dim}"
+        self._create()
+
+    def _create(self) -> None:
+        from pymilvus import DataType
+
+        for name, fields in ((self.memory, [("key", 1100)]), (self.files, [("pid", 40), ("path", 4200),
+                                                                          ("text", MAX_TEXT * 4)])):
+            if self.client.has_collection(name):
+                continue
+            schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+            schema.add_field("agent", DataType.VARCHAR, max_length=64)
+            for field, length in fields:
+                schema.add_field(field, DataType.VARCHAR, max_length=length)
+            if name == self.files:
+                schema.add_field("chunk", DataType.INT64)
+            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=self.dim)
+            index = self.client.prepare_index_params()
+            index.add_index(field_name="vector", index_type="FLAT", metric_type="IP")
+            self.client.create_collection(name, schema=schema, index_params=index)
+
+    @staticmethod
+    def _agent(agent: str) -> str:
+        if not AGENT_ID_RE.fullmatch(agent):  # never build a filter from anything else
+            raise AIOSError(f"agent id {agent!r} cannot be used in a vector filter")
+        return agent
+
+    # -- memory ----------------------------------------------------------------------------------------
+
+    def put_memory(self, agent: str, items: Sequence[tuple[str, np.ndarray]]) -> None:
+        rows = [{"id": row_id(agent, key), "agent": self._agent(agent), "key": key, "vector": _vec(v)}
+                for key, v in items]
+        if rows:
+            with self._lock:
+                self.client.upsert(self.memory, rows)
+
+    def delete_memory(self, agent: str, key: str) -> None:
+        with self._lock:
+            self.client.delete(self.memory, ids=[row_id(agent, key)])
+
+    def search_memory(self, agent: str, vector: np.ndarray, k: int) -> list[tuple[str, float]]:
+        with self._lock:
+            hits = self.client.search(self.memory, data=[_vec(vector)], limit=k,
+                                      filter=f'agent == "{self._agent(agent)}"', output_fields=["key"])
+        return [(h["entity"]["key"], float(h["distance"])) for h in hits[0]]
+
+    # -- files -----------------------------------------------------------------------------------------
+
+    def put_file(self, agent: str, path: str, chunks: Sequence[tuple[str, np.ndarray]]) -> None:
+        """Replace every chunk of ``path`` by ``chunks``."""
+        pid = row_id(agent, path)
+        rows = [{"id": row_id(agent, f"{path}\x00{i}"), "agent": self._agent(agent), "pid": pid, "path": path,
+                 "text": text[:MAX_TEXT], "chunk": i, "vector": _vec(v)} for i, (text, v) in enumerate(chunks)]
+        with self._lock:
+            self.client.delete(self.files, filter=f'pid == "{pid}"')
+            if rows:
+                self.client.insert(self.files, rows)
+
+    def delete_file(self, agent: str, path: str) -> None:
+        with self._lock:
+            self.client.delete(self.files, filter=f'pid == "{row_id(agent, path)}"')
+
+    def search_files(self, agent: str, vector: np.ndarray, k: int) -> list[dict[str, Any]]:
+        """Best chunk per file, best files first."""
+        with self._lock:
+            hits = self.client.search(self.files, data=[_vec(vector)], limit=min(16_384, k * 8),
+                                      filter=f'agent == "{self._agent(agent)}"', output_fields=["path", "text"])
+        best: dict[str, dict[str, Any]] = {}
+        for h in hits[0]:
+            path = h["entity"]["path"]
+            if path not in best:
+                best[path] = {"path": path, "score": float(h["distance"]), "snippet": h["entity"]["text"]}
+        return list(best.values())[:k]
+
+    def close(self) -> None:
+        with self._lock:
+            self.client.close()
+
+
+def _vec(v: np.ndarray) -> list[float]:
+    return np.asarray(v, np.float32).tolist()
