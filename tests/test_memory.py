@@ -1,0 +1,129 @@
+"""Unit tests of the memory manager: the LRU-K policy alone, then the two tiers with an in-process fast tier."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from aios.embeddings import HashEmbedderFake
+from aios.errors import Conflict, InvalidSyscall, NotFound
+from aios.memory import LRUK, LocalFastTier
+from aios.settings import Settings
+from aios.storage import StorageService
+from aios.syscalls import MemorySyscall
+
+# -- the policy alone --------------------------------------------------------------------------------------
+
+
+def test_k1_is_lru() -> None:
+    p = LRUK(budget_bytes=20, k=1)
+    assert p.access("a", 10) == (True, [])
+    assert p.access("b", 10) == (True, [])
+    p.access("a", 10)  # a is now the most recent
+    assert p.access("c", 10) == (True, ["b"])
+    assert "a" in p and "c" in p and "b" not in p
+
+
+def test_lru2_resists_a_scan_that_flushes_lru() -> None:
+    def run(k: int) -> set[str]:
+        p = LRUK(budget_bytes=30, k=k)
+        for _ in range(2):
+            p.access("hot1", 10)
+            p.access("hot2", 10)
+        for i in range(10):  # one pass over cold items
+            p.access(f"cold{i}", 10)
+        return set(p.resident)
+
+    assert {"hot1", "hot2"} <= run(2)
+    assert not {"hot1", "hot2"} & run(1)
+
+
+def test_victim_is_the_oldest_kth_reference() -> None:
+    p = LRUK(budget_bytes=20, k=2)
+    for key in ("a", "b", "a", "b"):  # a's 2nd most recent ref is t1, b's is t2
+        p.access(key, 10)
+    p.access("a", 10)  # now a: (t3, t5), b: (t2, t4) -> b is older at K=2
+    _, evicted = p.access("c", 10)  # c has one reference (infinite distance) but is the one being admitted
+    assert evicted == ["b"]
+    _, evicted = p.access("d", 10)  # c (one reference) goes before a (two)
+    assert evicted == ["c"]
+
+
+def test_oversized_item_is_not_admitted_and_budget_holds_on_random_traces() -> None:
+    p = LRUK(budget_bytes=100, k=2)
+    assert p.access("huge", 101) == (False, [])
+    assert p.used == 0 and "huge" not in p
+    rng = random.Random(7)
+    for _ in range(5000):
+        key = f"k{int(rng.paretovariate(1.2)) % 300}"
+        resident, evicted = p.access(key, rng.randint(1, 60))
+        assert resident and key not in evicted
+        assert p.used == sum(p.resident.values()) <= 100
+    p.remove(next(iter(p.resident)))
+    assert p.used == sum(p.resident.values())
+
+
+def test_bad_parameters_refused() -> None:
+    with pytest.raises(ValueError):
+        LRUK(budget_bytes=10, k=0)
+
+
+# -- the tiers (in-process fast tier, FAKE embedder, real Milvus Lite) -------------------------------------------
+
+
+@pytest.fixture
+def svc(tmp_path: Path) -> StorageService:
+    return StorageService(Settings(data_dir=tmp_path, memory_budget_bytes=64), embedder=HashEmbedderFake())
+
+
+def mem(svc: StorageService, op: str, key: str | None = None, value: object = None, **kw: object) -> dict:
+    return svc.handle(MemorySyscall(agent_id="a1", op=op, key=key, value=value, **kw))  # type: ignore[return-value]
+
+
+def test_eviction_keeps_the_fast_tier_within_budget_and_reloads_transparently(svc: StorageService) -> None:
+    assert isinstance(svc.memory.fast, LocalFastTier)
+    for i in range(10):
+        mem(svc, "put", f"k{i}", "x" * 20)  # 22 bytes of JSON each: at most 2 fit in 64
+        stats = mem(svc, "stats")
+        assert stats["fast_bytes"] <= 64 and stats["fast_items"] <= 2
+    assert mem(svc, "stats")["items"] == 10
+    assert "k0" not in svc.memory.fast.data["a1"]  # evicted to the durable tier
+    assert mem(svc, "get", "k0") == {"key": "k0", "value": "x" * 20}  # and back
+    assert "k0" in svc.memory.fast.data["a1"]
+    stats = mem(svc, "stats")
+    assert stats["misses"] == 1 and stats["fast_bytes"] <= 64
+    mem(svc, "get", "k0")
+    assert mem(svc, "stats")["hits"] == 1
+
+
+def test_create_update_semantics(svc: StorageService) -> None:
+    key = mem(svc, "create", value={"note": 1})["key"]
+    assert len(key) == 32
+    with pytest.raises(Conflict, match=f"memory key '{key}' already exists"):
+        mem(svc, "create", key, 2)
+    with pytest.raises(NotFound, match="memory key 'nope' not found"):
+        mem(svc, "update", "nope", 3)
+    assert mem(svc, "update", key, {"note": 2}) == {"key": key, "created": False}
+    assert mem(svc, "get", key)["value"] == {"note": 2}
+    with pytest.raises(InvalidSyscall, match="plain JSON"):
+        mem(svc, "update", key, float("nan"))
+    assert mem(svc, "get", key)["value"] == {"note": 2}  # a refused update changed nothing
+
+
+def test_search_spans_both_tiers_and_skips_deleted(svc: StorageService) -> None:
+    mem(svc, "put", "old", "alpha beta gamma")
+    for i in range(6):
+        mem(svc, "put", f"filler{i}", f"delta {i}")
+    assert "old" not in svc.memory.fast.data["a1"]
+    hits = mem(svc, "search", query="alpha beta", k=2)["results"]
+    assert hits[0]["key"] == "old" and hits[0]["value"] == "alpha beta gamma"
+    mem(svc, "delete", "old")
+    assert all(h["key"] != "old" for h in mem(svc, "search", query="alpha beta", k=10)["results"])
+
+
+def test_search_is_per_agent(svc: StorageService) -> None:
+    mem(svc, "put", "mine", "secret plans")
+    other = svc.handle(MemorySyscall(agent_id="a2", op="search", query="secret plans"))
+    assert other == {"query": "secret plans", "results": []}
