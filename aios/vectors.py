@@ -66,6 +66,7 @@ class VectorStore:
         for name, fields in ((self.memory, [("key", 1100)]), (self.files, [("pid", 40), ("path", 4200),
                                                                           ("text", MAX_TEXT * 4)])):
             if self.client.has_collection(name):
+                self.client.load_collection(name)  # reopened after a restart: released until loaded
                 continue
             schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
