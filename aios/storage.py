@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from pymilvus.exceptions import MilvusException
 
 from aios.access import KIND_RESOURCE, OP_NEED, AccessManager
 from aios.errors import AccessDenied, AIOSError, ConfigError, Conflict, InvalidSyscall, KernelUnavailable, NotFound
@@ -123,6 +124,9 @@ class StorageService:
                 return self._storage(agent, syscall)
         except UnicodeEncodeError:
             raise InvalidSyscall("text must be valid Unicode (it holds a lone surrogate)") from None
+        except MilvusException as exc:
+            raise AIOSError(f"the vector store failed: {exc.message}; retry the syscall",
+                            code="storage_error") from None
         except sqlite3.OperationalError as exc:  # locked past the busy timeout, disk full: worth a retry
             raise AIOSError(f"agent memory unavailable: {exc}; retry the syscall", code="storage_error") from None
         except OSError as exc:
@@ -271,7 +275,7 @@ class StorageService:
                 with db:  # under the write lock: no writer can replace the file between the two reads
                     db.execute("BEGIN IMMEDIATE")
                     content = _read_at(d, name, path)
-                    version = _current_version(db, path)
+                    version = _current_version(db, path) or _adopt(db, d, name, path)
                 return {"path": path, "content": content, "version": version}
             if stat.S_ISLNK(mode):
                 raise _refusal(d, name, path)
@@ -295,7 +299,7 @@ class StorageService:
     # -- versions, sharing, retrieval ----------------------------------------------------------------
 
     def _write(self, agent: str, parts: list[str], content: str, if_version: int | None, *,
-               create_only: bool) -> dict[str, Any]:
+               create_only: bool, note: str = "") -> dict[str, Any]:
         """Write a file and keep it as a new version, atomically with respect to other writers of the agent.
 
         The SQLite write lock (BEGIN IMMEDIATE) is held from reading the current version to the commit, across
@@ -317,21 +321,20 @@ class StorageService:
                     exists = stat.S_ISREG(os.lstat(name, dir_fd=d).st_mode)
                 except FileNotFoundError:
                     exists = False
+                if exists and current == 0:  # a file from before versioning: what it holds becomes version 1
+                    current = _adopt(db, d, name, path)
                 if create_only and exists:
                     raise Conflict(f"file '{path}' already exists for agent '{agent}'; write_file replaces it "
                                    "(keeping a version)")
                 if if_version is not None and (current if exists else 0) != if_version:
                     raise Conflict(f"file '{path}' is at version {current if exists else 0}, not {if_version}: "
                                    "it changed since you read it; read it again and retry")
-                if exists and current == 0:  # a file from before versioning: keep what it held as version 1
-                    db.execute("INSERT INTO file_versions VALUES (?, 1, ?, ?, 'found')",
-                               (path, _read_at(d, name, path), time.time()))
-                    current = 1
                 version = current + 1
-                db.execute("INSERT INTO file_versions VALUES (?, ?, ?, ?, '')", (path, version, content, time.time()))
-                _write_at(d, name, data, path)
-                if vectors is not None:
+                db.execute("INSERT INTO file_versions VALUES (?, ?, ?, ?, ?)",
+                           (path, version, content, time.time(), note))
+                if vectors is not None:  # before the file: a failure here leaves file and versions as they were
                     self.vectors().put_file(agent, path, list(zip(chunks, vectors)))
+                _write_at(d, name, data, path)
         finally:
             os.close(d)
         return {"path": path, "bytes": len(data), "version": version}
@@ -383,12 +386,10 @@ class StorageService:
         if row is None:
             known = [r[0] for r in db.execute("SELECT version FROM file_versions WHERE path = ? ORDER BY version",
                                               (path,))]
-            wanted = f"version {sc.version}" if sc.version is not None else f"a version written at or before {sc.at}"
+            wanted = f"version {sc.version}" if sc.version is not None else f"version written at or before {sc.at}"
             raise NotFound(f"file '{path}' has no {wanted}; its versions are {known or 'none'} "
                            "(see op='versions')")
-        result = self._write(agent, parts, row[1], None, create_only=False)
-        db.execute("UPDATE file_versions SET note = ? WHERE path = ? AND version = ?",
-                   (f"rollback to {row[0]}", path, result["version"]))
+        result = self._write(agent, parts, row[1], None, create_only=False, note=f"rollback to {row[0]}")
         return {**result, "restored": row[0]}
 
     def _search_files(self, agent: str, query: str, k: int) -> dict[str, Any]:
@@ -396,6 +397,12 @@ class StorageService:
             raise InvalidSyscall("file search runs on the storage worker only", code="wrong_queue")
         hits = self.vectors().search_files(agent, self.embed([query])[0], k)
         return {"query": query, "results": hits}
+
+
+def _adopt(db: sqlite3.Connection, d: int, name: str, path: str) -> int:
+    """A file written before versioning (or behind the kernel's back) gets its content as version 1."""
+    db.execute("INSERT INTO file_versions VALUES (?, 1, ?, ?, 'found')", (path, _read_at(d, name, path), time.time()))
+    return 1
 
 
 def _current_version(db: sqlite3.Connection, path: str) -> int:
