@@ -176,6 +176,7 @@ def run_search(base: Settings, workdir: Path, *, size: int, n_queries: int, embe
             db.executemany("INSERT OR REPLACE INTO memory VALUES (?, ?, ?, ?)", rows)
         vectors.put_memory(AGENT, vecs)
         progress.advance(load, len(rows))
+    vectors.flush()
     build_s = time.perf_counter() - t_build
     queries = [f"{SUBJECTS[q % 15]} {VERBS[(q * 7) % 15]} something {PLACES[(q * 5) % 12]}" for q in range(n_queries)]
     qvecs = embedder.embed(queries)
