@@ -333,7 +333,7 @@ class StorageService:
                 db.execute("INSERT INTO file_versions VALUES (?, ?, ?, ?, ?)",
                            (path, version, content, time.time(), note))
                 if vectors is not None:  # before the file: a failure here leaves file and versions as they were
-                    self.vectors().put_file(agent, path, list(zip(chunks, vectors)))
+                    self.vectors().put_file(agent, path, list(vectors))
                 _write_at(d, name, data, path)
         finally:
             os.close(d)
@@ -395,8 +395,21 @@ class StorageService:
     def _search_files(self, agent: str, query: str, k: int) -> dict[str, Any]:
         if not self.index_files:
             raise InvalidSyscall("file search runs on the storage worker only", code="wrong_queue")
-        hits = self.vectors().search_files(agent, self.embed([query])[0], k)
-        return {"query": query, "results": hits}
+        results = []
+        for hit in self.vectors().search_files(agent, self.embed([query])[0], k):
+            parts = hit["path"].split("/")
+            try:  # the snippet from the file as it is now (the index holds no text)
+                d = self._open(agent, parts[:-1], create=False)
+                try:
+                    content = _read_at(d, parts[-1], hit["path"])
+                finally:
+                    os.close(d)
+            except AIOSError:  # gone or unreadable since it was indexed: not a result
+                continue
+            size = self.settings.file_chunk_chars
+            results.append({"path": hit["path"], "score": round(hit["score"], 6),
+                            "snippet": content[hit["chunk"] * size:(hit["chunk"] + 1) * size]})
+        return {"query": query, "results": results}
 
 
 def _adopt(db: sqlite3.Connection, d: int, name: str, path: str) -> int:

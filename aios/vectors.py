@@ -9,8 +9,11 @@ file** (it takes a file lock): with the default ``AIOS_MILVUS_URI`` unset, that 
 Two collections, named after the embedding dimension so that switching models never mixes vector spaces:
 
 * ``aios_memory_d<dim>``: one row per memory item (``agent``, ``key``); id = sha1(agent, key).
-* ``aios_files_d<dim>``: one row per chunk of a file (``agent``, ``path``, ``chunk``, ``text``);
-  ``pid`` = sha1(agent, path) selects all chunks of one file.
+* ``aios_files_d<dim>``: one row per chunk of a file (``agent``, ``path``, ``chunk``); ``pid`` =
+  sha1(agent, path) selects all chunks of one file.
+
+No text is kept here: Milvus Lite serves its data over gRPC on a loopback port without authentication, so what
+it holds is readable by local processes. Snippets are read from the agent's files when a search returns.
 
 Every query is filtered on ``agent`` (an agent id matches ``AGENT_ID_RE``, so it needs no escaping), so one
 agent's search never returns another agent's items.
@@ -33,7 +36,6 @@ from aios.syscalls import AGENT_ID_RE
 # (AllocTimestamp, asked on each write); pymilvus carries on without it.
 logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
 
-MAX_TEXT = 2000
 FLUSH_ROWS = 1024
 """Rows written to a collection after which it is flushed. Milvus Lite searches rows not yet flushed by brute
 force in Python (about 50 us a row, measured: 10,000 unflushed rows made a search take 400 ms instead of 20 ms);
@@ -71,8 +73,7 @@ class VectorStore:
     def _create(self) -> None:
         from pymilvus import DataType
 
-        for name, fields in ((self.memory, [("key", 1100)]), (self.files, [("pid", 40), ("path", 4200),
-                                                                          ("text", MAX_TEXT * 4)])):
+        for name, fields in ((self.memory, [("key", 1100)]), (self.files, [("pid", 40), ("path", 4200)])):
             if self.client.has_collection(name):
                 self.client.load_collection(name)  # reopened after a restart: released until loaded
                 continue
@@ -117,11 +118,11 @@ class VectorStore:
 
     # -- files -----------------------------------------------------------------------------------------
 
-    def put_file(self, agent: str, path: str, chunks: Sequence[tuple[str, np.ndarray]]) -> None:
-        """Replace every chunk of ``path`` by ``chunks``."""
+    def put_file(self, agent: str, path: str, chunks: Sequence[np.ndarray]) -> None:
+        """Replace the vectors of every chunk of ``path`` (no text is stored here: see the module doc)."""
         pid = row_id(agent, path)
         rows = [{"id": row_id(agent, f"{path}\x00{i}"), "agent": self._agent(agent), "pid": pid, "path": path,
-                 "text": text[:MAX_TEXT], "chunk": i, "vector": _vec(v)} for i, (text, v) in enumerate(chunks)]
+                 "chunk": i, "vector": _vec(v)} for i, v in enumerate(chunks)]
         with self._lock:
             self.client.delete(self.files, filter=f'pid == "{pid}"')
             if rows:
@@ -133,16 +134,16 @@ class VectorStore:
             self.client.delete(self.files, filter=f'pid == "{row_id(agent, path)}"')
 
     def search_files(self, agent: str, vector: np.ndarray, k: int) -> list[dict[str, Any]]:
-        """Best chunk per file, best files first."""
+        """Best chunk per file, best files first: ``{"path", "chunk", "score"}``."""
         with self._lock:
             self._fresh(self.files)
             hits = self.client.search(self.files, data=[_vec(vector)], limit=min(16_384, k * 8),
-                                      filter=f'agent == "{self._agent(agent)}"', output_fields=["path", "text"])
+                                      filter=f'agent == "{self._agent(agent)}"', output_fields=["path", "chunk"])
         best: dict[str, dict[str, Any]] = {}
         for h in hits[0]:
             path = h["entity"]["path"]
             if path not in best:
-                best[path] = {"path": path, "score": float(h["distance"]), "snippet": h["entity"]["text"]}
+                best[path] = {"path": path, "chunk": int(h["entity"]["chunk"]), "score": float(h["distance"])}
         return list(best.values())[:k]
 
     def _wrote(self, collection: str, rows: int) -> None:  # with the lock held
@@ -166,6 +167,10 @@ class VectorStore:
     def close(self) -> None:
         with self._lock:
             self.client.close()
+            if "://" not in self.uri:  # stop Milvus Lite's in-process server too, or it outlives the client
+                from milvus_lite.server_manager import server_manager_instance
+
+                server_manager_instance.release_server(self.uri)
 
 
 def _vec(v: np.ndarray) -> list[float]:
