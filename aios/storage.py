@@ -124,6 +124,9 @@ class StorageService:
                 return self._storage(agent, syscall)
         except UnicodeEncodeError:
             raise InvalidSyscall("text must be valid Unicode (it holds a lone surrogate)") from None
+        except redis.RedisError as exc:  # the memory fast tier; the durable tier has not acknowledged anything new
+            raise KernelUnavailable(f"the memory fast tier (the kernel's Redis) failed: {exc}; retry the syscall"
+                                    ) from None
         except MilvusException as exc:
             raise AIOSError(f"the vector store failed: {exc.message}; retry the syscall",
                             code="storage_error") from None
