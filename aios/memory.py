@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import logging
 import threading
 import time
 import uuid
@@ -28,6 +29,9 @@ from typing import Any, Callable, Iterable, Protocol
 import redis
 
 from aios.errors import Conflict, InvalidSyscall, NotFound
+
+log = logging.getLogger("aios.memory")
+_FAILED = object()
 
 HISTORY_FACTOR = 4
 """LRU-K keeps the reference history of evicted items too (the "retained information"), for at most this
@@ -195,6 +199,9 @@ class _Agent:
         self.policy = LRUK(budget, k)
         self.lock = threading.Lock()
         self.hits = self.misses = 0
+        self.dirty = True
+        """The fast tier may hold what the policy does not know of (a fresh process, a Redis failure): it is
+        cleared, and the policy restarted, on the next use that can reach Redis."""
 
 
 def value_text(value: Any) -> str:
@@ -219,11 +226,26 @@ class MemoryManager:
         with self._agents_lock:
             state = self._agents.get(agent)
             if state is None:
-                # This process knows nothing of what an earlier process left in the fast tier: start it empty,
-                # so the policy's accounting is the truth (the durable tier has every item anyway).
-                self.fast.clear(agent)
                 state = self._agents[agent] = _Agent(self.budget, self.k)
-            return state
+        if state.dirty:
+            with state.lock:
+                # This process knows nothing of what an earlier process (or a failed write) left in the fast
+                # tier: start it empty, so the policy's accounting is the truth (the durable tier has it all).
+                if state.dirty and self._fast(state, self.fast.clear, agent) is not _FAILED:
+                    state.policy = LRUK(self.budget, self.k)
+                    state.dirty = False
+        return state
+
+    def _fast(self, state: _Agent, op: Callable[..., Any], *args: Any) -> Any:
+        """A fast-tier operation; if Redis fails, memory goes on from the durable tier alone (slower, never
+        wrong) and the fast tier is cleared once Redis answers again."""
+        try:
+            return op(*args)
+        except redis.RedisError as exc:
+            if not state.dirty:
+                log.warning("memory fast tier unavailable (%s); serving from the durable tier", exc)
+            state.dirty = True
+            return _FAILED
 
     def _missing(self, agent: str, key: str) -> NotFound:
         return NotFound(f"memory key '{key}' not found for agent '{agent}'; list keys with op='list'")
@@ -251,19 +273,23 @@ class MemoryManager:
             self._admit(agent, state, key, text)  # before COMMIT: another process's later write lands after
         return {"key": key, "created": created}
 
-    def _admit(self, agent: str, state: _Agent, key: str, text: str) -> bool:
+    def _admit(self, agent: str, state: _Agent, key: str, text: str) -> None:
+        if state.dirty:
+            self._fast(state, self.fast.drop, agent, [key])  # never leave an old value behind
+            return
         resident, evicted = state.policy.access(key, len(text.encode("utf-8")))
-        self.fast.drop(agent, [e for e in evicted if e != key] + ([key] if not resident else []))
+        if self._fast(state, self.fast.drop, agent, [e for e in evicted if e != key] + ([key] if not resident
+                                                                                          else [])) is _FAILED:
+            return
         if resident:
-            self.fast.set(agent, key, text)
-        return resident
+            self._fast(state, self.fast.set, agent, key, text)
 
     def get(self, agent: str, key: str) -> dict[str, Any]:
         state = self._agent(agent)
         with state.lock:
-            if key in state.policy:
-                text = self.fast.get(agent, key)
-                if text is not None:
+            if key in state.policy and not state.dirty:
+                text = self._fast(state, self.fast.get, agent, key)
+                if text is not None and text is not _FAILED:
                     state.hits += 1
                     state.policy.access(key, len(text.encode("utf-8")))
                     return {"key": key, "value": json.loads(text)}
@@ -283,7 +309,7 @@ class MemoryManager:
         with state.lock:
             deleted = db.execute("DELETE FROM memory WHERE key = ?", (key,)).rowcount > 0
             state.policy.remove(key)
-            self.fast.drop(agent, [key])
+            self._fast(state, self.fast.drop, agent, [key])
         if deleted:
             self._vectors().delete_memory(agent, key)
         return {"key": key, "deleted": deleted}

@@ -6,8 +6,10 @@ folder at a time through directory fds opened with ``O_NOFOLLOW``: a symlink any
 followed, and since no path string is checked and then reused, a symlink swapped in after a check cannot
 redirect the operation.
 
-A syscall whose ``owner`` is another agent needs that agent's grant or a shared group, and the decision is
-audited. Only such syscalls touch Redis: an agent's use of its own data never does.
+A syscall whose ``owner`` is another agent needs that agent's grant, a shared group or a share of that one file,
+and the decision is audited. Memory items also use the memory fast tier in the kernel's Redis
+(:mod:`aios.memory`); when Redis cannot be reached, memory goes on from the durable tier alone. Files never
+touch Redis unless another agent's are reached.
 """
 
 from __future__ import annotations
@@ -124,7 +126,7 @@ class StorageService:
                 return self._storage(agent, syscall)
         except UnicodeEncodeError:
             raise InvalidSyscall("text must be valid Unicode (it holds a lone surrogate)") from None
-        except redis.RedisError as exc:  # the memory fast tier; the durable tier has not acknowledged anything new
+        except redis.RedisError as exc:  # memory stats read the fast tier (other ops go on without it)
             raise KernelUnavailable(f"the memory fast tier (the kernel's Redis) failed: {exc}; retry the syscall"
                                     ) from None
         except MilvusException as exc:

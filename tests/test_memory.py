@@ -127,3 +127,14 @@ def test_search_is_per_agent(svc: StorageService) -> None:
     mem(svc, "put", "mine", "secret plans")
     other = svc.handle(MemorySyscall(agent_id="a2", op="search", query="secret plans"))
     assert other == {"query": "secret plans", "results": []}
+
+
+def test_memory_goes_on_from_disk_when_the_fast_tier_redis_is_down(tmp_path: Path) -> None:
+    svc = StorageService(Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:1/0"),
+                         embedder=HashEmbedderFake())
+    assert mem(svc, "put", "k", {"v": 1})["created"] is True
+    assert mem(svc, "get", "k") == {"key": "k", "value": {"v": 1}}
+    assert mem(svc, "update", "k", {"v": 2})["created"] is False
+    assert mem(svc, "get", "k")["value"] == {"v": 2}
+    assert mem(svc, "search", query="v", k=1)["results"][0]["key"] == "k"
+    assert mem(svc, "delete", "k") == {"key": "k", "deleted": True}
