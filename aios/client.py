@@ -121,19 +121,23 @@ class _Core:
         return out
 
     def memory_syscall(self, op: str, key: str | None = None, value: Any = None, *, owner: str | None = None,
-                       priority: int | None = None, timeout_s: float | None = None, **fields: Any) -> MemorySyscall:
+                       priority: int | None = None, timeout_s: float | None = None, query: str | None = None,
+                       k: int = 5) -> MemorySyscall:
         """``owner``: another agent's memory (needs its grant, see ``aios grant``); ``None``: this agent's own.
-        ``fields``: the op's other fields (``query``, ``k``)."""
-        return MemorySyscall(op=op, key=key, value=value, owner=owner,  # type: ignore[arg-type]
-                             **fields, **self._common(priority, timeout_s))
+        ``query``, ``k``: for op ``search``."""
+        return MemorySyscall(op=op, key=key, value=value, owner=owner, query=query, k=k,  # type: ignore[arg-type]
+                             **self._common(priority, timeout_s))
 
     def storage_syscall(self, op: str, path: str = "", content: str | None = None, *, owner: str | None = None,
-                        priority: int | None = None, timeout_s: float | None = None, **fields: Any
+                        priority: int | None = None, timeout_s: float | None = None, if_version: int | None = None,
+                        with_version: bool = False, version: int | None = None, at: float | None = None,
+                        with_agent: str | None = None, mode: str = "read", query: str | None = None, k: int = 5
                         ) -> StorageSyscall:
         """``owner``: another agent's files (needs its grant, see ``aios grant``); ``None``: this agent's own.
-        ``fields``: the op's other fields (``if_version``, ``version``, ``at``, ``with_agent``, ``mode``, ...)."""
+        The other keywords are the op's fields (see :class:`~aios.syscalls.StorageSyscall`)."""
         return StorageSyscall(op=op, path=path, content=content, owner=owner,  # type: ignore[arg-type]
-                              **fields, **self._common(priority, timeout_s))
+                              if_version=if_version, with_version=with_version, version=version, at=at,
+                              with_agent=with_agent, mode=mode, query=query, k=k, **self._common(priority, timeout_s))
 
     # -- the wire ----------------------------------------------------------------------------------------
 
