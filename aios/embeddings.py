@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import zlib
 from importlib import resources
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -196,7 +197,7 @@ class HashEmbedderFake:
         out = np.zeros((len(texts), self.dim), np.float32)
         for i, t in enumerate(texts):
             for word in t.lower().split():
-                out[i, hash(word) % self.dim] += 1.0
+                out[i, zlib.crc32(word.encode("utf-8", "surrogatepass")) % self.dim] += 1.0  # stable across runs
         return _normalize(out)
 
 

@@ -138,3 +138,21 @@ def test_memory_goes_on_from_disk_when_the_fast_tier_redis_is_down(tmp_path: Pat
     assert mem(svc, "get", "k")["value"] == {"v": 2}
     assert mem(svc, "search", query="v", k=1)["results"][0]["key"] == "k"
     assert mem(svc, "delete", "k") == {"key": "k", "deleted": True}
+
+
+def test_a_second_process_on_the_same_milvus_lite_gets_a_clear_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from aios.vectors import VectorStore
+
+    uri = str(tmp_path / "vectors" / "milvus.db")
+    store = VectorStore(uri, dim=8)
+    try:
+        code = ("from aios.vectors import VectorStore\n"
+                "try:\n    VectorStore(%r, dim=8)\nexcept Exception as e:\n    print(type(e).__name__, e)\n" % uri)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
+    finally:
+        store.close()
+    assert out.startswith("ConfigError cannot open the vector store")
+    assert "only one process may open a data file" in out and "AIOS_MILVUS_URI" in out
