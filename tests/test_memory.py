@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from aios.embeddings import HashEmbedderFake
-from aios.errors import Conflict, InvalidSyscall, NotFound
+from aios.errors import ConfigError, Conflict, InvalidSyscall, NotFound
 from aios.memory import LRUK, LocalFastTier
 from aios.settings import Settings
 from aios.storage import StorageService
@@ -156,3 +156,65 @@ def test_a_second_process_on_the_same_milvus_lite_gets_a_clear_error(tmp_path: P
         store.close()
     assert out.startswith("ConfigError cannot open the vector store")
     assert "only one process may open a data file" in out and "AIOS_MILVUS_URI" in out
+
+
+class EmbeddingServer:
+    """A real HTTP server speaking the OpenAI ``/v1/embeddings`` API, computing with the real local model: the
+    ``openai`` embedding backend is tested end to end without a network."""
+
+    def __init__(self) -> None:
+        import base64
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from aios.embeddings import MiniLM
+
+        model, self.requests = MiniLM(), []  # type: ignore[var-annotated]
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's spelling
+                req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append(req)
+                texts = req["input"] if isinstance(req["input"], list) else [req["input"]]
+                vecs = model.embed(texts)
+                enc = (lambda v: base64.b64encode(v.astype("<f4").tobytes()).decode()) \
+                    if req.get("encoding_format") == "base64" else (lambda v: v.tolist())
+                body = json.dumps({"object": "list", "model": req["model"], "usage": {"prompt_tokens": 1,
+                                   "total_tokens": 1}, "data": [{"object": "embedding", "index": i,
+                                                                 "embedding": enc(v)} for i, v in enumerate(vecs)]})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+
+def test_openai_compatible_embedding_endpoint(tmp_path: Path) -> None:
+    from aios.embeddings import OpenAIEmbedder, get_embedder
+
+    server = EmbeddingServer()
+    try:
+        settings = Settings(data_dir=tmp_path, embedding_backend="openai", embedding_base_url=server.url,
+                            embedding_model="minilm-served", embedding_dim=384)
+        assert isinstance(get_embedder(settings), OpenAIEmbedder)
+        svc = StorageService(settings)
+        for key, text in (("cat", "The cat sleeps on the sofa."), ("tax", "Taxes are due in April.")):
+            svc.handle(MemorySyscall(agent_id="a1", op="put", key=key, value=text))
+        hits = svc.handle(MemorySyscall(agent_id="a1", op="search", query="a kitten napping", k=1))["results"]
+        assert hits[0]["key"] == "cat"
+        assert server.requests[0]["model"] == "minilm-served"
+        wrong = OpenAIEmbedder(server.url, "minilm-served", dim=10, api_key=None)
+        with pytest.raises(ConfigError, match="returned 384 dimensions; AIOS_EMBEDDING_DIM is 10"):
+            wrong.embed(["x"])
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
