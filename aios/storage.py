@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from pymilvus.exceptions import MilvusException
 
 from aios.access import KIND_RESOURCE, OP_NEED, AccessManager
 from aios.errors import AccessDenied, AIOSError, ConfigError, Conflict, InvalidSyscall, KernelUnavailable, NotFound
 from aios.memory import LocalFastTier, MemoryManager, RedisFastTier
 from aios.settings import Settings
 from aios.syscalls import AGENT_ID_RE, MemorySyscall, StorageSyscall
+from aios.vectors import MilvusException
 
 TMP_PREFIX = ".aios-tmp-"  # in-flight writes: hidden from list and reserved, so no agent sees or names one
 CONNECTIONS_PER_THREAD = 8  # least recently used closed beyond this, so file handles stay bounded

@@ -23,13 +23,21 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
+# Before grpc is first imported (pymilvus imports it): gRPC's fork handlers, on by default, restart its poller
+# threads in a forked child, which then aborts (SIGABRT) when the parent has gRPC threads running -- and Milvus
+# Lite runs a gRPC server in this process. Measured: 6 of 150 subprocess launches aborted with the handlers, 0
+# of 150 without. Children of this process exec at once and never use gRPC, so they need no handlers.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
-from aios.errors import AIOSError, ConfigError
+import numpy as np  # noqa: E402
+from pymilvus.exceptions import MilvusException  # noqa: E402,F401  (re-exported for aios.storage)
+
+from aios.errors import AIOSError, ConfigError  # noqa: E402
 from aios.syscalls import AGENT_ID_RE
 
 # Milvus Lite's in-process gRPC server logs a traceback for every call pymilvus makes that it does not implement
