@@ -5,7 +5,7 @@ The SDK is :class:`Kernel` (synchronous) and :class:`AsyncKernel` (asyncio); err
 
 from aios.client import AsyncKernel, Kernel, Pending
 from aios.errors import (
-    AccessDenied, AIOSError, ApprovalDenied, AuthError, BackendError, ConfigError, DeadlineExceeded, InvalidSyscall, InvalidToolArguments,
+    AccessDenied, AIOSError, ApprovalDenied, AuthError, BackendError, ConfigError, Conflict, DeadlineExceeded, InvalidSyscall, InvalidToolArguments,
     KernelBusy, KernelUnavailable, NotFound, PayloadTooLarge, QuotaExceeded, SyscallTimeout, ToolError, UnknownTool,
 )
 from aios.settings import Settings
@@ -13,7 +13,7 @@ from aios.syscalls import ChatMessage, LLMSyscall, MemorySyscall, Response, Stor
 
 __version__ = "0.1.0"
 __all__ = [
-    "AIOSError", "AccessDenied", "ApprovalDenied", "AsyncKernel", "AuthError", "BackendError", "ChatMessage", "ConfigError", "DeadlineExceeded",
+    "AIOSError", "AccessDenied", "ApprovalDenied", "AsyncKernel", "AuthError", "BackendError", "ChatMessage", "ConfigError", "Conflict", "DeadlineExceeded",
     "InvalidSyscall", "InvalidToolArguments", "Kernel", "KernelBusy", "KernelUnavailable", "LLMSyscall", "MemorySyscall",
     "NotFound", "PayloadTooLarge", "Pending", "QuotaExceeded", "Response", "Settings", "StorageSyscall", "SyscallTimeout", "ToolError",
     "ToolSpec", "ToolSyscall", "UnknownTool",

@@ -38,7 +38,9 @@ RESOURCES: tuple[str, ...] = ("memory", "files")
 MODES: tuple[str, ...] = ("read", "write")
 _RANK = {"read": 1, "write": 2}  # a grant covers every need of equal or lower rank: write implies read
 OP_NEED: dict[str, str] = {"get": "read", "list": "read", "read": "read", "put": "write", "delete": "write",
-                           "write": "write"}
+                           "write": "write", "create": "write", "update": "write", "search": "read",
+                           "stats": "read", "mkdir": "write", "rollback": "write", "versions": "read",
+                           "share": "write", "mount": "read"}
 """What each memory and storage op needs of the owner's resource."""
 KIND_RESOURCE: dict[str, str] = {"memory": "memory", "storage": "files"}
 """The resource a syscall kind touches."""

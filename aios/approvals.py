@@ -1,7 +1,7 @@
 """Irreversible operations wait for an operator: approve, deny, or let the deadline deny them.
 
 A worker that receives an irreversible syscall (a tool declared ``irreversible``, deleting a memory item or a
-file, overwriting a file) does not run it: it parks the signed message in ``aios:approval:<id>`` and
+file, sharing a file) does not run it: it parks the signed message in ``aios:approval:<id>`` and
 acknowledges it, and the caller keeps waiting. ``aios approve <id>`` marks it approved and publishes the
 same message again, so a worker runs it; ``aios deny <id>`` answers the caller with an error. A syscall whose
 deadline passes while it waits is denied: the SDK marks it expired when it stops waiting, and an approval that
@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -56,16 +55,10 @@ def irreversible_reason(syscall: Syscall, service: Any, settings: Settings) -> s
     if isinstance(syscall, StorageSyscall):
         if syscall.op == "delete":
             return f"deletes {syscall.path!r} of agent {owner!r}"
-        if syscall.op == "write" and _file_exists(settings, owner, syscall.path):
-            return f"overwrites file {syscall.path!r} of agent {owner!r}"
+        if syscall.op == "share":
+            return f"gives agent {syscall.with_agent!r} {syscall.mode} access to {syscall.path!r} of agent {owner!r}"
+        # Overwriting a file is not irreversible any more: every write keeps a version (op='rollback').
     return None
-
-
-def _file_exists(settings: Settings, owner: str, path: str) -> bool:
-    # Only a hint for the approval decision: the storage service itself refuses unsafe paths when it runs.
-    if not path or path.startswith("/") or ".." in path.split("/") or "\\" in path or "\0" in path:
-        return False
-    return (settings.data_dir / "agents" / owner / "files" / Path(path)).is_file()
 
 
 @dataclass(frozen=True)

@@ -538,6 +538,40 @@ def fairness(seconds: float, demands: str, urgent: int, json_path: Path | None) 
         _fail(exc)
 
 
+def _sizes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v.replace("_", "")) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give item counts separated by commas, e.g. 10000,100000") from None
+    if not sizes:
+        raise click.BadParameter("give at least one size")
+    return sizes
+
+
+@bench.command()
+@click.option("--items", default=2000, show_default=True, help="Eviction: memory items per contender.")
+@click.option("--accesses", default=20_000, show_default=True, help="Eviction: reads in the skewed trace.")
+@click.option("--budget", default=0, show_default=True,
+              help="Eviction: fast-tier budget in bytes per agent; 0: a tenth of the items' bytes.")
+@click.option("--sizes", default="10000", show_default=True, callback=_sizes,
+              help="Search latency: memory sizes, comma-separated (e.g. 10000,100000).")
+@click.option("--queries", default=200, show_default=True, help="Search latency: queries per size.")
+@click.option("--embed-limit", default=10_000, show_default=True,
+              help="Search latency: items embedded by the model; further items reuse those vectors plus noise.")
+@click.option("--seed", default=1, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def memory(items: int, accesses: int, budget: int, sizes: tuple[int, ...], queries: int, embed_limit: int, seed: int,
+           json_path: Path | None) -> None:
+    """LRU-K vs LRU fast-tier hit rate at one budget, and memory search latency by size."""
+    from aios.bench.memory import run_memory_bench
+
+    try:
+        run_memory_bench(get_settings(), items=items, accesses=accesses, budget=budget, sizes=sizes,
+                         queries=queries, embed_limit=embed_limit, seed=seed, json_path=json_path)
+    except AIOSError as exc:
+        _fail(exc)
+
+
 register_access_commands(main)
 
 if __name__ == "__main__":

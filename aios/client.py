@@ -132,16 +132,23 @@ class _Core:
         return out
 
     def memory_syscall(self, op: str, key: str | None = None, value: Any = None, *, owner: str | None = None,
-                       priority: int | None = None, timeout_s: float | None = None) -> MemorySyscall:
-        """``owner``: another agent's memory (needs its grant, see ``aios grant``); ``None``: this agent's own."""
-        return MemorySyscall(op=op, key=key, value=value, owner=owner,  # type: ignore[arg-type]
+                       priority: int | None = None, timeout_s: float | None = None, query: str | None = None,
+                       k: int = 5) -> MemorySyscall:
+        """``owner``: another agent's memory (needs its grant, see ``aios grant``); ``None``: this agent's own.
+        ``query``, ``k``: for op ``search``."""
+        return MemorySyscall(op=op, key=key, value=value, owner=owner, query=query, k=k,  # type: ignore[arg-type]
                              **self._common(priority, timeout_s))
 
     def storage_syscall(self, op: str, path: str = "", content: str | None = None, *, owner: str | None = None,
-                        priority: int | None = None, timeout_s: float | None = None) -> StorageSyscall:
-        """``owner``: another agent's files (needs its grant, see ``aios grant``); ``None``: this agent's own."""
+                        priority: int | None = None, timeout_s: float | None = None, if_version: int | None = None,
+                        with_version: bool = False, version: int | None = None, at: float | None = None,
+                        with_agent: str | None = None, mode: str = "read", query: str | None = None, k: int = 5
+                        ) -> StorageSyscall:
+        """``owner``: another agent's files (needs its grant, see ``aios grant``); ``None``: this agent's own.
+        The other keywords are the op's fields (see :class:`~aios.syscalls.StorageSyscall`)."""
         return StorageSyscall(op=op, path=path, content=content, owner=owner,  # type: ignore[arg-type]
-                              **self._common(priority, timeout_s))
+                              if_version=if_version, with_version=with_version, version=version, at=at,
+                              with_agent=with_agent, mode=mode, query=query, k=k, **self._common(priority, timeout_s))
 
     # -- the wire ----------------------------------------------------------------------------------------
 
@@ -268,6 +275,10 @@ _TOOL_CALLS: Callable[[Any], Any] = lambda r: r["tool_calls"]
 _VALUE: Callable[[Any], Any] = lambda r: r["value"]
 _KEYS: Callable[[Any], Any] = lambda r: r["keys"]
 _SAME: Callable[[Any], Any] = lambda r: r
+_KEY: Callable[[Any], Any] = lambda r: r["key"]
+_RESULTS: Callable[[Any], Any] = lambda r: r["results"]
+_VERSIONS: Callable[[Any], Any] = lambda r: r["versions"]
+_CONTENT_VERSION: Callable[[Any], Any] = lambda r: (r["content"], r["version"])
 
 
 class Kernel(_Core):
@@ -355,8 +366,12 @@ class Kernel(_Core):
         return self._do(self.memory_syscall("list", owner=owner, **kw), _KEYS)
 
     # -- files
-    def write_file(self, path: str, content: str, *, owner: str | None = None, **kw: Any) -> Any:
-        return self._do(self.storage_syscall("write", path, content, owner=owner, **kw), _SAME)
+    def write_file(self, path: str, content: str, *, owner: str | None = None, if_version: int | None = None,
+                   **kw: Any) -> Any:
+        """Create or replace, keeping a version. ``if_version``: only if the file is still at that version
+        (0: only if it does not exist), else ``Conflict``. Returns path, bytes and the new version."""
+        return self._do(self.storage_syscall("write", path, content, owner=owner, if_version=if_version, **kw),
+                        _SAME)
 
     def read_file(self, path: str, *, owner: str | None = None, **kw: Any) -> str:
         return self._do(self.storage_syscall("read", path, owner=owner, **kw), _CONTENT)
@@ -366,6 +381,67 @@ class Kernel(_Core):
 
     def delete_file(self, path: str, *, owner: str | None = None, **kw: Any) -> Any:
         return self._do(self.storage_syscall("delete", path, owner=owner, **kw), _SAME)
+
+    # -- the paper's memory calls
+    def create_memory(self, value: Any, key: str | None = None, *, owner: str | None = None, **kw: Any) -> str:
+        """A new memory item; returns its key (a fresh one unless given). ``Conflict`` if the key exists."""
+        return self._do(self.memory_syscall("create", key, value, owner=owner, **kw), _KEY)
+
+    def get_memory(self, key: str, *, owner: str | None = None, **kw: Any) -> Any:
+        return self._do(self.memory_syscall("get", key, owner=owner, **kw), _VALUE)
+
+    def update_memory(self, key: str, value: Any, *, owner: str | None = None, **kw: Any) -> Any:
+        """Replace an existing item's value; ``NotFound`` if there is none."""
+        return self._do(self.memory_syscall("update", key, value, owner=owner, **kw), _SAME)
+
+    def delete_memory(self, key: str, *, owner: str | None = None, **kw: Any) -> Any:
+        return self._do(self.memory_syscall("delete", key, owner=owner, **kw), _SAME)
+
+    def search_memories(self, query: str, k: int = 5, *, owner: str | None = None, **kw: Any) -> list[dict[str, Any]]:
+        """The ``k`` items closest in meaning to ``query``, fast and durable tiers alike: key, value, score."""
+        return self._do(self.memory_syscall("search", query=query, k=k, owner=owner, **kw), _RESULTS)
+
+    def memory_stats(self, *, owner: str | None = None, **kw: Any) -> dict[str, Any]:
+        """Fast-tier use against the budget, items in all, hits and misses (this storage worker's)."""
+        return self._do(self.memory_syscall("stats", owner=owner, **kw), _SAME)
+
+    # -- the paper's storage calls
+    def mount(self, *, owner: str | None = None, **kw: Any) -> Any:
+        """Make sure the agent's file namespace exists; every path is relative to it."""
+        return self._do(self.storage_syscall("mount", owner=owner, **kw), _SAME)
+
+    def create_file(self, path: str, content: str = "", *, owner: str | None = None, **kw: Any) -> Any:
+        """A new file (version 1); ``Conflict`` if it exists."""
+        return self._do(self.storage_syscall("create", path, content, owner=owner, **kw), _SAME)
+
+    def create_dir(self, path: str, *, owner: str | None = None, **kw: Any) -> Any:
+        return self._do(self.storage_syscall("mkdir", path, owner=owner, **kw), _SAME)
+
+    def read_file_versioned(self, path: str, *, owner: str | None = None, **kw: Any) -> tuple[str, int]:
+        """(content, version): pass the version as ``if_version`` to a later ``write_file``."""
+        return self._do(self.storage_syscall("read", path, owner=owner, with_version=True, **kw), _CONTENT_VERSION)
+
+    def retrieve_file(self, query: str, k: int = 5, *, owner: str | None = None, **kw: Any) -> list[dict[str, Any]]:
+        """Files closest in meaning to ``query``: path, score and the best-matching snippet."""
+        return self._do(self.storage_syscall("search", owner=owner, query=query, k=k, **kw), _RESULTS)
+
+    def rollback_file(self, path: str, version: int | None = None, *, at: float | None = None,
+                      owner: str | None = None, **kw: Any) -> Any:
+        """Restore ``version`` (or the version current at Unix time ``at``) as a new version."""
+        return self._do(self.storage_syscall("rollback", path, owner=owner, version=version, at=at, **kw), _SAME)
+
+    def file_versions(self, path: str, *, owner: str | None = None, **kw: Any) -> list[dict[str, Any]]:
+        return self._do(self.storage_syscall("versions", path, owner=owner, **kw), _VERSIONS)
+
+    def share_file(self, path: str, with_agent: str, mode: str = "read", *, owner: str | None = None, **kw: Any
+                   ) -> Any:
+        """Let ``with_agent`` read (or write) this one file, as ``owner=<this agent>``."""
+        return self._do(self.storage_syscall("share", path, owner=owner, with_agent=with_agent, mode=mode, **kw),
+                        _SAME)
+
+    def delete(self, path: str, *, owner: str | None = None, **kw: Any) -> Any:
+        """The paper's name for :meth:`delete_file` (a file with its versions, or an empty folder)."""
+        return self.delete_file(path, owner=owner, **kw)
 
     def close(self) -> None:
         self._redis.close()
@@ -445,8 +521,10 @@ class AsyncKernel(_Core):
     async def memory_list(self, *, owner: str | None = None, **kw: Any) -> list[str]:
         return await self._do(self.memory_syscall("list", owner=owner, **kw), _KEYS)
 
-    async def write_file(self, path: str, content: str, *, owner: str | None = None, **kw: Any) -> Any:
-        return await self._do(self.storage_syscall("write", path, content, owner=owner, **kw), _SAME)
+    async def write_file(self, path: str, content: str, *, owner: str | None = None, if_version: int | None = None,
+                         **kw: Any) -> Any:
+        return await self._do(self.storage_syscall("write", path, content, owner=owner, if_version=if_version,
+                                                   **kw), _SAME)
 
     async def read_file(self, path: str, *, owner: str | None = None, **kw: Any) -> str:
         return await self._do(self.storage_syscall("read", path, owner=owner, **kw), _CONTENT)
@@ -456,6 +534,67 @@ class AsyncKernel(_Core):
 
     async def delete_file(self, path: str, *, owner: str | None = None, **kw: Any) -> Any:
         return await self._do(self.storage_syscall("delete", path, owner=owner, **kw), _SAME)
+
+    # -- the paper's memory calls
+    async def create_memory(self, value: Any, key: str | None = None, *, owner: str | None = None, **kw: Any) -> str:
+        """A new memory item; returns its key (a fresh one unless given). ``Conflict`` if the key exists."""
+        return await self._do(self.memory_syscall("create", key, value, owner=owner, **kw), _KEY)
+
+    async def get_memory(self, key: str, *, owner: str | None = None, **kw: Any) -> Any:
+        return await self._do(self.memory_syscall("get", key, owner=owner, **kw), _VALUE)
+
+    async def update_memory(self, key: str, value: Any, *, owner: str | None = None, **kw: Any) -> Any:
+        """Replace an existing item's value; ``NotFound`` if there is none."""
+        return await self._do(self.memory_syscall("update", key, value, owner=owner, **kw), _SAME)
+
+    async def delete_memory(self, key: str, *, owner: str | None = None, **kw: Any) -> Any:
+        return await self._do(self.memory_syscall("delete", key, owner=owner, **kw), _SAME)
+
+    async def search_memories(self, query: str, k: int = 5, *, owner: str | None = None, **kw: Any) -> list[dict[str, Any]]:
+        """The ``k`` items closest in meaning to ``query``, fast and durable tiers alike: key, value, score."""
+        return await self._do(self.memory_syscall("search", query=query, k=k, owner=owner, **kw), _RESULTS)
+
+    async def memory_stats(self, *, owner: str | None = None, **kw: Any) -> dict[str, Any]:
+        """Fast-tier use against the budget, items in all, hits and misses (this storage worker's)."""
+        return await self._do(self.memory_syscall("stats", owner=owner, **kw), _SAME)
+
+    # -- the paper's storage calls
+    async def mount(self, *, owner: str | None = None, **kw: Any) -> Any:
+        """Make sure the agent's file namespace exists; every path is relative to it."""
+        return await self._do(self.storage_syscall("mount", owner=owner, **kw), _SAME)
+
+    async def create_file(self, path: str, content: str = "", *, owner: str | None = None, **kw: Any) -> Any:
+        """A new file (version 1); ``Conflict`` if it exists."""
+        return await self._do(self.storage_syscall("create", path, content, owner=owner, **kw), _SAME)
+
+    async def create_dir(self, path: str, *, owner: str | None = None, **kw: Any) -> Any:
+        return await self._do(self.storage_syscall("mkdir", path, owner=owner, **kw), _SAME)
+
+    async def read_file_versioned(self, path: str, *, owner: str | None = None, **kw: Any) -> tuple[str, int]:
+        """(content, version): pass the version as ``if_version`` to a later ``write_file``."""
+        return await self._do(self.storage_syscall("read", path, owner=owner, with_version=True, **kw), _CONTENT_VERSION)
+
+    async def retrieve_file(self, query: str, k: int = 5, *, owner: str | None = None, **kw: Any) -> list[dict[str, Any]]:
+        """Files closest in meaning to ``query``: path, score and the best-matching snippet."""
+        return await self._do(self.storage_syscall("search", owner=owner, query=query, k=k, **kw), _RESULTS)
+
+    async def rollback_file(self, path: str, version: int | None = None, *, at: float | None = None,
+                      owner: str | None = None, **kw: Any) -> Any:
+        """Restore ``version`` (or the version current at Unix time ``at``) as a new version."""
+        return await self._do(self.storage_syscall("rollback", path, owner=owner, version=version, at=at, **kw), _SAME)
+
+    async def file_versions(self, path: str, *, owner: str | None = None, **kw: Any) -> list[dict[str, Any]]:
+        return await self._do(self.storage_syscall("versions", path, owner=owner, **kw), _VERSIONS)
+
+    async def share_file(self, path: str, with_agent: str, mode: str = "read", *, owner: str | None = None, **kw: Any
+                   ) -> Any:
+        """Let ``with_agent`` read (or write) this one file, as ``owner=<this agent>``."""
+        return await self._do(self.storage_syscall("share", path, owner=owner, with_agent=with_agent, mode=mode, **kw),
+                        _SAME)
+
+    async def delete(self, path: str, *, owner: str | None = None, **kw: Any) -> Any:
+        """The paper's name for :meth:`delete_file` (a file with its versions, or an empty folder)."""
+        return await self.delete_file(path, owner=owner, **kw)
 
     async def aclose(self) -> None:
         await self._redis.aclose()

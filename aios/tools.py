@@ -240,7 +240,8 @@ def _storage(ctx: ToolContext, op: str, path: str = "", content: str | None = No
         StorageService,  # imported late: storage pulls in the access manager
     )
 
-    return StorageService(ctx.settings).handle(
+    # index_files=False: only the storage worker process opens the vector store (Milvus Lite allows one).
+    return StorageService(ctx.settings, index_files=False).handle(
         StorageSyscall(agent_id=ctx.agent_id, op=op, path=path, content=content))  # type: ignore[arg-type]
 
 

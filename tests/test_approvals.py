@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from aios import ApprovalDenied, Kernel, NotFound
+from aios import AccessDenied, ApprovalDenied, Kernel, NotFound
 from aios.approvals import Approvals, irreversible_reason
 from aios.embedded import LocalKernel
 from aios.syscalls import MemorySyscall, StorageSyscall, ToolSyscall
@@ -37,7 +37,10 @@ def test_what_counts_as_irreversible(tmp_path: Path) -> None:
     assert irreversible_reason(write, None, settings) is None  # a new file
     (tmp_path / "agents" / "a" / "files" / "d").mkdir(parents=True)
     (tmp_path / "agents" / "a" / "files" / "d" / "x.txt").write_text("old")
-    assert "overwrites" in (irreversible_reason(write, None, settings) or "")
+    # Overwriting keeps a version (rollback_file restores it): not irreversible any more. Sharing is.
+    assert irreversible_reason(write, None, settings) is None
+    share = StorageSyscall(agent_id="a", op="share", path="d/x.txt", with_agent="b")
+    assert "gives agent 'b' read access" in (irreversible_reason(share, None, settings) or "")
 
 
 
@@ -82,7 +85,7 @@ def test_delete_waits_and_runs_only_after_approval(lk: LocalKernel, agent: Kerne
 @pytest.mark.integration
 def test_denial_leaves_everything_unchanged(lk: LocalKernel, agent: Kernel) -> None:
     pendings = [agent.submit(agent.memory_syscall("delete", "fact")),
-                agent.submit(agent.storage_syscall("write", "keep.txt", "clobbered"))]
+                agent.submit(agent.storage_syscall("share", "keep.txt", with_agent="stranger"))]
     for p in pendings:
         _wait_parked(lk, p.id)
         Approvals(lk.settings).deny(p.id, "not today")
@@ -90,6 +93,8 @@ def test_denial_leaves_everything_unchanged(lk: LocalKernel, agent: Kernel) -> N
             agent.wait(p)
     assert agent.memory_get("fact") == 42
     assert agent.read_file("keep.txt") == "precious"
+    with authorized(lk.settings, "stranger") as stranger, pytest.raises(AccessDenied):
+        stranger.read_file("keep.txt", owner=agent.agent_id)  # the denied share gave nothing
 
 
 @pytest.mark.integration

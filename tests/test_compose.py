@@ -32,6 +32,10 @@ def test_worker_commands_name_real_modules_and_kernel_queues() -> None:
         assert cmd[cmd.index("-Q") + 1] == QUEUES[resource]
         assert "-E" in cmd, "workers must send events for Flower"
         assert services[f"{resource}-worker"]["environment"]["AIOS_BROKER_URL"].startswith("redis://redis:")
+    storage = services["storage-worker"]
+    assert storage["environment"]["AIOS_MILVUS_URI"] == "http://milvus:19530", "storage workers share one Milvus"
+    assert "milvus" in storage["depends_on"] and "redis" in storage["depends_on"]
+    assert services["milvus"]["ports"] == ["127.0.0.1:19530:19530"]
     flower = services["flower"]["command"]
     assert flower[:4] == ["celery", "-A", "workers.tool", "flower"]
 

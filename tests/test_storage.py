@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from aios.errors import AccessDenied, InvalidSyscall, NotFound
+from aios.embeddings import HashEmbedderFake
+from aios.errors import AccessDenied, Conflict, InvalidSyscall, NotFound
 from aios.settings import Settings
 from aios.storage import TMP_PREFIX, StorageService
 from aios.syscalls import MemorySyscall, StorageSyscall
@@ -16,7 +17,9 @@ from aios.syscalls import MemorySyscall, StorageSyscall
 
 @pytest.fixture
 def svc(tmp_path: Path) -> StorageService:
-    return StorageService(Settings(data_dir=tmp_path))
+    # The FAKE embedder keeps these unit tests fast; the vector store is the real Milvus Lite, and
+    # tests/test_memory_storage.py runs the real embedding model.
+    return StorageService(Settings(data_dir=tmp_path), embedder=HashEmbedderFake())
 
 
 def mem(svc: StorageService, op: str, key: str | None = None, value: object = None, agent: str = "a1") -> object:
@@ -138,10 +141,12 @@ def test_connections_per_thread_stay_bounded(svc: StorageService) -> None:
 
 def test_nested_write_read_list_delete(svc: StorageService, tmp_path: Path) -> None:
     assert fs(svc, "list") == {"path": "", "entries": []}
-    assert fs(svc, "write", "docs/2024/report.md", "# héllo\n") == {"path": "docs/2024/report.md", "bytes": 9}
-    assert fs(svc, "write", "top.txt", "") == {"path": "top.txt", "bytes": 0}
+    assert fs(svc, "write", "docs/2024/report.md", "# héllo\n") == {"path": "docs/2024/report.md", "bytes": 9,
+                                                                    "version": 1}
+    assert fs(svc, "write", "top.txt", "") == {"path": "top.txt", "bytes": 0, "version": 1}
     assert fs(svc, "read", "docs/2024/report.md") == {"path": "docs/2024/report.md", "content": "# héllo\n"}
-    assert fs(svc, "write", "docs/2024/report.md", "v2") == {"path": "docs/2024/report.md", "bytes": 2}
+    assert fs(svc, "write", "docs/2024/report.md", "v2") == {"path": "docs/2024/report.md", "bytes": 2,
+                                                                "version": 2}
     assert fs(svc, "read", "./docs//2024/report.md")["content"] == "v2"  # type: ignore[index]
     assert (tmp_path / "agents" / "a1" / "files" / "docs" / "2024" / "report.md").read_text() == "v2"
 
@@ -315,10 +320,11 @@ def test_no_file_handles_leak(svc: StorageService, tmp_path: Path) -> None:
     mem(svc, "put", "k", 1)  # the thread's cached connection is opened here, before counting
 
     def open_here() -> int:  # only handles into this test's folder: other tests' threads open sockets meanwhile
-        count = 0
+        count = 0  # the vector store (Milvus Lite) is one long-lived store whose own files are not counted
         for fd in os.listdir("/proc/self/fd"):
             try:
-                count += os.readlink(f"/proc/self/fd/{fd}").startswith(str(tmp_path))
+                target = os.readlink(f"/proc/self/fd/{fd}")
+                count += target.startswith(str(tmp_path)) and not target.startswith(str(tmp_path / "vectors"))
             except OSError:
                 pass
         return count
@@ -334,3 +340,66 @@ def test_no_file_handles_leak(svc: StorageService, tmp_path: Path) -> None:
             with pytest.raises((AccessDenied, NotFound, InvalidSyscall)):
                 fs(svc, op, path)
     assert open_here() == before
+
+
+# -- versions ----------------------------------------------------------------------------------------------
+
+
+def test_a_file_from_before_versioning_becomes_version_1(svc: StorageService, tmp_path: Path) -> None:
+    folder = tmp_path / "agents" / "a1" / "files"
+    folder.mkdir(parents=True)
+    (folder / "old.txt").write_text("legacy")
+    read = svc.handle(StorageSyscall(agent_id="a1", op="read", path="old.txt", with_version=True))
+    assert read == {"path": "old.txt", "content": "legacy", "version": 1}
+    with pytest.raises(Conflict, match="is at version 1, not 0"):
+        svc.handle(StorageSyscall(agent_id="a1", op="write", path="old.txt", content="x", if_version=0))
+    assert svc.handle(StorageSyscall(agent_id="a1", op="write", path="old.txt", content="new", if_version=1)
+                      )["version"] == 2
+    (folder / "older.txt").write_text("kept")
+    assert fs(svc, "write", "older.txt", "replaced")["version"] == 2  # type: ignore[index]
+    rolled = svc.handle(StorageSyscall(agent_id="a1", op="rollback", path="older.txt", version=1))
+    assert rolled["restored"] == 1 and fs(svc, "read", "older.txt")["content"] == "kept"  # type: ignore[index]
+
+
+def test_cas_writers_in_threads_lose_nothing(svc: StorageService) -> None:
+    fs(svc, "write", "counter", "0")
+    errors: list[BaseException] = []
+
+    def bump() -> None:
+        try:
+            for _ in range(10):
+                while True:
+                    r = svc.handle(StorageSyscall(agent_id="a1", op="read", path="counter", with_version=True))
+                    try:
+                        svc.handle(StorageSyscall(agent_id="a1", op="write", path="counter",
+                                                  content=str(int(r["content"]) + 1), if_version=r["version"]))
+                        break
+                    except Conflict:
+                        continue
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            svc.close()
+
+    threads = [threading.Thread(target=bump) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert fs(svc, "read", "counter")["content"] == "60"  # type: ignore[index]
+    versions = svc.handle(StorageSyscall(agent_id="a1", op="versions", path="counter"))["versions"]
+    assert [v["version"] for v in versions] == list(range(1, 62))
+
+
+def test_delete_removes_versions_and_rollback_names_what_exists(svc: StorageService) -> None:
+    fs(svc, "write", "f.txt", "one")
+    fs(svc, "write", "f.txt", "two")
+    with pytest.raises(NotFound, match=r"has no version 7; its versions are \[1, 2\]"):
+        svc.handle(StorageSyscall(agent_id="a1", op="rollback", path="f.txt", version=7))
+    with pytest.raises(NotFound, match="has no version written at or before 0.0"):
+        svc.handle(StorageSyscall(agent_id="a1", op="rollback", path="f.txt", at=0.0))
+    fs(svc, "delete", "f.txt")
+    assert fs(svc, "write", "f.txt", "again")["version"] == 1  # type: ignore[index]
+    with pytest.raises(NotFound):
+        svc.handle(StorageSyscall(agent_id="a1", op="versions", path="missing.txt"))

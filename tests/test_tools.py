@@ -190,7 +190,8 @@ def test_file_tools_work_in_the_agents_own_folder(tmp_path: Path) -> None:
     def call(agent: str, tool: str, **args: Any) -> Any:
         return service.handle(ToolSyscall(agent_id=agent, tool=tool, arguments=args))
 
-    assert call("alice", "write_file", path="notes/a.txt", content="hi") == {"path": "notes/a.txt", "bytes": 2}
+    assert call("alice", "write_file", path="notes/a.txt", content="hi") == {"path": "notes/a.txt", "bytes": 2,
+                                                                             "version": 1}  # versioned here too
     assert (tmp_path / "agents" / "alice" / "files" / "notes" / "a.txt").read_text() == "hi"
     assert call("alice", "read_file", path="notes/a.txt")["content"] == "hi"
     assert call("alice", "list_files")["entries"] == [{"name": "notes", "type": "dir", "bytes": 0}]
