@@ -352,9 +352,10 @@ def builtin_registry() -> ToolRegistry:
     ))
     reg.register(Tool("read_file", "Read a text file from your own storage.", _obj({"path": _PATH}, ("path",)),
                       lambda path, ctx: _storage(ctx, "read", path)))
+    # Not irreversible: every write keeps a version (rollback_file restores it), as for the storage syscalls.
     reg.register(Tool("write_file", "Write (create or replace) a text file in your own storage.",
                       _obj({"path": _PATH, "content": _TEXT}, ("path", "content")),
-                      lambda path, content, ctx: _storage(ctx, "write", path, content), irreversible=True))
+                      lambda path, content, ctx: _storage(ctx, "write", path, content)))
     reg.register(Tool("list_files", "List a folder of your own storage (default: its root).",
                       _obj({"path": {**_PATH, "minLength": 0}}),
                       lambda ctx, path="": _storage(ctx, "list", path)))

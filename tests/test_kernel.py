@@ -87,7 +87,9 @@ def test_sync_gather_runs_concurrently(sdk: Kernel) -> None:
 
 
 def test_timeout_raises_typed_error_that_says_what_to_do(sdk: Kernel) -> None:
-    with pytest.raises(SyscallTimeout, match="aios status"):
+    # Either the SDK stops waiting while the tool sleeps, or (on a loaded machine) the worker dequeues the
+    # syscall after its deadline and refuses to start it: both are SyscallTimeout and say what to do.
+    with pytest.raises(SyscallTimeout, match=r"aios status|raise timeout_s or add tool workers"):
         sdk.call_tool("sleep", seconds=5, timeout_s=0.3)
 
 

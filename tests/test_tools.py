@@ -204,7 +204,8 @@ def test_file_tools_work_in_the_agents_own_folder(tmp_path: Path) -> None:
     assert call("alice", "delete_file", path="notes/a.txt") == {"path": "notes/a.txt", "deleted": True}
     assert [t.name for t in builtin_registry().specs() if t.name.endswith("_file")] == [
         "delete_file", "read_file", "write_file"]
-    assert builtin_registry().get("write_file").irreversible and builtin_registry().get("delete_file").irreversible
+    assert not builtin_registry().get("write_file").irreversible  # a write keeps a version
+    assert builtin_registry().get("delete_file").irreversible
     assert not builtin_registry().get("read_file").irreversible
 
 
