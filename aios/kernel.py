@@ -28,10 +28,24 @@ from aios.celery_app import make_app
 from aios.errors import AIOSError, AuthError, DeadlineExceeded, InvalidSyscall, PayloadTooLarge
 from aios.approvals import APPROVED, PENDING, Approvals, irreversible_reason
 from aios.identity import Credential, verify
-from aios.settings import KIND_TO_RESOURCE, QUEUES, Settings, get_settings
+from aios.context import ContextStore, Preempted, Snapshot, load_from
+from aios.priority import PRIORITY_STEPS, is_redis_url, to_broker
+from aios.settings import KIND_TO_RESOURCE, QUEUES, Settings, broker_to_redis_py, get_settings
 from aios.syscalls import ErrorInfo, Response, Status, Syscall, Timing, decode_syscall
 
 log = logging.getLogger("aios.kernel")
+
+REPLY_ONCE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+  redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
+  redis.call('DEL', KEYS[4])
+  return 1
+end
+return 0
+"""
+"""Store and send a service's answer unless one is stored already; drop the syscall's snapshot with it."""
 
 ENVELOPE_SLACK_BYTES = 4096
 """Room for Celery's own envelope around the syscall when the raw message size is checked."""
@@ -57,13 +71,21 @@ class Runtime:
         self._service: Service | None = None
         self._lock = threading.Lock()
         self.redis = redis.Redis.from_url(settings.state_redis_url())
+        self._reply_once = self.redis.register_script(REPLY_ONCE)
+        broker = settings.require_broker()
+        self._broker_redis = redis.Redis.from_url(broker_to_redis_py(broker)) if is_redis_url(broker) else None
+        self.app: Celery | None = None
+        """The worker's Celery app (set by :func:`create_worker_app`): requeues preempted syscalls."""
 
     @property
     def service(self) -> Service:
         if self._service is None:
             with self._lock:
                 if self._service is None:
-                    self._service = self._service_factory(self.settings)
+                    service = self._service_factory(self.settings)
+                    if hasattr(service, "others_waiting"):  # a preemptible service (the LLM core)
+                        service.others_waiting = self.queue_waiting
+                    self._service = service
         return self._service
 
     # -- the normal path -------------------------------------------------------------------------------
@@ -84,7 +106,8 @@ class Runtime:
             pipe = self.redis.pipeline(transaction=False)
             pipe.exists(keys.result(message_id))
             pipe.hgetall(keys.agent(syscall.agent_id))
-            answered, record = pipe.execute()
+            pipe.hgetall(keys.context(message_id))
+            answered, record, context = pipe.execute()
             if self.settings.auth == "required":
                 payload = args[0] if isinstance(args[0], dict) else json.loads(args[0])
                 verify(payload, Credential.from_redis(syscall.agent_id, record), now=started,
@@ -111,12 +134,16 @@ class Runtime:
             return
         if self.settings.approvals == "required" and self._await_approval(syscall, args[0]):
             return
+        snapshot = load_from(context)
         try:
-            result = self.service.handle(syscall)
+            result = self.service.handle(syscall, snapshot) if snapshot else self.service.handle(syscall)
             response = Response(
                 id=syscall.id, status=Status.OK, result=result,
                 timing=Timing(created_at=created, started_at=started, finished_at=time.time()), worker=worker,
             )
+        except Preempted as p:
+            self.suspend(syscall, args[0], p.snapshot)
+            return
         except AIOSError as exc:
             response = self._error(syscall.id, exc, created, started, worker)
         except Exception as exc:  # a bug in a service must not kill the worker nor leave the caller waiting
@@ -125,7 +152,35 @@ class Runtime:
                 syscall.id, AIOSError(f"{type(exc).__name__}: {exc} (a kernel bug: see the worker log)"),
                 created, started, worker,
             )
-        self.reply(response, syscall.kind)
+        self.reply(response, syscall.kind, once=True)
+
+    def suspend(self, syscall: Syscall, raw: Any, snapshot: Snapshot) -> None:
+        """Store a preempted generation's snapshot and requeue the original signed message at its priority.
+
+        The message being run is acknowledged when this returns: the copy on the queue carries the syscall on.
+        Whichever worker takes it loads the snapshot (``execute``) and resumes."""
+        ContextStore(self.redis, self.settings.result_ttl_s).save(syscall.id, snapshot)
+        if self.app is None:
+            raise RuntimeError("a runtime without a Celery app cannot requeue a preempted syscall")
+        self.app.send_task(
+            self.task_name, args=[raw], task_id=syscall.id, queue=QUEUES[self.resource],
+            priority=to_broker(syscall.priority, self.settings.require_broker()), ignore_result=True,
+            argsrepr=f"<{syscall.kind} syscall of {syscall.agent_id}, resumed>", kwargsrepr="{}")
+        self.redis.hincrby(keys.STATS_DONE, f"{syscall.kind}:preempted", 1)
+
+    def queue_waiting(self) -> bool:
+        """Whether messages wait on this worker's queue (on Redis, every priority step), beyond those held."""
+        queue = QUEUES[self.resource]
+        broker = self.settings.require_broker()
+        if is_redis_url(broker):
+            pipe = self._broker_redis.pipeline(transaction=False)
+            for step in PRIORITY_STEPS:
+                pipe.llen(f"{queue}:{step}" if step else queue)
+            return sum(pipe.execute()) > 0
+        if self.app is None:
+            return False
+        with self.app.connection_for_read() as conn:
+            return conn.default_channel.queue_declare(queue=queue, passive=True).message_count > 0
 
     def _await_approval(self, syscall: Syscall, raw: Any) -> bool:
         """True if the syscall must not run now: parked for an operator, or already denied/expired."""
@@ -149,12 +204,18 @@ class Runtime:
             timing=Timing(created_at=created, started_at=started, finished_at=time.time()), worker=worker,
         )
 
-    def reply(self, response: Response, kind: str | None) -> None:
+    def reply(self, response: Response, kind: str | None, *, once: bool = False) -> None:
         """Store the response (the idempotency record) and hand it to the waiting caller, atomically.
 
-        ``kind`` counts the answer in ``aios:stats:done``; refusals pass ``None`` (they count as rejected)."""
+        ``kind`` counts the answer in ``aios:stats:done``; refusals pass ``None`` (they count as rejected).
+        ``once``: only if no answer is stored yet (two copies of a requeued syscall never both answer)."""
         body = response.model_dump_json()
         ttl = self.settings.result_ttl_s
+        if once:
+            self._reply_once(keys=[keys.result(response.id), keys.reply(response.id), keys.STATS_DONE,
+                                   keys.context(response.id)],
+                             args=[body, ttl, f"{kind}:{response.status.value}"])
+            return
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(keys.result(response.id), body, ex=ttl)
         pipe.rpush(keys.reply(response.id), body)
@@ -258,6 +319,7 @@ def create_worker_app(resource: str, service_factory: Callable[[Settings], Servi
     settings = settings or get_settings()
     app = make_app(settings, name=f"aios-{resource}")
     runtime = Runtime(settings, resource, service_factory)
+    runtime.app = app
     app.aios_runtime = runtime  # type: ignore[attr-defined]
     # Only its own queue, so that a bare `celery -A workers.<resource> worker` consumes the right one.
     app.conf.task_queues = [q for q in app.conf.task_queues if q.name == QUEUES[resource]]

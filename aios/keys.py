@@ -35,6 +35,11 @@ def reply(syscall_id: str) -> str:
     return f"{PREFIX}:reply:{syscall_id}"
 
 
+def context(syscall_id: str) -> str:
+    """The snapshot of a suspended LLM generation (a hash; see :mod:`aios.context`)."""
+    return f"{PREFIX}:ctx:{syscall_id}"
+
+
 # -- access control (aios/access.py, aios/audit.py) ---------------------------------------------------------
 
 AUDIT = f"{PREFIX}:audit"
