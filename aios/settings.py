@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -92,7 +93,8 @@ class Settings(BaseSettings):
 
     def to_env(self) -> dict[str, str]:
         """These settings as ``AIOS_*`` variables, for a child process to read back exactly."""
-        return {f"AIOS_{name.upper()}": str(value) for name, value in self.model_dump().items() if value is not None}
+        return {f"AIOS_{name.upper()}": json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+                for name, value in self.model_dump().items() if value is not None}
 
     def require_broker(self) -> str:
         if self.broker_url is None:
