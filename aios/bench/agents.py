@@ -277,7 +277,7 @@ def plot(path: Path, result: dict[str, Any]) -> None:
 
 
 def run_agents_bench(settings: Settings, *, agents: list[int], steps: int = 3, short: int = 16, long: int = 96,
-                     batch_size: int = 16, quantum: int = 16, contenders: tuple[str, ...] = CONTENDERS,
+                     batch_size: int = 16, quantum: int = 16, threads: int = 2, contenders: tuple[str, ...] = CONTENDERS,
                      json_path: Path | None = None) -> dict[str, Any]:
     if not agents or min(agents) < 1 or steps < 1 or short < 1 or long < 1:
         raise ConfigError("need --agents >= 1, --steps >= 1 and positive --short/--long token counts")
@@ -287,7 +287,7 @@ def run_agents_bench(settings: Settings, *, agents: list[int], steps: int = 3, s
     out, err = Console(), Console(stderr=True, log_path=False)
     log = lambda msg: err.log(msg)  # noqa: E731
     settings = settings.model_copy(update={"broker_url": None, "redis_url": None, "llm_backend": "llamacpp",
-                                           "llm_model": None, "llm_n_threads": settings.llm_n_threads or 2,
+                                           "llm_model": None, "llm_n_threads": threads,
                                            "llm_n_ctx": 1024, "approvals": "off"})
     configs: dict[str, dict[str, Any]] = {
         "fifo": {"llm_batch_size": 1, "llm_quantum_tokens": 0},
