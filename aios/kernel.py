@@ -40,7 +40,7 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   redis.call('RPUSH', KEYS[2], ARGV[1])
   redis.call('EXPIRE', KEYS[2], ARGV[2])
   redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
-  redis.call('DEL', KEYS[4])
+  redis.call('DEL', KEYS[4], KEYS[5])
   return 1
 end
 return 0
@@ -145,6 +145,8 @@ class Runtime:
             self.suspend(syscall, args[0], p.snapshot)
             return
         except AIOSError as exc:
+            if getattr(exc, "transient", False) and self.retry_later(syscall, args[0], exc):
+                return
             response = self._error(syscall.id, exc, created, started, worker)
         except Exception as exc:  # a bug in a service must not kill the worker nor leave the caller waiting
             log.exception("syscall %s failed inside the %s service", syscall.id, self.resource)
@@ -167,6 +169,29 @@ class Runtime:
             priority=to_broker(syscall.priority, self.settings.require_broker()), ignore_result=True,
             argsrepr=f"<{syscall.kind} syscall of {syscall.agent_id}, resumed>", kwargsrepr="{}")
         self.redis.hincrby(keys.STATS_DONE, f"{syscall.kind}:preempted", 1)
+
+    def retry_later(self, syscall: Syscall, raw: Any, exc: AIOSError) -> bool:
+        """Requeue the original message after a back-off, unless the retries are spent or the deadline is near.
+
+        False: the caller should be answered with the error now (its message then says how often it was tried)."""
+        key = keys.attempts(syscall.id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.incr(key)
+        pipe.expire(key, self.settings.result_ttl_s)
+        attempt = int(pipe.execute()[0])
+        delay = min(self.settings.retry_backoff_s * 2 ** (attempt - 1), 60.0)
+        if attempt > self.settings.retry_max or time.time() + delay >= syscall.deadline or self.app is None:
+            if attempt > 1:
+                exc.args = (f"{exc.message} (after {attempt} attempts)",)
+            return False
+        log.warning("syscall %s: transient failure, attempt %d of %d again in %.1fs: %s", syscall.id, attempt + 1,
+                    self.settings.retry_max + 1, delay, exc.message)
+        self.app.send_task(
+            self.task_name, args=[raw], task_id=syscall.id, queue=QUEUES[self.resource], countdown=delay,
+            priority=to_broker(syscall.priority, self.settings.require_broker()), ignore_result=True,
+            argsrepr=f"<{syscall.kind} syscall of {syscall.agent_id}, retry {attempt}>", kwargsrepr="{}")
+        self.redis.hincrby(keys.STATS_DONE, f"{syscall.kind}:retried", 1)
+        return True
 
     def queue_waiting(self) -> bool:
         """Whether messages wait on this worker's queue (on Redis, every priority step), beyond those held."""
@@ -213,7 +238,7 @@ class Runtime:
         ttl = self.settings.result_ttl_s
         if once:
             self._reply_once(keys=[keys.result(response.id), keys.reply(response.id), keys.STATS_DONE,
-                                   keys.context(response.id)],
+                                   keys.context(response.id), keys.attempts(response.id)],
                              args=[body, ttl, f"{kind}:{response.status.value}"])
             return
         pipe = self.redis.pipeline(transaction=True)

@@ -291,7 +291,7 @@ class OpenAIBackend:
         # AIOS_LLM_API_KEY, else the usual OPENAI_API_KEY, else a placeholder for local servers that need none.
         api_key = settings.llm_api_key or os.environ.get("OPENAI_API_KEY") or "not-needed"
         self.client = openai.OpenAI(base_url=settings.llm_base_url, api_key=api_key,
-                                    timeout=settings.llm_request_timeout_s, max_retries=2)
+                                    timeout=settings.llm_request_timeout_s, max_retries=settings.llm_client_retries)
         self.base_url = str(self.client.base_url)
         self.quantum = settings.llm_quantum_tokens
         self.others_waiting: Callable[[], bool] | None = None
@@ -304,6 +304,13 @@ class OpenAIBackend:
         return model
 
     def _error(self, exc: Exception, model: str) -> BackendError:
+        error = self._explain(exc, model)
+        o = self._openai
+        error.transient = isinstance(exc, (o.APITimeoutError, o.APIConnectionError, o.RateLimitError)) or (
+            isinstance(exc, o.APIStatusError) and (exc.status_code in (408, 409) or exc.status_code >= 500))
+        return error
+
+    def _explain(self, exc: Exception, model: str) -> BackendError:
         o, url = self._openai, self.base_url
         if isinstance(exc, o.APITimeoutError):
             return BackendError(f"the LLM server at {url} did not answer within {self.settings.llm_request_timeout_s}s;"

@@ -59,6 +59,14 @@ class Settings(BaseSettings):
     llm_n_gpu_layers: int = 0
     """Layers offloaded to a GPU by llama.cpp; -1 offloads them all."""
     llm_request_timeout_s: float = 120.0
+    llm_client_retries: int = Field(default=2, ge=0)
+    """openai: quick retries inside one attempt (the openai client's own, with its short back-off)."""
+    retry_max: int = Field(default=3, ge=0)
+    """Transient backend failures (429, 5xx, time-outs, dropped connections): how many times the worker requeues
+    the syscall before answering with the error."""
+    retry_backoff_s: float = Field(default=1.0, ge=0)
+    """Delay before the first requeued attempt; doubled for each further one (at most 60 s, never past the
+    syscall's deadline)."""
     llm_extra_body: dict[str, Any] = Field(default_factory=dict)
     """openai backend: extra request fields for the server, as JSON. With llama.cpp's server, greedy time slices
     need ``{"repeat_penalty": 1.0}``: its default penalty of 1.1 sees only the tokens of the current request, so

@@ -62,7 +62,7 @@ def script(agent: int, steps: int, short: int, long: int) -> list[Step]:
     for s in range(steps):
         topic = TOPICS[(agent + s) % len(TOPICS)]
         out.append(Step("llm", prompt=f"Agent {agent}, step {s}: write a detailed story about {topic}.",
-                        max_tokens=long if (agent + s) % 4 == 0 else short))
+                        max_tokens=long if (agent + s) % 8 == 0 else short))
         out.append(Step("tool", expression=f"{agent + 2} * {s + 3} + 1"))
     return out
 
@@ -276,7 +276,7 @@ def plot(path: Path, result: dict[str, Any]) -> None:
     plt.close(fig)
 
 
-def run_agents_bench(settings: Settings, *, agents: list[int], steps: int = 3, short: int = 16, long: int = 96,
+def run_agents_bench(settings: Settings, *, agents: list[int], steps: int = 2, short: int = 24, long: int = 160,
                      batch_size: int = 16, quantum: int = 16, threads: int = 2, contenders: tuple[str, ...] = CONTENDERS,
                      json_path: Path | None = None) -> dict[str, Any]:
     if not agents or min(agents) < 1 or steps < 1 or short < 1 or long < 1:
