@@ -1,16 +1,18 @@
 """Continuous batching on llama.cpp: one engine thread owns one llama context and decodes many sequences at once.
 
 Worker threads call :meth:`BatchEngine.submit` and wait on the returned future. The engine thread admits a request
-into a free sequence slot as soon as one is free and its tokens fit the KV cache, then on every step builds one
-``llama_batch`` holding one new token for each decoding sequence plus prompt chunks of newly admitted ones, calls
-``llama_decode`` once, and samples each sequence from its own logits with its own sampler chain (greedy or
-temperature + seeded dist, behind a grammar for constrained output). Requests join and leave between steps.
+into a free sequence slot (each has its own KV stream of ``n_ctx`` cells) as soon as one is free. On every step
+it builds one ``llama_batch`` holding either the prompts of newly admitted requests or one new token for each
+decoding sequence, calls ``llama_decode`` once, and samples each sequence from its own logits with its own
+sampler chain (greedy, or temperature + seeded dist; behind a grammar for constrained output). Requests join and
+leave between steps.
 
 A request may carry a quantum (tokens per time slice) and a ``should_yield`` callable: once it has generated a
 quantum of tokens in this slice and ``should_yield()`` is true, it is suspended and its future resolves with
 ``finish_reason="preempted"`` and every token generated so far. Submitting the same prompt with those tokens as
-``resume`` continues it where it stopped: the tokens are prefilled (and replayed into the grammar), so greedy
-output is the same as an uninterrupted run.
+``resume`` continues it where it stopped: the sequence's KV state is restored from ``state`` (or, without it,
+the prompt is prefilled and the tokens decoded again one by one, exactly as first decoded), the tokens are
+replayed into the grammar sampler, so greedy output is the same as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -231,15 +233,19 @@ class BatchEngine:
 
         for seq in self._active:
             seq.logit_index = -1
-        # Sequences past their prompt first (one token each), then prompt chunks in the room left.
-        for seq in sorted(self._active, key=lambda s: bool(s.feed)):
-            if seq.feed:
-                take = min(len(seq.feed), self.n_batch - n)
-                if take > 0:
-                    chunk, seq.feed = seq.feed[:take], seq.feed[take:]
-                    put(seq, chunk, not seq.feed and not seq.replay)
-            elif seq.replay and n < self.n_batch:
-                put(seq, [seq.replay.pop(0)], not seq.replay)
+        # A step either prefills prompts or decodes one token per sequence, never both: with one KV stream per
+        # sequence llama.cpp splits a batch into micro-batches of equal tokens per sequence, so a prompt mixed
+        # with one-token decodes would be evaluated a token at a time.
+        prefilling = [seq for seq in self._active if seq.feed]
+        for seq in prefilling:
+            take = min(len(seq.feed), self.n_batch - n)
+            if take > 0:
+                chunk, seq.feed = seq.feed[:take], seq.feed[take:]
+                put(seq, chunk, not seq.feed and not seq.replay)
+        if not prefilling:
+            for seq in self._active:
+                if seq.replay:
+                    put(seq, [seq.replay.pop(0)], not seq.replay)
         b.n_tokens = n
         if n == 0:
             return
