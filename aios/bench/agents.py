@@ -269,8 +269,8 @@ def plot(path: Path, result: dict[str, Any]) -> None:
         ax.grid(True, alpha=0.3)
     axes[0].legend()
     m = result["machine"]
-    fig.suptitle(f"aios bench agents: SmolLM2-135M on {m['cpus']} CPUs; batch {result['params']['batch_size']}, "
-                 f"quantum {result['params']['quantum']} tokens")
+    fig.suptitle(f"aios bench agents: SmolLM2-135M, {result['params']['n_threads']} llama.cpp thread(s) on "
+                 f"{m['cpus']} CPUs; batch {result['params']['batch_size']}, quantum {result['params']['quantum']} tokens")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
