@@ -196,7 +196,7 @@ class LlamaCppBackend:
 
     def __init__(self, settings: Settings) -> None:
         try:
-            from llama_cpp import Llama, llama_chat_format
+            from llama_cpp import Llama
         except ImportError:
             raise ConfigError("llama-cpp-python is not installed: `pip install llama-cpp-python`, "
                               "or set AIOS_LLM_BACKEND=openai") from None

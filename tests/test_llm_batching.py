@@ -3,7 +3,6 @@ the same with several suspensions per syscall as without, on both backends and t
 
 from __future__ import annotations
 
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterator
 

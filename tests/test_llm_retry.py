@@ -4,7 +4,7 @@ LLM worker on the openai backend in front of a scripted OpenAI-compatible server
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 import redis

@@ -27,7 +27,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 from rich.console import Console
@@ -148,7 +148,6 @@ class KernelContender:
         self.lk.start()
         self.settings = self.lk.settings
         self._creds = Credentials(self.settings)
-        self._n = 0
 
     def agent(self, i: int) -> Kernel:
         agent_id = f"bench-agent-{i}"
