@@ -572,6 +572,33 @@ def memory(items: int, accesses: int, budget: int, sizes: tuple[int, ...], queri
         _fail(exc)
 
 
+@bench.command()
+@click.option("--agents", default="8,16,32", show_default=True, help="Numbers of concurrent agents, comma-separated.")
+@click.option("--steps", default=2, show_default=True, help="LLM + tool syscall pairs per agent script.")
+@click.option("--short", "short", default=24, show_default=True, help="max_tokens of a short LLM step.")
+@click.option("--long", "long", default=160, show_default=True, help="max_tokens of a long LLM step (every eighth).")
+@click.option("--batch-size", default=16, show_default=True, help="Sequences decoded together (batching).")
+@click.option("--quantum", default=16, show_default=True, help="Time slice in tokens (round robin).")
+@click.option("--threads", default=2, show_default=True, help="llama.cpp threads, for the server and the kernel alike.")
+@click.option("--contenders", default=",".join(("baseline", "fifo", "rr", "batching")), show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def agents(agents: str, steps: int, short: int, long: int, batch_size: int, quantum: int, threads: int,
+           contenders: str, json_path: Path | None) -> None:
+    """N concurrent ReAct-style agents: llama.cpp server directly vs the kernel with FIFO, RR, batching."""
+    from aios.bench.agents import run_agents_bench
+
+    try:
+        ns = [int(x) for x in agents.split(",") if x.strip()]
+        run_agents_bench(get_settings(), agents=ns, steps=steps, short=short, long=long, batch_size=batch_size,
+                         quantum=quantum, threads=threads,
+                         contenders=tuple(c.strip() for c in contenders.split(",") if c.strip()),
+                         json_path=json_path)
+    except ValueError:
+        _fail(AIOSError(f"--agents must be comma-separated integers, got {agents!r}"))
+    except AIOSError as exc:
+        _fail(exc)
+
+
 register_access_commands(main)
 
 if __name__ == "__main__":

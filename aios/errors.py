@@ -95,6 +95,12 @@ class BackendError(AIOSError):
 
     code = "backend_error"
 
+    def __init__(self, message: str, *, code: str | None = None, transient: bool = False) -> None:
+        super().__init__(message, code=code)
+        self.transient = transient
+        """A failure worth retrying later (429, 5xx, time-out, dropped connection): the worker requeues the
+        syscall with back-off (``AIOS_RETRY_MAX``, ``AIOS_RETRY_BACKOFF_S``) before it answers with it."""
+
 
 class KernelUnavailable(AIOSError):
     """The broker or the kernel's Redis cannot be reached."""

@@ -152,10 +152,14 @@ return 0
 # KEYS: [lease]. ARGV: new expiry, id. Renews a lease only if it is still held.
 _RENEW = "return redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[1], ARGV[2])"
 
-# KEYS: [attained zset, stats hash, waits list]. ARGV: agent, service_s, wait_s, waits_kept.
+# KEYS: [attained zset, stats hash, waits list]. ARGV: agent, service_s, wait_s, waits_kept, 'slice' or ''.
 _ACCOUNT = """
 local agent, service, wait, kept = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 redis.call('ZINCRBY', KEYS[1], service, agent)
+if ARGV[5] == 'slice' then  -- a time slice of a syscall that goes on later: service only
+  redis.call('HINCRBYFLOAT', KEYS[2], agent .. ':service_s', service)
+  return 0
+end
 redis.call('HINCRBY', KEYS[2], agent .. ':n', 1)
 redis.call('HINCRBYFLOAT', KEYS[2], agent .. ':wait_s', wait)
 redis.call('HINCRBYFLOAT', KEYS[2], agent .. ':service_s', service)
@@ -404,7 +408,17 @@ class Governor:
         if t is None:
             return
         self._account(keys=[keys.attained(self.resource), keys.agent_stats(self.resource), keys.waits(self.resource)],
-                      args=[syscall.agent_id, t.service_s, t.queue_wait_s, WAITS_KEPT], client=pipe)
+                      args=[syscall.agent_id, t.service_s, t.queue_wait_s, WAITS_KEPT, ""], client=pipe)
+
+
+    def account_slice(self, syscall: Syscall, started: float, finished: float) -> None:
+        """Account one time slice of a preempted syscall (its wait is counted when it is finally answered)."""
+        try:
+            self._account(keys=[keys.attained(self.resource), keys.agent_stats(self.resource),
+                                keys.waits(self.resource)],
+                          args=[syscall.agent_id, max(0.0, finished - started), 0.0, WAITS_KEPT, "slice"])
+        except redis.RedisError as exc:  # accounting must never lose the syscall itself
+            log.warning("could not account a slice of %s: %s", syscall.id, exc)
 
 
 def _declared_concurrency(service: Any, tool: str) -> int | None:

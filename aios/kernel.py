@@ -29,10 +29,24 @@ from aios.errors import AIOSError, AuthError, DeadlineExceeded, InvalidSyscall, 
 from aios.approvals import APPROVED, PENDING, Approvals, irreversible_reason
 from aios.governor import Ager, Governor, should_age
 from aios.identity import Credential, verify
+from aios.context import ContextStore, Preempted, Snapshot, load_from
+from aios.priority import PRIORITY_STEPS, is_redis_url, to_broker
 from aios.settings import KIND_TO_RESOURCE, QUEUES, Settings, broker_to_redis_py, get_settings
 from aios.syscalls import ErrorInfo, Response, Status, Syscall, Timing, decode_syscall
 
 log = logging.getLogger("aios.kernel")
+
+REPLY_ONCE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  redis.call('RPUSH', KEYS[2], ARGV[1])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+  redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
+  redis.call('DEL', KEYS[4], KEYS[5])
+  return 1
+end
+return 0
+"""
+"""Store and send a service's answer unless one is stored already; drop the syscall's snapshot with it."""
 
 ENVELOPE_SLACK_BYTES = 4096
 """Room for Celery's own envelope around the syscall when the raw message size is checked."""
@@ -59,13 +73,21 @@ class Runtime:
         self._lock = threading.Lock()
         self.redis = redis.Redis.from_url(settings.state_redis_url())
         self.governor = Governor(settings, self.redis, resource)
+        self._reply_once = self.redis.register_script(REPLY_ONCE)
+        broker = settings.require_broker()
+        self._broker_redis = redis.Redis.from_url(broker_to_redis_py(broker)) if is_redis_url(broker) else None
+        self.app: Celery | None = None
+        """The worker's Celery app (set by :func:`create_worker_app`): requeues preempted syscalls."""
 
     @property
     def service(self) -> Service:
         if self._service is None:
             with self._lock:
                 if self._service is None:
-                    self._service = self._service_factory(self.settings)
+                    service = self._service_factory(self.settings)
+                    if hasattr(service, "others_waiting"):  # a preemptible service (the LLM core)
+                        service.others_waiting = self.queue_waiting
+                    self._service = service
         return self._service
 
     # -- the normal path -------------------------------------------------------------------------------
@@ -86,7 +108,8 @@ class Runtime:
             pipe = self.redis.pipeline(transaction=False)
             pipe.exists(keys.result(message_id))
             pipe.hgetall(keys.agent(syscall.agent_id))
-            answered, record = pipe.execute()
+            pipe.hgetall(keys.context(message_id))
+            answered, record, context = pipe.execute()
             if self.settings.auth == "required":
                 payload = args[0] if isinstance(args[0], dict) else json.loads(args[0])
                 verify(payload, Credential.from_redis(syscall.agent_id, record), now=started,
@@ -113,18 +136,26 @@ class Runtime:
             return
         if self.settings.approvals == "required" and self._await_approval(syscall, args[0]):
             return
+        snapshot = load_from(context)
         admission = None
         response: Response | None = None
         try:
             # Quotas and leases (aios/governor.py): may wait for a turn; the wait counts as queue wait.
             admission = self.governor.admit(syscall, self.service)
             started = time.time() if admission is not None else started
-            result = self.service.handle(syscall)
+            result = self.service.handle(syscall, snapshot) if snapshot else self.service.handle(syscall)
             response = Response(
                 id=syscall.id, status=Status.OK, result=result,
                 timing=Timing(created_at=created, started_at=started, finished_at=time.time()), worker=worker,
             )
+        except Preempted as p:
+            # Its time slice is up: the slice counts as the agent's service (the fair policy and status see it).
+            self.governor.account_slice(syscall, started, time.time())
+            self.suspend(syscall, args[0], p.snapshot)
+            return  # (finally: its leases are released; the copy on the queue takes them again)
         except AIOSError as exc:
+            if getattr(exc, "transient", False) and self.retry_later(syscall, args[0], exc):
+                return
             response = self._error(syscall.id, exc, created, started, worker)
         except Exception as exc:  # a bug in a service must not kill the worker nor leave the caller waiting
             log.exception("syscall %s failed inside the %s service", syscall.id, self.resource)
@@ -137,7 +168,59 @@ class Runtime:
                 self.governor.release(admission, response)
             except redis.RedisError as exc:  # its leases expire on their own; the answer matters more
                 log.error("could not release the quota leases of %s: %s", syscall.id, exc)
-        self.reply(response, syscall.kind, syscall)
+        assert response is not None
+        self.reply(response, syscall.kind, syscall, once=True)
+
+    def suspend(self, syscall: Syscall, raw: Any, snapshot: Snapshot) -> None:
+        """Store a preempted generation's snapshot and requeue the original signed message at its priority.
+
+        The message being run is acknowledged when this returns: the copy on the queue carries the syscall on.
+        Whichever worker takes it loads the snapshot (``execute``) and resumes."""
+        ContextStore(self.redis, self.settings.result_ttl_s).save(syscall.id, snapshot)
+        if self.app is None:
+            raise RuntimeError("a runtime without a Celery app cannot requeue a preempted syscall")
+        self.app.send_task(
+            self.task_name, args=[raw], task_id=syscall.id, queue=QUEUES[self.resource],
+            priority=to_broker(syscall.priority, self.settings.require_broker()), ignore_result=True,
+            argsrepr=f"<{syscall.kind} syscall of {syscall.agent_id}, resumed>", kwargsrepr="{}")
+        self.redis.hincrby(keys.STATS_DONE, f"{syscall.kind}:preempted", 1)
+
+    def retry_later(self, syscall: Syscall, raw: Any, exc: AIOSError) -> bool:
+        """Requeue the original message after a back-off, unless the retries are spent or the deadline is near.
+
+        False: the caller should be answered with the error now (its message then says how often it was tried)."""
+        key = keys.attempts(syscall.id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.incr(key)
+        pipe.expire(key, self.settings.result_ttl_s)
+        attempt = int(pipe.execute()[0])
+        delay = min(self.settings.retry_backoff_s * 2 ** (attempt - 1), 60.0)
+        if attempt > self.settings.retry_max or time.time() + delay >= syscall.deadline or self.app is None:
+            if attempt > 1:
+                exc.args = (f"{exc.message} (after {attempt} attempts)",)
+            return False
+        log.warning("syscall %s: transient failure, attempt %d of %d again in %.1fs: %s", syscall.id, attempt + 1,
+                    self.settings.retry_max + 1, delay, exc.message)
+        self.app.send_task(
+            self.task_name, args=[raw], task_id=syscall.id, queue=QUEUES[self.resource], countdown=delay,
+            priority=to_broker(syscall.priority, self.settings.require_broker()), ignore_result=True,
+            argsrepr=f"<{syscall.kind} syscall of {syscall.agent_id}, retry {attempt}>", kwargsrepr="{}")
+        self.redis.hincrby(keys.STATS_DONE, f"{syscall.kind}:retried", 1)
+        return True
+
+    def queue_waiting(self) -> bool:
+        """Whether messages wait on this worker's queue (on Redis, every priority step), beyond those held."""
+        queue = QUEUES[self.resource]
+        broker = self.settings.require_broker()
+        if is_redis_url(broker):
+            pipe = self._broker_redis.pipeline(transaction=False)
+            for step in PRIORITY_STEPS:
+                pipe.llen(f"{queue}:{step}" if step else queue)
+            return sum(pipe.execute()) > 0
+        if self.app is None:
+            return False
+        with self.app.connection_for_read() as conn:
+            return conn.default_channel.queue_declare(queue=queue, passive=True).message_count > 0
 
     def _await_approval(self, syscall: Syscall, raw: Any) -> bool:
         """True if the syscall must not run now: parked for an operator, or already denied/expired."""
@@ -161,13 +244,21 @@ class Runtime:
             timing=Timing(created_at=created, started_at=started, finished_at=time.time()), worker=worker,
         )
 
-    def reply(self, response: Response, kind: str | None, syscall: Syscall | None = None) -> None:
+    def reply(self, response: Response, kind: str | None, syscall: Syscall | None = None, *, once: bool = False) -> None:
         """Store the response (the idempotency record) and hand it to the waiting caller, atomically.
 
         ``kind`` counts the answer in ``aios:stats:done``; refusals pass ``None`` (they count as rejected).
-        ``syscall``: a syscall that ran; its service and wait are added to its agent's record."""
+        ``syscall``: a syscall that ran; its service and wait are added to its agent's record.
+        ``once``: only if no answer is stored yet (two copies of a requeued syscall never both answer)."""
         body = response.model_dump_json()
         ttl = self.settings.result_ttl_s
+        if once:
+            answered = self._reply_once(keys=[keys.result(response.id), keys.reply(response.id), keys.STATS_DONE,
+                                              keys.context(response.id), keys.attempts(response.id)],
+                                        args=[body, ttl, f"{kind}:{response.status.value}"])
+            if answered and syscall is not None:
+                self.governor.account(self.redis, syscall, response)
+            return
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(keys.result(response.id), body, ex=ttl)
         pipe.rpush(keys.reply(response.id), body)
@@ -273,6 +364,7 @@ def create_worker_app(resource: str, service_factory: Callable[[Settings], Servi
     settings = settings or get_settings()
     app = make_app(settings, name=f"aios-{resource}")
     runtime = Runtime(settings, resource, service_factory)
+    runtime.app = app
     app.aios_runtime = runtime  # type: ignore[attr-defined]
     # Only its own queue, so that a bare `celery -A workers.<resource> worker` consumes the right one.
     app.conf.task_queues = [q for q in app.conf.task_queues if q.name == QUEUES[resource]]

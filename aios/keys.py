@@ -35,6 +35,16 @@ def reply(syscall_id: str) -> str:
     return f"{PREFIX}:reply:{syscall_id}"
 
 
+def context(syscall_id: str) -> str:
+    """The snapshot of a suspended LLM generation (a hash; see :mod:`aios.context`)."""
+    return f"{PREFIX}:ctx:{syscall_id}"
+
+
+def attempts(syscall_id: str) -> str:
+    """How many times a syscall was requeued after a transient backend failure."""
+    return f"{PREFIX}:attempts:{syscall_id}"
+
+
 # -- access control (aios/access.py, aios/audit.py) ---------------------------------------------------------
 
 AUDIT = f"{PREFIX}:audit"

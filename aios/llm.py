@@ -20,7 +20,10 @@ from typing import Any, Callable, Protocol
 
 import jsonschema
 
+from aios.context import Preempted, Snapshot
+from aios.engine import BatchEngine, Request
 from aios.errors import AIOSError, BackendError, ConfigError, InvalidSyscall
+from aios.scheduler import llm_quantum
 from aios.settings import Settings
 from aios.syscalls import LLMSyscall, Syscall, ToolSpec
 
@@ -179,13 +182,16 @@ def finish(syscall: LLMSyscall, text: str | None, finish_reason: str | None, sch
 
 class LLMBackend(Protocol):
     name: str
+    others_waiting: Callable[[], bool] | None
 
-    def chat(self, syscall: LLMSyscall) -> dict[str, Any]:
-        """Answer one syscall with the result dict described in the module docstring."""
+    def chat(self, syscall: LLMSyscall, snapshot: Snapshot | None = None) -> dict[str, Any]:
+        """Answer one syscall with the result dict described in the module docstring, continuing from
+        ``snapshot`` when given; raise :class:`~aios.context.Preempted` when its time slice is over."""
 
 
 class LlamaCppBackend:
-    """In-process llama.cpp; the GGUF's own chat template; grammar-constrained decoding for structured output."""
+    """In-process llama.cpp through the continuous-batching :class:`~aios.engine.BatchEngine`; the GGUF's own chat
+    template; grammar-constrained decoding (one grammar sampler per sequence) for structured output."""
 
     name = "llamacpp"
 
@@ -200,36 +206,77 @@ class LlamaCppBackend:
             raise ConfigError(f"GGUF model {str(path)!r} not found; set AIOS_LLM_MODEL to a GGUF file path")
         self.model_name = path.name
         self.n_ctx = settings.llm_n_ctx
+        self.quantum = llm_quantum(settings)
+        self.others_waiting: Callable[[], bool] | None = None
+        """Set by the worker: whether LLM syscalls wait in the broker (a reason to end a time slice)."""
         try:
-            self._llama = Llama(model_path=str(path), n_ctx=settings.llm_n_ctx, n_threads=settings.llm_n_threads,
+            # Weights, vocabulary and template only: generation runs in the engine's own batched context.
+            self._llama = Llama(model_path=str(path), n_ctx=256, n_batch=256, n_threads=settings.llm_n_threads,
                                 n_gpu_layers=settings.llm_n_gpu_layers, seed=SEED, verbose=False)
         except ValueError as exc:
             raise ConfigError(f"llama.cpp could not load {str(path)!r} ({exc}); check AIOS_LLM_MODEL") from None
-        # One llama context holds one KV cache: generations must not interleave (batching comes later).
-        self._lock = threading.Lock()
+        self._formatter = chat_formatter(self._llama)
+        self._grammars: dict[str, Any] = {}
+        self.engine = BatchEngine(self._llama, n_ctx=settings.llm_n_ctx, n_seq=settings.llm_batch_size,
+                                  n_threads=settings.llm_n_threads)
+        self.engine.keep_state = settings.llm_snapshot_kv
 
-    def _complete(self, syscall: LLMSyscall, messages: list[Message], schema: dict[str, Any] | None) -> dict[str, Any]:
-        # llama-cpp-python compiles {"type": "json_object", "schema": ...} to a grammar; "json_schema" is ignored.
-        fmt = None if schema is None else {"type": "json_object", "schema": schema}
-        try:
-            with self._lock:
-                return self._llama.create_chat_completion(  # type: ignore[return-value]
-                    messages=messages, max_tokens=syscall.max_tokens, temperature=syscall.temperature,
-                    seed=SEED, response_format=fmt)  # type: ignore[arg-type]
-        except ValueError as exc:  # llama-cpp-python reports an over-long prompt as ValueError
-            raise BackendError(f"llama.cpp refused the request: {exc}; shorten the messages or raise "
-                               f"AIOS_LLM_N_CTX (now {self.n_ctx})") from None
+    def _should_yield(self) -> bool:
+        return self.engine.waiting() > 0 or (self.others_waiting is not None and self.others_waiting())
 
-    def chat(self, syscall: LLMSyscall) -> dict[str, Any]:
+    def _grammar(self, schema: dict[str, Any]) -> Any:
+        from llama_cpp.llama_chat_format import _grammar_for_response_format
+
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self._grammars:  # compiling a schema to GBNF costs milliseconds; agents reuse schemas
+            if len(self._grammars) > 256:
+                self._grammars.clear()
+            self._grammars[key] = _grammar_for_response_format({"type": "json_object", "schema": schema})
+        return self._grammars[key]
+
+    def chat(self, syscall: LLMSyscall, snapshot: Snapshot | None = None) -> dict[str, Any]:
         if syscall.model not in (None, self.model_name, Path(self.model_name).stem):
             raise ConfigError(f"this LLM worker serves {self.model_name!r}, not {syscall.model!r}: leave model unset "
                               "or point AIOS_LLM_MODEL at that GGUF file")
         schema, instruction = prepare(syscall)
-        raw = self._complete(syscall, build_messages(syscall, instruction), schema)
-        choice, usage = raw["choices"][0], raw.get("usage") or {}
-        return finish(syscall, choice["message"].get("content"), choice.get("finish_reason"), schema,
-                      model=self.model_name, prompt_tokens=usage.get("prompt_tokens", 0),
-                      completion_tokens=usage.get("completion_tokens", 0))
+        rendered = self._formatter(messages=build_messages(syscall, instruction))
+        prompt = self._llama.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special,
+                                      special=True)
+        if len(prompt) >= self.n_ctx:
+            raise BackendError(f"llama.cpp refused the request: the prompt is {len(prompt)} tokens, the context "
+                               f"{self.n_ctx}; shorten the messages or raise AIOS_LLM_N_CTX")
+        if snapshot is not None and (snapshot.backend, snapshot.model) != (self.name, self.model_name):
+            snapshot = None  # another model's snapshot: start over rather than continue someone else's text
+        # Sampled generations are not sliced: their RNG state is not part of the snapshot.
+        quantum = self.quantum if syscall.temperature == 0 else 0
+        req = Request(prompt=prompt, max_tokens=min(syscall.max_tokens, self.n_ctx - len(prompt)),
+                      temperature=syscall.temperature, seed=SEED,
+                      grammar=self._grammar(schema) if schema is not None else None,
+                      resume=list(snapshot.tokens) if snapshot else [], state=snapshot.state if snapshot else None,
+                      quantum=quantum, should_yield=self._should_yield)
+        gen = self.engine.submit(req).result()
+        if gen.finish_reason == "preempted":
+            raise Preempted(Snapshot(self.name, self.model_name, tokens=gen.tokens, state=gen.state,
+                                     slices=(snapshot.slices if snapshot else 0) + 1))
+        text = self._llama.detokenize(gen.tokens).decode("utf-8", errors="ignore")
+        for stop in rendered.stop or ():
+            if stop and stop in text:
+                text = text[:text.index(stop)]
+        return finish(syscall, text, gen.finish_reason, schema, model=self.model_name,
+                      prompt_tokens=len(prompt), completion_tokens=len(gen.tokens))
+
+
+def chat_formatter(llama: Any) -> Any:
+    """The GGUF's own Jinja chat template (ChatML when it has none), as llama-cpp-python itself would use it."""
+    from llama_cpp import llama_chat_format
+
+    template = llama.metadata.get("tokenizer.chat_template")
+    if not template:
+        return llama_chat_format.format_chatml
+    model = llama._model
+    return llama_chat_format.Jinja2ChatFormatter(
+        template=template, eos_token=model.token_get_text(model.token_eos()),
+        bos_token=model.token_get_text(model.token_bos()), stop_token_ids=[model.token_eos()])
 
 
 class OpenAIBackend:
@@ -245,8 +292,11 @@ class OpenAIBackend:
         # AIOS_LLM_API_KEY, else the usual OPENAI_API_KEY, else a placeholder for local servers that need none.
         api_key = settings.llm_api_key or os.environ.get("OPENAI_API_KEY") or "not-needed"
         self.client = openai.OpenAI(base_url=settings.llm_base_url, api_key=api_key,
-                                    timeout=settings.llm_request_timeout_s, max_retries=2)
+                                    timeout=settings.llm_request_timeout_s, max_retries=settings.llm_client_retries)
         self.base_url = str(self.client.base_url)
+        self.quantum = llm_quantum(settings)
+        self.others_waiting: Callable[[], bool] | None = None
+        self._formatter = template_formatter(settings.llm_chat_template) if settings.llm_chat_template else None
 
     def _model(self, syscall: LLMSyscall) -> str:
         model = syscall.model or self.settings.llm_model
@@ -255,6 +305,13 @@ class OpenAIBackend:
         return model
 
     def _error(self, exc: Exception, model: str) -> BackendError:
+        error = self._explain(exc, model)
+        o = self._openai
+        error.transient = isinstance(exc, (o.APITimeoutError, o.APIConnectionError, o.RateLimitError)) or (
+            isinstance(exc, o.APIStatusError) and (exc.status_code in (408, 409) or exc.status_code >= 500))
+        return error
+
+    def _explain(self, exc: Exception, model: str) -> BackendError:
         o, url = self._openai, self.base_url
         if isinstance(exc, o.APITimeoutError):
             return BackendError(f"the LLM server at {url} did not answer within {self.settings.llm_request_timeout_s}s;"
@@ -281,7 +338,7 @@ class OpenAIBackend:
         try:
             return client.chat.completions.create(model=model, messages=messages,  # type: ignore[arg-type]
                                                   max_tokens=syscall.max_tokens, temperature=syscall.temperature,
-                                                  **kwargs)
+                                                  extra_body=self.settings.llm_extra_body or None, **kwargs)
         except self._openai.OpenAIError as exc:
             if not map_errors:
                 raise
@@ -308,8 +365,38 @@ class OpenAIBackend:
         return [self._create(model, build_messages(syscall, text), syscall,
                              response_format={"type": "json_object", "schema": schema})]
 
-    def chat(self, syscall: LLMSyscall) -> dict[str, Any]:
+    def _sliced(self, model: str, syscall: LLMSyscall, snapshot: Snapshot | None) -> dict[str, Any]:
+        """Plain text in time slices of ``quantum`` tokens through the completions endpoint: a slice continues
+        the rendered prompt plus the text so far (the text-based snapshot), so greedy output is unchanged."""
+        rendered = self._formatter(messages=build_messages(syscall))  # type: ignore[misc]
+        snap = snapshot if snapshot is not None and snapshot.backend == self.name else Snapshot(self.name, model)
+        used = dict(snap.usage) or {"prompt_tokens": 0, "completion_tokens": 0}
+        stop = [x for x in (rendered.stop or []) if x] or None
+        while True:
+            left = syscall.max_tokens - used["completion_tokens"]
+            try:
+                resp = self.client.completions.create(
+                    model=model, prompt=rendered.prompt + snap.text, max_tokens=min(self.quantum, left),
+                    temperature=0.0, seed=SEED, stop=stop, extra_body=self.settings.llm_extra_body or None)
+            except self._openai.OpenAIError as exc:
+                raise self._error(exc, model) from None
+            choice = resp.choices[0]
+            snap.text += choice.text or ""
+            if resp.usage:
+                used["prompt_tokens"] += resp.usage.prompt_tokens or 0
+                used["completion_tokens"] += resp.usage.completion_tokens or 0
+            if choice.finish_reason != "length" or used["completion_tokens"] >= syscall.max_tokens:
+                return make_result(content=snap.text, finish_reason=choice.finish_reason, model=resp.model or model,
+                                   **used)
+            if self.others_waiting is not None and self.others_waiting():
+                snap.usage, snap.slices = used, snap.slices + 1
+                raise Preempted(snap)
+
+    def chat(self, syscall: LLMSyscall, snapshot: Snapshot | None = None) -> dict[str, Any]:
         model = self._model(syscall)
+        if (self.quantum and self._formatter is not None and syscall.output == "text"
+                and syscall.temperature == 0):
+            return self._sliced(model, syscall, snapshot)
         schema, instruction = prepare(syscall)
         spent: list[Any] = []
         if syscall.output == "tool_call":
@@ -331,6 +418,20 @@ class OpenAIBackend:
             spent.append(self._create(model, build_messages(syscall), syscall))
         choice = spent[-1].choices[0]
         return finish(syscall, choice.message.content, choice.finish_reason, schema, **_meta(spent, model))
+
+
+def template_formatter(template: str) -> Any:
+    """A Jinja chat formatter from template text, or from the template inside a GGUF file (read without weights)."""
+    from llama_cpp import llama_chat_format
+
+    if template.endswith(".gguf") and Path(template).is_file():
+        from llama_cpp import Llama
+
+        llama = Llama(model_path=template, vocab_only=True, verbose=False)
+        formatter = chat_formatter(llama)
+        llama.close()
+        return formatter
+    return llama_chat_format.Jinja2ChatFormatter(template=template, eos_token="", bos_token="")
 
 
 def _refused_format(exc: Any) -> bool:
@@ -365,6 +466,8 @@ class LLMService:
         self.settings = settings
         self._backend: LLMBackend | None = None
         self._lock = threading.Lock()
+        self.others_waiting: Callable[[], bool] | None = None
+        """Set by the worker's runtime: whether other LLM syscalls wait in the broker."""
 
     @property
     def backend(self) -> LLMBackend:
@@ -374,12 +477,17 @@ class LLMService:
                     self._backend = BACKENDS[self.settings.llm_backend](self.settings)
         return self._backend
 
-    def handle(self, syscall: Syscall) -> dict[str, Any]:
+    def handle(self, syscall: Syscall, snapshot: Snapshot | None = None) -> dict[str, Any]:
+        """Answer ``syscall``, continuing a suspended generation from ``snapshot``; raises
+        :class:`~aios.context.Preempted` when its time slice ends with other syscalls waiting."""
         if not isinstance(syscall, LLMSyscall):
             raise InvalidSyscall(f"the LLM service serves llm syscalls, not {syscall.kind!r}", code="wrong_queue")
+        backend = self.backend
+        if backend.others_waiting is None:
+            backend.others_waiting = self.others_waiting
         try:
-            return self.backend.chat(syscall)
-        except AIOSError:
+            return backend.chat(syscall, snapshot)
+        except (AIOSError, Preempted):
             raise
         except Exception as exc:  # noqa: BLE001 - a backend library's own error must reach the agent, typed
             raise BackendError(f"the {self.settings.llm_backend} LLM backend failed: {type(exc).__name__}: "

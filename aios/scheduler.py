@@ -6,8 +6,8 @@ called by the SDK) and, for aging, while it waits (:func:`aged_priority`, applie
 workers' ager, :mod:`aios.governor`). One policy per resource (``AIOS_POLICIES``):
 
 ``fifo``      every syscall at the same priority: served in arrival order.
-``rr``        round robin: the same, plus a quantum (``AIOS_RR_QUANTUM_TOKENS``) that the LLM worker honours by
-              suspending a generation and sending it to the back of the queue.
+``rr``        round robin: the same, plus a time slice on the LLM (``AIOS_LLM_QUANTUM_TOKENS``, 32 if unset) that
+              the LLM worker honours by suspending a generation and sending it to the back of the queue.
 ``priority``  strict priority (the agent's 0..9), with aging: a syscall that has waited ``aging_s`` rises one
               step, so a flood of urgent work delays the rest but never starves it.
 ``fair``      least attained service (as in Autellix): an agent's syscalls enter at a level set by how much more
@@ -88,12 +88,21 @@ def aged_priority(priority: int, waited_s: float, aging_s: float) -> int:
     return min(MAX_PRIORITY, max(MIN_PRIORITY, priority) + int(waited_s // aging_s))
 
 
+DEFAULT_RR_QUANTUM_TOKENS = 32
+
+
+def llm_quantum(settings: Settings) -> int:
+    """Tokens an LLM generation runs before it yields to waiting syscalls (0: never): the ``rr`` policy's
+    quantum, or ``AIOS_LLM_QUANTUM_TOKENS`` under any other policy."""
+    return make_policy(settings, "llm").quantum_tokens or settings.llm_quantum_tokens
+
+
 def make_policy(settings: Settings, resource: str) -> Policy:
     name = policy_name(settings, resource)
     if name == "fifo":
         return Fifo()
     if name == "rr":
-        return RoundRobin(settings.rr_quantum_tokens)
+        return RoundRobin(settings.llm_quantum_tokens or DEFAULT_RR_QUANTUM_TOKENS)
     if name == "priority":
         return StrictPriority(settings.aging_s)
     return FairShare(settings.fair_quantum_s)

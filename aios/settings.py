@@ -6,7 +6,7 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import re
 
@@ -82,8 +82,6 @@ class Settings(BaseSettings):
     fair_window_s: float = Field(default=60.0, gt=0)
     """``fair`` policy: agents that submitted within this window count as active; one back after a longer pause
     starts level with the least-served."""
-    rr_quantum_tokens: int = Field(default=32, ge=1)
-    """``rr`` policy on the LLM: tokens a generation runs before it yields to waiting syscalls."""
     quotas: dict[str, QuotaSpec] = Field(default_factory=dict)
     """``AIOS_QUOTAS``, JSON: scope -> limits. Scopes: ``llm`` (the LLM provider), ``agent:<id>``, ``agent:*``
     (each agent), ``group:<name>``, ``tool:<name>``. See docs/operations.md."""
@@ -127,6 +125,31 @@ class Settings(BaseSettings):
     llm_n_gpu_layers: int = 0
     """Layers offloaded to a GPU by llama.cpp; -1 offloads them all."""
     llm_request_timeout_s: float = 120.0
+    llm_client_retries: int = Field(default=2, ge=0)
+    """openai: quick retries inside one attempt (the openai client's own, with its short back-off)."""
+    retry_max: int = Field(default=3, ge=0)
+    """Transient backend failures (429, 5xx, time-outs, dropped connections): how many times the worker requeues
+    the syscall before answering with the error."""
+    retry_backoff_s: float = Field(default=1.0, ge=0)
+    """Delay before the first requeued attempt; doubled for each further one (at most 60 s, never past the
+    syscall's deadline)."""
+    llm_extra_body: dict[str, Any] = Field(default_factory=dict)
+    """openai backend: extra request fields for the server, as JSON. With llama.cpp's server, greedy time slices
+    need ``{"repeat_penalty": 1.0}``: its default penalty of 1.1 sees only the tokens of the current request, so
+    a continuation would be penalised differently from an uninterrupted run."""
+    llm_batch_size: int = Field(default=4, ge=1, le=64)
+    """llama.cpp: sequences decoded together in one context, and the LLM worker's thread count (so that it keeps
+    taking syscalls while it decodes). KV memory grows with ``llm_n_ctx * llm_batch_size``."""
+    llm_quantum_tokens: int = Field(default=0, ge=0)
+    """Time slice of one LLM syscall in generated tokens; when it expires and other LLM syscalls wait, the
+    generation is suspended (snapshot in Redis) and requeued at its priority. 0: never preempt."""
+    llm_snapshot_kv: bool = True
+    """llama.cpp: store the sequence's KV state in the snapshot (resumes without recomputing; about 23 KB a
+    token for SmolLM2-135M). Off: tokens only, recomputed on resume."""
+    llm_chat_template: str | None = None
+    """openai backend, needed for preemption there: the model's Jinja chat template, or a GGUF file to read it
+    from. Suspended generations resume through the completions endpoint as a continuation of the rendered
+    prompt plus the partial output."""
 
     @model_validator(mode="after")
     def _consistent(self) -> "Settings":

@@ -1,0 +1,272 @@
+"""Continuous batching on llama.cpp: one engine thread owns one llama context and decodes many sequences at once.
+
+Worker threads call :meth:`BatchEngine.submit` and wait on the returned future. The engine thread admits a request
+into a free sequence slot (each has its own KV stream of ``n_ctx`` cells) as soon as one is free. On every step
+it builds one ``llama_batch`` holding either the prompts of newly admitted requests or one new token for each
+decoding sequence, calls ``llama_decode`` once, and samples each sequence from its own logits with its own
+sampler chain (greedy, or temperature + seeded dist; behind a grammar for constrained output). Requests join and
+leave between steps.
+
+A request may carry a quantum (tokens per time slice) and a ``should_yield`` callable: once it has generated a
+quantum of tokens in this slice and ``should_yield()`` is true, it is suspended and its future resolves with
+``finish_reason="preempted"`` and every token generated so far. Submitting the same prompt with those tokens as
+``resume`` continues it where it stopped: the sequence's KV state is restored from ``state`` (or, without it,
+the prompt is prefilled and the tokens decoded again one by one, exactly as first decoded), the tokens are
+replayed into the grammar sampler, so greedy output is the same as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from aios.errors import BackendError
+
+
+@dataclass
+class Request:
+    prompt: list[int]
+    max_tokens: int
+    temperature: float = 0.0
+    seed: int = 42
+    grammar: Any = None
+    """A ``llama_cpp.LlamaGrammar`` (``_grammar`` text, ``_root`` rule) or None."""
+    resume: list[int] = field(default_factory=list)
+    """Tokens this request generated before it was suspended."""
+    state: bytes | None = None
+    """The suspended sequence's llama.cpp state (its KV cells), restored instead of recomputing ``resume``."""
+    quantum: int = 0
+    """Tokens per time slice; 0: run to the end."""
+    should_yield: Callable[[], bool] | None = None
+
+
+@dataclass
+class Generation:
+    tokens: list[int]
+    """Every generated token, those of earlier slices included (EOG excluded)."""
+    finish_reason: str
+    """``stop`` (end of generation), ``length`` (max_tokens or the context), ``preempted``."""
+    prompt_tokens: int
+    state: bytes | None = None
+    """Preempted only: the sequence's llama.cpp state, for :attr:`Request.state`."""
+
+
+class _Seq:
+    def __init__(self, req: Request, fut: "Future[Generation]", seq_id: int, sampler: Any) -> None:
+        self.req, self.fut, self.seq_id, self.sampler = req, fut, seq_id, sampler
+        self.feed = list(req.prompt)  # prompt tokens still to prefill, in chunks
+        self.replay = list(req.resume)  # generated tokens to decode again, one per step as they were first decoded
+        self.pos = 0
+        self.generated = list(req.resume)
+        self.slice_count = 0
+        self.logit_index = -1  # index of this sequence's logits in the last batch, -1 when it has none
+
+
+class BatchEngine:
+    """Decodes with the weights of ``llama`` (a ``llama_cpp.Llama``) in a new context of ``n_seq`` sequences of
+    ``n_ctx`` tokens each."""
+
+    def __init__(self, llama: Any, *, n_ctx: int, n_seq: int, n_batch: int = 512, n_threads: int | None = None) -> None:
+        import llama_cpp
+
+        self._lc = llama_cpp
+        self.llama = llama
+        self.n_ctx, self.n_seq, self.n_batch = n_ctx, n_seq, n_batch
+        params = llama_cpp.llama_context_default_params()
+        # One KV stream of n_ctx cells per sequence (kv_unified off): a sequence's attention then never depends on
+        # where other sequences' cells lie, so its greedy output is the same batched or alone.
+        params.n_ctx = n_ctx * n_seq
+        params.n_batch = n_batch
+        params.n_ubatch = n_batch
+        params.n_seq_max = n_seq
+        params.kv_unified = False
+        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as llama_cpp.Llama's default
+        params.no_perf = True
+        if n_threads:
+            params.n_threads = params.n_threads_batch = n_threads
+        self._model = llama._model.model
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self._ctx = llama_cpp.llama_init_from_model(self._model, params)
+        if not self._ctx:
+            raise BackendError(f"llama.cpp could not create a context of {n_ctx} tokens for {n_seq} sequences; "
+                               "lower AIOS_LLM_N_CTX or AIOS_LLM_BATCH_SIZE")
+        self._mem = llama_cpp.llama_get_memory(self._ctx)
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self._pending: deque[tuple[Request, Future[Generation]]] = deque()
+        self._active: list[_Seq] = []
+        self._free = list(range(n_seq))
+        self._cond = threading.Condition()
+        self._closed = False
+        self.steps = 0
+        self.restored = 0
+        self.keep_state = True
+        self.max_active = 0
+        self._thread = threading.Thread(target=self._run, name="aios-llm-engine", daemon=True)
+        self._thread.start()
+
+    # -- the worker threads' side -------------------------------------------------------------------------
+
+    def submit(self, req: Request) -> "Future[Generation]":
+        fut: Future[Generation] = Future()
+        need = len(req.prompt) + len(req.resume)
+        if need >= self.n_ctx:
+            fut.set_exception(BackendError(
+                f"the prompt is {need} tokens; the context holds {self.n_ctx}: shorten the messages or raise "
+                f"AIOS_LLM_N_CTX"))
+            return fut
+        with self._cond:
+            if self._closed:
+                raise BackendError("the LLM engine is shut down")
+            self._pending.append((req, fut))
+            self._cond.notify()
+        return fut
+
+    def waiting(self) -> int:
+        """Requests submitted but not yet admitted to a sequence slot."""
+        return len(self._pending)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=30)
+        self._lc.llama_batch_free(self._batch)
+        self._lc.llama_free(self._ctx)
+
+    # -- the engine thread --------------------------------------------------------------------------------
+
+    def _admit(self) -> None:
+        while self._pending and self._free:
+            req, fut = self._pending.popleft()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                sampler = self._sampler(req)
+            except Exception as exc:  # noqa: BLE001 - a bad grammar fails this request only
+                fut.set_exception(BackendError(f"llama.cpp could not build the sampler: {exc}"))
+                continue
+            seq = _Seq(req, fut, self._free.pop(), sampler)
+            if req.state and req.resume and self._restore(seq, req.state):
+                seq.feed, seq.replay = [], [req.resume[-1]]
+                seq.pos = len(req.prompt) + len(req.resume) - 1
+            for tok in req.resume:  # the grammar must see what was generated before the suspension
+                self._lc.llama_sampler_accept(sampler, tok)
+            self._active.append(seq)
+        self.max_active = max(self.max_active, len(self._active))
+
+    def _restore(self, seq: _Seq, state: bytes) -> bool:
+        buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if self._lc.llama_state_seq_set_data(self._ctx, buf, len(state), seq.seq_id) == 0:
+            self._lc.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
+            return False  # another model or layout: recompute from the tokens instead
+        self.restored += 1
+        return True
+
+    def _snapshot(self, seq: _Seq) -> bytes:
+        size = self._lc.llama_state_seq_get_size(self._ctx, seq.seq_id)
+        buf = (ctypes.c_uint8 * size)()
+        n = self._lc.llama_state_seq_get_data(self._ctx, buf, size, seq.seq_id)
+        return bytes(buf[:n])
+
+    def _sampler(self, req: Request) -> Any:
+        lc = self._lc
+        chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
+        if req.grammar is not None:
+            g = lc.llama_sampler_init_grammar(self._vocab, req.grammar._grammar.encode(), req.grammar._root.encode())
+            if not g:
+                lc.llama_sampler_free(chain)
+                raise BackendError("llama.cpp refused the grammar compiled from the schema")
+            lc.llama_sampler_chain_add(chain, g)
+        if req.temperature <= 0:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
+        else:
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(req.temperature))
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(req.seed))
+        return chain
+
+    def _release(self, seq: _Seq, reason: str, exc: Exception | None = None) -> None:
+        state = self._snapshot(seq) if reason == "preempted" and self.keep_state else None
+        self._active.remove(seq)
+        self._lc.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
+        self._lc.llama_sampler_free(seq.sampler)
+        self._free.append(seq.seq_id)
+        if exc is not None:
+            seq.fut.set_exception(exc)
+        else:
+            seq.fut.set_result(Generation(seq.generated, reason, len(seq.req.prompt), state))
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and not self._pending and not self._active:
+                    self._cond.wait()
+                if self._closed:
+                    for seq in list(self._active):
+                        self._release(seq, "", BackendError("the LLM engine shut down mid-generation"))
+                    while self._pending:
+                        self._pending.popleft()[1].set_exception(BackendError("the LLM engine shut down"))
+                    return
+                self._admit()
+            try:
+                self._step()
+            except Exception as exc:  # noqa: BLE001 - fail the batch, keep the engine alive
+                for seq in list(self._active):
+                    self._release(seq, "", BackendError(f"llama.cpp decoding failed: {exc}"))
+
+    def _step(self) -> None:
+        b, n = self._batch, 0
+
+        def put(seq: _Seq, tokens: list[int], last: bool) -> None:
+            nonlocal n
+            for j, tok in enumerate(tokens):
+                b.token[n], b.pos[n], b.n_seq_id[n] = tok, seq.pos + j, 1
+                b.seq_id[n][0] = seq.seq_id
+                b.logits[n] = last and j == len(tokens) - 1
+                n += 1
+            seq.pos += len(tokens)
+            if last:
+                seq.logit_index = n - 1
+
+        for seq in self._active:
+            seq.logit_index = -1
+        # A step either prefills prompts or decodes one token per sequence, never both: with one KV stream per
+        # sequence llama.cpp splits a batch into micro-batches of equal tokens per sequence, so a prompt mixed
+        # with one-token decodes would be evaluated a token at a time.
+        prefilling = [seq for seq in self._active if seq.feed]
+        for seq in prefilling:
+            take = min(len(seq.feed), self.n_batch - n)
+            if take > 0:
+                chunk, seq.feed = seq.feed[:take], seq.feed[take:]
+                put(seq, chunk, not seq.feed and not seq.replay)
+        if not prefilling:
+            for seq in self._active:
+                if seq.replay:
+                    put(seq, [seq.replay.pop(0)], not seq.replay)
+        b.n_tokens = n
+        if n == 0:
+            return
+        rc = self._lc.llama_decode(self._ctx, b)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc} (no room in the KV cache?)")
+        self.steps += 1
+        for seq in list(self._active):
+            if seq.logit_index < 0:
+                continue
+            tok = self._lc.llama_sampler_sample(seq.sampler, self._ctx, seq.logit_index)
+            if self._lc.llama_vocab_is_eog(self._vocab, tok):
+                self._release(seq, "stop")
+                continue
+            seq.generated.append(tok)
+            seq.slice_count += 1
+            if len(seq.generated) >= seq.req.max_tokens or seq.pos + 1 >= self.n_ctx:
+                self._release(seq, "length")
+                continue
+            req = seq.req
+            if req.quantum and seq.slice_count >= req.quantum and (req.should_yield is None or req.should_yield()):
+                self._release(seq, "preempted")
+                continue
+            seq.replay.append(tok)

@@ -1,0 +1,29 @@
+"""`aios bench agents`: the scripts every contender runs, and how its targets are computed (unit; the benchmark
+itself is run by hand, see docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+from aios.bench.agents import script, targets
+
+
+def test_scripts_are_fixed_and_mix_short_and_long_llm_steps() -> None:
+    first = [script(i, 2, 24, 160) for i in range(16)]
+    assert first == [script(i, 2, 24, 160) for i in range(16)]
+    steps = [s for agent in first for s in agent]
+    assert [s.kind for s in first[0]] == ["llm", "tool", "llm", "tool"]
+    lengths = [s.max_tokens for s in steps if s.kind == "llm"]
+    assert lengths.count(160) == len(lengths) // 8 and set(lengths) == {24, 160}
+
+
+def test_targets_read_n32_and_say_whether_met() -> None:
+    def r(total: float, p90: float) -> dict[str, float]:
+        return {"total_time_s": total, "p90_wait_s": p90}
+
+    results = {"baseline": {32: r(100, 30)}, "batching": {32: r(40, 20)}, "fifo": {32: r(90, 30)},
+               "rr": {32: r(95, 33)}}
+    t = targets(results, [8, 32])
+    assert t["speedup_total_time_n32"] == {"value": 2.5, "goal": 2.1, "met": True}
+    assert t["rr_p90_wait_vs_fifo"]["value"] == 1.1 and not t["rr_p90_wait_vs_fifo"]["met"]
+    missing = targets({"fifo": {8: r(1, 2)}, "rr": {8: r(1, 1)}}, [8])
+    assert missing["speedup_total_time_n32"]["value"] is None and not missing["speedup_total_time_n32"]["met"]
+    assert missing["rr_p90_wait_vs_fifo"]["value"] == 0.5 and missing["rr_p90_wait_vs_fifo"]["n_agents"] == 8

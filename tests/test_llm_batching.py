@@ -1,0 +1,118 @@
+"""Continuous batching and preemption on the real SmolLM2-135M: greedy output is the same batched or alone, and
+the same with several suspensions per syscall as without, on both backends and through the kernel."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator
+
+import pytest
+import redis
+
+from aios import keys
+from aios.context import Preempted, Snapshot
+from aios.embedded import LocalKernel
+from aios.llm import LlamaCppBackend, OpenAIBackend, default_model_path
+from aios.settings import Settings
+from tests.conftest import authorized, base_settings
+from tests.test_llm_backends import CALC, CITY_SCHEMA, llama_server, syscall  # noqa: F401 - fixture reused
+
+pytestmark = pytest.mark.integration
+PROMPTS = ["Name three colours.", "What is the capital of France?", "Write one sentence about the sea.",
+           "Count from one to five in words."]
+
+
+def settings(**kw: Any) -> Settings:
+    values: dict[str, Any] = {"llm_backend": "llamacpp", "llm_n_ctx": 1024, "llm_n_threads": 2,
+                              "llm_batch_size": 4, "visibility_timeout_s": 7200}
+    values.update(kw)
+    return Settings(**values)
+
+
+@pytest.fixture(scope="module")
+def engine_backend() -> Iterator[LlamaCppBackend]:
+    backend = LlamaCppBackend(settings())
+    yield backend
+    backend.engine.close()
+
+
+def run_sliced(backend: Any, call: Any) -> tuple[dict[str, Any], int]:
+    """Drive a syscall to its end as the kernel would, suspending it at every quantum; returns (result, slices)."""
+    snap: Snapshot | None = None
+    for _ in range(200):
+        try:
+            return backend.chat(call, snap), (snap.slices if snap else 0)
+        except Preempted as p:
+            snap = p.snapshot
+    raise AssertionError("never finished")
+
+
+def test_batched_greedy_output_equals_alone(engine_backend: LlamaCppBackend) -> None:
+    calls = [syscall(p, max_tokens=40) for p in PROMPTS]
+    calls.append(syscall("Where is Paris? Answer as JSON.", output="json", json_schema=CITY_SCHEMA, max_tokens=48))
+    calls.append(syscall("What is 17 * 23? Use the calculator.", output="tool_call", tools=(CALC,), max_tokens=48))
+    alone = [engine_backend.chat(c) for c in calls]
+    engine_backend.engine.max_active = 0
+    with ThreadPoolExecutor(len(calls)) as pool:
+        together = list(pool.map(engine_backend.chat, calls))
+    assert engine_backend.engine.max_active == 4, "the engine should have decoded four sequences at once"
+    for a, b in zip(alone, together):
+        assert (a["content"], a["json"], a["tool_calls"]) == (b["content"], b["json"], b["tool_calls"])
+    assert together[4]["json"]["city"] and together[5]["tool_calls"][0]["name"] == "calculator"
+
+
+@pytest.mark.parametrize("kv", [True, False], ids=["kv-state", "tokens-only"])
+def test_local_preemption_resumes_token_for_token(kv: bool, engine_backend: LlamaCppBackend) -> None:
+    plain = syscall(PROMPTS[2], max_tokens=40)
+    constrained = syscall("Where is Paris? Answer as JSON.", output="json", json_schema=CITY_SCHEMA, max_tokens=48)
+    expected = [engine_backend.chat(plain), engine_backend.chat(constrained)]
+    engine_backend.engine.keep_state = kv
+    engine_backend.others_waiting = lambda: True  # a fake "others wait": every quantum ends in a suspension
+    restored = engine_backend.engine.restored
+    try:
+        for call, want, quantum in zip((plain, constrained), expected, (6, 2)):
+            engine_backend.quantum = quantum
+            got, slices = run_sliced(engine_backend, call)
+            assert slices >= 3
+            assert (got["content"], got["json"]) == (want["content"], want["json"])
+            assert got["usage"]["completion_tokens"] == want["usage"]["completion_tokens"]
+    finally:
+        engine_backend.quantum, engine_backend.engine.keep_state, engine_backend.others_waiting = 0, True, None
+    assert (engine_backend.engine.restored > restored) == kv
+
+
+def test_openai_preemption_resumes_as_a_text_continuation(llama_server: str) -> None:  # noqa: F811
+    common = {"llm_backend": "openai", "llm_base_url": llama_server, "llm_model": "smollm2",
+              "visibility_timeout_s": 7200, "llm_extra_body": {"repeat_penalty": 1.0}}
+    template = str(default_model_path())
+    whole = OpenAIBackend(Settings(**common))  # uninterrupted: one chat completion
+    sliced = OpenAIBackend(Settings(**common, llm_quantum_tokens=4, llm_chat_template=template))
+    sliced.others_waiting = lambda: True
+    for prompt in PROMPTS[:2]:
+        call = syscall(prompt, max_tokens=32)
+        want = whole.chat(call)
+        got, slices = run_sliced(sliced, call)
+        assert slices >= 3
+        assert got["content"] == want["content"]
+
+
+@pytest.fixture(scope="module")
+def sliced_kernel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKernel]:
+    """An LLM worker decoding one sequence at a time, with a 4-token quantum: concurrent syscalls take turns."""
+    with LocalKernel(base_settings(tmp_path_factory.mktemp("sliced"), llm_n_ctx=1024, llm_batch_size=1,
+                                   llm_quantum_tokens=4), resources=["llm"]) as lk:
+        yield lk
+
+
+def test_kernel_round_robin_answers_each_syscall_once_and_unchanged(sliced_kernel: LocalKernel,
+                                                                    engine_backend: LlamaCppBackend) -> None:
+    state = redis.Redis.from_url(sliced_kernel.settings.state_redis_url())
+    expected = [engine_backend.chat(syscall(p, max_tokens=24))["content"] for p in PROMPTS[:3]]
+    with authorized(sliced_kernel.settings, "rr-agent") as k:
+        pending = [k.llm_syscall(p, "text", max_tokens=24) for p in PROMPTS[:3]]
+        answers = k.gather(pending)
+        assert [a["content"] for a in answers] == expected
+        assert int(state.hget(keys.STATS_DONE, "llm:preempted") or 0) >= 3
+        assert int(state.hget(keys.STATS_DONE, "llm:ok") or 0) == 3
+        for p in pending:  # answered once: one reply, and the snapshot is gone
+            assert state.llen(keys.reply(p.id)) == 0 and not state.exists(keys.context(p.id))
