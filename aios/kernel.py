@@ -27,7 +27,8 @@ from aios import keys
 from aios.celery_app import make_app
 from aios.errors import AIOSError, AuthError, DeadlineExceeded, InvalidSyscall, PayloadTooLarge
 from aios.approvals import APPROVED, PENDING, Approvals, irreversible_reason
-from aios.governor import Ager, Governor, should_age
+from aios.governor import Ager, FairState, Governor, should_age
+from aios.scheduler import make_policy
 from aios.identity import Credential, verify
 from aios.context import ContextStore, Preempted, Snapshot, load_from
 from aios.priority import PRIORITY_STEPS, is_redis_url, to_broker
@@ -180,10 +181,23 @@ class Runtime:
         if self.app is None:
             raise RuntimeError("a runtime without a Celery app cannot requeue a preempted syscall")
         self.app.send_task(
-            self.task_name, args=[raw], task_id=syscall.id, queue=QUEUES[self.resource],
-            priority=to_broker(syscall.priority, self.settings.require_broker()), ignore_result=True,
-            argsrepr=f"<{syscall.kind} syscall of {syscall.agent_id}, resumed>", kwargsrepr="{}")
+            self.task_name, args=[raw], task_id=syscall.id, queue=QUEUES[self.resource], ignore_result=True,
+            argsrepr=f"<{syscall.kind} syscall of {syscall.agent_id}, resumed>", kwargsrepr="{}",
+            **self._requeue_options(syscall))
         self.redis.hincrby(keys.STATS_DONE, f"{syscall.kind}:preempted", 1)
+
+    def _requeue_options(self, syscall: Syscall) -> dict[str, Any]:
+        """Priority and headers of a syscall going back to its queue: where the resource's policy puts it now
+        (under ``rr`` and ``fifo``: behind everything waiting; under ``fair``: by its agent's service so far),
+        stamped for the ager like a fresh submission."""
+        policy = make_policy(self.settings, self.resource)
+        excess = 0.0
+        if policy.needs_attained:
+            excess = FairState(self.redis).excess(self.resource, syscall.agent_id, time.time(),
+                                                  self.settings.fair_window_s)
+        priority = policy.priority(syscall.priority, excess)
+        return {"priority": to_broker(priority, self.settings.require_broker()),
+                "headers": {"aios_enqueued": time.time(), "aios_priority": priority}}
 
     def retry_later(self, syscall: Syscall, raw: Any, exc: AIOSError) -> bool:
         """Requeue the original message after a back-off, unless the retries are spent or the deadline is near.
@@ -203,8 +217,8 @@ class Runtime:
                     self.settings.retry_max + 1, delay, exc.message)
         self.app.send_task(
             self.task_name, args=[raw], task_id=syscall.id, queue=QUEUES[self.resource], countdown=delay,
-            priority=to_broker(syscall.priority, self.settings.require_broker()), ignore_result=True,
-            argsrepr=f"<{syscall.kind} syscall of {syscall.agent_id}, retry {attempt}>", kwargsrepr="{}")
+            ignore_result=True, argsrepr=f"<{syscall.kind} syscall of {syscall.agent_id}, retry {attempt}>",
+            kwargsrepr="{}", **self._requeue_options(syscall))
         self.redis.hincrby(keys.STATS_DONE, f"{syscall.kind}:retried", 1)
         return True
 
@@ -244,12 +258,15 @@ class Runtime:
             timing=Timing(created_at=created, started_at=started, finished_at=time.time()), worker=worker,
         )
 
-    def reply(self, response: Response, kind: str | None, syscall: Syscall | None = None, *, once: bool = False) -> None:
+    def reply(self, response: Response, kind: str | None, syscall: Syscall | None = None, *, once: bool = False,
+              store: bool = True) -> None:
         """Store the response (the idempotency record) and hand it to the waiting caller, atomically.
 
         ``kind`` counts the answer in ``aios:stats:done``; refusals pass ``None`` (they count as rejected).
         ``syscall``: a syscall that ran; its service and wait are added to its agent's record.
-        ``once``: only if no answer is stored yet (two copies of a requeued syscall never both answer)."""
+        ``once``: only if no answer is stored yet (two copies of a requeued syscall never both answer).
+        ``store=False``: hand the answer over without storing it (refusals: a forged or replayed message that
+        names a real syscall id must not overwrite, or pre-empt, that syscall's own answer)."""
         body = response.model_dump_json()
         ttl = self.settings.result_ttl_s
         if once:
@@ -260,7 +277,8 @@ class Runtime:
                 self.governor.account(self.redis, syscall, response)
             return
         pipe = self.redis.pipeline(transaction=True)
-        pipe.set(keys.result(response.id), body, ex=ttl)
+        if store:
+            pipe.set(keys.result(response.id), body, ex=ttl)
         pipe.rpush(keys.reply(response.id), body)
         pipe.expire(keys.reply(response.id), ttl)
         if kind is not None:
@@ -298,7 +316,7 @@ class Runtime:
             self.reply(
                 Response(id=syscall_id, status=Status.ERROR, error=ErrorInfo(code=code, message=message),
                          timing=Timing(created_at=t, started_at=t, finished_at=time.time()), worker=self.resource),
-                kind=None,
+                kind=None, store=False,
             )
 
 

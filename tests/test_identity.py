@@ -152,3 +152,19 @@ def test_cli_creates_lists_and_revokes(tmp_path: Path, lk: LocalKernel) -> None:
     with Kernel("cli-agent", settings=lk.settings) as k, pytest.raises(AuthError, match="revoked"):
         k.call_tool("calculator", expression="2+2")
     assert aios("agent", "revoke", "nobody-here").returncode == 1
+
+
+def test_a_replay_or_forgery_never_overwrites_the_real_answer(lk: LocalKernel) -> None:
+    """A refused message naming a real syscall id gets its error, but the syscall's stored answer stays."""
+    store = Credentials(lk.settings)
+    agent = f"owner-{uuid.uuid4().hex[:6]}"
+    secret = store.create(agent, write_file=False).secret
+    payload = _syscall("tool", agent, "x")
+    payload["sig"] = sign(payload, secret)
+    first = _send(lk, "tool", payload)
+    assert first.error is None
+    stored = redis.Redis.from_url(lk.settings.state_redis_url()).get(keys.result(payload["id"]))
+    assert _send(lk, "tool", payload).error.code == "replayed"  # type: ignore[union-attr]
+    forged = dict(payload, sig=sign(payload, "00" * 32))
+    assert _send(lk, "tool", forged).error.code == "forged"  # type: ignore[union-attr]
+    assert redis.Redis.from_url(lk.settings.state_redis_url()).get(keys.result(payload["id"])) == stored
