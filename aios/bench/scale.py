@@ -192,7 +192,8 @@ def run_scale(settings: Settings, params: ScaleParams = ScaleParams(), *, json_p
     total = sum(params.workers) * params.calls_per_worker * params.rounds
     timeout_s = min(settings.max_syscall_timeout_s, 120.0)
     with EmulatorProcess(service_s=service_s) as emu:
-        ks = kernel_settings(settings, emu.url, {"quotas": {}})  # no limits: the workers are what scales
+        # No limits, and one thread per worker (AIOS_LLM_BATCH_SIZE sets the LLM worker's threads): processes scale.
+        ks = kernel_settings(settings, emu.url, {"quotas": {}, "llm_batch_size": 1})
         with LocalKernel(ks, resources=["llm"], progress=log) as lk:
             creds = Credentials(lk.settings)
             kernels = []
