@@ -6,7 +6,7 @@ import pytest
 
 from aios.errors import ConfigError
 from aios.scheduler import (
-    FairShare, Fifo, RoundRobin, StrictPriority, aged_priority, jain_index, make_policy,
+    FairShare, Fifo, RoundRobin, StrictPriority, aged_priority, jain_index, llm_quantum, make_policy,
 )
 from aios.settings import Settings
 
@@ -39,11 +39,14 @@ def test_fair_share_puts_less_served_agents_first() -> None:
 
 
 def test_policies_come_from_the_settings_per_resource() -> None:
-    s = Settings(policies={"llm": "rr", "tool": "fair"}, rr_quantum_tokens=8, aging_s=3, fair_quantum_s=2)
+    s = Settings(policies={"llm": "rr", "tool": "fair"}, llm_quantum_tokens=8, aging_s=3, fair_quantum_s=2)
     llm, tool, storage = (make_policy(s, r) for r in ("llm", "tool", "storage"))
     assert (llm.name, llm.quantum_tokens) == ("rr", 8)
     assert (tool.name, tool.quantum_s) == ("fair", 2)  # type: ignore[attr-defined]
     assert (storage.name, storage.aging_s) == ("priority", 3)
+    assert llm_quantum(s) == 8
+    assert llm_quantum(Settings(policies={"llm": "rr"})) == 32  # rr slices the LLM even when no quantum is set
+    assert llm_quantum(Settings()) == 0 and llm_quantum(Settings(llm_quantum_tokens=5)) == 5
     with pytest.raises(ConfigError, match="unknown resources"):
         Settings(policies={"gpu": "fifo"})
     with pytest.raises(ValueError):
