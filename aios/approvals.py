@@ -19,7 +19,7 @@ import redis
 
 from aios import keys
 from aios.errors import AIOSError, ApprovalDenied, NotFound, UnknownTool
-from aios.settings import KIND_TO_RESOURCE, QUEUES, Settings
+from aios.settings import KIND_TO_RESOURCE, QUEUES, Settings, llm_queue
 from aios.syscalls import ErrorInfo, MemorySyscall, Response, Status, StorageSyscall, Syscall, Timing, ToolSyscall
 
 PENDING, APPROVED, DENIED, EXPIRED = "pending", "approved", "denied", "expired"
@@ -142,7 +142,8 @@ class Approvals:
         resource = KIND_TO_RESOURCE[payload["kind"]]
         app = make_app(self.settings, name="aios-approvals")
         try:
-            app.send_task(f"aios.{resource}", args=[payload], task_id=syscall_id, queue=QUEUES[resource],
+            queue = llm_queue(self.settings, payload.get("model")) if resource == "llm" else QUEUES[resource]
+            app.send_task(f"aios.{resource}", args=[payload], task_id=syscall_id, queue=queue,
                           priority=to_broker(payload["priority"], self.settings.require_broker()),
                           ignore_result=True, argsrepr=f"<approved {payload['kind']} syscall>", kwargsrepr="{}")
         finally:

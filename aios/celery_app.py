@@ -6,13 +6,15 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from aios.priority import DEFAULT_PRIORITY, MAX_PRIORITY, PRIORITY_STEPS, is_redis_url, to_broker
-from aios.settings import QUEUES, Settings
+from aios.settings import QUEUES, Settings, all_queues
 
 
-def kernel_queues() -> list[Queue]:
+def kernel_queues(settings: Settings | None = None) -> list[Queue]:
+    """Every kernel queue (with ``settings``: the extra LLM cores' too), with broker priorities."""
+    names = all_queues(settings) if settings is not None else list(QUEUES.values())
     return [
         Queue(name, Exchange(name, type="direct"), routing_key=name, queue_arguments={"x-max-priority": MAX_PRIORITY})
-        for name in QUEUES.values()
+        for name in names
     ]
 
 
@@ -43,7 +45,7 @@ def make_app(settings: Settings, name: str = "aios") -> Celery:
         worker_prefetch_multiplier=1,
         broker_transport_options=transport_options,
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
-        task_queues=kernel_queues(),
+        task_queues=kernel_queues(settings),
         task_default_queue=QUEUES["tool"],
         task_queue_max_priority=MAX_PRIORITY,
         # Explicit default, in the broker's own numbering: never the silent "unset = highest" of Redis.

@@ -17,7 +17,7 @@ import click
 
 from aios.cli_access import register as register_access_commands
 from aios.errors import AIOSError, ConfigError
-from aios.settings import QUEUES, get_settings
+from aios.settings import QUEUES, Settings, get_settings
 
 
 def _fail(exc: Exception) -> None:
@@ -184,17 +184,24 @@ def up(flower_port: int | None, metrics_port: int | None, loglevel: str) -> None
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.argument("resource", type=click.Choice(sorted(QUEUES)))
+@click.option("--core", default=None, help="LLM worker: serve this core of AIOS_LLM_MODELS (queue aios.llm.<core>).")
 @click.pass_context
-def worker(ctx: click.Context, resource: str) -> None:
+def worker(ctx: click.Context, resource: str, core: str | None) -> None:
     """Run one RESOURCE worker in the foreground; extra arguments go to `celery worker`."""
     from aios.client import resolve_settings
+    from aios.settings import worker_queue
 
     try:
         settings = resolve_settings(None)
+        if core is not None:
+            if resource != "llm":
+                raise ConfigError("--core is for LLM workers: `aios worker llm --core <name>`")
+            settings = Settings(**{**settings.model_dump(), "llm_core": core})
     except AIOSError as exc:
         _fail(exc)
     env = {**os.environ, **settings.to_env()}
-    argv = [sys.executable, "-m", "celery", "-A", f"workers.{resource}", "worker", "-Q", QUEUES[resource], *ctx.args]
+    argv = [sys.executable, "-m", "celery", "-A", f"workers.{resource}", "worker", "-Q",
+            worker_queue(settings, resource), *ctx.args]
     os.execvpe(argv[0], argv, env)
 
 

@@ -30,7 +30,7 @@ from aios.governor import FairState
 from aios.identity import SIG_FIELD, credential_file, load_secret, sign
 from aios.priority import DEFAULT_PRIORITY, check, to_broker
 from aios.scheduler import make_policy
-from aios.settings import KIND_TO_RESOURCE, QUEUES, Settings, get_settings
+from aios.settings import KIND_TO_RESOURCE, QUEUES, Settings, get_settings, llm_queue
 from aios.status import queue_depth
 from aios.syscalls import (
     ChatMessage, LLMSyscall, MemorySyscall, Response, Status, StorageSyscall, Syscall, ToolSpec, ToolSyscall,
@@ -166,11 +166,12 @@ class _Core:
                 "store large data with write_file and pass its path"
             )
         resource = KIND_TO_RESOURCE[syscall.kind]
+        queue = self._queue(syscall, resource)
         try:
-            self._admit(syscall, resource)
+            self._admit(syscall, resource, queue)
             priority = self._queue_priority(syscall, resource)
             self._app.send_task(
-                f"aios.{resource}", args=[payload], task_id=syscall.id, queue=QUEUES[resource],
+                f"aios.{resource}", args=[payload], task_id=syscall.id, queue=queue,
                 priority=to_broker(priority, self._broker_url),
                 # Read by the ager (aios/governor.py) to raise long-waiting syscalls one step per AIOS_AGING_S.
                 headers={"aios_enqueued": time.time(), "aios_priority": priority},
@@ -203,12 +204,16 @@ class _Core:
             excess = self._fair.excess(resource, syscall.agent_id, time.time(), self.settings.fair_window_s)
         return policy.priority(syscall.priority, excess)
 
-    def _admit(self, syscall: Syscall, resource: str) -> None:
+    def _queue(self, syscall: Syscall, resource: str) -> str:
+        """The syscall's queue: its resource's, or for an LLM syscall naming a configured core, that core's."""
+        return llm_queue(self.settings, syscall.model) if isinstance(syscall, LLMSyscall) else QUEUES[resource]
+
+    def _admit(self, syscall: Syscall, resource: str, queue: str) -> None:
         """Admission control: past AIOS_MAX_QUEUE_DEPTH waiting syscalls, wait for room or raise KernelBusy."""
         limit = self.settings.max_queue_depth
         if limit is None:
             return
-        queue, pause = QUEUES[resource], 0.02
+        pause = 0.02
         while True:
             when, depth = self._depth_seen.get(queue, (0.0, 0))
             now = time.time()
@@ -246,7 +251,7 @@ class _Core:
         s = pending.syscall
         return SyscallTimeout(
             f"no answer to {s.kind} syscall {s.id} within {s.timeout_s}s: is a {KIND_TO_RESOURCE[s.kind]} worker "
-            f"serving queue {QUEUES[KIND_TO_RESOURCE[s.kind]]}? Check `aios status`, or raise timeout_s"
+            f"serving queue {self._queue(s, KIND_TO_RESOURCE[s.kind])}? Check `aios status`, or raise timeout_s"
         )
 
     @staticmethod

@@ -108,9 +108,14 @@ class LocalKernel:
         try:
             if self.embedded:
                 self._start_redis()
+            names = list(self.resources)
             for name in self.resources:
                 self._start_worker(name)
-            self._wait_ready(self.resources)
+            if "llm" in self.resources:  # one more LLM worker per extra core of AIOS_LLM_MODELS
+                for core in sorted(self.settings.llm_models):
+                    names.append(f"llm-{core}")
+                    self._start_worker(f"llm-{core}", "llm", core=core)
+            self._wait_ready(names)
         except BaseException:
             self.stop()
             raise
@@ -158,15 +163,20 @@ class LocalKernel:
             finally:
                 client.close()
 
-    def _start_worker(self, name: str, resource: str | None = None) -> None:
+    def _start_worker(self, name: str, resource: str | None = None, core: str | None = None) -> None:
         """Start worker ``name`` (its node name and log name: ``llm``, or ``llm2``... for added ones) of ``resource``
-        (by default the resource its name says)."""
+        (by default the resource its name says); ``core``: the LLM core of ``AIOS_LLM_MODELS`` it serves."""
         resource = resource or name.rstrip("0123456789")
         self.progress(f"starting the {name} worker")
-        argv = [sys.executable, "-m", "celery", "-A", f"workers.{resource}", "worker", "-Q", QUEUES[resource],
+        env = self.env()
+        queue = QUEUES[resource]
+        if core is not None:
+            env["AIOS_LLM_CORE"] = core
+            queue = f"{QUEUES['llm']}.{core}"
+        argv = [sys.executable, "-m", "celery", "-A", f"workers.{resource}", "worker", "-Q", queue,
                 "-n", f"{name}-{os.getpid()}@%h", "--loglevel", self.loglevel, "--without-gossip",
                 "--without-mingle", *self.extra_worker_args]
-        self._workers[name] = self._spawn(argv, f"worker-{name}", env=self.env())
+        self._workers[name] = self._spawn(argv, f"worker-{name}", env=env)
 
     def _wait_ready(self, names: Sequence[str]) -> None:
         from aios.celery_app import make_app

@@ -41,7 +41,7 @@ from aios import keys
 from aios.errors import QuotaExceeded
 from aios.priority import MAX_PRIORITY
 from aios.scheduler import make_policy
-from aios.settings import QUEUES, QuotaSpec, Settings
+from aios.settings import QuotaSpec, Settings
 from aios.syscalls import LLMSyscall, Response, Syscall, ToolSyscall
 
 log = logging.getLogger("aios.governor")
@@ -459,9 +459,9 @@ class Ager:
 
     MAX_MOVES = 200
 
-    def __init__(self, broker: redis.Redis, resource: str, aging_s: float) -> None:
+    def __init__(self, broker: redis.Redis, queue: str, aging_s: float) -> None:
         self.broker = broker
-        self.lists = priority_lists(QUEUES[resource])
+        self.lists = priority_lists(queue)
         self.aging_s = aging_s
         self._age = broker.register_script(_AGE)
         self._stop = threading.Event()

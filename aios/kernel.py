@@ -32,7 +32,7 @@ from aios.scheduler import make_policy
 from aios.identity import Credential, verify
 from aios.context import ContextStore, Preempted, Snapshot, load_from
 from aios.priority import PRIORITY_STEPS, is_redis_url, to_broker
-from aios.settings import KIND_TO_RESOURCE, QUEUES, Settings, broker_to_redis_py, get_settings
+from aios.settings import KIND_TO_RESOURCE, QUEUES, Settings, broker_to_redis_py, get_settings, worker_queue
 from aios.syscalls import ErrorInfo, Response, Status, Syscall, Timing, decode_syscall
 
 log = logging.getLogger("aios.kernel")
@@ -73,6 +73,8 @@ class Runtime:
         self._service: Service | None = None
         self._lock = threading.Lock()
         self.redis = redis.Redis.from_url(settings.state_redis_url())
+        self.queue = worker_queue(settings, resource)
+        """The queue this worker serves: its resource's (an LLM worker: its core's, ``aios.llm.<core>``)."""
         self.governor = Governor(settings, self.redis, resource)
         self._reply_once = self.redis.register_script(REPLY_ONCE)
         broker = settings.require_broker()
@@ -130,7 +132,7 @@ class Runtime:
             return
         if started > syscall.deadline:
             exc = DeadlineExceeded(
-                f"the syscall waited {started - syscall.created_at:.1f}s in queue {QUEUES[self.resource]}, past its "
+                f"the syscall waited {started - syscall.created_at:.1f}s in queue {self.queue}, past its "
                 f"timeout of {syscall.timeout_s}s; raise timeout_s or add {self.resource} workers"
             )
             self.reply(self._error(syscall.id, exc, created, started, worker), syscall.kind)
@@ -181,7 +183,7 @@ class Runtime:
         if self.app is None:
             raise RuntimeError("a runtime without a Celery app cannot requeue a preempted syscall")
         self.app.send_task(
-            self.task_name, args=[raw], task_id=syscall.id, queue=QUEUES[self.resource], ignore_result=True,
+            self.task_name, args=[raw], task_id=syscall.id, queue=self.queue, ignore_result=True,
             argsrepr=f"<{syscall.kind} syscall of {syscall.agent_id}, resumed>", kwargsrepr="{}",
             **self._requeue_options(syscall))
         self.redis.hincrby(keys.STATS_DONE, f"{syscall.kind}:preempted", 1)
@@ -216,7 +218,7 @@ class Runtime:
         log.warning("syscall %s: transient failure, attempt %d of %d again in %.1fs: %s", syscall.id, attempt + 1,
                     self.settings.retry_max + 1, delay, exc.message)
         self.app.send_task(
-            self.task_name, args=[raw], task_id=syscall.id, queue=QUEUES[self.resource], countdown=delay,
+            self.task_name, args=[raw], task_id=syscall.id, queue=self.queue, countdown=delay,
             ignore_result=True, argsrepr=f"<{syscall.kind} syscall of {syscall.agent_id}, retry {attempt}>",
             kwargsrepr="{}", **self._requeue_options(syscall))
         self.redis.hincrby(keys.STATS_DONE, f"{syscall.kind}:retried", 1)
@@ -224,7 +226,7 @@ class Runtime:
 
     def queue_waiting(self) -> bool:
         """Whether messages wait on this worker's queue (on Redis, every priority step), beyond those held."""
-        queue = QUEUES[self.resource]
+        queue = self.queue
         broker = self.settings.require_broker()
         if is_redis_url(broker):
             pipe = self._broker_redis.pipeline(transaction=False)
@@ -365,7 +367,7 @@ def check_envelope(message: Any, runtime: Runtime) -> tuple[str, str] | None:
     if headers["task"] != runtime.task_name and headers["task"] not in runtime.plain_tasks:
         return "unknown_task", (
             f"{headers['task']!r} is not served here: this worker serves {runtime.task_name!r} on queue "
-            f"{QUEUES[runtime.resource]}"
+            f"{runtime.queue}"
         )
     try:
         body = message.decode()
@@ -385,8 +387,8 @@ def create_worker_app(resource: str, service_factory: Callable[[Settings], Servi
     runtime.app = app
     app.aios_runtime = runtime  # type: ignore[attr-defined]
     # Only its own queue, so that a bare `celery -A workers.<resource> worker` consumes the right one.
-    app.conf.task_queues = [q for q in app.conf.task_queues if q.name == QUEUES[resource]]
-    app.conf.task_default_queue = QUEUES[resource]
+    app.conf.task_queues = [q for q in app.conf.task_queues if q.name == runtime.queue]
+    app.conf.task_default_queue = runtime.queue
     # Threads, not prefork: services hold models and connections worth sharing, and the main thread stays free
     # to answer pings and control commands while a syscall runs.
     app.conf.worker_pool = "threads"
@@ -402,7 +404,7 @@ def create_worker_app(resource: str, service_factory: Callable[[Settings], Servi
             if sender is not None and getattr(sender, "app", app) is not app:
                 return
             broker = redis.Redis.from_url(broker_to_redis_py(settings.require_broker()))
-            agers.append(Ager(broker, resource, settings.aging_s).start())
+            agers.append(Ager(broker, runtime.queue, settings.aging_s).start())
 
         @worker_shutdown.connect(weak=False)
         def _stop_ager(**_: Any) -> None:

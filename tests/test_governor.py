@@ -150,7 +150,7 @@ def test_the_ager_raises_long_waiting_messages_one_step_per_aging_period(holder:
     for name, enqueued, prio in (("old", now - 25, 2), ("young", now - 1, 2), ("ancient", now - 500, 0)):
         r.lpush(lists[prio], json.dumps({"headers": {"aios_enqueued": enqueued, "aios_priority": prio}, "n": name}))
     r.lpush(lists[1], "not a kombu message")  # left where it is, and it stops nothing else
-    moved = Ager(r, "tool", aging_s=10).run_once(now)
+    moved = Ager(r, "aios.tool", aging_s=10).run_once(now)
     assert moved == 2
     where = {json.loads(m)["n"]: p for p, lst in enumerate(lists) for m in r.lrange(lst, 0, -1) if m.startswith(b"{")}
     assert where == {"old": 4, "young": 2, "ancient": 9}
