@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
@@ -122,6 +124,12 @@ def authorized(settings: Settings, agent_id: str, **kwargs: Any) -> Kernel:
     """An SDK client for ``agent_id`` with a freshly issued credential (as `aios agent create` would)."""
     Credentials(settings).create(agent_id)
     return Kernel(agent_id, settings=settings, **kwargs)
+
+
+def run_aios(lk: LocalKernel, *args: str) -> "subprocess.CompletedProcess[str]":
+    """The ``aios`` command as an operator runs it against ``lk`` (a subprocess with the kernel's environment)."""
+    return subprocess.run([sys.executable, "-m", "aios.cli", *args], env=lk.env(), capture_output=True, text=True,
+                          timeout=60)
 
 
 def publish_raw(settings: Settings, body: bytes, *, content_type: str, task: str = "aios.tool",

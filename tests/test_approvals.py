@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -18,7 +16,7 @@ from aios.approvals import Approvals, irreversible_reason
 from aios.embedded import LocalKernel
 from aios.syscalls import MemorySyscall, StorageSyscall, ToolSyscall
 from aios.tools import Tool, ToolRegistry, ToolService
-from tests.conftest import authorized, base_settings
+from tests.conftest import authorized, base_settings, run_aios
 
 
 def test_what_counts_as_irreversible(tmp_path: Path) -> None:
@@ -111,13 +109,8 @@ def test_timeout_denies_by_default_and_a_late_approval_is_refused(lk: LocalKerne
 
 @pytest.mark.integration
 def test_operator_commands(lk: LocalKernel, agent: Kernel) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIOS_")}
-    env.update(lk.settings.to_env())
-    env["AIOS_REDIS_URL"] = lk.settings.state_redis_url()
-
     def aios(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "aios.cli", *args], env=env, capture_output=True, text=True,
-                              timeout=60)
+        return run_aios(lk, *args)
 
     first = agent.submit(agent.memory_syscall("delete", "fact"))
     second = agent.submit(agent.storage_syscall("delete", "keep.txt"))

@@ -12,7 +12,6 @@ import pytest
 import redis
 
 from aios import keys
-from aios.client import Kernel
 from aios.embedded import LocalKernel
 from aios.errors import KernelBusy, QuotaExceeded
 from aios.governor import Ager, Governor, priority_lists

@@ -4,9 +4,7 @@ counted, and nothing runs; a valid credential works; the CLI issues, lists and r
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +18,7 @@ from aios.embedded import LocalKernel
 from aios.identity import Credentials, sign
 from aios.settings import QUEUES
 from aios.syscalls import Response
-from tests.conftest import authorized, base_settings, publish_raw
+from tests.conftest import authorized, base_settings, publish_raw, run_aios
 
 pytestmark = pytest.mark.integration
 
@@ -131,13 +129,8 @@ def test_one_agent_cannot_sign_for_another(lk: LocalKernel) -> None:
 
 
 def test_cli_creates_lists_and_revokes(tmp_path: Path, lk: LocalKernel) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIOS_")}
-    env.update(lk.settings.to_env())
-    env["AIOS_REDIS_URL"] = lk.settings.state_redis_url()
-
     def aios(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "aios.cli", *args], env=env, capture_output=True, text=True,
-                              timeout=60)
+        return run_aios(lk, *args)
 
     made = aios("agent", "create", "cli-agent", "--group", "research")
     assert made.returncode == 0, made.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from aios import Kernel, keys
+from aios import keys
 from aios.embedded import LocalKernel
 from tests.conftest import BROKERS, authorized, make_broker_settings
 

@@ -17,9 +17,6 @@ and p90 agent completion time, syscalls/s and generated tokens/s.
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import subprocess
 import sys
 import threading
@@ -34,6 +31,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from aios.bench.common import machine, save
 from aios.client import Kernel
 from aios.embedded import LocalKernel
 from aios.errors import ConfigError
@@ -309,7 +307,7 @@ def run_agents_bench(settings: Settings, *, agents: list[int], steps: int = 2, s
                 contender.close()
     result: dict[str, Any] = {
         "benchmark": "agents",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": machine(),
         "params": {"agents": agents, "steps": steps, "short_tokens": short, "long_tokens": long,
                    "batch_size": batch_size, "quantum": quantum, "contenders": list(contenders),
                    "model": default_model_path().name, "n_threads": settings.llm_n_threads},
@@ -317,9 +315,5 @@ def run_agents_bench(settings: Settings, *, agents: list[int], steps: int = 2, s
         "targets": targets(results, agents),
     }
     print_table(out, result)
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
-        plot(json_path.with_suffix(".png"), result)
-        err.log(f"wrote {json_path} and {json_path.with_suffix('.png')}")
+    save(json_path, result, lambda png: plot(png, result), err.log)
     return result

@@ -18,9 +18,7 @@ its median service time under ``priority``, goal ≤ 2).
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import threading
 import time
 from collections import defaultdict
@@ -32,6 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from aios.bench.common import machine, print_targets, save, target
 from aios.client import Kernel
 from aios.embedded import LocalKernel
 from aios.errors import ConfigError
@@ -181,7 +180,7 @@ def run_fairness(settings: Settings, *, seconds: float = 8.0, demands: tuple[int
     # Embedded kernels, one per contender: each starts with an empty state and queue.
     base = settings.model_copy(update={"broker_url": None, "redis_url": None})
     result: dict[str, Any] = {"benchmark": "fairness",
-                              "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+                              "machine": machine(),
                               "params": {"seconds": seconds, "demands": list(demands), "urgent": urgent,
                                          "share_sleep_s": SHARE_SLEEP_S, "flood_sleep_s": FLOOD_SLEEP_S,
                                          "fair_quantum_s": settings.fair_quantum_s, "worker_concurrency": 1},
@@ -206,15 +205,9 @@ def run_fairness(settings: Settings, *, seconds: float = 8.0, demands: tuple[int
     values = {"jain_index": fair["jain"], "high_priority_p99_wait": prio["p99_wait_vs_service"]}
     result["ratios"] = {"jain_fair_vs_fifo": fair["jain"] / result["share"]["fifo"]["jain"],
                         "p99_wait_priority_vs_fifo": prio["wait_p99_s"] / result["priority"]["fifo"]["wait_p99_s"]}
-    result["targets"] = {name: {"value": values[name], "goal": goal,
-                                "met": values[name] >= goal if bound == "min" else values[name] <= goal}
-                         for name, (goal, bound) in TARGETS.items()}
+    result["targets"] = {name: target(values[name], goal, bound) for name, (goal, bound) in TARGETS.items()}
     print_tables(out, result)
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
-        plot(json_path.with_suffix(".png"), result)
-        err.log(f"wrote {json_path} and {json_path.with_suffix('.png')}")
+    save(json_path, result, lambda png: plot(png, result), err.log)
     return result
 
 
@@ -237,7 +230,4 @@ def print_tables(console: Console, result: dict[str, Any]) -> None:
         t.add_row(name, f"{run['wait_p50_s'] * 1000:.1f} ms", f"{run['wait_p99_s'] * 1000:.1f} ms",
                   f"{run['service_s'] * 1000:.1f} ms", f"{run['p99_wait_vs_service']:.2f}")
     console.print(t)
-    for name, target in result["targets"].items():
-        bound = ">=" if TARGETS[name][1] == "min" else "<="
-        mark = "[green]met[/]" if target["met"] else "[red]missed[/]"
-        console.print(f"  {name}: {target['value']:.3f} (goal {bound} {target['goal']}) {mark}")
+    print_targets(console, result["targets"], {name: bound for name, (_, bound) in TARGETS.items()})

@@ -18,8 +18,6 @@ SQLite) and the Milvus search alone.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import random
 import tempfile
 import time
@@ -33,6 +31,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from aios.bench.common import machine, save
 from aios.embedded import LocalKernel
 from aios.embeddings import HashEmbedderFake
 from aios.errors import ConfigError
@@ -290,7 +289,7 @@ def run_memory_bench(settings: Settings, *, items: int = 2000, accesses: int = 2
     ratio = eviction["lru_k"]["hit_rate"] / max(1e-9, eviction["lru"]["hit_rate"])
     worst = max(eviction["lru_k"]["max_fast_bytes"], eviction["lru"]["max_fast_bytes"]) / eviction["budget_bytes"]
     result: dict[str, Any] = {
-        "benchmark": "memory", "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "benchmark": "memory", "machine": machine(),
         "params": {"items": items, "accesses": accesses, "budget": eviction["budget_bytes"], "sizes": list(sizes),
                    "queries": queries, "embed_limit": embed_limit, "seed": seed, "check_every": check_every},
         "eviction": eviction, "search": search, "ratios": {"lruk_hit_rate_vs_lru": ratio},
@@ -301,9 +300,5 @@ def run_memory_bench(settings: Settings, *, items: int = 2000, accesses: int = 2
         },
     }
     print_tables(out, result)
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
-        plot(json_path.with_suffix(".png"), result)
-        err.log(f"wrote {json_path} and {json_path.with_suffix('.png')}")
+    save(json_path, result, lambda png: plot(png, result), err.log)
     return result

@@ -13,9 +13,6 @@ pooled per contender; the ratios are kernel / raw Celery.
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -28,6 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from aios.bench.common import machine, print_targets, save, target
 from aios.celery_app import make_app
 from aios.client import Kernel
 from aios.embedded import LocalKernel
@@ -165,10 +163,7 @@ def report(raw: dict[str, Any], kern: dict[str, Any], signed: dict[str, Any], un
         "signing_p50_added": signed["p50_ms"] / unsigned["p50_ms"] - 1.0,
         "signing_throughput": signed["throughput_ops_s"] / unsigned["throughput_ops_s"],
     }
-    targets = {}
-    for name, (ratio, goal, bound) in TARGETS.items():
-        value = ratios[ratio]
-        targets[name] = {"value": value, "goal": goal, "met": value <= goal if bound == "max" else value >= goal}
+    targets = {name: target(ratios[ratio], goal, bound) for name, (ratio, goal, bound) in TARGETS.items()}
     return ratios, targets
 
 
@@ -189,10 +184,7 @@ def print_table(console: Console, result: dict[str, Any]) -> None:
                   f"{signed['p50_ms']:.2f} ms signed and verified (+{ratios['signing_p50_added'] * 100:.1f}%); "
                   f"throughput ratio {ratios['signing_throughput']:.2f}", highlight=False)
     console.print(f"  broker {broker['url']}, one worker thread, {result['machine']['cpus']} CPUs", highlight=False)
-    for name, t in result["targets"].items():
-        bound = "<=" if TARGETS[name][2] == "max" else ">="
-        mark = "[green]met[/]" if t["met"] else "[red]missed[/]"
-        console.print(f"  {name}: {t['value']:.2f} (goal {bound} {t['goal']}) {mark}")
+    print_targets(console, result["targets"], {name: bound for name, (_, _, bound) in TARGETS.items()})
 
 
 def plot(path: Path, samples: dict[str, Samples], result: dict[str, Any]) -> None:
@@ -264,7 +256,7 @@ def run_overhead(settings: Settings, *, n_latency: int = 1000, n_throughput: int
     ratios, targets = report(raw, kern, signed, unsigned)
     result: dict[str, Any] = {
         "benchmark": "overhead", "broker": broker,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": machine(),
         "params": {"n_latency": n_latency, "n_throughput": n_throughput, "rounds": rounds, "warmup": WARMUP,
                    "worker_pool": "threads", "worker_concurrency": WORKER_CONCURRENCY,
                    "priority": DEFAULT_PRIORITY},
@@ -272,9 +264,5 @@ def run_overhead(settings: Settings, *, n_latency: int = 1000, n_throughput: int
         "ratios": ratios, "targets": targets,
     }
     print_table(out, result)
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
-        plot(json_path.with_suffix(".png"), samples, result)
-        err.log(f"wrote {json_path} and {json_path.with_suffix('.png')}")
+    save(json_path, result, lambda png: plot(png, samples, result), err.log)
     return result

@@ -21,10 +21,7 @@ and compared with the binding limit: ``min(rpm, tpm // tokens per request)`` req
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import platform
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,6 +32,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from aios.bench.common import machine, print_targets, save, target
 from aios.bench.emulator import DEFAULT_MODEL, EmulatorProcess, prompt_tokens
 from aios.client import Kernel
 from aios.embedded import LocalKernel
@@ -255,11 +253,7 @@ def summarize(run: ContenderRun, params: RateParams) -> dict[str, Any]:
 def targets_of(kern: dict[str, Any]) -> dict[str, dict[str, Any]]:
     values = {"zero_429": kern["provider_429"], "zero_failed_agents": kern["failed_agents"],
               "throughput_vs_limit": kern["throughput_vs_limit"] or 0.0}
-    out = {}
-    for name, (goal, bound) in TARGETS.items():
-        v = values[name]
-        out[name] = {"value": v, "goal": goal, "met": v <= goal if bound == "max" else v >= goal}
-    return out
+    return {name: target(values[name], goal, bound) for name, (goal, bound) in TARGETS.items()}
 
 
 def _fmt(v: Any, spec: str = ".0f") -> str:
@@ -284,10 +278,7 @@ def print_table(console: Console, result: dict[str, Any]) -> None:
     console.print(f"  limit: {lim['binding_requests']} requests per window ({lim['binding_requests_per_min']:.0f}/min,"
                   f" {lim['binding']} binds); steady throughput over the whole windows after the first "
                   f"(kernel: {k['steady']['windows']}, direct: {d['steady']['windows']})", highlight=False)
-    for name, t in result["targets"].items():
-        bound = "<=" if TARGETS[name][1] == "max" else ">="
-        mark = "[green]met[/]" if t["met"] else "[red]missed[/]"
-        console.print(f"  {name}: {t['value']:.3g} (goal {bound} {t['goal']}) {mark}")
+    print_targets(console, result["targets"], {name: bound for name, (_, bound) in TARGETS.items()})
 
 
 def plot(path: Path, runs: list[ContenderRun], result: dict[str, Any]) -> None:
@@ -351,7 +342,7 @@ def run_ratelimit(settings: Settings, params: RateParams = RateParams(), *, json
     limit = params.binding_requests
     result: dict[str, Any] = {
         "benchmark": "ratelimit",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": machine(),
         "params": {"agents": params.agents, "calls": params.calls, "max_tokens": params.max_tokens,
                    "prompt_tokens": params.tokens_per_request - params.max_tokens,
                    "tokens_per_request": params.tokens_per_request, "service_ms": params.service_ms,
@@ -364,9 +355,5 @@ def run_ratelimit(settings: Settings, params: RateParams = RateParams(), *, json
     }
     result["targets"] = targets_of(result["kernel"])
     print_table(out, result)
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
-        plot(json_path.with_suffix(".png"), runs, result)
-        err.log(f"wrote {json_path} and {json_path.with_suffix('.png')}")
+    save(json_path, result, lambda png: plot(png, runs, result), err.log)
     return result

@@ -14,9 +14,6 @@ the rounds. Ratios are to linear scaling: ``throughput(n) / (n x throughput(1))`
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,6 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from aios.bench.common import machine, save, target
 from aios.bench.emulator import EmulatorProcess
 from aios.bench.ratelimit import PROMPT, kernel_settings
 from aios.client import Kernel
@@ -222,7 +220,7 @@ def run_scale(settings: Settings, params: ScaleParams = ScaleParams(), *, json_p
     value = configs["4"]["vs_linear"]
     result: dict[str, Any] = {
         "benchmark": "scale",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": machine(),
         "params": {"workers": list(params.workers), "agents": params.agents,
                    "calls_per_worker": params.calls_per_worker, "rounds": params.rounds,
                    "service_ms": params.service_ms, "max_tokens": params.max_tokens, "worker_threads": 1,
@@ -230,12 +228,8 @@ def run_scale(settings: Settings, params: ScaleParams = ScaleParams(), *, json_p
         "configs": configs,
         "provider": {"admitted": provider["admitted"], "rejected_429": provider["rejected_429"],
                      "max_in_flight": provider["max_in_flight"]},
-        "targets": {TARGET[0]: {"value": value, "goal": TARGET[1], "met": value >= TARGET[1]}},
+        "targets": {TARGET[0]: target(value, TARGET[1], "min")},
     }
     print_table(out, result)
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
-        plot(json_path.with_suffix(".png"), result)
-        err.log(f"wrote {json_path} and {json_path.with_suffix('.png')}")
+    save(json_path, result, lambda png: plot(png, result), err.log)
     return result

@@ -1,0 +1,38 @@
+"""What every ``aios bench`` shares: the machine it ran on, target records, and writing the JSON and its plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+
+def machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "platform": platform.platform()}
+
+
+def target(value: float, goal: float, bound: Literal["min", "max"]) -> dict[str, Any]:
+    """A target as ``--json`` reports it: met when ``value`` is at least (``min``) or at most (``max``) ``goal``."""
+    return {"value": value, "goal": goal, "met": value >= goal if bound == "min" else value <= goal}
+
+
+def save(json_path: Path | None, result: dict[str, Any], draw: Callable[[Path], None],
+         log: Callable[[str], None]) -> None:
+    """Write ``result`` to ``json_path`` and ``draw`` its plot beside it (same name, ``.png``); nothing without a path."""
+    if json_path is None:
+        return
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    png = json_path.with_suffix(".png")
+    draw(png)
+    log(f"wrote {json_path} and {png}")
+
+
+def print_targets(console: Any, targets: dict[str, dict[str, Any]], bounds: dict[str, str]) -> None:
+    """One line per target: its value, its goal (``bounds``: name -> ``min`` or ``max``), met or missed."""
+    for name, t in targets.items():
+        sign = ">=" if bounds[name] == "min" else "<="
+        mark = "[green]met[/]" if t["met"] else "[red]missed[/]"
+        console.print(f"  {name}: {t['value']:.3g} (goal {sign} {t['goal']}) {mark}")
