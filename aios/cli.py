@@ -15,18 +15,10 @@ from typing import Any, Callable
 
 import click
 
+from aios.cli_access import _fail, _say
 from aios.cli_access import register as register_access_commands
 from aios.errors import AIOSError, ConfigError
 from aios.settings import QUEUES, Settings, get_settings
-
-
-def _fail(exc: Exception) -> None:
-    click.secho(f"aios: {exc}", fg="red", err=True)
-    sys.exit(1)
-
-
-def _say(msg: str) -> None:
-    click.secho(f"[aios] {msg}", fg="cyan", err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
