@@ -2,10 +2,11 @@
 
 Worker threads call :meth:`BatchEngine.submit` and wait on the returned future. The engine thread admits a request
 into a free sequence slot (each has its own KV stream of ``n_ctx`` cells) as soon as one is free. On every step
-it builds one ``llama_batch`` holding either the prompts of newly admitted requests or one new token for each
-decoding sequence, calls ``llama_decode`` once, and samples each sequence from its own logits with its own
-sampler chain (greedy, or temperature + seeded dist; behind a grammar for constrained output). Requests join and
-leave between steps.
+it builds one ``llama_batch`` holding one new token for each decoding sequence and, in the room left, prompt
+chunks of newly admitted requests, calls ``llama_decode`` once, and samples each sequence from its own logits
+with its own sampler chain (greedy, or temperature + seeded dist; behind a grammar for constrained output).
+Requests join and leave between steps. Greedy output is the same, bit for bit, batched or alone (flash attention
+and one KV stream per sequence; see ``__init__``).
 
 A request may carry a quantum (tokens per time slice) and a ``should_yield`` callable: once it has generated a
 quantum of tokens in this slice and ``should_yield()`` is true, it is suspended and its future resolves with
@@ -18,6 +19,7 @@ replayed into the grammar sampler, so greedy output is the same as an uninterrup
 from __future__ import annotations
 
 import ctypes
+import logging
 import threading
 from collections import deque
 from concurrent.futures import Future
@@ -25,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from aios.errors import BackendError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -70,27 +74,40 @@ class BatchEngine:
     """Decodes with the weights of ``llama`` (a ``llama_cpp.Llama``) in a new context of ``n_seq`` sequences of
     ``n_ctx`` tokens each."""
 
-    def __init__(self, llama: Any, *, n_ctx: int, n_seq: int, n_batch: int = 512, n_threads: int | None = None) -> None:
+    def __init__(self, llama: Any, *, n_ctx: int, n_seq: int, n_batch: int = 512, n_threads: int | None = None,
+                 flash_attn: bool = True) -> None:
         import llama_cpp
 
         self._lc = llama_cpp
         self.llama = llama
         self.n_ctx, self.n_seq, self.n_batch = n_ctx, n_seq, n_batch
         params = llama_cpp.llama_context_default_params()
-        # One KV stream of n_ctx cells per sequence (kv_unified off): a sequence's attention then never depends on
-        # where other sequences' cells lie, so its greedy output is the same batched or alone.
+        # One KV stream of n_ctx cells per sequence (kv_unified off): a sequence's attention never depends on where
+        # other sequences' cells lie. llama.cpp puts the tokens of sequences with consecutive ids in one
+        # micro-batch (so the weights are read once per step for all of them), which is why slots are handed out
+        # lowest id first and the batch is built in id order. With flash attention on, each sequence's logits are
+        # bit for bit those it gets alone (measured: 32 sequences x 96 tokens, Q4_1, Q8_0 and Q4_0 files, 1 and 2
+        # threads); without it, batched greedy output drifts from the unbatched after a few tokens.
         params.n_ctx = n_ctx * n_seq
         params.n_batch = n_batch
         params.n_ubatch = n_batch
         params.n_seq_max = n_seq
         params.kv_unified = False
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as llama_cpp.Llama's default
+        params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
+                                  else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         params.no_perf = True
         if n_threads:
             params.n_threads = params.n_threads_batch = n_threads
         self._model = llama._model.model
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         self._ctx = llama_cpp.llama_init_from_model(self._model, params)
+        self.flash_attn = flash_attn
+        if not self._ctx and flash_attn:  # a device without flash attention: run, but say what it costs
+            log.warning("llama.cpp could not enable flash attention here; batched greedy output may differ from "
+                        "unbatched output after a few tokens (set AIOS_LLM_BATCH_SIZE=1 where that matters)")
+            params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            self._ctx = llama_cpp.llama_init_from_model(self._model, params)
+            self.flash_attn = False
         if not self._ctx:
             raise BackendError(f"llama.cpp could not create a context of {n_ctx} tokens for {n_seq} sequences; "
                                "lower AIOS_LLM_N_CTX or AIOS_LLM_BATCH_SIZE")
@@ -98,11 +115,12 @@ class BatchEngine:
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._pending: deque[tuple[Request, Future[Generation]]] = deque()
         self._active: list[_Seq] = []
-        self._free = list(range(n_seq))
+        self._free = list(range(n_seq - 1, -1, -1))  # pop() takes the lowest free id
         self._cond = threading.Condition()
         self._closed = False
         self.steps = 0
         self.restored = 0
+        self.moved = 0
         self.keep_state = True
         self.max_active = 0
         self._thread = threading.Thread(target=self._run, name="aios-llm-engine", daemon=True)
@@ -194,10 +212,25 @@ class BatchEngine:
         self._lc.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
         self._lc.llama_sampler_free(seq.sampler)
         self._free.append(seq.seq_id)
+        self._free.sort(reverse=True)  # pop() hands out the lowest id
         if exc is not None:
             seq.fut.set_exception(exc)
         else:
             seq.fut.set_result(Generation(seq.generated, reason, len(seq.req.prompt), state))
+
+    def _compact(self) -> None:
+        """Keep the active sequences' ids consecutive from 0: llama.cpp evaluates sequences with consecutive ids in
+        one micro-batch, and ids with holes between them in several. The highest-id sequence moves into the
+        lowest free slot; its KV stream is copied as it is, so what it generates next does not change."""
+        while self._active and self._free and self._free[-1] < max(seq.seq_id for seq in self._active):
+            seq = max(self._active, key=lambda q: q.seq_id)
+            dst = self._free.pop()
+            self._lc.llama_memory_seq_cp(self._mem, seq.seq_id, dst, -1, -1)
+            self._lc.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
+            self._free.append(seq.seq_id)
+            self._free.sort(reverse=True)
+            seq.seq_id = dst
+            self.moved += 1
 
     def _run(self) -> None:
         while True:
@@ -233,19 +266,18 @@ class BatchEngine:
 
         for seq in self._active:
             seq.logit_index = -1
-        # A step either prefills prompts or decodes one token per sequence, never both: with one KV stream per
-        # sequence llama.cpp splits a batch into micro-batches of equal tokens per sequence, so a prompt mixed
-        # with one-token decodes would be evaluated a token at a time.
-        prefilling = [seq for seq in self._active if seq.feed]
-        for seq in prefilling:
+        # One token for every decoding sequence first, then prompt chunks in the room left: sequences join the
+        # batch without stalling the others' decoding.
+        self._compact()
+        self._active.sort(key=lambda q: q.seq_id)  # id order: llama.cpp batches consecutive sequences together
+        for seq in self._active:
+            if not seq.feed and seq.replay:
+                put(seq, [seq.replay.pop(0)], not seq.replay)
+        for seq in self._active:
             take = min(len(seq.feed), self.n_batch - n)
             if take > 0:
                 chunk, seq.feed = seq.feed[:take], seq.feed[take:]
                 put(seq, chunk, not seq.feed and not seq.replay)
-        if not prefilling:
-            for seq in self._active:
-                if seq.replay:
-                    put(seq, [seq.replay.pop(0)], not seq.replay)
         b.n_tokens = n
         if n == 0:
             return

@@ -61,6 +61,22 @@ def test_batched_greedy_output_equals_alone(engine_backend: LlamaCppBackend) -> 
     assert together[4]["json"]["city"] and together[5]["tool_calls"][0]["name"] == "calculator"
 
 
+def test_slots_stay_consecutive_and_moved_sequences_generate_the_same(engine_backend: LlamaCppBackend) -> None:
+    """Short syscalls end first; the sequences left are moved down to consecutive slots (llama.cpp batches only
+    consecutive ones together) and still generate what they generate alone."""
+    calls = [syscall(p, max_tokens=n) for p, n in zip(PROMPTS, (4, 40, 8, 40))]
+    calls += [syscall(p, max_tokens=30) for p in PROMPTS[:2]]  # wait for a free slot, join mid-way
+    alone = [engine_backend.chat(c) for c in calls]
+    engine = engine_backend.engine
+    moved = engine.moved
+    with ThreadPoolExecutor(len(calls)) as pool:
+        together = list(pool.map(engine_backend.chat, calls))
+    assert engine.moved > moved, "a sequence above a freed slot should have moved down"
+    assert [a["content"] for a in alone] == [t["content"] for t in together]
+    assert [a["usage"]["completion_tokens"] for a in alone] == [t["usage"]["completion_tokens"] for t in together]
+    assert sorted(engine._free, reverse=True) == engine._free and len(engine._free) == engine.n_seq
+
+
 @pytest.mark.parametrize("kv", [True, False], ids=["kv-state", "tokens-only"])
 def test_local_preemption_resumes_token_for_token(kv: bool, engine_backend: LlamaCppBackend) -> None:
     plain = syscall(PROMPTS[2], max_tokens=40)
