@@ -59,6 +59,11 @@ class Generation:
     """Preempted only: the sequence's llama.cpp state, for :attr:`Request.state`."""
 
 
+MIN_PREFIX = 16
+"""Shortest shared prompt prefix worth copying from the prefix cache: a copy moves a whole KV stream
+(``n_ctx`` cells), which costs about what prefilling a few tokens costs on a CPU."""
+
+
 class _Seq:
     def __init__(self, req: Request, fut: "Future[Generation]", seq_id: int, sampler: Any) -> None:
         self.req, self.fut, self.seq_id, self.sampler = req, fut, seq_id, sampler
@@ -68,6 +73,8 @@ class _Seq:
         self.generated = list(req.resume)
         self.slice_count = 0
         self.logit_index = -1  # index of this sequence's logits in the last batch, -1 when it has none
+        self.reused = 0  # prompt tokens taken from the prefix cache
+        self.prefilling = bool(self.feed)
 
 
 class BatchEngine:
@@ -75,7 +82,7 @@ class BatchEngine:
     ``n_ctx`` tokens each."""
 
     def __init__(self, llama: Any, *, n_ctx: int, n_seq: int, n_batch: int = 512, n_threads: int | None = None,
-                 flash_attn: bool = True) -> None:
+                 flash_attn: bool = True, prefix_cache: bool = True) -> None:
         import llama_cpp
 
         self._lc = llama_cpp
@@ -91,7 +98,7 @@ class BatchEngine:
         params.n_ctx = n_ctx * n_seq
         params.n_batch = n_batch
         params.n_ubatch = n_batch
-        params.n_seq_max = n_seq
+        params.n_seq_max = n_seq + 1  # the last stream holds the prefix cache
         params.kv_unified = False
         params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
                                   else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
@@ -121,6 +128,11 @@ class BatchEngine:
         self.steps = 0
         self.restored = 0
         self.moved = 0
+        self.prefix_cache = prefix_cache
+        self._cache_seq = n_seq
+        self._cache_tokens: list[int] = []
+        self.prefix_hits = 0
+        self.prefix_tokens_reused = 0
         self.keep_state = True
         self.max_active = 0
         self._thread = threading.Thread(target=self._run, name="aios-llm-engine", daemon=True)
@@ -169,12 +181,43 @@ class BatchEngine:
                 continue
             seq = _Seq(req, fut, self._free.pop(), sampler)
             if req.state and req.resume and self._restore(seq, req.state):
-                seq.feed, seq.replay = [], [req.resume[-1]]
+                seq.feed, seq.replay, seq.prefilling = [], [req.resume[-1]], False
                 seq.pos = len(req.prompt) + len(req.resume) - 1
+            else:
+                self._reuse_prefix(seq)
             for tok in req.resume:  # the grammar must see what was generated before the suspension
                 self._lc.llama_sampler_accept(sampler, tok)
             self._active.append(seq)
         self.max_active = max(self.max_active, len(self._active))
+
+    def _reuse_prefix(self, seq: _Seq) -> None:
+        """Start ``seq`` from the cached KV cells of the prompt prefix it shares with an earlier request (agents
+        share system prompts), so that only the rest of its prompt is prefilled. The cells are those the prefix
+        gets computed afresh, bit for bit (batch invariance), so the output does not change."""
+        if not self.prefix_cache or not self._cache_tokens:
+            return
+        prompt, cached = seq.req.prompt, self._cache_tokens
+        m = 0
+        limit = min(len(cached), len(prompt) - 1)  # at least one prompt token is evaluated, for the logits
+        while m < limit and prompt[m] == cached[m]:
+            m += 1
+        if m < MIN_PREFIX:
+            return
+        self._lc.llama_memory_seq_cp(self._mem, self._cache_seq, seq.seq_id, -1, -1)
+        self._lc.llama_memory_seq_rm(self._mem, seq.seq_id, m, -1)
+        seq.feed, seq.pos, seq.reused = prompt[m:], m, m
+        self.prefix_hits += 1
+        self.prefix_tokens_reused += m
+
+    def _cache_prompt(self, seq: _Seq) -> None:
+        """After ``seq``'s prompt is prefilled: keep its cells as the prefix cache, unless it came from the cache
+        (the cache then already holds what it shares with the others)."""
+        if not self.prefix_cache or seq.reused or len(seq.req.prompt) < MIN_PREFIX:
+            return
+        self._lc.llama_memory_seq_rm(self._mem, self._cache_seq, -1, -1)
+        self._lc.llama_memory_seq_cp(self._mem, seq.seq_id, self._cache_seq, -1, -1)
+        self._lc.llama_memory_seq_rm(self._mem, self._cache_seq, len(seq.req.prompt), -1)
+        self._cache_tokens = list(seq.req.prompt)
 
     def _restore(self, seq: _Seq, state: bytes) -> bool:
         buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
@@ -285,6 +328,10 @@ class BatchEngine:
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc} (no room in the KV cache?)")
         self.steps += 1
+        for seq in self._active:
+            if seq.prefilling and not seq.feed:
+                seq.prefilling = False
+                self._cache_prompt(seq)
         for seq in list(self._active):
             if seq.logit_index < 0:
                 continue

@@ -220,7 +220,7 @@ class LlamaCppBackend:
         self._formatter = chat_formatter(self._llama)
         self._grammars: dict[str, Any] = {}
         self.engine = BatchEngine(self._llama, n_ctx=settings.llm_n_ctx, n_seq=settings.llm_batch_size,
-                                  n_threads=settings.llm_n_threads)
+                                  n_threads=settings.llm_n_threads, prefix_cache=settings.llm_prefix_cache)
         self.engine.keep_state = settings.llm_snapshot_kv
 
     def _should_yield(self) -> bool:

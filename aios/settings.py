@@ -167,6 +167,9 @@ class Settings(BaseSettings):
     llm_quantum_tokens: int = Field(default=0, ge=0)
     """Time slice of one LLM syscall in generated tokens; when it expires and other LLM syscalls wait, the
     generation is suspended (snapshot in Redis) and requeued at its priority. 0: never preempt."""
+    llm_prefix_cache: bool = True
+    """llama.cpp: keep the KV cells of the last prompt prefilled and start a new syscall from the prefix it shares
+    with it (agents share system prompts), when that is at least 16 tokens. Output is unchanged."""
     llm_snapshot_kv: bool = True
     """llama.cpp: store the sequence's KV state in the snapshot (resumes without recomputing; about 23 KB a
     token for SmolLM2-135M). Off: tokens only, recomputed on resume."""

@@ -14,6 +14,7 @@ from aios.context import Preempted, Snapshot
 from aios.embedded import LocalKernel
 from aios.llm import LlamaCppBackend, OpenAIBackend, default_model_path
 from aios.settings import Settings
+from aios.syscalls import ChatMessage, LLMSyscall
 from tests.conftest import authorized, base_settings
 from tests.test_llm_backends import CALC, CITY_SCHEMA, llama_server, syscall  # noqa: F401 - fixture reused
 
@@ -75,6 +76,25 @@ def test_slots_stay_consecutive_and_moved_sequences_generate_the_same(engine_bac
     assert [a["content"] for a in alone] == [t["content"] for t in together]
     assert [a["usage"]["completion_tokens"] for a in alone] == [t["usage"]["completion_tokens"] for t in together]
     assert sorted(engine._free, reverse=True) == engine._free and len(engine._free) == engine.n_seq
+
+
+def test_prefix_cache_reuses_shared_prompt_cells_without_changing_output(engine_backend: LlamaCppBackend) -> None:
+    system = {"role": "system", "content": "You are a careful assistant. Answer briefly and plainly, in English."}
+    calls = [LLMSyscall(agent_id="a", messages=(ChatMessage(**system), ChatMessage(role="user", content=p)),
+                        max_tokens=24) for p in PROMPTS]
+    engine = engine_backend.engine
+    engine.prefix_cache, engine._cache_tokens = False, []
+    try:
+        fresh = [engine_backend.chat(c)["content"] for c in calls]
+    finally:
+        engine.prefix_cache = True
+    hits, reused = engine.prefix_hits, engine.prefix_tokens_reused
+    cached = [engine_backend.chat(c)["content"] for c in calls]
+    with ThreadPoolExecutor(len(calls)) as pool:
+        batched = [r["content"] for r in pool.map(engine_backend.chat, calls)]
+    assert engine.prefix_hits - hits >= len(calls) * 2 - 1
+    assert (engine.prefix_tokens_reused - reused) / (engine.prefix_hits - hits) >= 20  # the system prompt and more
+    assert cached == fresh and batched == fresh
 
 
 @pytest.mark.parametrize("kv", [True, False], ids=["kv-state", "tokens-only"])
