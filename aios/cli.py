@@ -572,6 +572,26 @@ def memory(items: int, accesses: int, budget: int, sizes: tuple[int, ...], queri
 
 
 @bench.command()
+@click.option("--sizes", default="1,4,8,16,32", show_default=True, help="Batch sizes, comma-separated.")
+@click.option("--tokens", default=64, show_default=True, help="Tokens generated per sequence (greedy).")
+@click.option("--threads", default=2, show_default=True, help="llama.cpp threads.")
+@click.option("--quantize", default="", help="Also measure the model converted to these types, e.g. q8_0,q4_0.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def engine(sizes: str, tokens: int, threads: int, quantize: str, json_path: Path | None) -> None:
+    """The batching engine alone: the same prompts one at a time vs batched, per batch size and weight type."""
+    from aios.bench.engine import run_engine_bench
+
+    try:
+        bs = [int(x) for x in sizes.split(",") if x.strip()]
+        run_engine_bench(Path(get_settings().data_dir), sizes=bs, tokens=tokens, threads=threads,
+                         quantize=[q.strip() for q in quantize.split(",") if q.strip()], json_path=json_path)
+    except ValueError:
+        _fail(AIOSError(f"--sizes must be comma-separated integers, got {sizes!r}"))
+    except AIOSError as exc:
+        _fail(exc)
+
+
+@bench.command()
 @click.option("--agents", default="8,16,32", show_default=True, help="Numbers of concurrent agents, comma-separated.")
 @click.option("--steps", default=2, show_default=True, help="LLM + tool syscall pairs per agent script.")
 @click.option("--short", "short", default=24, show_default=True, help="max_tokens of a short LLM step.")

@@ -95,7 +95,9 @@ class BatchEngine:
         # lowest id first and the batch is built in id order. With flash attention on, each sequence's logits are
         # bit for bit those it gets alone (measured: 32 sequences x 96 tokens, Q4_1, Q8_0 and Q4_0 files, 1 and 2
         # threads); without it, batched greedy output drifts from the unbatched after a few tokens.
-        params.n_ctx = n_ctx * n_seq
+        # llama.cpp pads the context to 256 cells, then divides it evenly among the streams (the last one is the
+        # prefix cache's)
+        params.n_ctx = -(-n_ctx // 256) * 256 * (n_seq + 1)
         params.n_batch = n_batch
         params.n_ubatch = n_batch
         params.n_seq_max = n_seq + 1  # the last stream holds the prefix cache

@@ -1,9 +1,16 @@
 """`aios bench agents`: the scripts every contender runs, and how its targets are computed (unit; the benchmark
-itself is run by hand, see docs/benchmarks.md)."""
+itself is run by hand, see docs/benchmarks.md); `aios bench engine` run small on the real model."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
+
 from aios.bench.agents import script, targets
+from aios.bench.engine import run_engine_bench
+from aios.errors import ConfigError
 
 
 def test_scripts_are_fixed_and_mix_short_and_long_llm_steps() -> None:
@@ -27,3 +34,15 @@ def test_targets_read_n32_and_say_whether_met() -> None:
     missing = targets({"fifo": {8: r(1, 2)}, "rr": {8: r(1, 1)}}, [8])
     assert missing["speedup_total_time_n32"]["value"] is None and not missing["speedup_total_time_n32"]["met"]
     assert missing["rr_p90_wait_vs_fifo"]["value"] == 0.5 and missing["rr_p90_wait_vs_fifo"]["n_agents"] == 8
+
+
+@pytest.mark.integration
+def test_engine_bench_runs_small_and_finds_batched_output_identical(tmp_path: Path) -> None:
+    """`aios bench engine` on the real model, tiny: batched output equals one-at-a-time output, JSON and plot."""
+    out = tmp_path / "engine.json"
+    result = run_engine_bench(tmp_path, sizes=[1, 3], tokens=8, threads=1, json_path=out)
+    by_b = result["results"]["bundled"]
+    assert by_b["3"]["identical"] == 3 and by_b["3"]["tokens"] > 0 and by_b["3"]["speedup"] > 0
+    assert json.loads(out.read_text())["params"]["sizes"] == [1, 3] and out.with_suffix(".png").stat().st_size
+    with pytest.raises(ConfigError, match="--quantize"):
+        run_engine_bench(tmp_path, sizes=[1], tokens=4, quantize=["q3_z"])
