@@ -96,10 +96,11 @@ def plot(path: Path, result: dict[str, Any]) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, by_b in result["results"].items():
+    for i, (name, by_b) in enumerate(result["results"].items()):
         sizes = [int(b) for b in by_b]
-        ax.plot(sizes, [by_b[str(b)]["together_tokens_per_s"] for b in sizes], marker="o", label=f"{name} batched")
-        ax.plot(sizes, [by_b[str(b)]["alone_tokens_per_s"] for b in sizes], ls="--", marker=".",
+        ax.plot(sizes, [by_b[str(b)]["together_tokens_per_s"] for b in sizes], marker="o", color=f"C{i}",
+                label=f"{name} batched")
+        ax.plot(sizes, [by_b[str(b)]["alone_tokens_per_s"] for b in sizes], ls="--", marker=".", color=f"C{i}",
                 label=f"{name} one at a time")
     ax.set_xlabel("sequences (batch size)")
     ax.set_ylabel("generated tokens/s")
