@@ -13,12 +13,14 @@ quantum of tokens in this slice and ``should_yield()`` is true, it is suspended 
 ``finish_reason="preempted"`` and every token generated so far. Submitting the same prompt with those tokens as
 ``resume`` continues it where it stopped: the sequence's KV state is restored from ``state`` (or, without it,
 the prompt is prefilled and the tokens decoded again one by one, exactly as first decoded), the tokens are
-replayed into the grammar sampler, so greedy output is the same as an uninterrupted run.
+replayed into the grammar sampler, so greedy output is the same as an uninterrupted run. Sampled output too: each
+token's draw is seeded by (seed, its index), not by an RNG state that the snapshot would have to carry.
 """
 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import logging
 import threading
 from collections import deque
@@ -57,6 +59,12 @@ class Generation:
     prompt_tokens: int
     state: bytes | None = None
     """Preempted only: the sequence's llama.cpp state, for :attr:`Request.state`."""
+
+
+def token_seed(seed: int, index: int) -> int:
+    """The dist sampler's seed for generated token ``index`` (never 0xFFFFFFFF: llama.cpp reads it as random)."""
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=4).digest()
+    return min(int.from_bytes(digest, "little"), 0xFFFFFFFE)
 
 
 MIN_PREFIX = 16
@@ -248,8 +256,18 @@ class BatchEngine:
             lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
         else:
             lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(req.temperature))
-            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(req.seed))
+            lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(token_seed(req.seed, 0)))
         return chain
+
+    def _reseed(self, seq: _Seq) -> None:
+        """Sampled generation: the draw of token ``i`` is seeded by ``(seed, i)`` alone, not by an RNG that has
+        run through the tokens before it, so a generation suspended after ``i`` tokens resumes with exactly the
+        draws it would have made (and its output does not depend on what else ran in the engine)."""
+        lc = self._lc
+        last = lc.llama_sampler_chain_n(seq.sampler) - 1
+        lc.llama_sampler_free(lc.llama_sampler_chain_remove(seq.sampler, last))
+        lc.llama_sampler_chain_add(seq.sampler, lc.llama_sampler_init_dist(token_seed(seq.req.seed,
+                                                                                      len(seq.generated))))
 
     def _release(self, seq: _Seq, reason: str, exc: Exception | None = None) -> None:
         state = self._snapshot(seq) if reason == "preempted" and self.keep_state else None
@@ -337,6 +355,8 @@ class BatchEngine:
         for seq in list(self._active):
             if seq.logit_index < 0:
                 continue
+            if seq.req.temperature > 0 and seq.generated:
+                self._reseed(seq)
             tok = self._lc.llama_sampler_sample(seq.sampler, self._ctx, seq.logit_index)
             if self._lc.llama_vocab_is_eog(self._vocab, tok):
                 self._release(seq, "stop")

@@ -249,13 +249,13 @@ class LlamaCppBackend:
                                f"{self.n_ctx}; shorten the messages or raise AIOS_LLM_N_CTX")
         if snapshot is not None and (snapshot.backend, snapshot.model) != (self.name, self.model_name):
             snapshot = None  # another model's snapshot: start over rather than continue someone else's text
-        # Sampled generations are not sliced: their RNG state is not part of the snapshot.
-        quantum = self.quantum if syscall.temperature == 0 else 0
+        # Sampled generations are sliced too: the engine seeds each token's draw from (seed, index), so a resumed
+        # generation draws what the uninterrupted one would have.
         req = Request(prompt=prompt, max_tokens=min(syscall.max_tokens, self.n_ctx - len(prompt)),
                       temperature=syscall.temperature, seed=SEED,
                       grammar=self._grammar(schema) if schema is not None else None,
                       resume=list(snapshot.tokens) if snapshot else [], state=snapshot.state if snapshot else None,
-                      quantum=quantum, should_yield=self._should_yield)
+                      quantum=self.quantum, should_yield=self._should_yield)
         gen = self.engine.submit(req).result()
         if gen.finish_reason == "preempted":
             raise Preempted(Snapshot(self.name, self.model_name, tokens=gen.tokens, state=gen.state,

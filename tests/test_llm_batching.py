@@ -117,6 +117,24 @@ def test_local_preemption_resumes_token_for_token(kv: bool, engine_backend: Llam
     assert (engine_backend.engine.restored > restored) == kv
 
 
+def test_sampled_generation_is_sliced_and_resumes_with_the_same_draws(engine_backend: LlamaCppBackend) -> None:
+    call = syscall(PROMPTS[2], max_tokens=40, temperature=0.9)
+    want = engine_backend.chat(call)
+    assert want["content"] != engine_backend.chat(syscall(PROMPTS[2], max_tokens=40))["content"], \
+        "temperature 0.9 should sample something other than the greedy reply"
+    with ThreadPoolExecutor(3) as pool:  # the same draws batched beside other syscalls
+        assert list(pool.map(engine_backend.chat, [call] * 3)) == [want] * 3
+    engine_backend.others_waiting = lambda: True
+    try:
+        engine_backend.quantum = 5
+        got, slices = run_sliced(engine_backend, call)
+    finally:
+        engine_backend.quantum, engine_backend.others_waiting = 0, None
+    assert slices >= 3
+    assert got["content"] == want["content"]
+    assert got["usage"]["completion_tokens"] == want["usage"]["completion_tokens"]
+
+
 def test_openai_preemption_resumes_as_a_text_continuation(llama_server: str) -> None:  # noqa: F811
     common = {"llm_backend": "openai", "llm_base_url": llama_server, "llm_model": "smollm2",
               "visibility_timeout_s": 7200, "llm_extra_body": {"repeat_penalty": 1.0}}
