@@ -163,7 +163,8 @@ class Settings(BaseSettings):
     a continuation would be penalised differently from an uninterrupted run."""
     llm_batch_size: int = Field(default=4, ge=1, le=64)
     """llama.cpp: sequences decoded together in one context, and the LLM worker's thread count (so that it keeps
-    taking syscalls while it decodes). KV memory grows with ``llm_n_ctx * (llm_batch_size + 1)`` (the prefix cache's stream)."""
+    taking syscalls while it decodes). KV memory grows with ``llm_n_ctx * (llm_batch_size + 1)`` (one more stream
+    for the prefix cache)."""
     llm_quantum_tokens: int = Field(default=0, ge=0)
     """Time slice of one LLM syscall in generated tokens; when it expires and other LLM syscalls wait, the
     generation is suspended (snapshot in Redis) and requeued at its priority. 0: never preempt."""
