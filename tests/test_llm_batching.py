@@ -135,6 +135,36 @@ def test_sampled_generation_is_sliced_and_resumes_with_the_same_draws(engine_bac
     assert got["usage"]["completion_tokens"] == want["usage"]["completion_tokens"]
 
 
+def test_a_snapshot_resumes_on_another_worker(engine_backend: LlamaCppBackend) -> None:
+    """Slices alternate between two engines (two LLM workers of the same core): the KV state taken in one restores
+    in the other and the output is the uninterrupted one. A worker of another batch size cannot read the state
+    (llama.cpp's format records the number of KV streams): it recomputes from the tokens, same output."""
+    call = syscall(PROMPTS[0], max_tokens=40)
+    want = engine_backend.chat(call)
+    same, smaller = LlamaCppBackend(settings()), LlamaCppBackend(settings(llm_batch_size=2))
+    before = engine_backend.engine.restored
+    for b in (engine_backend, same, smaller):
+        b.quantum, b.others_waiting = 6, (lambda: True)
+    try:
+        for pair in ((engine_backend, same), (engine_backend, smaller)):
+            snap: Snapshot | None = None
+            for turn in range(100):
+                try:
+                    got = pair[turn % 2].chat(call, snap)
+                    break
+                except Preempted as p:
+                    snap = p.snapshot
+            assert snap is not None and snap.slices >= 4 and snap.state
+            assert got["content"] == want["content"]
+    finally:
+        for b in (engine_backend, same, smaller):
+            b.quantum, b.others_waiting = 0, None
+        same.engine.close()
+        smaller.engine.close()
+    assert same.engine.restored >= 2 and engine_backend.engine.restored - before >= 2
+    assert smaller.engine.restored == 0
+
+
 def test_openai_preemption_resumes_as_a_text_continuation(llama_server: str) -> None:  # noqa: F811
     common = {"llm_backend": "openai", "llm_base_url": llama_server, "llm_model": "smollm2",
               "visibility_timeout_s": 7200, "llm_extra_body": {"repeat_penalty": 1.0}}
