@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from aios.bench.agents import script, targets
+from aios.bench.agents import ratios, script, targets
 from aios.bench.engine import run_engine_bench
 from aios.errors import ConfigError
 
@@ -31,6 +31,8 @@ def test_targets_read_n32_and_say_whether_met() -> None:
     t = targets(results, [8, 32])
     assert t["speedup_total_time_n32"] == {"value": 2.5, "goal": 2.1, "met": True}
     assert t["rr_p90_wait_vs_fifo"]["value"] == 1.1 and not t["rr_p90_wait_vs_fifo"]["met"]
+    assert ratios(results, [32]) == {"fifo_vs_baseline": {"32": 100 / 90}, "rr_vs_baseline": {"32": 100 / 95},
+                                     "batching_vs_baseline": {"32": 2.5}, "batching_vs_fifo": {"32": 90 / 40}}
     missing = targets({"fifo": {8: r(1, 2)}, "rr": {8: r(1, 1)}}, [8])
     assert missing["speedup_total_time_n32"]["value"] is None and not missing["speedup_total_time_n32"]["met"]
     assert missing["rr_p90_wait_vs_fifo"]["value"] == 0.5 and missing["rr_p90_wait_vs_fifo"]["n_agents"] == 8

@@ -228,6 +228,17 @@ def targets(results: dict[str, dict[int, dict[str, Any]]], ns: list[int]) -> dic
     return out
 
 
+def ratios(results: dict[str, dict[int, dict[str, Any]]], ns: list[int]) -> dict[str, dict[str, float]]:
+    """Total-time speedups of each kernel contender over the baseline, and of batching over FIFO, per N."""
+    out: dict[str, dict[str, float]] = {}
+    pairs = [(c, "baseline") for c in ("fifo", "rr", "batching")] + [("batching", "fifo")]
+    for fast, slow in pairs:
+        if fast in results and slow in results:
+            out[f"{fast}_vs_{slow}"] = {str(n): results[slow][n]["total_time_s"] / results[fast][n]["total_time_s"]
+                                        for n in ns}
+    return out
+
+
 def print_table(console: Console, result: dict[str, Any]) -> None:
     table = Table(title="aios bench agents: N concurrent agents, same scripts for every contender")
     for col in ("contender", "N", "total s", "avg wait s", "p90 wait s", "syscalls/s", "tokens/s", "speedup",
@@ -314,6 +325,7 @@ def run_agents_bench(settings: Settings, *, agents: list[int], steps: int = 2, s
                    "model": default_model_path().name, "n_threads": settings.llm_n_threads},
         "results": {c: {str(n): r for n, r in by_n.items()} for c, by_n in results.items()},
         "targets": targets(results, agents),
+        "ratios": ratios(results, agents),
     }
     print_table(out, result)
     save(json_path, result, lambda png: plot(png, result), err.log)
