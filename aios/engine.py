@@ -105,10 +105,11 @@ class BatchEngine:
         # threads); without it, batched greedy output drifts from the unbatched after a few tokens.
         # llama.cpp pads the context to 256 cells, then divides it evenly among the streams (the last one is the
         # prefix cache's)
-        params.n_ctx = -(-n_ctx // 256) * 256 * (n_seq + 1)
+        n_streams = n_seq + 1 if prefix_cache else n_seq
+        params.n_ctx = -(-n_ctx // 256) * 256 * n_streams
         params.n_batch = n_batch
         params.n_ubatch = n_batch
-        params.n_seq_max = n_seq + 1  # the last stream holds the prefix cache
+        params.n_seq_max = n_streams  # with the prefix cache, its stream is the last one
         params.kv_unified = False
         params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
                                   else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
@@ -139,7 +140,8 @@ class BatchEngine:
         self.restored = 0
         self.moved = 0
         self.prefix_cache = prefix_cache
-        self._cache_seq = n_seq
+        """Whether the prefix cache is used (it can be switched off, not on, after construction)."""
+        self._cache_seq = n_seq if prefix_cache else -1
         self._cache_tokens: list[int] = []
         self.prefix_hits = 0
         self.prefix_tokens_reused = 0
@@ -204,7 +206,7 @@ class BatchEngine:
         """Start ``seq`` from the cached KV cells of the prompt prefix it shares with an earlier request (agents
         share system prompts), so that only the rest of its prompt is prefilled. The cells are those the prefix
         gets computed afresh, bit for bit (batch invariance), so the output does not change."""
-        if not self.prefix_cache or not self._cache_tokens:
+        if not self.prefix_cache or self._cache_seq < 0 or not self._cache_tokens:
             return
         prompt, cached = seq.req.prompt, self._cache_tokens
         m = 0
@@ -222,7 +224,7 @@ class BatchEngine:
     def _cache_prompt(self, seq: _Seq) -> None:
         """After ``seq``'s prompt is prefilled: keep its cells as the prefix cache, unless it came from the cache
         (the cache then already holds what it shares with the others)."""
-        if not self.prefix_cache or seq.reused or len(seq.req.prompt) < MIN_PREFIX:
+        if not self.prefix_cache or self._cache_seq < 0 or seq.reused or len(seq.req.prompt) < MIN_PREFIX:
             return
         self._lc.llama_memory_seq_rm(self._mem, self._cache_seq, -1, -1)
         self._lc.llama_memory_seq_cp(self._mem, seq.seq_id, self._cache_seq, -1, -1)
