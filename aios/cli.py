@@ -583,7 +583,9 @@ def engine(sizes: str, tokens: int, threads: int, quantize: str, json_path: Path
 
     try:
         bs = [int(x) for x in sizes.split(",") if x.strip()]
-        run_engine_bench(Path(get_settings().data_dir), sizes=bs, tokens=tokens, threads=threads,
+        settings = get_settings()
+        run_engine_bench(Path(settings.data_dir), sizes=bs, tokens=tokens, threads=threads,
+                         gpu_layers=settings.llm_n_gpu_layers,
                          quantize=[q.strip() for q in quantize.split(",") if q.strip()], json_path=json_path)
     except ValueError:
         _fail(AIOSError(f"--sizes must be comma-separated integers, got {sizes!r}"))

@@ -99,7 +99,7 @@ class Baseline:
                 [sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()), "--port", str(port),
                  "--host", "127.0.0.1", "--n_ctx", str(settings.llm_n_ctx),
                  "--n_threads", str(settings.llm_n_threads or 2), "--n_threads_batch", str(settings.llm_n_threads or 2),
-                 "--flash_attn", "true"], stdout=out, stderr=subprocess.STDOUT)
+                 "--flash_attn", "true", "--n_gpu_layers", str(settings.llm_n_gpu_layers)], stdout=out, stderr=subprocess.STDOUT)
         self.base_url = f"http://127.0.0.1:{port}/v1"
         deadline = time.monotonic() + 120
         while True:

@@ -53,10 +53,12 @@ def quantized(src: Path, kind: str, out_dir: Path) -> Path:
     return out
 
 
-def measure(label: str, path: Path, sizes: list[int], tokens: int, threads: int, progress: Progress) -> dict[str, Any]:
+def measure(label: str, path: Path, sizes: list[int], tokens: int, threads: int, gpu_layers: int,
+            progress: Progress) -> dict[str, Any]:
     from llama_cpp import Llama
 
-    llama = Llama(model_path=str(path), n_ctx=256, n_batch=256, n_threads=threads, verbose=False)
+    llama = Llama(model_path=str(path), n_ctx=256, n_batch=256, n_threads=threads, n_gpu_layers=gpu_layers,
+                  verbose=False)
     out: dict[str, Any] = {}
     for b in sizes:
         task = progress.add_task(f"{label} B={b}", total=2 * b)
@@ -113,7 +115,7 @@ def plot(path: Path, result: dict[str, Any]) -> None:
     plt.close(fig)
 
 
-def run_engine_bench(data_dir: Path, *, sizes: list[int], tokens: int = 64, threads: int = 2,
+def run_engine_bench(data_dir: Path, *, sizes: list[int], tokens: int = 64, threads: int = 2, gpu_layers: int = 0,
                      quantize: list[str] | None = None, json_path: Path | None = None) -> dict[str, Any]:
     if not sizes or min(sizes) < 1 or max(sizes) > 64 or tokens < 1:
         raise ConfigError("need --sizes between 1 and 64 and --tokens >= 1")
@@ -127,9 +129,9 @@ def run_engine_bench(data_dir: Path, *, sizes: list[int], tokens: int = 64, thre
     with Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err, refresh_per_second=4) as progress:
         for name, path in models.items():
-            results[name] = measure(name, path, sizes, tokens, threads, progress)
+            results[name] = measure(name, path, sizes, tokens, threads, gpu_layers, progress)
     result = {"benchmark": "engine", "machine": machine(),
-              "params": {"sizes": sizes, "tokens": tokens, "threads": threads,
+              "params": {"sizes": sizes, "tokens": tokens, "threads": threads, "gpu_layers": gpu_layers,
                          "models": {name: path.name for name, path in models.items()}},
               "results": results}
     table = Table(title=f"aios bench engine: the same prompts one at a time vs batched (greedy); bundled = {src.name}")
