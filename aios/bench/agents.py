@@ -95,11 +95,13 @@ class Baseline:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log(f"starting llama_cpp.server on port {port}")
         with open(self.log_path, "wb") as out:
+            threads = str(settings.llm_n_threads or 2)
+            # the engine's llama.cpp options: threads, flash attention, GPU layers
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()), "--port", str(port),
-                 "--host", "127.0.0.1", "--n_ctx", str(settings.llm_n_ctx),
-                 "--n_threads", str(settings.llm_n_threads or 2), "--n_threads_batch", str(settings.llm_n_threads or 2),
-                 "--flash_attn", "true", "--n_gpu_layers", str(settings.llm_n_gpu_layers)], stdout=out, stderr=subprocess.STDOUT)
+                 "--host", "127.0.0.1", "--n_ctx", str(settings.llm_n_ctx), "--n_threads", threads,
+                 "--n_threads_batch", threads, "--flash_attn", "true", "--n_gpu_layers", str(settings.llm_n_gpu_layers)],
+                stdout=out, stderr=subprocess.STDOUT)
         self.base_url = f"http://127.0.0.1:{port}/v1"
         deadline = time.monotonic() + 120
         while True:
