@@ -41,7 +41,7 @@ return 'ok'
 """
 
 
-def irreversible_reason(syscall: Syscall, service: Any, settings: Settings) -> str | None:
+def irreversible_reason(syscall: Syscall, service: Any) -> str | None:
     """Why ``syscall`` needs an operator's approval, or ``None`` if it can run at once."""
     if isinstance(syscall, ToolSyscall):
         try:

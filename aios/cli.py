@@ -488,17 +488,21 @@ def ratelimit(quick: bool, json_path: Path | None, **given: Any) -> None:
         _fail(exc)
 
 
-def _worker_counts(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    """A comma-separated list of integers (``1,2,4``; ``10_000`` allowed); None stays None (the default applies)."""
     if value is None:
         return None
     try:
-        return tuple(int(v) for v in value.split(","))
+        numbers = tuple(int(v.replace("_", "")) for v in value.split(",") if v.strip())
     except ValueError:
-        raise click.BadParameter(f"expected worker counts separated by commas, like 1,2,4; got {value!r}") from None
+        numbers = ()
+    if not numbers:
+        raise click.BadParameter(f"expected integers separated by commas, like 1,2,4; got {value!r}")
+    return numbers
 
 
 @bench.command()
-@click.option("--workers", callback=_worker_counts, default=None,
+@click.option("--workers", callback=_int_list, default=None,
               help="LLM worker counts to compare, comma-separated; must include 1 and 4.  [default: 1,2,4]")
 @click.option("--agents", type=int, default=None, help="Agents (threads) keeping the workers busy.  [default: 16]")
 @click.option("--calls-per-worker", type=int, default=None,
@@ -520,31 +524,17 @@ def scale(quick: bool, json_path: Path | None, **given: Any) -> None:
 
 @bench.command()
 @click.option("--seconds", default=8.0, show_default=True, help="Length of each share measurement.")
-@click.option("--demands", default="1,2,4,8", show_default=True, help="Syscalls each competing agent keeps in flight.")
+@click.option("--demands", default="1,2,4,8", show_default=True, callback=_int_list, help="Syscalls each competing agent keeps in flight.")
 @click.option("--urgent", default=40, show_default=True, help="Sequential syscalls of the high-priority agent.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def fairness(seconds: float, demands: str, urgent: int, json_path: Path | None) -> None:
+def fairness(seconds: float, demands: tuple[int, ...], urgent: int, json_path: Path | None) -> None:
     """Fair share (fifo vs fair) among unequal demands, and an urgent agent under a flood (fifo vs priority)."""
     from aios.bench.fairness import run_fairness
 
     try:
-        parsed = tuple(int(d) for d in demands.split(",") if d.strip())
-    except ValueError:
-        _fail(ConfigError(f"--demands takes comma-separated integers, like 1,2,4,8; got {demands!r}"))
-    try:
-        run_fairness(get_settings(), seconds=seconds, demands=parsed, urgent=urgent, json_path=json_path)
+        run_fairness(get_settings(), seconds=seconds, demands=demands, urgent=urgent, json_path=json_path)
     except AIOSError as exc:
         _fail(exc)
-
-
-def _sizes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(v.replace("_", "")) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: give item counts separated by commas, e.g. 10000,100000") from None
-    if not sizes:
-        raise click.BadParameter("give at least one size")
-    return sizes
 
 
 @bench.command()
@@ -552,7 +542,7 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int,
 @click.option("--accesses", default=20_000, show_default=True, help="Eviction: reads in the skewed trace.")
 @click.option("--budget", default=0, show_default=True,
               help="Eviction: fast-tier budget in bytes per agent; 0: a tenth of the items' bytes.")
-@click.option("--sizes", default="10000", show_default=True, callback=_sizes,
+@click.option("--sizes", default="10000", show_default=True, callback=_int_list,
               help="Search latency: memory sizes, comma-separated (e.g. 10000,100000).")
 @click.option("--queries", default=200, show_default=True, help="Search latency: queries per size.")
 @click.option("--embed-limit", default=10_000, show_default=True,
@@ -572,29 +562,28 @@ def memory(items: int, accesses: int, budget: int, sizes: tuple[int, ...], queri
 
 
 @bench.command()
-@click.option("--sizes", default="1,4,8,16,32", show_default=True, help="Batch sizes, comma-separated.")
+@click.option("--sizes", default="1,4,8,16,32", show_default=True, callback=_int_list,
+              help="Batch sizes, comma-separated.")
 @click.option("--tokens", default=64, show_default=True, help="Tokens generated per sequence (greedy).")
 @click.option("--threads", default=2, show_default=True, help="llama.cpp threads.")
 @click.option("--quantize", default="", help="Also measure the model converted to these types, e.g. q8_0,q4_0.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def engine(sizes: str, tokens: int, threads: int, quantize: str, json_path: Path | None) -> None:
+def engine(sizes: tuple[int, ...], tokens: int, threads: int, quantize: str, json_path: Path | None) -> None:
     """The batching engine alone: the same prompts one at a time vs batched, per batch size and weight type."""
     from aios.bench.engine import run_engine_bench
 
     try:
-        bs = [int(x) for x in sizes.split(",") if x.strip()]
         settings = get_settings()
-        run_engine_bench(Path(settings.data_dir), sizes=bs, tokens=tokens, threads=threads,
+        run_engine_bench(Path(settings.data_dir), sizes=list(sizes), tokens=tokens, threads=threads,
                          gpu_layers=settings.llm_n_gpu_layers,
                          quantize=[q.strip() for q in quantize.split(",") if q.strip()], json_path=json_path)
-    except ValueError:
-        _fail(AIOSError(f"--sizes must be comma-separated integers, got {sizes!r}"))
     except AIOSError as exc:
         _fail(exc)
 
 
 @bench.command()
-@click.option("--agents", default="8,16,32", show_default=True, help="Numbers of concurrent agents, comma-separated.")
+@click.option("--agents", default="8,16,32", show_default=True, callback=_int_list,
+              help="Numbers of concurrent agents, comma-separated.")
 @click.option("--steps", default=2, show_default=True, help="LLM + tool syscall pairs per agent script.")
 @click.option("--short", "short", default=24, show_default=True, help="max_tokens of a short LLM step.")
 @click.option("--long", "long", default=160, show_default=True, help="max_tokens of a long LLM step (every eighth).")
@@ -603,19 +592,16 @@ def engine(sizes: str, tokens: int, threads: int, quantize: str, json_path: Path
 @click.option("--threads", default=2, show_default=True, help="llama.cpp threads, for the server and the kernel alike.")
 @click.option("--contenders", default=",".join(("baseline", "fifo", "rr", "batching")), show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def agents(agents: str, steps: int, short: int, long: int, batch_size: int, quantum: int, threads: int,
+def agents(agents: tuple[int, ...], steps: int, short: int, long: int, batch_size: int, quantum: int, threads: int,
            contenders: str, json_path: Path | None) -> None:
     """N concurrent ReAct-style agents: llama.cpp server directly vs the kernel with FIFO, RR, batching."""
     from aios.bench.agents import run_agents_bench
 
     try:
-        ns = [int(x) for x in agents.split(",") if x.strip()]
-        run_agents_bench(get_settings(), agents=ns, steps=steps, short=short, long=long, batch_size=batch_size,
+        run_agents_bench(get_settings(), agents=list(agents), steps=steps, short=short, long=long, batch_size=batch_size,
                          quantum=quantum, threads=threads,
                          contenders=tuple(c.strip() for c in contenders.split(",") if c.strip()),
                          json_path=json_path)
-    except ValueError:
-        _fail(AIOSError(f"--agents must be comma-separated integers, got {agents!r}"))
     except AIOSError as exc:
         _fail(exc)
 

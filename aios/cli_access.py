@@ -13,10 +13,11 @@ from typing import Any, NoReturn
 
 import click
 
+from aios.access import MODES, RESOURCES
 from aios.errors import AIOSError
 
-RESOURCE = click.Choice(["memory", "files"])
-MODE = click.Choice(["read", "write"])
+RESOURCE = click.Choice(list(RESOURCES))
+MODE = click.Choice(list(MODES))
 
 
 def _fail(message: object) -> NoReturn:

@@ -26,10 +26,10 @@ from typing import Callable, Sequence
 import redis
 
 from aios.errors import ConfigError, KernelUnavailable
-from aios.settings import QUEUES, Settings
+from aios.settings import QUEUES, Settings, llm_queue
 
 log = logging.getLogger("aios.embedded")
-RESOURCES = ("llm", "tool", "storage")
+RESOURCES = tuple(QUEUES)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -172,7 +172,7 @@ class LocalKernel:
         queue = QUEUES[resource]
         if core is not None:
             env["AIOS_LLM_CORE"] = core
-            queue = f"{QUEUES['llm']}.{core}"
+            queue = llm_queue(self.settings, core)
         argv = [sys.executable, "-m", "celery", "-A", f"workers.{resource}", "worker", "-Q", queue,
                 "-n", f"{name}-{os.getpid()}@%h", "--loglevel", self.loglevel, "--without-gossip",
                 "--without-mingle", *self.extra_worker_args]

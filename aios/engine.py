@@ -103,8 +103,7 @@ class BatchEngine:
         # lowest id first and the batch is built in id order. With flash attention on, each sequence's logits are
         # bit for bit those it gets alone (measured: 32 sequences x 96 tokens, Q4_1, Q8_0 and Q4_0 files, 1 and 2
         # threads); without it, batched greedy output drifts from the unbatched after a few tokens.
-        # llama.cpp pads the context to 256 cells, then divides it evenly among the streams (the last one is the
-        # prefix cache's)
+        # llama.cpp pads the context to 256 cells, then divides it evenly among the streams.
         n_streams = n_seq + 1 if prefix_cache else n_seq
         params.n_ctx = -(-n_ctx // 256) * 256 * n_streams
         params.n_batch = n_batch
@@ -119,13 +118,11 @@ class BatchEngine:
         self._model = llama._model.model
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         self._ctx = llama_cpp.llama_init_from_model(self._model, params)
-        self.flash_attn = flash_attn
         if not self._ctx and flash_attn:  # a device without flash attention: run, but say what it costs
             log.warning("llama.cpp could not enable flash attention here; batched greedy output may differ from "
                         "unbatched output after a few tokens (set AIOS_LLM_BATCH_SIZE=1 where that matters)")
             params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
             self._ctx = llama_cpp.llama_init_from_model(self._model, params)
-            self.flash_attn = False
         if not self._ctx:
             raise BackendError(f"llama.cpp could not create a context of {n_ctx} tokens for {n_seq} sequences; "
                                "lower AIOS_LLM_N_CTX or AIOS_LLM_BATCH_SIZE")
@@ -204,8 +201,8 @@ class BatchEngine:
 
     def _reuse_prefix(self, seq: _Seq) -> None:
         """Start ``seq`` from the cached KV cells of the prompt prefix it shares with an earlier request (agents
-        share system prompts), so that only the rest of its prompt is prefilled. The cells are those the prefix
-        gets computed afresh, bit for bit (batch invariance), so the output does not change."""
+        share system prompts), so that only the rest of its prompt is prefilled. The copied cells are bit for bit those
+        the prefix would get if computed afresh (batch invariance), so the output does not change."""
         if not self.prefix_cache or self._cache_seq < 0 or not self._cache_tokens:
             return
         prompt, cached = seq.req.prompt, self._cache_tokens

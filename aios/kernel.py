@@ -135,7 +135,8 @@ class Runtime:
                 f"the syscall waited {started - syscall.created_at:.1f}s in queue {self.queue}, past its "
                 f"timeout of {syscall.timeout_s}s; raise timeout_s or add {self.resource} workers"
             )
-            self.reply(self._error(syscall.id, exc, created, started, worker), syscall.kind)
+            # once: like any answer to a syscall, it also drops a suspended generation's snapshot and retry count
+            self.reply(self._error(syscall.id, exc, created, started, worker), syscall.kind, once=True)
             return
         if self.settings.approvals == "required" and self._await_approval(syscall, args[0]):
             return
@@ -182,11 +183,16 @@ class Runtime:
         ContextStore(self.redis, self.settings.result_ttl_s).save(syscall.id, snapshot)
         if self.app is None:
             raise RuntimeError("a runtime without a Celery app cannot requeue a preempted syscall")
-        self.app.send_task(
-            self.task_name, args=[raw], task_id=syscall.id, queue=self.queue, ignore_result=True,
-            argsrepr=f"<{syscall.kind} syscall of {syscall.agent_id}, resumed>", kwargsrepr="{}",
-            **self._requeue_options(syscall))
+        self._requeue(syscall, raw, "resumed")
         self.redis.hincrby(keys.STATS_DONE, f"{syscall.kind}:preempted", 1)
+
+    def _requeue(self, syscall: Syscall, raw: Any, why: str, countdown: float | None = None) -> None:
+        """Send the original signed message (same id, same signature) back to this worker's queue."""
+        assert self.app is not None
+        self.app.send_task(
+            self.task_name, args=[raw], task_id=syscall.id, queue=self.queue, countdown=countdown,
+            ignore_result=True, argsrepr=f"<{syscall.kind} syscall of {syscall.agent_id}, {why}>", kwargsrepr="{}",
+            **self._requeue_options(syscall))
 
     def _requeue_options(self, syscall: Syscall) -> dict[str, Any]:
         """Priority and headers of a syscall going back to its queue: where the resource's policy puts it now
@@ -217,10 +223,7 @@ class Runtime:
             return False
         log.warning("syscall %s: transient failure, attempt %d of %d again in %.1fs: %s", syscall.id, attempt + 1,
                     self.settings.retry_max + 1, delay, exc.message)
-        self.app.send_task(
-            self.task_name, args=[raw], task_id=syscall.id, queue=self.queue, countdown=delay,
-            ignore_result=True, argsrepr=f"<{syscall.kind} syscall of {syscall.agent_id}, retry {attempt}>",
-            kwargsrepr="{}", **self._requeue_options(syscall))
+        self._requeue(syscall, raw, f"retry {attempt}", countdown=delay)
         self.redis.hincrby(keys.STATS_DONE, f"{syscall.kind}:retried", 1)
         return True
 
@@ -240,7 +243,7 @@ class Runtime:
 
     def _await_approval(self, syscall: Syscall, raw: Any) -> bool:
         """True if the syscall must not run now: parked for an operator, or already denied/expired."""
-        reason = irreversible_reason(syscall, self.service, self.settings)
+        reason = irreversible_reason(syscall, self.service)
         if reason is None:
             return False
         approvals = Approvals(self.settings, self.redis)
@@ -403,8 +406,7 @@ def create_worker_app(resource: str, service_factory: Callable[[Settings], Servi
         def _start_ager(sender: Any = None, **_: Any) -> None:
             if sender is not None and getattr(sender, "app", app) is not app:
                 return
-            broker = redis.Redis.from_url(broker_to_redis_py(settings.require_broker()))
-            agers.append(Ager(broker, runtime.queue, settings.aging_s).start())
+            agers.append(Ager(runtime._broker_redis, runtime.queue, settings.aging_s).start())
 
         @worker_shutdown.connect(weak=False)
         def _stop_ager(**_: Any) -> None:

@@ -2,8 +2,8 @@
 
 The kernel has no central dispatcher: syscalls wait in the broker's priority queues and every worker takes the
 most urgent one it can. A policy therefore acts where a syscall enters the queue (:meth:`Policy.priority`,
-called by the SDK) and, for aging, while it waits (:func:`aged_priority`, applied on Redis brokers by the
-workers' ager, :mod:`aios.governor`). One policy per resource (``AIOS_POLICIES``):
+called by the SDK) and, for aging, while it waits (:func:`aged_priority` states the rule; on Redis brokers the
+workers' ager applies it in Lua, ``governor._AGE``). One policy per resource (``AIOS_POLICIES``):
 
 ``fifo``      every syscall at the same priority: served in arrival order.
 ``rr``        round robin: the same, plus a time slice on the LLM (``AIOS_LLM_QUANTUM_TOKENS``, 32 if unset) that

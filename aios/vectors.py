@@ -50,7 +50,7 @@ force in Python (about 50 us a row, measured: 10,000 unflushed rows made a searc
 flushed segments are searched by faiss."""
 FLUSH_BEFORE_SEARCH = 128
 """A search first flushes its collection if at least this many rows wait (a flush of a few hundred rows takes
-tens of ms)."""  # characters of a chunk kept in Milvus for the snippet returned with a file hit
+tens of ms)."""
 
 
 def row_id(agent: str, name: str) -> str:

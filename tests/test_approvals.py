@@ -6,7 +6,6 @@ import json
 import subprocess
 import time
 import uuid
-from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -19,26 +18,22 @@ from aios.tools import Tool, ToolRegistry, ToolService
 from tests.conftest import authorized, base_settings, run_aios
 
 
-def test_what_counts_as_irreversible(tmp_path: Path) -> None:
-    settings = base_settings(tmp_path, approvals="required")
+def test_what_counts_as_irreversible() -> None:
     reg = ToolRegistry()
     reg.register(Tool("send_email", "sends mail", {"type": "object"}, lambda: None, irreversible=True))
     reg.register(Tool("lookup", "reads", {"type": "object"}, lambda: None))
     tools = ToolService(reg)
-    assert irreversible_reason(ToolSyscall(agent_id="a", tool="send_email"), tools, settings)
-    assert irreversible_reason(ToolSyscall(agent_id="a", tool="lookup"), tools, settings) is None
-    assert irreversible_reason(ToolSyscall(agent_id="a", tool="nope"), tools, settings) is None
-    assert irreversible_reason(MemorySyscall(agent_id="a", op="delete", key="k"), None, settings)
-    assert irreversible_reason(MemorySyscall(agent_id="a", op="put", key="k", value=1), None, settings) is None
-    assert irreversible_reason(StorageSyscall(agent_id="a", op="delete", path="x"), None, settings)
+    assert irreversible_reason(ToolSyscall(agent_id="a", tool="send_email"), tools)
+    assert irreversible_reason(ToolSyscall(agent_id="a", tool="lookup"), tools) is None
+    assert irreversible_reason(ToolSyscall(agent_id="a", tool="nope"), tools) is None
+    assert irreversible_reason(MemorySyscall(agent_id="a", op="delete", key="k"), None)
+    assert irreversible_reason(MemorySyscall(agent_id="a", op="put", key="k", value=1), None) is None
+    assert irreversible_reason(StorageSyscall(agent_id="a", op="delete", path="x"), None)
     write = StorageSyscall(agent_id="a", op="write", path="d/x.txt", content="new")
-    assert irreversible_reason(write, None, settings) is None  # a new file
-    (tmp_path / "agents" / "a" / "files" / "d").mkdir(parents=True)
-    (tmp_path / "agents" / "a" / "files" / "d" / "x.txt").write_text("old")
-    # Overwriting keeps a version (rollback_file restores it): not irreversible any more. Sharing is.
-    assert irreversible_reason(write, None, settings) is None
+    # Writing, even over an existing file, keeps a version (rollback_file restores it): not irreversible. Sharing is.
+    assert irreversible_reason(write, None) is None
     share = StorageSyscall(agent_id="a", op="share", path="d/x.txt", with_agent="b")
-    assert "gives agent 'b' read access" in (irreversible_reason(share, None, settings) or "")
+    assert "gives agent 'b' read access" in (irreversible_reason(share, None) or "")
 
 
 

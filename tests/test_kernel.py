@@ -154,6 +154,23 @@ def test_syscall_of_wrong_kind_on_queue_is_refused(kernel: LocalKernel) -> None:
     assert "aios.storage" in response.error.message
 
 
+def test_a_syscall_past_its_deadline_is_answered_once_and_leaves_no_snapshot(kernel: LocalKernel) -> None:
+    """Reached after its deadline (say, a suspended generation requeued behind a long queue): the caller gets
+    deadline_exceeded, and the syscall's snapshot and retry count go with the answer, as for any answer."""
+    sid = uuid.uuid4().hex
+    late = _valid_tool_syscall(id=sid, created_at=time.time() - 10, timeout_s=1)
+    late["sig"] = sign(late, Credentials(kernel.settings).create("raw-client", write_file=False).secret)
+    state = _state(kernel)
+    state.hset(keys.context(sid), mapping={"backend": "llamacpp"})
+    state.set(keys.attempts(sid), 1)
+    publish_raw(kernel.settings, _envelope(late), content_type="application/json", task="aios.tool", message_id=sid)
+    response = _reply(kernel, sid)
+    assert response.error is not None and response.error.code == "deadline_exceeded"
+    assert "raise timeout_s" in response.error.message
+    assert state.get(keys.result(sid)) is not None  # stored: a redelivery is not run again
+    assert not state.exists(keys.context(sid)) and not state.exists(keys.attempts(sid))
+
+
 def test_redelivered_answered_syscall_is_not_rerun(kernel: LocalKernel, sdk: Kernel) -> None:
     """Idempotency: a syscall id already answered is refused as a replay, and does not run twice."""
     syscall = sdk.memory_syscall("put", "counter", 1)

@@ -28,10 +28,10 @@ from typing import Any, Callable
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
-from aios.bench.common import machine, save
+from aios.bench.common import consoles, machine, print_targets, progress_bars, save, target
 from aios.client import Kernel
 from aios.embedded import LocalKernel
 from aios.errors import ConfigError
@@ -217,16 +217,17 @@ def run_agents(contender: Any, n: int, steps: int, short: int, long: int, progre
             "errors": rec.errors}
 
 
+TARGETS = {"speedup_total_time_n32": (2.1, "min"), "rr_p90_wait_vs_fifo": (1.0, "max")}
+
+
 def targets(results: dict[str, dict[int, dict[str, Any]]], ns: list[int]) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
     base, batch = results.get("baseline", {}).get(32), results.get("batching", {}).get(32)
-    value = base["total_time_s"] / batch["total_time_s"] if base and batch else None
-    out["speedup_total_time_n32"] = {"value": value, "goal": 2.1, "met": value is not None and value >= 2.1}
     n = 32 if 32 in ns else max(ns)
     fifo, rr = results.get("fifo", {}).get(n), results.get("rr", {}).get(n)
-    value = rr["p90_wait_s"] / fifo["p90_wait_s"] if fifo and rr else None
-    out["rr_p90_wait_vs_fifo"] = {"value": value, "goal": 1.0, "met": value is not None and value <= 1.0,
-                                  "n_agents": n}
+    values = {"speedup_total_time_n32": base["total_time_s"] / batch["total_time_s"] if base and batch else None,
+              "rr_p90_wait_vs_fifo": rr["p90_wait_s"] / fifo["p90_wait_s"] if fifo and rr else None}
+    out = {name: target(values[name], *TARGETS[name]) for name in TARGETS}
+    out["rr_p90_wait_vs_fifo"]["n_agents"] = n
     return out
 
 
@@ -255,11 +256,7 @@ def print_table(console: Console, result: dict[str, Any]) -> None:
             table.add_row(name, str(n), f"{r['total_time_s']:.1f}", f"{r['avg_wait_s']:.2f}", f"{r['p90_wait_s']:.2f}",
                           f"{r['syscalls_per_s']:.2f}", f"{r['tokens_per_s']:.0f}", speed, str(r["errors"]))
     console.print(table)
-    for name, t in result["targets"].items():
-        shown = "n/a" if t["value"] is None else f"{t['value']:.2f}"
-        mark = "[green]met[/]" if t["met"] else "[red]missed[/]"
-        bound = ">=" if name.startswith("speedup") else "<="
-        console.print(f"  {name}: {shown} (goal {bound} {t['goal']}) {mark}")
+    print_targets(console, result["targets"], {name: bound for name, (_, bound) in TARGETS.items()})
 
 
 def plot(path: Path, result: dict[str, Any]) -> None:
@@ -295,8 +292,8 @@ def run_agents_bench(settings: Settings, *, agents: list[int], steps: int = 2, s
     unknown = set(contenders) - set(CONTENDERS)
     if unknown:
         raise ConfigError(f"unknown contenders {sorted(unknown)}; known: {', '.join(CONTENDERS)}")
-    out, err = Console(), Console(stderr=True, log_path=False)
-    log = lambda msg: err.log(msg)  # noqa: E731
+    out, err = consoles()
+    log = err.log
     settings = settings.model_copy(update={"broker_url": None, "redis_url": None, "llm_backend": "llamacpp",
                                            "llm_model": None, "llm_n_threads": threads,
                                            "llm_n_ctx": 1024, "approvals": "off"})
@@ -306,8 +303,7 @@ def run_agents_bench(settings: Settings, *, agents: list[int], steps: int = 2, s
         "batching": {"llm_batch_size": batch_size, "llm_quantum_tokens": 0, "policies": {"llm": "fifo"}},
     }
     results: dict[str, dict[int, dict[str, Any]]] = {}
-    with Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, refresh_per_second=4) as progress:
+    with progress_bars(err, 20) as progress:
         tasks = {(c, n): progress.add_task(f"{c} N={n}", total=n * steps * 2) for c in contenders for n in agents}
         for name in contenders:
             contender = Baseline(settings, log) if name == "baseline" else \

@@ -8,14 +8,32 @@ import platform
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                           TimeElapsedColumn)
+
+
+def consoles() -> tuple[Console, Console]:
+    """Where a benchmark writes: its table to stdout; progress and log lines to stderr."""
+    return Console(), Console(stderr=True, log_path=False)
+
+
+def progress_bars(err: Console, width: int, *middle: ProgressColumn) -> Progress:
+    """Every benchmark's progress display on ``err``: the task's description (padded to ``width``), a bar, the
+    ``middle`` columns (by default done/total) and the time elapsed."""
+    return Progress(TextColumn(f"{{task.description:<{width}}}"), BarColumn(), *(middle or (MofNCompleteColumn(),)),
+                    TimeElapsedColumn(), console=err, refresh_per_second=4)
+
 
 def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "platform": platform.platform()}
 
 
-def target(value: float, goal: float, bound: Literal["min", "max"]) -> dict[str, Any]:
-    """A target as ``--json`` reports it: met when ``value`` is at least (``min``) or at most (``max``) ``goal``."""
-    return {"value": value, "goal": goal, "met": value >= goal if bound == "min" else value <= goal}
+def target(value: float | None, goal: float, bound: Literal["min", "max"]) -> dict[str, Any]:
+    """A target as ``--json`` reports it: met when ``value`` is at least (``min``) or at most (``max``) ``goal``;
+    ``None`` (the run did not measure it) is not met."""
+    met = value is not None and (value >= goal if bound == "min" else value <= goal)
+    return {"value": value, "goal": goal, "met": met}
 
 
 def save(json_path: Path | None, result: dict[str, Any], draw: Callable[[Path], None],
@@ -35,4 +53,5 @@ def print_targets(console: Any, targets: dict[str, dict[str, Any]], bounds: dict
     for name, t in targets.items():
         sign = ">=" if bounds[name] == "min" else "<="
         mark = "[green]met[/]" if t["met"] else "[red]missed[/]"
-        console.print(f"  {name}: {t['value']:.3g} (goal {sign} {t['goal']}) {mark}")
+        shown = "n/a" if t["value"] is None else f"{t['value']:.3g}"
+        console.print(f"  {name}: {shown} (goal {sign} {t['goal']}) {mark}")

@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
-from aios.bench.common import machine, save
+from aios.bench.common import consoles, machine, progress_bars, save
 from aios.engine import BatchEngine, Request
 from aios.errors import ConfigError
 from aios.llm import default_model_path
@@ -119,15 +118,14 @@ def run_engine_bench(data_dir: Path, *, sizes: list[int], tokens: int = 64, thre
                      quantize: list[str] | None = None, json_path: Path | None = None) -> dict[str, Any]:
     if not sizes or min(sizes) < 1 or max(sizes) > 64 or tokens < 1:
         raise ConfigError("need --sizes between 1 and 64 and --tokens >= 1")
-    out, err = Console(), Console(stderr=True, log_path=False)
+    out, err = consoles()
     src = default_model_path()
     models = {"bundled": src}
     for kind in quantize or []:
         err.log(f"converting {src.name} to {kind} (cached in {data_dir / 'models'})")
         models[kind] = quantized(src, kind, data_dir / "models")
     results: dict[str, Any] = {}
-    with Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, refresh_per_second=4) as progress:
+    with progress_bars(err, 12) as progress:
         for name, path in models.items():
             results[name] = measure(name, path, sizes, tokens, threads, gpu_layers, progress)
     result = {"benchmark": "engine", "machine": machine(),

@@ -27,10 +27,10 @@ from typing import Any, Callable
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import TextColumn
 from rich.table import Table
 
-from aios.bench.common import machine, print_targets, save, target
+from aios.bench.common import consoles, machine, print_targets, progress_bars, save, target
 from aios.client import Kernel
 from aios.embedded import LocalKernel
 from aios.errors import ConfigError
@@ -176,7 +176,7 @@ def run_fairness(settings: Settings, *, seconds: float = 8.0, demands: tuple[int
                  urgent: int = 40, json_path: Path | None = None) -> dict[str, Any]:
     if seconds <= 0 or urgent < 2 or not demands or min(demands) < 1:
         raise ConfigError("need --seconds > 0, --urgent >= 2 and demands of at least 1 syscall in flight")
-    out, err = Console(), Console(stderr=True, log_path=False)
+    out, err = consoles()
     # Embedded kernels, one per contender: each starts with an empty state and queue.
     base = settings.model_copy(update={"broker_url": None, "redis_url": None})
     result: dict[str, Any] = {"benchmark": "fairness",
@@ -185,8 +185,7 @@ def run_fairness(settings: Settings, *, seconds: float = 8.0, demands: tuple[int
                                          "share_sleep_s": SHARE_SLEEP_S, "flood_sleep_s": FLOOD_SLEEP_S,
                                          "fair_quantum_s": settings.fair_quantum_s, "worker_concurrency": 1},
                               "share": {}, "priority": {}}
-    with Progress(TextColumn("{task.description:<24}"), BarColumn(), TextColumn("{task.fields[what]}"),
-                  TimeElapsedColumn(), console=err, refresh_per_second=4) as progress:
+    with progress_bars(err, 24, TextColumn("{task.fields[what]}")) as progress:
         for policy in ("fifo", "fair"):
             task = progress.add_task(f"share: {policy}", total=seconds, what="")
             result["share"][policy] = run_share(

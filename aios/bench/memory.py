@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import redis
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
-from aios.bench.common import machine, save
+from aios.bench.common import consoles, machine, progress_bars, save
 from aios.embedded import LocalKernel
 from aios.embeddings import HashEmbedderFake
 from aios.errors import ConfigError
@@ -92,7 +91,6 @@ def run_eviction(base: Settings, redis_url: str, workdir: Path, *, n_items: int,
     values = [sentence(i) + " " + "x" * rng.randint(20, 220) for i in range(n_items)]
     total_bytes = sum(len(json.dumps(v, separators=(",", ":")).encode()) for v in values)
     budget = budget or total_bytes // 10
-    fast = redis.Redis.from_url(redis_url)
     contenders = {}
     for name, k in (("lru_k", 2), ("lru", 1)):
         settings = base.model_copy(update={"data_dir": workdir / name, "memory_budget_bytes": budget,
@@ -108,8 +106,7 @@ def run_eviction(base: Settings, redis_url: str, workdir: Path, *, n_items: int,
     latencies: dict[str, list[float]] = {name: [] for name in contenders}
 
     def fast_bytes(name: str) -> int:
-        held = fast.hvals(f"aios:memfast:{agents[name]}")
-        return sum(len(v) for v in held)
+        return contenders[name].memory.fast.size(agents[name])[1]
 
     for i, value in enumerate(values):
         for name, svc in contenders.items():
@@ -273,14 +270,13 @@ def run_memory_bench(settings: Settings, *, items: int = 2000, accesses: int = 2
     """Run both parts, print the tables, write JSON (and a PNG beside it) when asked; return the figures."""
     if items < 10 or accesses < 10 or queries < 5 or any(s < 5 for s in sizes):
         raise ConfigError("need --items >= 10, --accesses >= 10, --queries >= 5 and every size >= 5")
-    out, err = Console(), Console(stderr=True, log_path=False)
-    log = lambda msg: err.log(msg)  # noqa: E731
+    out, err = consoles()
+    log = err.log
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aios-bench-memory-")))
         private = settings.model_copy(update={"broker_url": None, "redis_url": None, "data_dir": workdir / "kernel"})
         lk = stack.enter_context(LocalKernel(private, resources=(), progress=log))  # its Redis: the fast tiers
-        with Progress(TextColumn("{task.description:<32}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=err, refresh_per_second=4) as progress:
+        with progress_bars(err, 32) as progress:
             eviction = run_eviction(settings, lk.settings.state_redis_url(), workdir, n_items=items,
                                     n_accesses=accesses, budget=budget, seed=seed, check_every=check_every,
                                     progress=progress)

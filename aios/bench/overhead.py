@@ -22,10 +22,10 @@ from typing import Any, Protocol
 import numpy as np
 from kombu.utils.url import maybe_sanitize_url
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
-from aios.bench.common import machine, print_targets, save, target
+from aios.bench.common import consoles, machine, print_targets, progress_bars, save, target
 from aios.celery_app import make_app
 from aios.client import Kernel
 from aios.embedded import LocalKernel
@@ -227,9 +227,9 @@ def run_overhead(settings: Settings, *, n_latency: int = 1000, n_throughput: int
     if rounds < 1 or n_latency < rounds or n_throughput < rounds:
         raise ConfigError(f"need rounds >= 1 and at least one request per round (got --requests {n_latency}, "
                           f"--throughput-requests {n_throughput}, --rounds {rounds})")
-    out, err = Console(), Console(stderr=True, log_path=False)
+    out, err = consoles()
     settings = settings.model_copy(update={"worker_concurrency": WORKER_CONCURRENCY})
-    log = lambda msg: err.log(msg)  # noqa: E731
+    log = err.log
     # Signing is measured on two private embedded kernels, alike but for authentication, so that the broker
     # is the same for both even when the main comparison runs on a configured one.
     embedded = settings.model_copy(update={"broker_url": None, "redis_url": None})
@@ -243,8 +243,7 @@ def run_overhead(settings: Settings, *, n_latency: int = 1000, n_throughput: int
             on = stack.enter_context(LocalKernel(embedded, resources=["tool"], progress=log))
             contenders.append(KernelSyscalls(on.settings, "signed"))
         try:
-            with Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
-                          TimeElapsedColumn(), console=err, refresh_per_second=4) as progress:
+            with progress_bars(err, 22) as progress:
                 samples = measure(contenders, n_latency, n_throughput, rounds, progress)
         finally:
             for c in contenders:

@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 
-from aios.bench.common import machine, print_targets, save, target
+from aios.bench.common import consoles, machine, print_targets, progress_bars, save, target
 from aios.bench.emulator import DEFAULT_MODEL, EmulatorProcess, prompt_tokens
 from aios.client import Kernel
 from aios.embedded import LocalKernel
@@ -332,11 +332,10 @@ def run_ratelimit(settings: Settings, params: RateParams = RateParams(), *, json
                   ) -> dict[str, Any]:
     """Run the benchmark, print its table, write JSON (and a PNG beside it) when asked; return the figures."""
     params.check()
-    out, err = Console(), Console(stderr=True, log_path=False)
-    log = lambda msg: err.log(msg)  # noqa: E731
+    out, err = consoles()
+    log = err.log
     runs: list[ContenderRun] = []
-    with Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, refresh_per_second=4) as progress:
+    with progress_bars(err, 24) as progress:
         runs.append(run_direct(params, progress))
         runs.append(run_kernel(settings, params, progress, log))
     limit = params.binding_requests

@@ -22,10 +22,9 @@ from typing import Any, Callable
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from aios.bench.common import machine, save, target
+from aios.bench.common import consoles, machine, progress_bars, save, target
 from aios.bench.emulator import EmulatorProcess
 from aios.bench.ratelimit import PROMPT, kernel_settings
 from aios.client import Kernel
@@ -183,8 +182,8 @@ def run_scale(settings: Settings, params: ScaleParams = ScaleParams(), *, json_p
               ) -> dict[str, Any]:
     """Run the benchmark, print its table, write JSON (and a PNG beside it) when asked; return the figures."""
     params.check()
-    out, err = Console(), Console(stderr=True, log_path=False)
-    log = lambda msg: err.log(msg)  # noqa: E731
+    out, err = consoles()
+    log = err.log
     service_s = params.service_ms / 1000
     blocks = {n: Block() for n in params.workers}
     total = sum(params.workers) * params.calls_per_worker * params.rounds
@@ -200,8 +199,7 @@ def run_scale(settings: Settings, params: ScaleParams = ScaleParams(), *, json_p
                     agent_id = f"bench-scale-{i:03d}"
                     kernels.append(Kernel(agent_id, settings=lk.settings, timeout_s=timeout_s,
                                           credential=creds.create(agent_id, write_file=False).secret))
-                with Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
-                              TimeElapsedColumn(), console=err, refresh_per_second=4) as progress:
+                with progress_bars(err, 22) as progress:
                     bar = progress.add_task("measured calls", total=total)
                     for r in range(params.rounds):
                         order = sorted(params.workers, reverse=r % 2 == 1)
