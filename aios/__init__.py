@@ -3,13 +3,13 @@
 The SDK is :class:`Kernel` (synchronous) and :class:`AsyncKernel` (asyncio); errors derive from :class:`AIOSError`.
 """
 
-from aios.client import AsyncKernel, Kernel, Pending
-from aios.errors import (
+from aios.sdk.client import AsyncKernel, Kernel, Pending
+from aios.wire.errors import (
     AccessDenied, AIOSError, ApprovalDenied, AuthError, BackendError, ConfigError, Conflict, DeadlineExceeded, InvalidSyscall, InvalidToolArguments,
     KernelBusy, KernelUnavailable, NotFound, PayloadTooLarge, QuotaExceeded, SyscallTimeout, ToolError, UnknownTool,
 )
 from aios.settings import Settings
-from aios.syscalls import ChatMessage, LLMSyscall, MemorySyscall, Response, StorageSyscall, ToolSpec, ToolSyscall
+from aios.wire.syscalls import ChatMessage, LLMSyscall, MemorySyscall, Response, StorageSyscall, ToolSpec, ToolSyscall
 
 __version__ = "0.1.0"
 __all__ = [

@@ -13,8 +13,8 @@ import re
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from aios.errors import ConfigError
-from aios.priority import is_redis_url
+from aios.wire.errors import ConfigError
+from aios.wire.priority import is_redis_url
 
 QUEUES = {"llm": "aios.llm", "tool": "aios.tool", "storage": "aios.storage"}
 """One broker queue per resource type; memory and storage syscalls both go to the storage worker."""

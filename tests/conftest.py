@@ -18,11 +18,11 @@ import pytest
 import redis
 from kombu import Connection, Exchange, Producer, Queue
 
-from aios.celery_app import make_app
-from aios.client import Kernel
-from aios.embedded import LocalKernel
-from aios.identity import Credentials
-from aios.priority import DEFAULT_PRIORITY, MAX_PRIORITY, to_broker
+from aios.broker.app import make_app
+from aios.sdk.client import Kernel
+from aios.ops.embedded import LocalKernel
+from aios.policy.identity import Credentials
+from aios.wire.priority import DEFAULT_PRIORITY, MAX_PRIORITY, to_broker
 from aios.settings import QUEUES, Settings
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -128,7 +128,7 @@ def authorized(settings: Settings, agent_id: str, **kwargs: Any) -> Kernel:
 
 def run_aios(lk: LocalKernel, *args: str) -> "subprocess.CompletedProcess[str]":
     """The ``aios`` command as an operator runs it against ``lk`` (a subprocess with the kernel's environment)."""
-    return subprocess.run([sys.executable, "-m", "aios.cli", *args], env=lk.env(), capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "aios", *args], env=lk.env(), capture_output=True, text=True,
                           timeout=60)
 
 

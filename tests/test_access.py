@@ -13,15 +13,15 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from aios.access import AccessManager, decide
-from aios.audit import AuditLog
-from aios.client import AsyncKernel, Kernel
-from aios.embedded import LocalKernel
-from aios.errors import AccessDenied, KernelUnavailable
-from aios.identity import Credentials
+from aios.policy.access import AccessManager, decide
+from aios.policy.audit import AuditLog
+from aios.sdk.client import AsyncKernel, Kernel
+from aios.ops.embedded import LocalKernel
+from aios.wire.errors import AccessDenied, KernelUnavailable
+from aios.policy.identity import Credentials
 from aios.settings import Settings, get_settings
-from aios.storage import StorageService
-from aios.syscalls import MemorySyscall, StorageSyscall
+from aios.services.storage.service import StorageService
+from aios.wire.syscalls import MemorySyscall, StorageSyscall
 from tests.conftest import authorized
 
 # -- the policy, without Redis ------------------------------------------------------------------------------
@@ -85,7 +85,7 @@ def test_unknown_values_fail_closed() -> None:
 
 
 def test_audit_paging_steps_below_a_stream_id() -> None:
-    from aios.audit import _before
+    from aios.policy.audit import _before
 
     assert _before(b"1700-3") == "1700-2"
     assert _before("1700-0") == f"1699-{2**64 - 1}"
@@ -240,7 +240,7 @@ def aios_cli(kernel: LocalKernel, monkeypatch: pytest.MonkeyPatch) -> Iterator[A
     def main() -> None:
         pass
 
-    from aios.cli_access import register
+    from aios.ops.cli_access import register
 
     register(main)
     runner = CliRunner()

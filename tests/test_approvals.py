@@ -11,10 +11,10 @@ from typing import Iterator
 import pytest
 
 from aios import AccessDenied, ApprovalDenied, Kernel, NotFound
-from aios.approvals import Approvals, irreversible_reason
-from aios.embedded import LocalKernel
-from aios.syscalls import MemorySyscall, StorageSyscall, ToolSyscall
-from aios.tools import Tool, ToolRegistry, ToolService
+from aios.policy.approvals import Approvals, irreversible_reason
+from aios.ops.embedded import LocalKernel
+from aios.wire.syscalls import MemorySyscall, StorageSyscall, ToolSyscall
+from aios.services.tools.service import Tool, ToolRegistry, ToolService
 from tests.conftest import authorized, base_settings, run_aios
 
 

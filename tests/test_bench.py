@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from aios.bench.overhead import run_overhead
-from aios.bench.ratelimit import RateParams, run_ratelimit, steady_throughput
-from aios.bench.scale import ScaleParams, run_scale
-from aios.errors import ConfigError
+from aios_bench.overhead import run_overhead
+from aios_bench.ratelimit import RateParams, run_ratelimit, steady_throughput
+from aios_bench.scale import ScaleParams, run_scale
+from aios.wire.errors import ConfigError
 from tests.conftest import base_settings
 
 
@@ -98,7 +98,7 @@ def test_steady_throughput_counts_whole_windows_after_the_burst() -> None:
 
 @pytest.mark.integration
 def test_fairness_writes_json_with_both_targets_and_a_plot(tmp_path: Path) -> None:
-    from aios.bench.fairness import run_fairness
+    from aios_bench.fairness import run_fairness
 
     out = tmp_path / "fairness.json"
     run_fairness(base_settings(tmp_path / "k"), seconds=1.0, demands=(1, 3), urgent=3, json_path=out)

@@ -15,8 +15,9 @@ import pytest
 import redis
 
 from agents.react import agent as react
-from aios import Kernel, keys
-from aios.embedded import LocalKernel, kernel_file
+from aios import Kernel
+from aios.state import keys
+from aios.ops.embedded import LocalKernel, kernel_file
 from tests.conftest import authorized, base_settings
 
 pytestmark = pytest.mark.integration
@@ -65,7 +66,7 @@ def test_every_worker_type_refuses_pickle_and_keeps_serving(resource: str, full_
     import pickle
 
     from aios.settings import QUEUES
-    from aios.syscalls import Response
+    from aios.wire.syscalls import Response
     from tests.conftest import publish_raw
 
     sid = publish_raw(full_kernel.settings, pickle.dumps(([{}], {}, {})), content_type="application/x-python-serialize",
@@ -103,7 +104,7 @@ def _processes_with_env(var: str, value: str) -> list[int]:
 
 
 def _aios(*args: str) -> list[str]:
-    return [sys.executable, "-m", "aios.cli", *args]
+    return [sys.executable, "-m", "aios", *args]
 
 
 def test_aios_run_starts_the_embedded_kernel_answers_and_leaves_nothing_behind(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import openai
 import pytest
 
-from aios.bench.emulator import (
+from aios_bench.emulator import (
     Emulator, EmulatorProcess, EmulatorThread, SlidingWindowLimiter, completion_text, prompt_tokens,
 )
 
@@ -185,7 +185,7 @@ def test_runs_as_its_own_process() -> None:
 
 
 def test_command_line_refuses_bad_options() -> None:
-    proc = subprocess.run([sys.executable, "-m", "aios.bench.emulator", "--rpm", "0"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "aios_bench.emulator", "--rpm", "0"], capture_output=True,
                           text=True, timeout=30)
     assert proc.returncode == 2 and "at least 1" in proc.stderr
 
@@ -195,7 +195,7 @@ def test_listening_socket_lets_asyncio_set_tcp_nodelay() -> None:
     it every reply on a kept-alive connection (the openai client's) waited ~40 ms for a delayed ACK."""
     import socket
 
-    from aios.bench.emulator import _bound_socket
+    from aios_bench.emulator import _bound_socket
 
     sock = _bound_socket("127.0.0.1", 0)
     try:

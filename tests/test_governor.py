@@ -11,12 +11,12 @@ from typing import Any, Iterator
 import pytest
 import redis
 
-from aios import keys
-from aios.embedded import LocalKernel
-from aios.errors import KernelBusy, QuotaExceeded
-from aios.governor import Ager, Governor, priority_lists
+from aios.state import keys
+from aios.ops.embedded import LocalKernel
+from aios.wire.errors import KernelBusy, QuotaExceeded
+from aios.policy.governor import Ager, Governor, priority_lists
 from aios.settings import Settings
-from aios.syscalls import ChatMessage, LLMSyscall, Response, Status, Timing, ToolSyscall
+from aios.wire.syscalls import ChatMessage, LLMSyscall, Response, Status, Timing, ToolSyscall
 from tests.conftest import authorized, base_settings
 
 pytestmark = pytest.mark.integration
@@ -122,7 +122,7 @@ def test_token_budget_per_agent_is_spent_and_says_how_to_reset(holder: LocalKern
 
 def test_concurrency_leases_hold_across_workers_and_expire_when_one_dies(holder: LocalKernel, r: redis.Redis,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import aios.governor as governor
+    import aios.policy.governor as governor
 
     monkeypatch.setattr(governor, "LEASE_TTL_S", 1.0)
     quotas = {"tool:python": {"concurrency": 1}}
@@ -164,7 +164,7 @@ def test_through_the_kernel_quotas_fail_with_the_limit_and_status_shows_agents(t
             k.call_tool("noop")
         with authorized(lk.settings, "free") as other:
             other.call_tool("noop")  # each agent has its own window
-        from aios.status import scheduling
+        from aios.ops.status import scheduling
 
         sched = scheduling(lk.settings)
         agents = {a["agent"]: a for a in sched["agents"] if a["resource"] == "tool"}
@@ -173,7 +173,7 @@ def test_through_the_kernel_quotas_fail_with_the_limit_and_status_shows_agents(t
         assert any(q["scope"] == "agent:limited" and q["requests"] == 2 for q in sched["quotas"])
         from urllib.request import urlopen
 
-        from aios.metrics import serve
+        from aios.ops.metrics import serve
 
         server, url = serve(lk.settings, port=0)
         try:
@@ -189,7 +189,7 @@ def test_through_the_kernel_quotas_fail_with_the_limit_and_status_shows_agents(t
 
 
 def test_fair_state_measures_excess_over_the_least_served_active_agent(holder: LocalKernel, r: redis.Redis) -> None:
-    from aios.governor import FairState
+    from aios.policy.governor import FairState
 
     fair, now = FairState(r), 1000.0
     assert fair.excess("tool", "a", now, 60) == 0.0  # alone: it is the least served

@@ -13,11 +13,12 @@ from typing import Any, Iterator
 import pytest
 import redis
 
-from aios import AuthError, Kernel, keys
-from aios.embedded import LocalKernel
-from aios.identity import Credentials, sign
+from aios import AuthError, Kernel
+from aios.state import keys
+from aios.ops.embedded import LocalKernel
+from aios.policy.identity import Credentials, sign
 from aios.settings import QUEUES
-from aios.syscalls import Response
+from aios.wire.syscalls import Response
 from tests.conftest import authorized, base_settings, publish_raw, run_aios
 
 pytestmark = pytest.mark.integration
@@ -63,8 +64,7 @@ KIND = {"tool": "tool", "storage": "memory", "llm": "llm"}
 
 
 @pytest.mark.parametrize("resource", ["tool", "storage", "llm"])
-@pytest.mark.parametrize("attack", ["unsigned", "forged", "tampered", "unknown_agent", "revoked", "replayed",
-                                    "future"])
+@pytest.mark.parametrize("attack", ["unsigned", "forged", "tampered", "unknown_agent", "revoked", "future"])
 def test_refused_on_every_worker_and_nothing_runs(lk: LocalKernel, resource: str, attack: str) -> None:
     store = Credentials(lk.settings)
     agent = f"victim-{resource}-{attack}"
@@ -88,19 +88,40 @@ def test_refused_on_every_worker_and_nothing_runs(lk: LocalKernel, resource: str
         payload["created_at"] = time.time() + 3600
         payload["sig"] = sign(payload, secret)
         code = "forged"
-    elif attack == "replayed":
-        payload["sig"] = sign(payload, secret)
-        first = _send(lk, resource, payload)
-        assert first.error is None, first.error  # the genuine one runs
     before = (_done(lk).get(f"{KIND[resource]}:ok", 0), _rejected(lk, code))
     response = _send(lk, resource, payload)
     assert response.error is not None and response.error.code == code, response.error
     assert len(response.error.message) > 30
     assert _done(lk).get(f"{KIND[resource]}:ok", 0) == before[0], "nothing may run"
     assert _rejected(lk, code) == before[1] + 1
-    if resource == "storage" and attack != "replayed":
+    if resource == "storage":
         with authorized(lk.settings, agent) as k:
             assert marker not in k.memory_list()
+
+
+@pytest.mark.parametrize("resource", ["tool", "storage", "llm"])
+def test_replayed_syscall_runs_once_and_is_answered_once_on_every_worker(lk: LocalKernel, resource: str) -> None:
+    """A captured signed syscall published again after it was answered: not run again, no second reply (the first
+    answer stays the answer), counted as a duplicate rather than a refusal."""
+    agent = f"victim-{resource}-replayed"
+    secret = Credentials(lk.settings).create(agent, write_file=False).secret
+    payload = _syscall(resource, agent, f"m{uuid.uuid4().hex[:8]}")
+    payload["sig"] = sign(payload, secret)
+    first = _send(lk, resource, payload)
+    assert first.error is None, first.error  # the genuine one runs
+    kind = KIND[resource]
+    before = _done(lk)
+    body = json.dumps([[payload], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]).encode()
+    publish_raw(lk.settings, body, content_type="application/json", task=f"aios.{resource}", queue=QUEUES[resource],
+                message_id=payload["id"])
+    deadline = time.time() + 30
+    while _done(lk).get(f"{kind}:duplicate", 0) <= before.get(f"{kind}:duplicate", 0):
+        assert time.time() < deadline, "the replay was never seen"
+        time.sleep(0.05)
+    assert _done(lk).get(f"{kind}:ok", 0) == before.get(f"{kind}:ok", 0), "nothing may run twice"
+    r = redis.Redis.from_url(lk.settings.state_redis_url())
+    assert r.llen(keys.reply(payload["id"])) == 0, "no second reply"
+    assert _rejected(lk, "replayed") == 0
 
 
 def test_genuine_agent_works_and_revocation_takes_effect_at_once(lk: LocalKernel) -> None:

@@ -17,14 +17,14 @@ from typing import Any, Iterator
 import jsonschema
 import pytest
 
-from aios import llm
-from aios.errors import BackendError, ConfigError, InvalidSyscall
-from aios.llm import (
+from aios.services.llm import service as llm
+from aios.wire.errors import BackendError, ConfigError, InvalidSyscall
+from aios.services.llm.service import (
     LLMService, LlamaCppBackend, OpenAIBackend, build_messages, check_schema, check_tool_call, default_model_path,
     make_result, parse_json_output, parse_tool_output, tool_call_schema, tool_instruction,
 )
 from aios.settings import Settings
-from aios.syscalls import ChatMessage, LLMSyscall, MemorySyscall, ToolSpec
+from aios.wire.syscalls import ChatMessage, LLMSyscall, MemorySyscall, ToolSpec
 
 CITY_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 CALC = ToolSpec(

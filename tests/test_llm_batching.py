@@ -9,12 +9,12 @@ from typing import Any, Iterator
 import pytest
 import redis
 
-from aios import keys
-from aios.context import Preempted, Snapshot
-from aios.embedded import LocalKernel
-from aios.llm import LlamaCppBackend, OpenAIBackend, default_model_path
+from aios.state import keys
+from aios.state.context import Preempted, Snapshot
+from aios.ops.embedded import LocalKernel
+from aios.services.llm.service import LlamaCppBackend, OpenAIBackend, default_model_path
 from aios.settings import Settings
-from aios.syscalls import ChatMessage, LLMSyscall
+from aios.wire.syscalls import ChatMessage, LLMSyscall
 from tests.conftest import authorized, base_settings
 from tests.test_llm_backends import CALC, CITY_SCHEMA, llama_server, syscall  # noqa: F401 - fixture reused
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from aios.bench.emulator import EmulatorProcess
-from aios.embedded import LocalKernel
-from aios.errors import ConfigError
+from aios_bench.emulator import EmulatorProcess
+from aios.ops.embedded import LocalKernel
+from aios.wire.errors import ConfigError
 from aios.settings import Settings, all_queues, for_llm_core, llm_queue, worker_queue
-from aios.status import queue_depths
+from aios.ops.status import queue_depths
 from tests.conftest import authorized, base_settings
 
 EMU = {"backend": "openai", "model": "emulated", "api_key": "x"}
@@ -47,7 +47,7 @@ def test_each_core_serves_its_own_queue(tmp_path: Path) -> None:
             assert remote["model"] == "emulated" and remote["usage"]["completion_tokens"] == 3
             assert local["model"].endswith(".gguf")  # the default core: SmolLM2 in llama.cpp
             assert set(lk.alive()) == {"llm", "llm-emu"} and all(lk.alive().values())
-            from aios.celery_app import make_app
+            from aios.broker.app import make_app
 
             app = make_app(lk.settings)
             try:

@@ -9,9 +9,9 @@ from typing import Iterator
 import pytest
 import redis
 
-from aios import keys
-from aios.embedded import LocalKernel
-from aios.errors import BackendError
+from aios.state import keys
+from aios.ops.embedded import LocalKernel
+from aios.wire.errors import BackendError
 from tests.conftest import authorized, base_settings
 from tests.test_llm_backends import ScriptedServer, completion
 

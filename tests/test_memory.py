@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from aios.embeddings import HashEmbedderFake
-from aios.errors import ConfigError, Conflict, InvalidSyscall, NotFound
-from aios.memory import LRUK, LocalFastTier
+from aios.services.storage.embeddings import HashEmbedderFake
+from aios.wire.errors import ConfigError, Conflict, InvalidSyscall, NotFound
+from aios.services.storage.memory import LRUK, LocalFastTier
 from aios.settings import Settings
-from aios.storage import StorageService
-from aios.syscalls import MemorySyscall
+from aios.services.storage.service import StorageService
+from aios.wire.syscalls import MemorySyscall
 
 # -- the policy alone --------------------------------------------------------------------------------------
 
@@ -144,12 +144,12 @@ def test_a_second_process_on_the_same_milvus_lite_gets_a_clear_error(tmp_path: P
     import subprocess
     import sys
 
-    from aios.vectors import VectorStore
+    from aios.services.storage.vectors import VectorStore
 
     uri = str(tmp_path / "vectors" / "milvus.db")
     store = VectorStore(uri, dim=8)
     try:
-        code = ("from aios.vectors import VectorStore\n"
+        code = ("from aios.services.storage.vectors import VectorStore\n"
                 "try:\n    VectorStore(%r, dim=8)\nexcept Exception as e:\n    print(type(e).__name__, e)\n" % uri)
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
     finally:
@@ -168,7 +168,7 @@ class EmbeddingServer:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-        from aios.embeddings import MiniLM
+        from aios.services.storage.embeddings import MiniLM
 
         model, self.requests = MiniLM(), []  # type: ignore[var-annotated]
         outer = self
@@ -199,7 +199,7 @@ class EmbeddingServer:
 
 
 def test_openai_compatible_embedding_endpoint(tmp_path: Path) -> None:
-    from aios.embeddings import OpenAIEmbedder, get_embedder
+    from aios.services.storage.embeddings import OpenAIEmbedder, get_embedder
 
     server = EmbeddingServer()
     try:

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from aios import AccessDenied, Conflict, Kernel, NotFound
-from aios.embedded import LocalKernel
+from aios.ops.embedded import LocalKernel
 from tests.conftest import authorized, base_settings
 
 pytestmark = pytest.mark.integration

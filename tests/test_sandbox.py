@@ -13,10 +13,10 @@ from typing import Any, Iterator
 
 import pytest
 
-from aios import sandbox
-from aios.embedded import LocalKernel
-from aios.sandbox import UID_BASE, UID_COUNT, processes_of, run_python, run_sandboxed
-from aios.tools import builtin_registry
+from aios.services.tools import sandbox
+from aios.ops.embedded import LocalKernel
+from aios.services.tools.sandbox import UID_BASE, UID_COUNT, processes_of, run_python, run_sandboxed
+from aios.services.tools.service import builtin_registry
 from tests.conftest import authorized, base_settings
 
 ROOT = os.geteuid() == 0

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from aios.errors import ConfigError
-from aios.scheduler import (
+from aios.wire.errors import ConfigError
+from aios.policy.scheduler import (
     FairShare, Fifo, RoundRobin, StrictPriority, aged_priority, jain_index, llm_quantum, make_policy,
 )
 from aios.settings import Settings

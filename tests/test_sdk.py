@@ -72,7 +72,7 @@ def test_without_a_credential_the_client_says_how_to_get_one(tmp_path) -> None:
 
 
 def test_signature_covers_every_field(k: Kernel) -> None:
-    from aios.identity import sign
+    from aios.policy.identity import sign
 
     payload = k.tool_syscall("echo", {"text": "a"}).model_dump(mode="json")
     sig = sign(payload, SECRET)

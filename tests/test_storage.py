@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from aios.embeddings import HashEmbedderFake
-from aios.errors import AccessDenied, Conflict, InvalidSyscall, NotFound
+from aios.services.storage.embeddings import HashEmbedderFake
+from aios.wire.errors import AccessDenied, Conflict, InvalidSyscall, NotFound
 from aios.settings import Settings
-from aios.storage import TMP_PREFIX, StorageService
-from aios.syscalls import MemorySyscall, StorageSyscall
+from aios.services.storage.service import TMP_PREFIX, StorageService
+from aios.wire.syscalls import MemorySyscall, StorageSyscall
 
 
 @pytest.fixture
@@ -126,7 +126,7 @@ def test_concurrent_writers_lose_nothing(svc: StorageService) -> None:
 
 
 def test_connections_per_thread_stay_bounded(svc: StorageService) -> None:
-    from aios.storage import CONNECTIONS_PER_THREAD
+    from aios.services.storage.service import CONNECTIONS_PER_THREAD
 
     for n in range(CONNECTIONS_PER_THREAD * 3):
         mem(svc, "put", "k", n, agent=f"agent{n}")

@@ -13,20 +13,20 @@ from typing import Any, Iterator
 
 import pytest
 
-from aios import tool_plugins
-from aios.errors import ConfigError, InvalidToolArguments, ToolError
-from aios.tool_plugins import (
+from aios.services.tools import plugins as tool_plugins
+from aios.wire.errors import ConfigError, InvalidToolArguments, ToolError
+from aios.services.tools.plugins import (
     McpServerConfig,
     ToolSettings,
     close_mcp_servers,
     load_plugins,
     register_mcp_server,
 )
-from aios.tools import ToolRegistry, builtin_registry
+from aios.services.tools.service import ToolRegistry, builtin_registry
 from tests.conftest import base_settings
 
 PLUGIN = '''
-from aios.tools import Tool
+from aios.services.tools.service import Tool
 
 def greet(name: str, times: int = 1) -> dict:
     return {"greeting": " ".join(["hello " + name] * times)}
@@ -206,7 +206,7 @@ def test_an_mcp_server_that_cannot_start_is_a_config_error(name: str, config: Mc
 RENDEZVOUS = '''
 import time
 from pathlib import Path
-from aios.tools import Tool
+from aios.services.tools.service import Tool
 
 def meet(folder: str, parties: int, me: str, within_s: float = 10) -> dict:
     """Arrive, then wait until `parties` calls have arrived: it can only return if they run at the same time."""
@@ -231,7 +231,7 @@ def register(registry):
 @pytest.mark.integration
 def test_all_tool_calls_of_a_request_run_in_parallel_through_the_kernel(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from aios.embedded import LocalKernel
+    from aios.ops.embedded import LocalKernel
     from tests.conftest import authorized
 
     name = f"aios_test_rendezvous_{os.getpid()}"

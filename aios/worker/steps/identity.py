@@ -1,0 +1,32 @@
+"""Act only on syscalls signed with their agent's credential (``AIOS_AUTH=required``, the default)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aios.policy.identity import Credential, verify
+from aios.wire.errors import AuthError
+from aios.worker.call import Call, Refuse
+from aios.worker.pipeline import Step
+
+if TYPE_CHECKING:
+    from aios.worker.runtime import Runtime
+
+
+class IdentityStep(Step):
+    name = "identity"
+
+    def __init__(self, rt: "Runtime") -> None:
+        self.required = rt.settings.auth == "required"
+        self.clock_skew_s = rt.settings.clock_skew_s
+
+    def before(self, call: Call) -> None:
+        if not self.required:
+            return
+        syscall = call.need()
+        assert call.payload is not None
+        try:
+            verify(call.payload, Credential.from_redis(syscall.agent_id, call.agent_record), now=call.started,
+                   clock_skew_s=self.clock_skew_s)
+        except AuthError as exc:
+            raise Refuse(exc) from None

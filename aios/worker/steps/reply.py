@@ -1,0 +1,26 @@
+"""Answer the caller, last of all (this step's ``after`` runs after every other step's): stored once, counted,
+and for a syscall that ran, its service and wait added to its agent's record, in one atomic script."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aios.worker.call import Call
+from aios.worker.pipeline import Step
+
+if TYPE_CHECKING:
+    from aios.worker.runtime import Runtime
+
+
+class ReplyStep(Step):
+    name = "reply"
+
+    def __init__(self, rt: "Runtime") -> None:
+        self.replies = rt.replies
+        self.resource = rt.resource
+
+    def after(self, call: Call) -> None:
+        if call.response is None or call.syscall is None:
+            return
+        self.replies.write_reply(call.response, kind=call.syscall.kind, once=True,
+                                 account=(self.resource, call.syscall) if call.ran else None)

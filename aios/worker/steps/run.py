@@ -1,0 +1,47 @@
+"""Run the syscall on the service. A generation whose time slice ended is suspended and requeued; a transient
+backend failure is retried after a back-off; any other failure is the caller's answer, never a dead worker."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from aios.state.context import Preempted
+from aios.wire.errors import AIOSError
+from aios.worker.call import Call, Done
+from aios.worker.pipeline import Step
+
+if TYPE_CHECKING:
+    from aios.worker.runtime import Runtime
+
+log = logging.getLogger("aios.worker")
+
+
+class RunStep(Step):
+    name = "run"
+
+    def __init__(self, rt: "Runtime") -> None:
+        self.rt = rt
+
+    def before(self, call: Call) -> None:
+        syscall = call.need()
+        assert call.payload is not None
+        try:
+            result = self.rt.service.handle(syscall, call.snapshot)
+            call.response = call.ok(result)
+            call.ran = True
+        except Preempted as p:
+            # Its time slice is up: the slice counts as the agent's service (the fair policy and status see it).
+            self.rt.governor.account_slice(syscall, call.started, time.time())
+            self.rt.requeue.suspend(syscall, call.payload, p.snapshot)
+            raise Done() from None
+        except AIOSError as exc:
+            if exc.transient and self.rt.requeue.retry_later(syscall, call.payload, exc):
+                raise Done() from None
+            call.response = call.error(exc)
+            call.ran = True
+        except Exception as exc:  # a bug in a service must not kill the worker nor leave the caller waiting
+            log.exception("syscall %s failed inside the %s service", syscall.id, self.rt.resource)
+            call.response = call.error(AIOSError(f"{type(exc).__name__}: {exc} (a kernel bug: see the worker log)"))
+            call.ran = True

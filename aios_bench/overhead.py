@@ -1,0 +1,267 @@
+"""``aios bench overhead``: what the kernel adds to a round trip, measured against raw Celery on the same broker.
+
+Two contenders share one broker and one tool worker (a single worker thread):
+
+- **raw Celery**: ``send_task("aios.bench.noop")`` on queue ``aios.tool`` at the kernel's default priority, and
+  ``AsyncResult.get()`` through Celery's Redis result backend;
+- **kernel**: ``Kernel.call_tool("noop")``: a typed syscall, the worker's gates, idempotency record and reply list.
+
+After a warm-up, ``rounds`` interleaved rounds each run a latency block (sequential round trips) and a throughput
+block (publish a batch, then collect every answer) for both contenders, alternating which goes first. Samples are
+pooled per contender; the ratios are kernel / raw Celery.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from kombu.utils.url import maybe_sanitize_url
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from aios_bench.common import consoles, machine, print_targets, progress_bars, save, target
+from aios.broker.app import make_app
+from aios.sdk.client import Kernel
+from aios.ops.embedded import LocalKernel
+from aios.wire.errors import ConfigError
+from aios.policy.identity import Credentials
+from aios.wire.priority import DEFAULT_PRIORITY, is_redis_url, to_broker
+from aios.settings import QUEUES, Settings
+
+RAW_TASK = "aios.bench.noop"
+WARMUP = 200
+TIMEOUT_S = 30.0
+WORKER_CONCURRENCY = 1
+TARGETS: dict[str, tuple[str, float, str]] = {
+    # name: (ratio it reads, goal, how the goal bounds it)
+    "kernel_p50_vs_celery": ("p50", 1.5, "max"),
+    "kernel_throughput_vs_celery": ("throughput", 0.7, "min"),
+    "signing_overhead_p50": ("signing_p50_added", 0.10, "max"),
+}
+
+
+class Contender(Protocol):
+    name: str
+
+    def one(self) -> None: ...
+    def batch(self, n: int) -> None: ...
+    def close(self) -> None: ...
+
+
+class RawCelery:
+    name = "raw_celery"
+
+    def __init__(self, settings: Settings) -> None:
+        self.app = make_app(settings, name="aios-bench-raw")
+        self.priority = to_broker(DEFAULT_PRIORITY, settings.require_broker())
+
+    def _send(self) -> Any:
+        return self.app.send_task(RAW_TASK, queue=QUEUES["tool"], priority=self.priority)
+
+    def one(self) -> None:
+        self._send().get(timeout=TIMEOUT_S)
+
+    def batch(self, n: int) -> None:
+        for result in [self._send() for _ in range(n)]:
+            result.get(timeout=TIMEOUT_S)
+
+    def close(self) -> None:
+        self.app.close()
+
+
+class KernelSyscalls:
+    """Kernel no-op tool syscalls; signed unless the kernel's settings turn authentication off."""
+
+    def __init__(self, settings: Settings, name: str = "kernel") -> None:
+        self.name = name
+        if settings.auth == "required":
+            Credentials(settings).create("bench")
+        self.kernel = Kernel("bench", settings=settings, timeout_s=TIMEOUT_S)
+
+    def one(self) -> None:
+        self.kernel.call_tool("noop")
+
+    def batch(self, n: int) -> None:
+        k = self.kernel
+        for pending in [k.submit(k.tool_syscall("noop")) for _ in range(n)]:
+            k.wait(pending)
+
+    def close(self) -> None:
+        self.kernel.close()
+
+
+@dataclass
+class Samples:
+    latencies_s: list[float] = field(default_factory=list)
+    batch_ops: int = 0
+    batch_wall_s: float = 0.0
+
+    def summary(self) -> dict[str, float | int]:
+        ms = np.asarray(self.latencies_s) * 1000.0
+        return {
+            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "mean_ms": float(ms.mean()), "min_ms": float(ms.min()), "max_ms": float(ms.max()),
+            "latency_samples": int(ms.size), "throughput_ops_s": self.batch_ops / self.batch_wall_s,
+            "throughput_ops": self.batch_ops, "throughput_wall_s": self.batch_wall_s,
+        }
+
+
+def split(total: int, parts: int) -> list[int]:
+    """``total`` as ``parts`` near-equal block sizes that add up to it exactly."""
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+def describe_broker(lk: LocalKernel) -> dict[str, str]:
+    url = lk.broker_url
+    kind = "embedded-redis" if lk.embedded else ("redis" if is_redis_url(url) else "rabbitmq")
+    return {"kind": kind, "url": maybe_sanitize_url(url),
+            "state_redis": maybe_sanitize_url(lk.settings.state_redis_url())}
+
+
+def measure(contenders: list[Contender], n_latency: int, n_throughput: int, rounds: int,
+            progress: Progress) -> dict[str, Samples]:
+    samples = {c.name: Samples() for c in contenders}
+    warm = progress.add_task("warm-up", total=WARMUP * len(contenders))
+    lat = progress.add_task("latency (sequential)", total=n_latency * len(contenders))
+    thr = progress.add_task("throughput (batches)", total=n_throughput * len(contenders))
+    for c in contenders:
+        for _ in range(WARMUP):
+            c.one()
+            progress.advance(warm)
+        c.batch(WARMUP)
+    clock = time.perf_counter
+    for i, (n_lat, n_thr) in enumerate(zip(split(n_latency, rounds), split(n_throughput, rounds))):
+        order = contenders if i % 2 == 0 else contenders[::-1]
+        for c in order:
+            sink = samples[c.name].latencies_s
+            for _ in range(n_lat):
+                t0 = clock()
+                c.one()
+                sink.append(clock() - t0)
+                progress.advance(lat)
+        for c in order:
+            t0 = clock()
+            c.batch(n_thr)
+            samples[c.name].batch_wall_s += clock() - t0
+            samples[c.name].batch_ops += n_thr
+            progress.advance(thr, n_thr)
+    return samples
+
+
+def report(raw: dict[str, Any], kern: dict[str, Any], signed: dict[str, Any], unsigned: dict[str, Any]
+           ) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+    ratios = {
+        "p50": kern["p50_ms"] / raw["p50_ms"], "p99": kern["p99_ms"] / raw["p99_ms"],
+        "mean": kern["mean_ms"] / raw["mean_ms"], "throughput": kern["throughput_ops_s"] / raw["throughput_ops_s"],
+        # What signing (SDK) plus verification (worker) add to the p50, as a fraction of the unsigned p50.
+        "signing_p50_added": signed["p50_ms"] / unsigned["p50_ms"] - 1.0,
+        "signing_throughput": signed["throughput_ops_s"] / unsigned["throughput_ops_s"],
+    }
+    targets = {name: target(ratios[ratio], goal, bound) for name, (ratio, goal, bound) in TARGETS.items()}
+    return ratios, targets
+
+
+def print_table(console: Console, result: dict[str, Any]) -> None:
+    raw, kern, ratios = result["raw_celery"], result["kernel"], result["ratios"]
+    broker = result["broker"]
+    table = Table(title=f"aios bench overhead: no-op round trip on {broker['kind']}")
+    for col, justify in (("", "left"), ("raw Celery", "right"), ("kernel", "right"), ("kernel / raw", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for label, key, ratio in (("p50 latency (ms)", "p50_ms", "p50"), ("p99 latency (ms)", "p99_ms", "p99"),
+                              ("mean latency (ms)", "mean_ms", "mean"),
+                              ("throughput (ops/s)", "throughput_ops_s", "throughput")):
+        table.add_row(label, f"{raw[key]:.2f}" if key.endswith("ms") else f"{raw[key]:.0f}",
+                      f"{kern[key]:.2f}" if key.endswith("ms") else f"{kern[key]:.0f}", f"{ratios[ratio]:.2f}x")
+    console.print(table)
+    signed, unsigned = result["signing"]["signed"], result["signing"]["unsigned"]
+    console.print(f"  signing (on two embedded kernels): p50 {unsigned['p50_ms']:.2f} ms unsigned, "
+                  f"{signed['p50_ms']:.2f} ms signed and verified (+{ratios['signing_p50_added'] * 100:.1f}%); "
+                  f"throughput ratio {ratios['signing_throughput']:.2f}", highlight=False)
+    console.print(f"  broker {broker['url']}, one worker thread, {result['machine']['cpus']} CPUs", highlight=False)
+    print_targets(console, result["targets"], {name: bound for name, (_, _, bound) in TARGETS.items()})
+
+
+def plot(path: Path, samples: dict[str, Samples], result: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = {"raw_celery": "raw Celery", "kernel": "kernel", "signed": "kernel signed (embedded)",
+              "unsigned": "kernel unsigned (embedded)"}
+    fig, (ax_cdf, ax_bar) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [2.2, 1]})
+    for name, s in samples.items():
+        ms = np.sort(np.asarray(s.latencies_s) * 1000.0)
+        ax_cdf.plot(ms, np.arange(1, ms.size + 1) / ms.size, label=f"{labels[name]} (p50 {np.median(ms):.2f} ms)")
+    ax_cdf.set_xscale("log")
+    ax_cdf.set_xlabel("round-trip latency (ms, log scale)")
+    ax_cdf.set_ylabel("fraction of round trips")
+    ax_cdf.set_title("sequential no-op round trips: CDF")
+    ax_cdf.grid(True, which="both", alpha=0.3)
+    ax_cdf.legend(loc="lower right")
+    names = list(samples)
+    summaries = {**result["signing"], "raw_celery": result["raw_celery"], "kernel": result["kernel"]}
+    values = [summaries[n]["throughput_ops_s"] for n in names]
+    bars = ax_bar.bar([labels[n].replace(" (", "\n(") for n in names], values,
+                      color=["tab:blue", "tab:orange", "tab:green", "tab:gray"][: len(names)])
+    ax_bar.bar_label(bars, fmt="%.0f")
+    ax_bar.set_ylim(0, max(values) * 1.15)
+    ax_bar.set_ylabel("ops/s")
+    ax_bar.set_title(f"throughput (kernel/raw {result['ratios']['throughput']:.2f})")
+    fig.suptitle(f"aios bench overhead on {result['broker']['kind']}, {result['machine']['cpus']} CPUs, "
+                 f"1 worker thread")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_overhead(settings: Settings, *, n_latency: int = 1000, n_throughput: int = 2000, rounds: int = 5,
+                 json_path: Path | None = None) -> dict[str, Any]:
+    """Run the benchmark, print its table, write JSON (and a PNG beside it) when asked; return the figures."""
+    if rounds < 1 or n_latency < rounds or n_throughput < rounds:
+        raise ConfigError(f"need rounds >= 1 and at least one request per round (got --requests {n_latency}, "
+                          f"--throughput-requests {n_throughput}, --rounds {rounds})")
+    out, err = consoles()
+    settings = settings.model_copy(update={"worker_concurrency": WORKER_CONCURRENCY})
+    log = err.log
+    # Signing is measured on two private embedded kernels, alike but for authentication, so that the broker
+    # is the same for both even when the main comparison runs on a configured one.
+    embedded = settings.model_copy(update={"broker_url": None, "redis_url": None})
+    with ExitStack() as stack:
+        lk = stack.enter_context(LocalKernel(settings, resources=["tool"], progress=log))
+        off = stack.enter_context(LocalKernel(embedded.model_copy(update={"auth": "off"}), resources=["tool"],
+                                              progress=log))
+        contenders: list[Contender] = [RawCelery(lk.settings), KernelSyscalls(lk.settings),
+                                       KernelSyscalls(off.settings, "unsigned")]
+        if not lk.embedded:
+            on = stack.enter_context(LocalKernel(embedded, resources=["tool"], progress=log))
+            contenders.append(KernelSyscalls(on.settings, "signed"))
+        try:
+            with progress_bars(err, 22) as progress:
+                samples = measure(contenders, n_latency, n_throughput, rounds, progress)
+        finally:
+            for c in contenders:
+                c.close()
+        broker = describe_broker(lk)
+    raw, kern = samples["raw_celery"].summary(), samples["kernel"].summary()
+    unsigned = samples["unsigned"].summary()
+    signed = samples["signed"].summary() if "signed" in samples else kern
+    ratios, targets = report(raw, kern, signed, unsigned)
+    result: dict[str, Any] = {
+        "benchmark": "overhead", "broker": broker,
+        "machine": machine(),
+        "params": {"n_latency": n_latency, "n_throughput": n_throughput, "rounds": rounds, "warmup": WARMUP,
+                   "worker_pool": "threads", "worker_concurrency": WORKER_CONCURRENCY,
+                   "priority": DEFAULT_PRIORITY},
+        "raw_celery": raw, "kernel": kern, "signing": {"signed": signed, "unsigned": unsigned},
+        "ratios": ratios, "targets": targets,
+    }
+    print_table(out, result)
+    save(json_path, result, lambda png: plot(png, samples, result), err.log)
+    return result
