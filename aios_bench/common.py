@@ -55,3 +55,8 @@ def print_targets(console: Any, targets: dict[str, dict[str, Any]], bounds: dict
         mark = "[green]met[/]" if t["met"] else "[red]missed[/]"
         shown = "n/a" if t["value"] is None else f"{t['value']:.3g}"
         console.print(f"  {name}: {shown} (goal {sign} {t['goal']}) {mark}")
+
+
+RAW_TASK = "aios.bench.noop"
+"""The plain Celery no-op of ``aios bench overhead`` (served by :mod:`aios_bench.raw_worker`)."""
+RAW_QUEUE = "aios.bench.raw"

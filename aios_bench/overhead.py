@@ -20,28 +20,30 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import redis
 from kombu.utils.url import maybe_sanitize_url
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from aios_bench.common import consoles, machine, print_targets, progress_bars, save, target
+from aios_bench.profile import profile_pipeline
+from aios_bench.common import RAW_QUEUE, RAW_TASK, consoles, machine, print_targets, progress_bars, save, target
 from aios.broker.app import make_app
 from aios.sdk.client import Kernel
 from aios.ops.embedded import LocalKernel
 from aios.wire.errors import ConfigError
 from aios.policy.identity import Credentials
 from aios.wire.priority import DEFAULT_PRIORITY, is_redis_url, to_broker
-from aios.settings import QUEUES, Settings
+from aios.settings import Settings
 
-RAW_TASK = "aios.bench.noop"
 WARMUP = 200
 TIMEOUT_S = 30.0
 WORKER_CONCURRENCY = 1
+PROFILE_SYSCALLS = 2000
 TARGETS: dict[str, tuple[str, float, str]] = {
     # name: (ratio it reads, goal, how the goal bounds it)
-    "kernel_p50_vs_celery": ("p50", 1.5, "max"),
-    "kernel_throughput_vs_celery": ("throughput", 0.7, "min"),
+    "kernel_p50_vs_celery": ("p50", 1.2, "max"),
+    "kernel_throughput_vs_celery": ("throughput", 0.9, "min"),
     "signing_overhead_p50": ("signing_p50_added", 0.10, "max"),
 }
 
@@ -62,7 +64,7 @@ class RawCelery:
         self.priority = to_broker(DEFAULT_PRIORITY, settings.require_broker())
 
     def _send(self) -> Any:
-        return self.app.send_task(RAW_TASK, queue=QUEUES["tool"], priority=self.priority)
+        return self.app.send_task(RAW_TASK, queue=RAW_QUEUE, priority=self.priority)
 
     def one(self) -> None:
         self._send().get(timeout=TIMEOUT_S)
@@ -101,6 +103,8 @@ class Samples:
     latencies_s: list[float] = field(default_factory=list)
     batch_ops: int = 0
     batch_wall_s: float = 0.0
+    redis_commands: dict[str, int] = field(default_factory=dict)
+    """Commands the kernel's Redis served during this contender's throughput blocks, by command."""
 
     def summary(self) -> dict[str, float | int]:
         ms = np.asarray(self.latencies_s) * 1000.0
@@ -109,6 +113,8 @@ class Samples:
             "mean_ms": float(ms.mean()), "min_ms": float(ms.min()), "max_ms": float(ms.max()),
             "latency_samples": int(ms.size), "throughput_ops_s": self.batch_ops / self.batch_wall_s,
             "throughput_ops": self.batch_ops, "throughput_wall_s": self.batch_wall_s,
+            "redis_commands_per_syscall": sum(self.redis_commands.values()) / max(1, self.batch_ops),
+            "redis_commands": {k: v / max(1, self.batch_ops) for k, v in sorted(self.redis_commands.items())},
         }
 
 
@@ -124,8 +130,15 @@ def describe_broker(lk: LocalKernel) -> dict[str, str]:
             "state_redis": maybe_sanitize_url(lk.settings.state_redis_url())}
 
 
+def command_counts(client: "redis.Redis[bytes] | None") -> dict[str, int]:
+    """Calls per command served so far (``INFO commandstats``), or nothing without a Redis to ask."""
+    if client is None:
+        return {}
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in client.info("commandstats").items()}
+
+
 def measure(contenders: list[Contender], n_latency: int, n_throughput: int, rounds: int,
-            progress: Progress) -> dict[str, Samples]:
+            progress: Progress, state: "redis.Redis[bytes] | None" = None) -> dict[str, Samples]:
     samples = {c.name: Samples() for c in contenders}
     warm = progress.add_task("warm-up", total=WARMUP * len(contenders))
     lat = progress.add_task("latency (sequential)", total=n_latency * len(contenders))
@@ -146,10 +159,15 @@ def measure(contenders: list[Contender], n_latency: int, n_throughput: int, roun
                 sink.append(clock() - t0)
                 progress.advance(lat)
         for c in order:
+            before = command_counts(state)
             t0 = clock()
             c.batch(n_thr)
             samples[c.name].batch_wall_s += clock() - t0
             samples[c.name].batch_ops += n_thr
+            after, seen = command_counts(state), samples[c.name].redis_commands
+            for cmd, calls in after.items():
+                if cmd != "info" and calls > before.get(cmd, 0):
+                    seen[cmd] = seen.get(cmd, 0) + calls - before.get(cmd, 0)
             progress.advance(thr, n_thr)
     return samples
 
@@ -184,6 +202,17 @@ def print_table(console: Console, result: dict[str, Any]) -> None:
                   f"{signed['p50_ms']:.2f} ms signed and verified (+{ratios['signing_p50_added'] * 100:.1f}%); "
                   f"throughput ratio {ratios['signing_throughput']:.2f}", highlight=False)
     console.print(f"  broker {broker['url']}, one worker thread, {result['machine']['cpus']} CPUs", highlight=False)
+    cmds = f"{raw.get('redis_commands_per_syscall', 0):.1f} vs {kern.get('redis_commands_per_syscall', 0):.1f}"
+    console.print(f"  Redis commands per round trip (raw vs kernel, all clients): {cmds}", highlight=False)
+    prof = result["pipeline_profile"]
+    steps = Table(title=f"worker pipeline, in-process: {prof['us_per_syscall']:.0f} us, "
+                        f"{prof['round_trips_per_syscall']:.2f} Redis round trips, "
+                        f"{prof['bytes_sent_per_syscall']:.0f} bytes sent per no-op syscall")
+    for col in ("step", "us", "round trips", "bytes sent"):
+        steps.add_column(col, justify="left" if col == "step" else "right")
+    for name, st in sorted(prof["steps"].items(), key=lambda kv: -kv[1]["us"]):
+        steps.add_row(name, f"{st['us']:.0f}", f"{st['round_trips']:.2f}", f"{st['bytes_sent']:.0f}")
+    console.print(steps)
     print_targets(console, result["targets"], {name: bound for name, (_, _, bound) in TARGETS.items()})
 
 
@@ -235,6 +264,7 @@ def run_overhead(settings: Settings, *, n_latency: int = 1000, n_throughput: int
     embedded = settings.model_copy(update={"broker_url": None, "redis_url": None})
     with ExitStack() as stack:
         lk = stack.enter_context(LocalKernel(settings, resources=["tool"], progress=log))
+        lk.start_celery_worker("raw", "aios_bench.raw_worker", RAW_QUEUE)
         off = stack.enter_context(LocalKernel(embedded.model_copy(update={"auth": "off"}), resources=["tool"],
                                               progress=log))
         contenders: list[Contender] = [RawCelery(lk.settings), KernelSyscalls(lk.settings),
@@ -243,8 +273,12 @@ def run_overhead(settings: Settings, *, n_latency: int = 1000, n_throughput: int
             on = stack.enter_context(LocalKernel(embedded, resources=["tool"], progress=log))
             contenders.append(KernelSyscalls(on.settings, "signed"))
         try:
+            state = redis.Redis.from_url(lk.settings.state_redis_url()) if is_redis_url(lk.broker_url) else None
             with progress_bars(err, 22) as progress:
-                samples = measure(contenders, n_latency, n_throughput, rounds, progress)
+                samples = measure(contenders, n_latency, n_throughput, rounds, progress, state)
+                prof = progress.add_task("pipeline profile", total=PROFILE_SYSCALLS)
+                profile = profile_pipeline(lk.settings, PROFILE_SYSCALLS,
+                                           progress=lambda k: progress.advance(prof, k))
         finally:
             for c in contenders:
                 c.close()
@@ -260,7 +294,7 @@ def run_overhead(settings: Settings, *, n_latency: int = 1000, n_throughput: int
                    "worker_pool": "threads", "worker_concurrency": WORKER_CONCURRENCY,
                    "priority": DEFAULT_PRIORITY},
         "raw_celery": raw, "kernel": kern, "signing": {"signed": signed, "unsigned": unsigned},
-        "ratios": ratios, "targets": targets,
+        "pipeline_profile": profile, "ratios": ratios, "targets": targets,
     }
     print_table(out, result)
     save(json_path, result, lambda png: plot(png, samples, result), err.log)

@@ -173,10 +173,20 @@ class LocalKernel:
         if core is not None:
             env["AIOS_LLM_CORE"] = core
             queue = llm_queue(self.settings, core)
-        argv = [sys.executable, "-m", "celery", "-A", f"workers.{resource}", "worker", "-Q", queue,
+        self._spawn_celery(name, f"workers.{resource}", queue, env)
+
+    def _spawn_celery(self, name: str, app: str, queue: str, env: dict[str, str]) -> None:
+        argv = [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue,
                 "-n", f"{name}-{os.getpid()}@%h", "--loglevel", self.loglevel, "--without-gossip",
                 "--without-mingle", *self.extra_worker_args]
         self._workers[name] = self._spawn(argv, f"worker-{name}", env=env)
+
+    def start_celery_worker(self, name: str, app: str, queue: str) -> None:
+        """Start any Celery app (``app``: a module path) on this kernel's broker, consuming ``queue``, and wait
+        until it answers: used by benchmarks for their contenders."""
+        self.progress(f"starting the {name} worker ({app})")
+        self._spawn_celery(name, app, queue, self.env())
+        self._wait_ready([name])
 
     def _wait_ready(self, names: Sequence[str]) -> None:
         from aios.broker.app import make_app

@@ -32,7 +32,10 @@ from aios.worker.requeue import Requeue
 
 class Runtime:
     def __init__(self, settings: Settings, resource: str, service_factory: Callable[[Settings], Service],
-                 steps: Callable[["Runtime"], list[Step]] | None = None) -> None:
+                 steps: Callable[["Runtime"], list[Step]] | None = None,
+                 state: "redis.Redis[bytes] | None" = None) -> None:
+        """``steps``: the pipeline (default :func:`aios.worker.steps.default_steps`); ``state``: a connection to
+        the kernel's Redis to use instead of a new one (tests, the overhead benchmark's profile)."""
         from aios.worker.steps import default_steps
 
         self.settings = settings
@@ -40,7 +43,7 @@ class Runtime:
         self.task_name = f"aios.{resource}"
         self.queue = worker_queue(settings, resource)
         """The queue this worker serves: its resource's (an LLM worker: its core's, ``aios.llm.<core>``)."""
-        self.redis = state_client(settings)
+        self.redis = state if state is not None else state_client(settings)
         self.broker_redis: redis.Redis[bytes] | None = (
             broker_client(settings) if is_redis_url(settings.require_broker()) else None)
         self.governor = Governor(settings, self.redis, resource)

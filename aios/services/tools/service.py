@@ -27,6 +27,7 @@ from simpleeval import SimpleEval
 
 from aios.services.base import BaseService
 from aios.services.tools import sandbox
+from aios.services.tools.threads import ToolThreads
 from aios.settings import Settings, get_settings
 from aios.state.context import Snapshot
 from aios.wire.errors import AIOSError, InvalidSyscall, InvalidToolArguments, ToolError, UnknownTool
@@ -90,6 +91,7 @@ class ToolRegistry:
     def __init__(self) -> None:
         self._tools: dict[str, Tool] = {}
         self._slots: dict[str, threading.BoundedSemaphore] = {}
+        self._threads = ToolThreads()
 
     def register(self, tool: Tool) -> Tool:
         if tool.name in self._tools:
@@ -137,7 +139,8 @@ class ToolRegistry:
     def call(self, name: str, arguments: dict[str, Any], ctx: ToolContext | None = None) -> Any:
         """Validate, then run the tool within its time limit.
 
-        The function runs on a daemon thread and the caller waits at most ``timeout_s``. A Python thread cannot
+        The function runs on a daemon thread (reused between calls: :mod:`aios.services.tools.threads`) and the
+        caller waits at most ``timeout_s``. A Python thread cannot
         be killed, so a tool past its limit is abandoned, not stopped: it keeps its thread (and its concurrency
         slot) until it returns. Only the sandboxed ``python`` tool is truly killed, by its own limits in the child.
         """
@@ -165,7 +168,7 @@ class ToolRegistry:
                 if slot is not None:
                     slot.release()
 
-        threading.Thread(target=run, name=f"aios-tool-{name}", daemon=True).start()
+        self._threads.run(run)
         # wait(), not result(timeout): a tool that itself raises TimeoutError must not read as our time limit.
         if not wait([future], timeout=max(0.0, deadline - time.monotonic())).done:
             raise ToolError(f"tool {name!r} exceeded its time limit of {tool.timeout_s:g} s")
