@@ -248,6 +248,15 @@ def broker_to_redis_py(url: str) -> str:
     return url
 
 
+def env_defaults() -> dict[str, Any]:
+    """Each setting's environment variable and its default (for docs and checks)."""
+    out: dict[str, Any] = {}
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is None:
+            out[f"AIOS_{name.upper()}"] = field.default
+    return out
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
