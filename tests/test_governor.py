@@ -147,7 +147,8 @@ def test_the_ager_raises_long_waiting_messages_one_step_per_aging_period(holder:
     lists = priority_lists("aios.tool")
     now = time.time()
     for name, enqueued, prio in (("old", now - 25, 2), ("young", now - 1, 2), ("ancient", now - 500, 0)):
-        r.lpush(lists[prio], json.dumps({"headers": {"aios_enqueued": enqueued, "aios_priority": prio}, "n": name}))
+        headers = {keys.HEADER_ENQUEUED: enqueued, keys.HEADER_PRIORITY: prio}
+        r.lpush(lists[prio], json.dumps({"headers": headers, "n": name}))
     r.lpush(lists[1], "not a kombu message")  # left where it is, and it stops nothing else
     moved = Ager(r, "aios.tool", aging_s=10).run_once(now)
     assert moved == 2

@@ -14,6 +14,7 @@ import redis
 
 from aios import AccessDenied, Conflict, Kernel, NotFound
 from aios.ops.embedded import LocalKernel
+from aios.state import keys
 from tests.conftest import authorized, base_settings
 
 pytestmark = pytest.mark.integration
@@ -53,14 +54,14 @@ def test_memory_calls_search_by_meaning_and_eviction(lk: LocalKernel, agent: Ker
     for i in range(30):
         agent.memory_put(f"filler-{i}", f"filler note number {i} about nothing in particular")
     fast = redis.Redis.from_url(lk.settings.state_redis_url())
-    held = fast.hgetall(f"aios:memfast:{agent.agent_id}")
+    held = fast.hgetall(keys.memfast(agent.agent_id))
     assert 0 < sum(len(v) for v in held.values()) <= BUDGET
     assert b"cat" not in held
     stats = agent.memory_stats()
     assert stats["fast_bytes"] <= BUDGET and stats["items"] == 34 and stats["budget_bytes"] == BUDGET
     assert agent.search_memories("sleeping pet on the couch", k=1)[0]["key"] == "cat"  # found in the durable tier
     assert agent.get_memory("cat") == FACTS["cat"]  # swapped back in
-    assert b"cat" in fast.hkeys(f"aios:memfast:{agent.agent_id}")
+    assert b"cat" in fast.hkeys(keys.memfast(agent.agent_id))
     assert agent.memory_stats()["misses"] >= 1
     agent.update_memory("cat", "The cat went outside.")
     assert agent.get_memory("cat") == "The cat went outside."

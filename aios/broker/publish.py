@@ -10,12 +10,8 @@ from typing import Any
 
 from celery import Celery
 
+from aios.state.keys import HEADER_ENQUEUED, HEADER_PRIORITY
 from aios.wire.priority import to_broker
-
-HEADER_ENQUEUED = "aios_enqueued"
-"""Unix time the syscall entered its queue (this time): the ager raises it one step per ``AIOS_AGING_S``."""
-HEADER_PRIORITY = "aios_priority"
-"""The kernel priority it was published at (the ager's base)."""
 
 
 @dataclass(frozen=True)

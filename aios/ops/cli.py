@@ -284,13 +284,12 @@ def quota() -> None:
 @click.argument("agent_id")
 def quota_reset(agent_id: str) -> None:
     """Set AGENT_ID's used tokens back to zero (its token_budget starts again)."""
-    import redis as redis_py
-
     from aios.state import keys
+    from aios.state.connections import state_client
     from aios.sdk.client import resolve_settings
 
     try:
-        r = redis_py.Redis.from_url(resolve_settings(None).state_redis_url())
+        r = state_client(resolve_settings(None))
         used = r.hget(keys.TOKENS_USED, agent_id)
         r.hdel(keys.TOKENS_USED, agent_id)
     except AIOSError as exc:

@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 
 import redis
 
+from aios.state.connections import state_client
 from aios.wire.errors import ConfigError, KernelUnavailable
 from aios.settings import QUEUES, Settings, llm_queue
 
@@ -150,7 +151,7 @@ class LocalKernel:
         else:
             argv += ["--dir", str(self.run_dir), "--appendonly", "no"]
         self._redis_proc = self._spawn(argv, "redis")
-        client = redis.Redis(unix_socket_path=str(self.socket))
+        client = state_client(self.settings)  # unix://<this socket>
         deadline = time.monotonic() + 15
         while True:
             try:

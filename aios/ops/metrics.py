@@ -34,11 +34,10 @@ class KernelCollector(Collector):
             depth.add_metric([queue], float(n or 0))
         yield depth
 
-        import redis
-
         from aios.state import keys
+        from aios.state.connections import state_client
 
-        r = redis.Redis.from_url(self.settings.state_redis_url())
+        r = state_client(self.settings)
         try:
             done = r.hgetall(keys.STATS_DONE)
             rejected = r.hgetall(keys.STATS_REJECTED)

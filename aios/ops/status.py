@@ -6,44 +6,22 @@ import json
 import time
 from typing import Any
 
-import redis
-
 from aios.state import keys
+from aios.state.connections import broker_client, state_client
 from aios.broker.app import make_app
-from aios.wire.priority import PRIORITY_STEPS, is_redis_url
-from aios.settings import QUEUES, Settings, all_queues, broker_to_redis_py
-
-
-def queue_depth(app: Any, settings: Settings, queue: str) -> int | None:
-    """Messages waiting on one kernel queue, all priority steps together (``None``: not declared yet)."""
-    if is_redis_url(settings.require_broker()):
-        r = redis.Redis.from_url(broker_to_redis_py(settings.require_broker()))
-        try:
-            pipe = r.pipeline(transaction=False)
-            for step in PRIORITY_STEPS:
-                pipe.llen(f"{queue}:{step}" if step else queue)
-            return int(sum(pipe.execute()))
-        finally:
-            r.close()
-    with app.connection_for_read() as conn:
-        try:
-            return int(conn.default_channel.queue_declare(queue=queue, passive=True).message_count)
-        except Exception:  # a queue nobody declared yet
-            return None
+from aios.broker.queues import redis_depth
+from aios.wire.priority import is_redis_url
+from aios.settings import QUEUES, Settings, all_queues
 
 
 def queue_depths(app: Any, settings: Settings) -> dict[str, int | None]:
     """Messages waiting per kernel queue, all priority steps together."""
     out: dict[str, int | None] = {}
     if is_redis_url(settings.require_broker()):
-        # kombu keeps one list per priority step: "<queue>" for step 0, "<queue>:<step>" for the others.
-        r = redis.Redis.from_url(broker_to_redis_py(settings.require_broker()))
+        r = broker_client(settings)
         try:
             for queue in all_queues(settings):
-                pipe = r.pipeline(transaction=False)
-                for step in PRIORITY_STEPS:
-                    pipe.llen(f"{queue}:{step}" if step else queue)
-                out[queue] = sum(pipe.execute())
+                out[queue] = redis_depth(r, queue)
         finally:
             r.close()
         return out
@@ -79,7 +57,7 @@ def collect(settings: Settings, timeout_s: float = 1.0) -> dict[str, Any]:
         depths = queue_depths(app, settings)
     finally:
         app.close()
-    r = redis.Redis.from_url(settings.state_redis_url())
+    r = state_client(settings)
     try:
         done = {k.decode(): int(v) for k, v in r.hgetall(keys.STATS_DONE).items()}
         rejected = {k.decode(): int(v) for k, v in r.hgetall(keys.STATS_REJECTED).items()}
@@ -104,7 +82,7 @@ def scheduling(settings: Settings) -> dict[str, Any]:
     from aios.settings import policy_name
 
     now = time.time()
-    r = redis.Redis.from_url(settings.state_redis_url())
+    r = state_client(settings)
     try:
         agents: list[dict[str, Any]] = []
         resources: list[dict[str, Any]] = []
@@ -144,7 +122,7 @@ def scheduling(settings: Settings) -> dict[str, Any]:
 
 
 def deadletters(settings: Settings, limit: int = 20) -> list[dict[str, Any]]:
-    r = redis.Redis.from_url(settings.state_redis_url())
+    r = state_client(settings)
     try:
         return [json.loads(x) for x in r.lrange(keys.DEADLETTER, 0, limit - 1)]
     finally:

@@ -30,6 +30,7 @@ from typing import Any, cast
 import redis
 
 from aios.state import keys
+from aios.state.connections import state_client
 from aios.policy.audit import AuditLog
 from aios.settings import Settings
 from aios.wire.syscalls import AGENT_ID_RE
@@ -82,7 +83,7 @@ class AccessManager:
 
     def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
         self.settings = settings
-        self.redis = client or redis.Redis.from_url(settings.state_redis_url())
+        self.redis = client or state_client(settings)
         self.audit = AuditLog(self.redis)
 
     # -- checks ----------------------------------------------------------------------------------------

@@ -17,30 +17,14 @@ from typing import Any
 
 import redis
 
-from aios.state import keys
+from aios.state import keys, scripts
+from aios.state.connections import state_client
 from aios.state.replies import Replies
 from aios.wire.errors import AIOSError, ApprovalDenied, NotFound, UnknownTool
 from aios.settings import KIND_TO_RESOURCE, QUEUES, Settings, llm_queue
 from aios.wire.syscalls import ErrorInfo, MemorySyscall, Response, Status, StorageSyscall, Syscall, Timing, ToolSyscall
 
 PENDING, APPROVED, DENIED, EXPIRED = "pending", "approved", "denied", "expired"
-
-# Move a request from one state to another only if it is still pending (and, for approval, not past its
-# deadline): one operator's approval and the caller's time-out can never both win.
-_DECIDE = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return 'missing' end
-if status ~= 'pending' then return status end
-if ARGV[1] == 'approved' and tonumber(redis.call('HGET', KEYS[1], 'deadline')) < tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[1], 'status', 'expired', 'decided_at', ARGV[2])
-  redis.call('ZREM', KEYS[2], ARGV[3])
-  return 'expired'
-end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'decided_at', ARGV[2], 'reason', ARGV[4])
-redis.call('ZREM', KEYS[2], ARGV[3])
-return 'ok'
-"""
-
 
 def irreversible_reason(syscall: Syscall, service: Any) -> str | None:
     """Why ``syscall`` needs an operator's approval, or ``None`` if it can run at once (the service decides:
@@ -68,8 +52,8 @@ class Request:
 class Approvals:
     def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
         self.settings = settings
-        self.redis = client or redis.Redis.from_url(settings.state_redis_url())
-        self._decide = self.redis.register_script(_DECIDE)
+        self.redis = client or state_client(settings)
+        self._decide = scripts.register(self.redis, "approval_decide")  # pending -> decided, once
 
     # -- worker side --------------------------------------------------------------------------------------
 

@@ -22,8 +22,9 @@ read by the SDK when it submits), and per-agent counters feed ``aios status`` an
 are written in the same transaction as the syscall's reply.
 
 **Aging** (``priority`` policy, Redis brokers): :class:`Ager` moves syscalls that have waited ``AIOS_AGING_S``
-up one priority list per step, in a Lua script over kombu's per-priority lists. RabbitMQ cannot reorder a
-queue: there, strict priority has no aging (use ``fair``, or keep high-priority load below capacity).
+up one priority list per step, in a Lua script (``aios/state/lua/age.lua``) over kombu's per-priority lists.
+RabbitMQ cannot reorder a queue: there, strict priority has no aging (use ``fair``, or keep high-priority load
+below capacity).
 """
 
 from __future__ import annotations
@@ -37,10 +38,9 @@ from typing import Any
 
 import redis
 
-from aios.state import keys
+from aios.state import keys, scripts
 from aios.wire.errors import QuotaExceeded
 from aios.broker.queues import priority_lists
-from aios.wire.priority import MAX_PRIORITY
 from aios.policy.scheduler import make_policy
 from aios.settings import QuotaSpec, Settings
 from aios.wire.syscalls import LLMSyscall, Response, Syscall, ToolSyscall
@@ -52,170 +52,6 @@ LEASE_TTL_S = 30.0
 WAITS_KEPT = 2000
 """Queue waits kept per resource for percentiles."""
 NONE = -1  # "no limit" in the scripts' arguments
-
-# KEYS: per scope (req, tok, lease), then TOKENS_USED, QUOTA_SCOPES.
-# ARGV: now, window, id, tokens, lease_ttl, n, agent, then per scope: name, rpm, tpm, concurrency, budget.
-# Returns {0} when admitted, else {scope index (1-based), limit name, retry-after seconds or -1 for never}.
-_ADMIT = """
-local now, window, id = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
-local tokens, ttl, n, agent = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
-local used_key, scopes_key = KEYS[3 * n + 1], KEYS[3 * n + 2]
-local function spec(i)
-  local b = 8 + 5 * i
-  return ARGV[b], tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
-end
-for i = 0, n - 1 do
-  local req, tok, lease = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
-  local name, rpm, tpm, conc, budget = spec(i)
-  local old = redis.call('ZRANGEBYSCORE', req, '-inf', now - window)
-  if #old > 0 then
-    local freed = 0
-    for _, t in ipairs(redis.call('HMGET', tok, unpack(old))) do freed = freed + (tonumber(t) or 0) end
-    redis.call('ZREMRANGEBYSCORE', req, '-inf', now - window)
-    redis.call('HDEL', tok, unpack(old))
-    if freed ~= 0 then redis.call('HINCRBY', tok, '_sum', -freed) end
-  end
-  redis.call('ZREMRANGEBYSCORE', lease, '-inf', now)
-  local known = redis.call('ZSCORE', req, id) ~= false  -- a redelivered syscall is not counted twice
-  if rpm >= 0 and not known and redis.call('ZCARD', req) >= rpm then
-    local first = redis.call('ZRANGE', req, 0, 0, 'WITHSCORES')
-    return {i + 1, 'rpm', tostring(tonumber(first[2]) + window - now)}
-  end
-  if tpm >= 0 and tokens > 0 and not known then
-    if tokens > tpm then return {i + 1, 'tpm', '-1'} end
-    local sum = tonumber(redis.call('HGET', tok, '_sum') or '0')
-    if sum + tokens > tpm then
-      local entries = redis.call('ZRANGE', req, 0, -1, 'WITHSCORES')
-      local wait = window
-      for j = 1, #entries, 2 do
-        sum = sum - (tonumber(redis.call('HGET', tok, entries[j])) or 0)
-        if sum + tokens <= tpm then wait = tonumber(entries[j + 1]) + window - now; break end
-      end
-      return {i + 1, 'tpm', tostring(wait)}
-    end
-  end
-  if conc >= 0 and redis.call('ZSCORE', lease, id) == false and redis.call('ZCARD', lease) >= conc then
-    return {i + 1, 'concurrency', '0'}
-  end
-  if budget >= 0 then
-    local used = tonumber(redis.call('HGET', used_key, agent) or '0')
-    if used + tokens > budget then return {i + 1, 'token_budget', '-1'} end
-  end
-end
-for i = 0, n - 1 do
-  local req, tok, lease = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
-  local name, rpm, tpm, conc, budget = spec(i)
-  if (rpm >= 0 or tpm >= 0) and redis.call('ZSCORE', req, id) == false then
-    redis.call('ZADD', req, now, id)
-    if tpm >= 0 then
-      redis.call('HSET', tok, id, tokens)
-      if tokens ~= 0 then redis.call('HINCRBY', tok, '_sum', tokens) end
-    end
-    redis.call('PEXPIRE', req, math.ceil(window * 2000))
-    redis.call('PEXPIRE', tok, math.ceil(window * 2000))
-  end
-  if conc >= 0 then
-    redis.call('ZADD', lease, now + ttl, id)
-    redis.call('PEXPIRE', lease, math.ceil(ttl * 2000))
-  end
-  redis.call('SADD', scopes_key, name)
-end
-return {0}
-"""
-
-# KEYS: per scope (req, tok, lease), then TOKENS_USED. ARGV: id, actual tokens (-1: keep the reservation), agent,
-# account tokens (1/0), n, now, window.
-# The request stays in the rpm/tpm window from the moment it ended, not from its admission: a provider counts it
-# when it arrives, some time after the kernel admitted it, and the kernel must not free its slot before the
-# provider does (measured by `aios bench ratelimit`: counted from admission, requests that reached the provider
-# late in a burst still filled its window when the kernel admitted the next ones, and got 429s).
-_RELEASE = """
-local id, actual, agent, account, n = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5])
-local now, window = tonumber(ARGV[6]), tonumber(ARGV[7])
-for i = 0, n - 1 do
-  local req, tok, lease = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
-  redis.call('ZREM', lease, id)
-  local at = redis.call('ZSCORE', req, id)
-  if at and tonumber(at) > now - window and tonumber(at) < now then redis.call('ZADD', req, 'XX', now, id) end
-  if actual >= 0 then
-    local reserved = redis.call('HGET', tok, id)
-    if reserved then
-      redis.call('HSET', tok, id, actual)
-      local delta = actual - tonumber(reserved)
-      if delta ~= 0 then redis.call('HINCRBY', tok, '_sum', delta) end
-    end
-  end
-end
-if account == '1' and actual > 0 then redis.call('HINCRBY', KEYS[3 * n + 1], agent, actual) end
-return 0
-"""
-
-# KEYS: [lease]. ARGV: new expiry, id. Renews a lease only if it is still held.
-_RENEW = "return redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[1], ARGV[2])"
-
-# KEYS: [attained zset, stats hash, waits list]. ARGV: agent, service_s, wait_s, waits_kept, 'slice' or ''.
-_ACCOUNT = """
-local agent, service, wait, kept = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-redis.call('ZINCRBY', KEYS[1], service, agent)
-if ARGV[5] == 'slice' then  -- a time slice of a syscall that goes on later: service only
-  redis.call('HINCRBYFLOAT', KEYS[2], agent .. ':service_s', service)
-  return 0
-end
-redis.call('HINCRBY', KEYS[2], agent .. ':n', 1)
-redis.call('HINCRBYFLOAT', KEYS[2], agent .. ':wait_s', wait)
-redis.call('HINCRBYFLOAT', KEYS[2], agent .. ':service_s', service)
-redis.call('LPUSH', KEYS[3], string.format('%.6f', wait))
-redis.call('LTRIM', KEYS[3], 0, kept - 1)
-return 0
-"""
-
-# KEYS: [attained zset, active zset]. ARGV: agent, now, window.
-# The agent's attained service above the least-served agent active within the window (itself included). An agent
-# new or back from a pause longer than the window starts level with that least-served one.
-_FAIR_EXCESS = """
-local agent, now, window = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local last = redis.call('ZSCORE', KEYS[2], agent)
-local least = nil
-for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], now - window, '+inf')) do
-  if m ~= agent then
-    local a = tonumber(redis.call('ZSCORE', KEYS[1], m) or '0')
-    if least == nil or a < least then least = a end
-  end
-end
-local mine = tonumber(redis.call('ZSCORE', KEYS[1], agent) or '0')
-if least ~= nil and (not last or tonumber(last) < now - window) then
-  mine = least
-  redis.call('ZADD', KEYS[1], mine, agent)
-end
-redis.call('ZADD', KEYS[2], now, agent)
-if math.random() < 0.01 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 10 * window) end
-if least == nil or mine < least then return '0' end
-return tostring(mine - least)
-"""
-
-# KEYS: the queue's ten kombu lists, by kernel priority 0..9. ARGV: now, aging_s, max moves.
-# A message carries headers aios_enqueued (Unix time) and aios_priority (kernel priority at publication).
-_AGE = """
-local now, aging, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local moved = 0
-for p = 8, 0, -1 do
-  while moved < budget do
-    local raw = redis.call('LINDEX', KEYS[p + 1], -1)
-    if not raw then break end
-    local ok, msg = pcall(cjson.decode, raw)
-    local h = ok and type(msg) == 'table' and msg['headers'] or nil
-    local enq = h and tonumber(h['aios_enqueued'])
-    local base = h and tonumber(h['aios_priority'])
-    if not enq or not base then break end
-    local target = math.min(9, base + math.floor(math.max(0, now - enq) / aging))
-    if target <= p then break end
-    redis.call('RPOP', KEYS[p + 1])
-    redis.call('RPUSH', KEYS[target + 1], raw)
-    moved = moved + 1
-  end
-end
-return moved
-"""
 
 
 @dataclass(frozen=True)
@@ -254,10 +90,10 @@ class Governor:
         self.settings = settings
         self.redis = client
         self.resource = resource
-        self._admit = client.register_script(_ADMIT)
-        self._release = client.register_script(_RELEASE)
-        self._renew = client.register_script(_RENEW)
-        self._account = client.register_script(_ACCOUNT)
+        self._admit = scripts.register(client, "quota_admit")
+        self._release = scripts.register(client, "quota_release")
+        self._renew = scripts.register(client, "lease_renew")
+        self._account = scripts.register(client, "account")
         self._held: dict[tuple[str, str], float] = {}  # (lease key, syscall id) -> renewal due
         self._held_lock = threading.Lock()
         self._renewer: threading.Thread | None = None
@@ -353,7 +189,7 @@ class Governor:
 
     def release(self, adm: Admission | None, response: Response | None) -> None:
         """Free the leases, correct the token reservation to the real usage, and count the request in the rpm/tpm
-        windows from now (when it ended) rather than from its admission (see ``_RELEASE``)."""
+        windows from now (when it ended) rather than from its admission (see ``lua/quota_release.lua``)."""
         if adm is None:
             return
         if adm.leases:
@@ -430,7 +266,7 @@ class FairState:
     """SDK side of the ``fair`` policy: one script call per submission."""
 
     def __init__(self, client: redis.Redis) -> None:
-        self._excess = client.register_script(_FAIR_EXCESS)
+        self._excess = scripts.register(client, "fair_excess")
 
     def excess(self, resource: str, agent_id: str, now: float, window_s: float) -> float:
         """``agent_id``'s attained service on ``resource`` above the least-served active agent, in seconds."""
@@ -449,11 +285,12 @@ class Ager:
         self.broker = broker
         self.lists = priority_lists(queue)
         self.aging_s = aging_s
-        self._age = broker.register_script(_AGE)
+        self._age = scripts.register(broker, "age")
         self._stop = threading.Event()
 
     def run_once(self, now: float | None = None) -> int:
-        return int(self._age(keys=self.lists, args=[now or time.time(), self.aging_s, self.MAX_MOVES]))
+        return int(self._age(keys=self.lists, args=[now or time.time(), self.aging_s, self.MAX_MOVES,
+                                                    keys.HEADER_ENQUEUED, keys.HEADER_PRIORITY]))
 
     def start(self) -> "Ager":
         interval = min(1.0, self.aging_s / 4)

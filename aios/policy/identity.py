@@ -26,6 +26,7 @@ from typing import Any
 import redis
 
 from aios.state import keys
+from aios.state.connections import state_client
 from aios.wire.errors import AuthError, ConfigError
 from aios.settings import Settings
 
@@ -98,7 +99,7 @@ class Credentials:
 
     def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
         self.settings = settings
-        self.redis = client or redis.Redis.from_url(settings.state_redis_url())
+        self.redis = client or state_client(settings)
 
     def create(self, agent_id: str, *, groups: tuple[str, ...] = (), expires_in_s: float | None = None,
                write_file: bool = True) -> Credential:

@@ -3,7 +3,7 @@
 The kernel has no central dispatcher: syscalls wait in the broker's priority queues and every worker takes the
 most urgent one it can. A policy therefore acts where a syscall enters the queue (:meth:`Policy.priority`,
 called by the SDK) and, for aging, while it waits (:func:`aged_priority` states the rule; on Redis brokers the
-workers' ager applies it in Lua, ``governor._AGE``). One policy per resource (``AIOS_POLICIES``):
+workers' ager applies it in Lua, ``aios/state/lua/age.lua``). One policy per resource (``AIOS_POLICIES``):
 
 ``fifo``      every syscall at the same priority: served in arrival order.
 ``rr``        round robin: the same, plus a time slice on the LLM (``AIOS_LLM_QUANTUM_TOKENS``, 32 if unset) that
@@ -20,6 +20,8 @@ Attained service is measured in seconds of worker time per agent and resource, r
 """
 
 from __future__ import annotations
+
+import math
 
 from aios.wire.priority import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from aios.settings import PolicyName, Settings, policy_name
@@ -82,10 +84,13 @@ class FairShare(Policy):
 
 
 def aged_priority(priority: int, waited_s: float, aging_s: float) -> int:
-    """A syscall's priority after waiting ``waited_s``: one step up per ``aging_s``, at most the top."""
+    """A syscall's priority after waiting ``waited_s``: one step up per ``aging_s``, at most the top.
+
+    Steps are ``floor(waited_s / aging_s)``, the division rounded first, exactly as ``lua/age.lua`` computes it
+    (Python's ``//`` is the exact floor and disagrees at step boundaries: ``0.5 // 0.1 == 4.0``)."""
     if waited_s <= 0:
         return priority
-    return min(MAX_PRIORITY, max(MIN_PRIORITY, priority) + int(waited_s // aging_s))
+    return min(MAX_PRIORITY, max(MIN_PRIORITY, priority) + math.floor(waited_s / aging_s))
 
 
 DEFAULT_RR_QUANTUM_TOKENS = 32

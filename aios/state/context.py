@@ -68,9 +68,6 @@ class ContextStore:
         pipe.expire(key, self.ttl_s)
         pipe.execute()
 
-    def load(self, syscall_id: str) -> Snapshot | None:
-        return Snapshot.from_redis(self.redis.hgetall(keys.context(syscall_id)))
-
 
 def load_from(record: Any) -> Snapshot | None:
     """A snapshot from an ``HGETALL`` done in someone else's pipeline."""

@@ -1,4 +1,8 @@
-"""Every Redis key the kernel uses, in one place."""
+"""Every Redis key the kernel uses, in one place (and the names of the headers it puts on broker messages).
+
+kombu's own per-priority list names for a queue are in :mod:`aios.broker.queues` (``step_list``,
+``priority_lists``): they are kombu's naming, not the kernel's.
+"""
 
 PREFIX = "aios"
 DEADLETTER = f"{PREFIX}:deadletter"
@@ -102,3 +106,18 @@ def quota(scope: str, part: str) -> str:
     """Per scope: ``req`` (sorted set: admitted syscall ids by time), ``tok`` (hash: id -> tokens), ``lease``
     (sorted set: running syscall ids by lease expiry)."""
     return f"{PREFIX}:quota:{{{scope}}}:{part}"
+
+
+# -- memory (aios/services/storage/memory.py) --------------------------------------------------------------------------
+
+def memfast(agent_id: str) -> str:
+    """Hash: the memory fast tier of ``agent_id``, memory key -> JSON text of the value."""
+    return f"{PREFIX}:memfast:{agent_id}"
+
+
+# -- message headers (aios/broker/publish.py sets them; lua/age.lua reads them) ------------------------------------------
+
+HEADER_ENQUEUED = "aios_enqueued"
+"""Unix time the syscall entered its queue (this time): the ager raises it one step per ``AIOS_AGING_S``."""
+HEADER_PRIORITY = "aios_priority"
+"""The kernel priority it was published at (the ager's base)."""

@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 import redis
 
+from aios.state.keys import memfast
 from aios.wire.errors import Conflict, InvalidSyscall, NotFound
 
 log = logging.getLogger("aios.memory")
@@ -142,7 +143,7 @@ class RedisFastTier:
 
     @staticmethod
     def _name(agent: str) -> str:
-        return f"aios:memfast:{agent}"
+        return memfast(agent)
 
     def get(self, agent: str, key: str) -> str | None:
         raw = self.redis.hget(self._name(agent), key)

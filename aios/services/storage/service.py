@@ -33,6 +33,7 @@ from aios.wire.errors import AccessDenied, AIOSError, ConfigError, Conflict, Inv
 from aios.services.storage.memory import LocalFastTier, MemoryManager, RedisFastTier
 from aios.settings import Settings
 from aios.services.base import BaseService
+from aios.state.connections import state_client
 from aios.state.context import Snapshot
 from aios.wire.syscalls import AGENT_ID_RE, MemorySyscall, StorageSyscall, Syscall
 from aios.services.storage.vectors import MilvusException
@@ -77,7 +78,7 @@ class StorageService(BaseService):
     def _fast_tier(settings: Settings) -> Any:
         """The kernel's Redis when there is one; else (a service used as a library, unit tests) this process."""
         try:
-            return RedisFastTier(redis.Redis.from_url(settings.state_redis_url()))
+            return RedisFastTier(state_client(settings))
         except ConfigError:
             return LocalFastTier()
 
