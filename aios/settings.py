@@ -168,6 +168,9 @@ class Settings(BaseSettings):
     llm_quantum_tokens: int = Field(default=0, ge=0)
     """Time slice of one LLM syscall in generated tokens; when it expires and other LLM syscalls wait, the
     generation is suspended (snapshot in Redis) and requeued at its priority. 0: never preempt."""
+    llm_cpu_repack: Literal["auto", "on", "off"] = "auto"
+    """llama.cpp: use its repacked CPU kernels (AMX and the like). ``auto``: yes, except on an AMX CPU under a
+    hypervisor, where they crash (see :mod:`aios.services.llm.weights`)."""
     llm_prefix_cache: bool = True
     """llama.cpp: keep the KV cells of the last prompt prefilled and start a new syscall from the prefix it shares
     with it (agents share system prompts), when that is at least 16 tokens. Output is unchanged."""

@@ -24,6 +24,7 @@ from aios_bench.common import consoles, machine, progress_bars, save
 from aios.services.llm.engine import BatchEngine, Request
 from aios.wire.errors import ConfigError
 from aios.services.llm.service import default_model_path
+from aios.services.llm.weights import load_llama
 
 TOPICS = ("a cat", "the sea", "a robot", "Paris", "a dragon", "the moon", "a train", "a lost map")
 FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_1": "LLAMA_FTYPE_MOSTLY_Q4_1",
@@ -54,10 +55,7 @@ def quantized(src: Path, kind: str, out_dir: Path) -> Path:
 
 def measure(label: str, path: Path, sizes: list[int], tokens: int, threads: int, gpu_layers: int,
             progress: Progress) -> dict[str, Any]:
-    from llama_cpp import Llama
-
-    llama = Llama(model_path=str(path), n_ctx=256, n_batch=256, n_threads=threads, n_gpu_layers=gpu_layers,
-                  verbose=False)
+    llama = load_llama(path, n_ctx=256, n_batch=256, n_threads=threads, n_gpu_layers=gpu_layers, verbose=False)
     out: dict[str, Any] = {}
     for b in sizes:
         task = progress.add_task(f"{label} B={b}", total=2 * b)

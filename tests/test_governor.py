@@ -211,8 +211,8 @@ def test_fair_policy_enters_more_served_agents_lower(tmp_path: Path) -> None:
             light.call_tool("noop")
             for _ in range(3):
                 heavy.call_tool("sleep", seconds=0.05)
-            h = heavy._queue_priority(heavy.tool_syscall("noop"), "tool")
-            l_ = light._queue_priority(light.tool_syscall("noop"), "tool")
+            h = heavy._placement.priority("tool", heavy.tool_syscall("noop"))
+            l_ = light._placement.priority("tool", light.tool_syscall("noop"))
             assert l_ == 9 and h < l_
 
 

@@ -239,15 +239,6 @@ class Governor:
 
     # -- accounting -------------------------------------------------------------------------------------
 
-    def account(self, pipe: Any, syscall: Syscall, response: Response) -> None:
-        """Add the syscall's attained service and wait to its agent's record, in the reply's transaction."""
-        t = response.timing
-        if t is None:
-            return
-        self._account(keys=[keys.attained(self.resource), keys.agent_stats(self.resource), keys.waits(self.resource)],
-                      args=[syscall.agent_id, t.service_s, t.queue_wait_s, WAITS_KEPT, ""], client=pipe)
-
-
     def account_slice(self, syscall: Syscall, started: float, finished: float) -> None:
         """Account one time slice of a preempted syscall (its wait is counted when it is finally answered)."""
         try:

@@ -32,8 +32,9 @@ class Call:
     snapshot: Snapshot | None = None
     """A suspended generation to continue."""
     admission: Admission | None = None
-    ran: bool = False
-    """The service ran it (its answer counts as the agent's service)."""
+    counted: bool = False
+    """Its answer counts in its agent's record (it ran, or was refused by a quota): set by the steps that
+    answer for the service."""
     response: Response | None = None
 
     def __post_init__(self) -> None:

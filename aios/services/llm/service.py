@@ -23,6 +23,7 @@ import jsonschema
 from aios.services.base import BaseService
 from aios.state.context import Preempted, Snapshot
 from aios.services.llm.engine import BatchEngine, Request
+from aios.services.llm.weights import load_llama
 from aios.wire.errors import AIOSError, BackendError, ConfigError, InvalidSyscall
 from aios.policy.scheduler import llm_quantum
 from aios.settings import Settings
@@ -198,7 +199,7 @@ class LlamaCppBackend:
 
     def __init__(self, settings: Settings) -> None:
         try:
-            from llama_cpp import Llama
+            import llama_cpp  # noqa: F401
         except ImportError:
             raise ConfigError("llama-cpp-python is not installed: `pip install llama-cpp-python`, "
                               "or set AIOS_LLM_BACKEND=openai") from None
@@ -214,8 +215,9 @@ class LlamaCppBackend:
         """Set by the worker: whether LLM syscalls wait in the broker (a reason to end a time slice)."""
         try:
             # Weights, vocabulary and template only: generation runs in the engine's own batched context.
-            self._llama = Llama(model_path=str(path), n_ctx=256, n_batch=256, n_threads=settings.llm_n_threads,
-                                n_gpu_layers=settings.llm_n_gpu_layers, seed=SEED, verbose=False)
+            self._llama = load_llama(path, repack=settings.llm_cpu_repack, n_ctx=256, n_batch=256,
+                                     n_threads=settings.llm_n_threads, n_gpu_layers=settings.llm_n_gpu_layers,
+                                     seed=SEED, verbose=False)
         except ValueError as exc:
             raise ConfigError(f"llama.cpp could not load {str(path)!r} ({exc}); check AIOS_LLM_MODEL") from None
         self._formatter = chat_formatter(self._llama)

@@ -25,6 +25,7 @@ class QuotaStep(Step):
             call.admission = self.rt.governor.admit(call.need(), self.rt.service)
         except AIOSError as exc:
             call.response = call.error(exc)
+            call.counted = True
             raise Done() from None
         if call.admission is not None:
             call.started = time.time()

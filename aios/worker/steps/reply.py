@@ -23,4 +23,4 @@ class ReplyStep(Step):
         if call.response is None or call.syscall is None:
             return
         self.replies.write_reply(call.response, kind=call.syscall.kind, once=True,
-                                 account=(self.resource, call.syscall) if call.ran else None)
+                                 account=(self.resource, call.syscall) if call.counted else None)

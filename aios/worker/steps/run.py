@@ -30,7 +30,7 @@ class RunStep(Step):
         try:
             result = self.rt.service.handle(syscall, call.snapshot)
             call.response = call.ok(result)
-            call.ran = True
+            call.counted = True
         except Preempted as p:
             # Its time slice is up: the slice counts as the agent's service (the fair policy and status see it).
             self.rt.governor.account_slice(syscall, call.started, time.time())
@@ -40,8 +40,8 @@ class RunStep(Step):
             if exc.transient and self.rt.requeue.retry_later(syscall, call.payload, exc):
                 raise Done() from None
             call.response = call.error(exc)
-            call.ran = True
+            call.counted = True
         except Exception as exc:  # a bug in a service must not kill the worker nor leave the caller waiting
             log.exception("syscall %s failed inside the %s service", syscall.id, self.rt.resource)
             call.response = call.error(AIOSError(f"{type(exc).__name__}: {exc} (a kernel bug: see the worker log)"))
-            call.ran = True
+            call.counted = True

@@ -1,0 +1,65 @@
+"""Loading GGUF weights into llama.cpp, with the one CPU quirk the kernel works around.
+
+llama.cpp built for the machine (``-march=native``) on a CPU that reports AMX (Intel Sapphire Rapids and later)
+repacks the weights for AMX tile instructions. Under a hypervisor that does not keep the tile state (seen on the
+development VMs: ``tilezero`` raised SIGILL inside ``llama_decode`` as soon as a batch had more than a few tokens)
+that kills the worker. When the CPU reports both ``amx_tile`` and ``hypervisor``, the weights are loaded without
+llama.cpp's extra buffer types (``use_extra_bufts=False``): plain CPU kernels, correct everywhere, and a warning
+in the log. ``AIOS_LLM_CPU_REPACK=on`` forces the repacked kernels anyway, ``off`` never uses them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Literal
+
+log = logging.getLogger("aios.llm")
+
+_LOAD_LOCK = threading.Lock()
+Repack = Literal["auto", "on", "off"]
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def extra_buffers_safe(flags: set[str] | None = None) -> bool:
+    """False where AMX repacking is known to crash: an AMX CPU seen through a hypervisor."""
+    flags = _cpu_flags() if flags is None else flags
+    return not ({"amx_tile", "hypervisor"} <= flags)
+
+
+def load_llama(path: Path, *, repack: Repack = "auto", **kwargs: Any) -> Any:
+    """``llama_cpp.Llama(model_path=path, **kwargs)``, with llama.cpp's weight repacking as ``repack`` says."""
+    import llama_cpp
+    from llama_cpp import llama as llama_module
+
+    use_extra = repack == "on" or (repack == "auto" and extra_buffers_safe())
+    if use_extra:
+        return llama_cpp.Llama(model_path=str(path), **kwargs)
+    if repack == "auto":
+        log.warning("this CPU reports AMX under a hypervisor: loading %s without llama.cpp's repacked (AMX) kernels, "
+                    "which crash there (AIOS_LLM_CPU_REPACK=on to use them anyway)", path.name)
+    default = llama_module.llama_cpp.llama_model_default_params
+
+    def without_extra_buffers() -> Any:
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    # Llama() takes no such argument: its model parameters start from llama_model_default_params(), swapped for
+    # the duration of this one load (under a lock, so another load in this process is not affected).
+    with _LOAD_LOCK:
+        llama_module.llama_cpp.llama_model_default_params = without_extra_buffers
+        try:
+            return llama_cpp.Llama(model_path=str(path), **kwargs)
+        finally:
+            llama_module.llama_cpp.llama_model_default_params = default
