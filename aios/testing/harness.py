@@ -33,7 +33,7 @@ from aios.sdk.client import Kernel
 from aios.services.base import BaseService, Service
 from aios.settings import Settings
 from aios.state import keys
-from aios.state.context import Snapshot
+from aios.state.context import Snapshot, load_from
 from aios.wire.syscalls import Response, Syscall
 from aios.worker.pipeline import Step
 from aios.worker.runtime import Runtime
@@ -216,6 +216,10 @@ class Harness:
         """The stored answer (the idempotency record), or None."""
         raw = self.redis.get(keys.result(syscall_id))
         return Response.model_validate_json(raw) if raw else None
+
+    def snapshot(self, syscall_id: str) -> Snapshot | None:
+        """The stored snapshot of a suspended generation, or None."""
+        return load_from(self.redis.hgetall(keys.context(syscall_id)))
 
     def _broker(self) -> redis.Redis:
         if self.broker is None:

@@ -5,7 +5,6 @@ continues it to the output an uninterrupted run has."""
 from __future__ import annotations
 
 from aios.state import keys
-from aios.state.context import ContextStore
 from aios.testing import FakeModel, Harness, fake_llm_factory
 from aios.wire.errors import BackendError
 from tests.unit.conftest import MakeHarness
@@ -42,12 +41,12 @@ def test_preempted_it_is_requeued_with_its_snapshot_and_resumed_to_the_same_outp
     syscall = h.sdk.llm_syscall("tell me a long story")
     whole = FakeModel(length=9).chat(syscall)  # the same generation, never interrupted
     assert h.run(syscall) is None
-    snap = ContextStore(h.redis, 60).load(syscall.id)
+    snap = h.snapshot(syscall.id)
     assert snap is not None and snap.backend == "fake" and snap.tokens == [0, 1, 2, 3] and snap.slices == 1
     assert [q.message_id for q in h.queued()] == [syscall.id] and h.queued()[0].payload == h.payload(syscall)
     assert h.count(keys.STATS_DONE, "llm:preempted") == 1
     assert h.deliver() is not None and h.reply(syscall.id) is None  # the second slice, preempted again
-    assert ContextStore(h.redis, 60).load(syscall.id).slices == 2  # type: ignore[union-attr]
+    assert h.snapshot(syscall.id).slices == 2  # type: ignore[union-attr]
     assert h.deliver() is not None  # the last slice
     answer = h.reply(syscall.id)
     assert answer is not None and answer.result == whole

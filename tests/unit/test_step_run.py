@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aios.broker.queues import step_lists
 from aios.state import keys
-from aios.state.context import ContextStore, Preempted, Snapshot
+from aios.state.context import Preempted, Snapshot
 from aios.testing import StubService
 from aios.wire.errors import BackendError, ToolError
 from aios.wire.syscalls import Syscall
@@ -82,7 +82,7 @@ def test_a_preempted_generation_is_suspended_and_requeued(harness: MakeHarness) 
     h = harness("llm", failing(Preempted(snap)), app=True)
     syscall = h.sdk.llm_syscall("hi")
     assert h.run(syscall) is None
-    assert ContextStore(h.redis, 60).load(syscall.id) == snap
+    assert h.snapshot(syscall.id) == snap
     assert [q.message_id for q in h.queued()] == [syscall.id]
     assert h.count(keys.STATS_DONE, "llm:preempted") == 1
     stats = h.redis.hgetall(keys.agent_stats("llm"))
