@@ -6,6 +6,7 @@ import json
 import subprocess
 import time
 import uuid
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -14,11 +15,14 @@ from aios import AccessDenied, ApprovalDenied, Kernel, NotFound
 from aios.policy.approvals import Approvals, irreversible_reason
 from aios.ops.embedded import LocalKernel
 from aios.wire.syscalls import MemorySyscall, StorageSyscall, ToolSyscall
+from aios.services.storage.service import StorageService
 from aios.services.tools.service import Tool, ToolRegistry, ToolService
+from aios.settings import Settings
 from tests.conftest import authorized, base_settings, run_aios
 
 
-def test_what_counts_as_irreversible() -> None:
+def test_what_counts_as_irreversible(tmp_path: Path) -> None:
+    files = StorageService(Settings(data_dir=tmp_path))  # memory and files: the storage service decides
     reg = ToolRegistry()
     reg.register(Tool("send_email", "sends mail", {"type": "object"}, lambda: None, irreversible=True))
     reg.register(Tool("lookup", "reads", {"type": "object"}, lambda: None))
@@ -26,14 +30,14 @@ def test_what_counts_as_irreversible() -> None:
     assert irreversible_reason(ToolSyscall(agent_id="a", tool="send_email"), tools)
     assert irreversible_reason(ToolSyscall(agent_id="a", tool="lookup"), tools) is None
     assert irreversible_reason(ToolSyscall(agent_id="a", tool="nope"), tools) is None
-    assert irreversible_reason(MemorySyscall(agent_id="a", op="delete", key="k"), None)
-    assert irreversible_reason(MemorySyscall(agent_id="a", op="put", key="k", value=1), None) is None
-    assert irreversible_reason(StorageSyscall(agent_id="a", op="delete", path="x"), None)
+    assert irreversible_reason(MemorySyscall(agent_id="a", op="delete", key="k"), files)
+    assert irreversible_reason(MemorySyscall(agent_id="a", op="put", key="k", value=1), files) is None
+    assert irreversible_reason(StorageSyscall(agent_id="a", op="delete", path="x"), files)
     write = StorageSyscall(agent_id="a", op="write", path="d/x.txt", content="new")
     # Writing, even over an existing file, keeps a version (rollback_file restores it): not irreversible. Sharing is.
-    assert irreversible_reason(write, None) is None
+    assert irreversible_reason(write, files) is None
     share = StorageSyscall(agent_id="a", op="share", path="d/x.txt", with_agent="b")
-    assert "gives agent 'b' read access" in (irreversible_reason(share, None) or "")
+    assert "gives agent 'b' read access" in (irreversible_reason(share, files) or "")
 
 
 
