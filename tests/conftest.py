@@ -85,6 +85,37 @@ def state_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         holder.stop()
 
 
+@pytest.fixture(scope="session")
+def vector_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One Milvus Lite store for the session's storage services (opening one costs about a second), for the
+    FAKE embedder's dimension."""
+    from aios.services.storage.embeddings import HashEmbedderFake
+    from aios.services.storage.vectors import VectorStore
+
+    store = VectorStore(str(tmp_path_factory.mktemp("vectors") / "milvus.db"), HashEmbedderFake().dim)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def vectors(vector_store: Any) -> Any:
+    """The session's vector store, emptied: no test sees another's vectors."""
+    with vector_store._lock:
+        for collection in (vector_store.memory, vector_store.files):
+            vector_store.client.delete(collection, filter='id != ""')
+    return vector_store
+
+
+def storage_service(settings: Settings, vectors: Any, **kwargs: Any) -> Any:
+    """A storage service with the FAKE embedder on the shared store ``vectors`` (the ``vectors`` fixture)."""
+    from aios.services.storage.embeddings import HashEmbedderFake
+    from aios.services.storage.service import StorageService
+
+    svc = StorageService(settings, embedder=HashEmbedderFake(), **kwargs)
+    svc._vectors = vectors  # opened once per session instead of once per service
+    return svc
+
+
 def purge_rabbit_queues() -> None:
     with Connection(RABBIT_URL, connect_timeout=2) as conn:
         channel = conn.channel()

@@ -20,9 +20,8 @@ from aios.ops.embedded import LocalKernel
 from aios.wire.errors import AccessDenied, KernelUnavailable
 from aios.policy.identity import Credentials
 from aios.settings import Settings, get_settings
-from aios.services.storage.service import StorageService
 from aios.wire.syscalls import MemorySyscall, StorageSyscall
-from tests.conftest import authorized
+from tests.conftest import authorized, storage_service
 
 # -- the policy, without Redis ------------------------------------------------------------------------------
 
@@ -98,9 +97,9 @@ def test_owner_field_is_validated_like_an_agent_id() -> None:
     assert MemorySyscall(agent_id="bob", op="list").owner is None
 
 
-def test_own_data_never_touches_redis_and_cross_agent_fails_closed(tmp_path: Path) -> None:
+def test_own_data_never_touches_redis_and_cross_agent_fails_closed(tmp_path: Path, vectors: Any) -> None:
     # A Redis that is not there: own data still works; another agent's is refused, not served unchecked.
-    svc = StorageService(Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:1/0"))
+    svc = storage_service(Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:1/0"), vectors)
     assert svc.handle(MemorySyscall(agent_id="alice", op="put", key="k", value=1))["created"]
     assert svc.handle(MemorySyscall(agent_id="alice", op="get", key="k", owner="alice"))["value"] == 1
     with pytest.raises(KernelUnavailable, match="cannot check access to 'alice''s memory"):
