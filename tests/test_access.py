@@ -114,6 +114,7 @@ def _ids(*names: str) -> list[str]:
     return [f"{n}-{tag}" for n in names]
 
 
+@pytest.mark.integration
 def test_cross_agent_memory_and_files_need_a_grant(kernel: LocalKernel) -> None:
     alice, bob = _ids("alice", "bob")
     access = AccessManager(kernel.settings)
@@ -166,6 +167,7 @@ def test_cross_agent_memory_and_files_need_a_grant(kernel: LocalKernel) -> None:
     assert AuditLog(access.redis).query(agent=bob, decision="deny", limit=2) == denied[:2]
 
 
+@pytest.mark.integration
 def test_shared_group_reads_but_never_writes(kernel: LocalKernel) -> None:
     alice, bob, carol = _ids("alice", "bob", "carol")
     access = AccessManager(kernel.settings)
@@ -193,6 +195,7 @@ def test_shared_group_reads_but_never_writes(kernel: LocalKernel) -> None:
     assert ops == ["group-remove", "group-remove"]
 
 
+@pytest.mark.integration
 def test_audit_query_pages_through_a_long_log(kernel: LocalKernel) -> None:
     (agent,) = _ids("busy")
     log = AccessManager(kernel.settings).audit
@@ -210,6 +213,7 @@ def test_audit_query_pages_through_a_long_log(kernel: LocalKernel) -> None:
         log.query(decision="maybe")
 
 
+@pytest.mark.integration
 def test_async_sdk_takes_an_owner(kernel: LocalKernel) -> None:
     alice, bob = _ids("alice", "bob")
     AccessManager(kernel.settings).grant(alice, bob, "memory", "write")
@@ -247,6 +251,7 @@ def aios_cli(kernel: LocalKernel, monkeypatch: pytest.MonkeyPatch) -> Iterator[A
     get_settings.cache_clear()
 
 
+@pytest.mark.integration
 def test_cli_grants_revokes_groups_and_audit(kernel: LocalKernel, aios_cli: Any) -> None:
     alice, bob = _ids("alice", "bob")
     with authorized(kernel.settings, alice) as ka, authorized(kernel.settings, bob) as kb:
