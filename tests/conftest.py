@@ -2,6 +2,9 @@
 
 Three brokers: the embedded Redis (always), the real Redis at 127.0.0.1:6379 and the real RabbitMQ at
 127.0.0.1:5672. A missing server skips its tests on a developer's machine and fails them in CI (``CI`` set).
+
+Two tiers (tests/README.md): a test that starts a kernel worker or loads the local model must be marked
+``integration``; one that does so unmarked fails at once, saying so (:func:`pytest_configure`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from aios.broker.app import make_app
 from aios.sdk.client import Kernel
 from aios.ops.embedded import LocalKernel
 from aios.policy.identity import Credentials
+from aios.wire.errors import ConfigError
 from aios.wire.priority import DEFAULT_PRIORITY, MAX_PRIORITY, to_broker
 from aios.settings import QUEUES, Settings
 
@@ -35,6 +39,46 @@ ALL_BROKERS = ["embedded", "redis", "rabbitmq"]
 # on one machine (they would flush each other's databases on the shared servers). CI always runs all three.
 BROKERS = ALL_BROKERS if IN_CI else [
     b for b in (os.environ.get("AIOS_TEST_BROKERS") or ",".join(ALL_BROKERS)).split(",") if b in ALL_BROKERS]
+
+
+_CURRENT: list[pytest.Item] = []
+"""The test being set up, run or torn down (module- and session-scoped fixtures start in its setup)."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    _CURRENT[:] = [item]
+
+
+def _integration_only(what: str) -> None:
+    item = _CURRENT[0] if _CURRENT else None
+    if item is not None and item.get_closest_marker("integration") is None:
+        pytest.fail(f"{item.nodeid} {what}, which only the integration tier may: mark it "
+                    "@pytest.mark.integration, or use aios.testing (tests/README.md)", pytrace=False)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep the fast tier fast: outside ``integration`` tests, starting a kernel worker or loading the local
+    model fails the test (the embedded Redis alone, ``LocalKernel(..., resources=())``, is allowed)."""
+    from aios.services.llm.service import LlamaCppBackend, default_model_path
+
+    start_worker, load_model = LocalKernel._start_worker, LlamaCppBackend.__init__
+
+    def guarded_start_worker(self: LocalKernel, name: str, *args: Any, **kwargs: Any) -> None:
+        _integration_only(f"starts a {name} worker")
+        start_worker(self, name, *args, **kwargs)
+
+    def guarded_load_model(self: LlamaCppBackend, settings: Settings) -> None:
+        try:
+            path: Path | None = Path(settings.llm_model) if settings.llm_model else default_model_path()
+        except ConfigError:  # no model at all: the backend says so itself
+            path = None
+        if path is not None and path.is_file():  # a missing GGUF is only a ConfigError, fast
+            _integration_only("loads the local model")
+        load_model(self, settings)
+
+    LocalKernel._start_worker = guarded_start_worker  # type: ignore[method-assign]
+    LlamaCppBackend.__init__ = guarded_load_model  # type: ignore[method-assign]
 
 
 def _port_open(host: str, port: int) -> bool:
