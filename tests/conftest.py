@@ -2,6 +2,9 @@
 
 Three brokers: the embedded Redis (always), the real Redis at 127.0.0.1:6379 and the real RabbitMQ at
 127.0.0.1:5672. A missing server skips its tests on a developer's machine and fails them in CI (``CI`` set).
+
+Two tiers (tests/README.md): a test that starts a kernel worker or loads the local model must be marked
+``integration``; one that does so unmarked fails at once, saying so (:func:`pytest_configure`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from aios.broker.app import make_app
 from aios.sdk.client import Kernel
 from aios.ops.embedded import LocalKernel
 from aios.policy.identity import Credentials
+from aios.wire.errors import ConfigError
 from aios.wire.priority import DEFAULT_PRIORITY, MAX_PRIORITY, to_broker
 from aios.settings import QUEUES, Settings
 
@@ -35,6 +39,46 @@ ALL_BROKERS = ["embedded", "redis", "rabbitmq"]
 # on one machine (they would flush each other's databases on the shared servers). CI always runs all three.
 BROKERS = ALL_BROKERS if IN_CI else [
     b for b in (os.environ.get("AIOS_TEST_BROKERS") or ",".join(ALL_BROKERS)).split(",") if b in ALL_BROKERS]
+
+
+_CURRENT: list[pytest.Item] = []
+"""The test being set up, run or torn down (module- and session-scoped fixtures start in its setup)."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    _CURRENT[:] = [item]
+
+
+def _integration_only(what: str) -> None:
+    item = _CURRENT[0] if _CURRENT else None
+    if item is not None and item.get_closest_marker("integration") is None:
+        pytest.fail(f"{item.nodeid} {what}, which only the integration tier may: mark it "
+                    "@pytest.mark.integration, or use aios.testing (tests/README.md)", pytrace=False)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep the fast tier fast: outside ``integration`` tests, starting a kernel worker or loading the local
+    model fails the test (the embedded Redis alone, ``LocalKernel(..., resources=())``, is allowed)."""
+    from aios.services.llm.service import LlamaCppBackend, default_model_path
+
+    start_worker, load_model = LocalKernel._start_worker, LlamaCppBackend.__init__
+
+    def guarded_start_worker(self: LocalKernel, name: str, *args: Any, **kwargs: Any) -> None:
+        _integration_only(f"starts a {name} worker")
+        start_worker(self, name, *args, **kwargs)
+
+    def guarded_load_model(self: LlamaCppBackend, settings: Settings) -> None:
+        try:
+            path: Path | None = Path(settings.llm_model) if settings.llm_model else default_model_path()
+        except ConfigError:  # no model at all: the backend says so itself
+            path = None
+        if path is not None and path.is_file():  # a missing GGUF is only a ConfigError, fast
+            _integration_only("loads the local model")
+        load_model(self, settings)
+
+    LocalKernel._start_worker = guarded_start_worker  # type: ignore[method-assign]
+    LlamaCppBackend.__init__ = guarded_load_model  # type: ignore[method-assign]
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -83,6 +127,37 @@ def state_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield holder.settings.state_redis_url()
     finally:
         holder.stop()
+
+
+@pytest.fixture(scope="session")
+def vector_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One Milvus Lite store for the session's storage services (opening one costs about a second), for the
+    FAKE embedder's dimension."""
+    from aios.services.storage.embeddings import HashEmbedderFake
+    from aios.services.storage.vectors import VectorStore
+
+    store = VectorStore(str(tmp_path_factory.mktemp("vectors") / "milvus.db"), HashEmbedderFake().dim)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def vectors(vector_store: Any) -> Any:
+    """The session's vector store, emptied: no test sees another's vectors."""
+    with vector_store._lock:
+        for collection in (vector_store.memory, vector_store.files):
+            vector_store.client.delete(collection, filter='id != ""')
+    return vector_store
+
+
+def storage_service(settings: Settings, vectors: Any, **kwargs: Any) -> Any:
+    """A storage service with the FAKE embedder on the shared store ``vectors`` (the ``vectors`` fixture)."""
+    from aios.services.storage.embeddings import HashEmbedderFake
+    from aios.services.storage.service import StorageService
+
+    svc = StorageService(settings, embedder=HashEmbedderFake(), **kwargs)
+    svc._vectors = vectors  # opened once per session instead of once per service
+    return svc
 
 
 def purge_rabbit_queues() -> None:

@@ -20,9 +20,8 @@ from aios.ops.embedded import LocalKernel
 from aios.wire.errors import AccessDenied, KernelUnavailable
 from aios.policy.identity import Credentials
 from aios.settings import Settings, get_settings
-from aios.services.storage.service import StorageService
 from aios.wire.syscalls import MemorySyscall, StorageSyscall
-from tests.conftest import authorized
+from tests.conftest import authorized, storage_service
 
 # -- the policy, without Redis ------------------------------------------------------------------------------
 
@@ -98,9 +97,9 @@ def test_owner_field_is_validated_like_an_agent_id() -> None:
     assert MemorySyscall(agent_id="bob", op="list").owner is None
 
 
-def test_own_data_never_touches_redis_and_cross_agent_fails_closed(tmp_path: Path) -> None:
+def test_own_data_never_touches_redis_and_cross_agent_fails_closed(tmp_path: Path, vectors: Any) -> None:
     # A Redis that is not there: own data still works; another agent's is refused, not served unchecked.
-    svc = StorageService(Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:1/0"))
+    svc = storage_service(Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:1/0"), vectors)
     assert svc.handle(MemorySyscall(agent_id="alice", op="put", key="k", value=1))["created"]
     assert svc.handle(MemorySyscall(agent_id="alice", op="get", key="k", owner="alice"))["value"] == 1
     with pytest.raises(KernelUnavailable, match="cannot check access to 'alice''s memory"):
@@ -115,6 +114,7 @@ def _ids(*names: str) -> list[str]:
     return [f"{n}-{tag}" for n in names]
 
 
+@pytest.mark.integration
 def test_cross_agent_memory_and_files_need_a_grant(kernel: LocalKernel) -> None:
     alice, bob = _ids("alice", "bob")
     access = AccessManager(kernel.settings)
@@ -167,6 +167,7 @@ def test_cross_agent_memory_and_files_need_a_grant(kernel: LocalKernel) -> None:
     assert AuditLog(access.redis).query(agent=bob, decision="deny", limit=2) == denied[:2]
 
 
+@pytest.mark.integration
 def test_shared_group_reads_but_never_writes(kernel: LocalKernel) -> None:
     alice, bob, carol = _ids("alice", "bob", "carol")
     access = AccessManager(kernel.settings)
@@ -194,6 +195,7 @@ def test_shared_group_reads_but_never_writes(kernel: LocalKernel) -> None:
     assert ops == ["group-remove", "group-remove"]
 
 
+@pytest.mark.integration
 def test_audit_query_pages_through_a_long_log(kernel: LocalKernel) -> None:
     (agent,) = _ids("busy")
     log = AccessManager(kernel.settings).audit
@@ -211,6 +213,7 @@ def test_audit_query_pages_through_a_long_log(kernel: LocalKernel) -> None:
         log.query(decision="maybe")
 
 
+@pytest.mark.integration
 def test_async_sdk_takes_an_owner(kernel: LocalKernel) -> None:
     alice, bob = _ids("alice", "bob")
     AccessManager(kernel.settings).grant(alice, bob, "memory", "write")
@@ -248,6 +251,7 @@ def aios_cli(kernel: LocalKernel, monkeypatch: pytest.MonkeyPatch) -> Iterator[A
     get_settings.cache_clear()
 
 
+@pytest.mark.integration
 def test_cli_grants_revokes_groups_and_audit(kernel: LocalKernel, aios_cli: Any) -> None:
     alice, bob = _ids("alice", "bob")
     with authorized(kernel.settings, alice) as ka, authorized(kernel.settings, bob) as kb:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from aios.services.storage.embeddings import HashEmbedderFake
 from aios.wire.errors import ConfigError, Conflict, InvalidSyscall, NotFound
 from aios.services.storage.memory import LRUK, LocalFastTier
 from aios.settings import Settings
 from aios.services.storage.service import StorageService
 from aios.wire.syscalls import MemorySyscall
+from tests.conftest import storage_service
 
 # -- the policy alone --------------------------------------------------------------------------------------
 
@@ -74,8 +75,8 @@ def test_bad_parameters_refused() -> None:
 
 
 @pytest.fixture
-def svc(tmp_path: Path) -> StorageService:
-    return StorageService(Settings(data_dir=tmp_path, memory_budget_bytes=64), embedder=HashEmbedderFake())
+def svc(tmp_path: Path, vectors: Any) -> StorageService:
+    return storage_service(Settings(data_dir=tmp_path, memory_budget_bytes=64), vectors)
 
 
 def mem(svc: StorageService, op: str, key: str | None = None, value: object = None, **kw: object) -> dict:
@@ -129,9 +130,8 @@ def test_search_is_per_agent(svc: StorageService) -> None:
     assert other == {"query": "secret plans", "results": []}
 
 
-def test_memory_goes_on_from_disk_when_the_fast_tier_redis_is_down(tmp_path: Path) -> None:
-    svc = StorageService(Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:1/0"),
-                         embedder=HashEmbedderFake())
+def test_memory_goes_on_from_disk_when_the_fast_tier_redis_is_down(tmp_path: Path, vectors: Any) -> None:
+    svc = storage_service(Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:1/0"), vectors)
     assert mem(svc, "put", "k", {"v": 1})["created"] is True
     assert mem(svc, "get", "k") == {"key": "k", "value": {"v": 1}}
     assert mem(svc, "update", "k", {"v": 2})["created"] is False
@@ -140,6 +140,7 @@ def test_memory_goes_on_from_disk_when_the_fast_tier_redis_is_down(tmp_path: Pat
     assert mem(svc, "delete", "k") == {"key": "k", "deleted": True}
 
 
+@pytest.mark.integration  # a second Python process on a Milvus Lite server of its own
 def test_a_second_process_on_the_same_milvus_lite_gets_a_clear_error(tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -198,6 +199,7 @@ class EmbeddingServer:
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
 
+@pytest.mark.integration  # the real local embedding model, behind a real HTTP server
 def test_openai_compatible_embedding_endpoint(tmp_path: Path) -> None:
     from aios.services.storage.embeddings import OpenAIEmbedder, get_embedder
 

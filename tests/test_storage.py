@@ -5,21 +5,22 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from aios.services.storage.embeddings import HashEmbedderFake
 from aios.wire.errors import AccessDenied, Conflict, InvalidSyscall, NotFound
 from aios.settings import Settings
 from aios.services.storage.service import TMP_PREFIX, StorageService
 from aios.wire.syscalls import MemorySyscall, StorageSyscall
+from tests.conftest import storage_service
 
 
 @pytest.fixture
-def svc(tmp_path: Path) -> StorageService:
-    # The FAKE embedder keeps these unit tests fast; the vector store is the real Milvus Lite, and
-    # tests/test_memory_storage.py runs the real embedding model.
-    return StorageService(Settings(data_dir=tmp_path), embedder=HashEmbedderFake())
+def svc(tmp_path: Path, vectors: Any) -> StorageService:
+    # The FAKE embedder keeps these unit tests fast; the vector store is the real Milvus Lite (one for the
+    # session, emptied per test), and tests/test_memory_storage.py runs the real embedding model.
+    return storage_service(Settings(data_dir=tmp_path), vectors)
 
 
 def mem(svc: StorageService, op: str, key: str | None = None, value: object = None, agent: str = "a1") -> object:
@@ -88,12 +89,12 @@ def test_memory_isolated_between_agents(svc: StorageService) -> None:
     assert mem(svc, "get", "only-alice", agent="alice")["value"] == 1  # type: ignore[index]
 
 
-def test_memory_persists_across_instances(tmp_path: Path) -> None:
-    first = StorageService(Settings(data_dir=tmp_path))
+def test_memory_persists_across_instances(tmp_path: Path, vectors: Any) -> None:
+    first = storage_service(Settings(data_dir=tmp_path), vectors)
     mem(first, "put", "k", {"deep": {"list": [1, 2]}})
     fs(first, "write", "notes/a.txt", "hello")
     first.close()
-    second = StorageService(Settings(data_dir=tmp_path))
+    second = storage_service(Settings(data_dir=tmp_path), vectors)
     assert mem(second, "get", "k") == {"key": "k", "value": {"deep": {"list": [1, 2]}}}
     assert fs(second, "read", "notes/a.txt") == {"path": "notes/a.txt", "content": "hello"}
     second.close()

@@ -123,8 +123,8 @@ class Approvals:
 
     def deny(self, syscall_id: str, reason: str = "denied by an operator") -> None:
         """Refuse it: the caller gets :class:`ApprovalDenied`; nothing ran."""
+        request = self.get(syscall_id)  # before the decision overwrites its reason with the operator's
         self._transition(syscall_id, DENIED, reason)
-        request = self.get(syscall_id)
         now = time.time()
         answer_denied(self.redis, self.settings, syscall_id, f"{request.reason}: {reason}", request.created_at, now)
 

@@ -467,11 +467,14 @@ BACKENDS: dict[str, Callable[[Settings], LLMBackend]] = {"llamacpp": LlamaCppBac
 
 
 class LLMService(BaseService):
-    """The kernel's LLM resource: one backend per worker process, built on first use (loading a model is slow)."""
+    """The kernel's LLM resource: one backend per worker process, built on first use (loading a model is slow).
 
-    def __init__(self, settings: Settings) -> None:
+    ``backend``: one to use instead of the one ``AIOS_LLM_BACKEND`` names (tests: :class:`aios.testing.FakeModel`).
+    """
+
+    def __init__(self, settings: Settings, backend: LLMBackend | None = None) -> None:
         self.settings = settings
-        self._backend: LLMBackend | None = None
+        self._backend: LLMBackend | None = backend
         self._lock = threading.Lock()
         self.others_waiting: Callable[[], bool] | None = None
         """Set by the worker's runtime: whether other LLM syscalls wait in the broker."""
@@ -500,5 +503,5 @@ class LLMService(BaseService):
         except (AIOSError, Preempted):
             raise
         except Exception as exc:  # noqa: BLE001 - a backend library's own error must reach the agent, typed
-            raise BackendError(f"the {self.settings.llm_backend} LLM backend failed: {type(exc).__name__}: "
+            raise BackendError(f"the {backend.name} LLM backend failed: {type(exc).__name__}: "
                                f"{exc}") from exc

@@ -1,0 +1,90 @@
+"""RunStep: the service's answer, or its failure as the caller's answer (never a dead worker); a transient
+failure is requeued after a back-off; a preempted generation is suspended and requeued."""
+
+from __future__ import annotations
+
+from aios.broker.queues import step_lists
+from aios.state import keys
+from aios.state.context import Preempted, Snapshot
+from aios.testing import StubService
+from aios.wire.errors import BackendError, ToolError
+from aios.wire.syscalls import Syscall
+from tests.unit.conftest import MakeHarness, MakeSettings
+
+
+def failing(exc: BaseException) -> StubService:
+    def answer(syscall: Syscall) -> None:
+        raise exc
+    return StubService(answer)
+
+
+def test_the_services_result_is_the_answer_and_counts_as_its_service(harness: MakeHarness) -> None:
+    h = harness("tool", StubService(lambda s: {"value": 42}))
+    answer = h.run(h.sdk.tool_syscall("noop"))
+    assert answer is not None and answer.result == {"value": 42} and answer.worker == h.worker
+    assert h.redis.hget(keys.agent_stats("tool"), f"{h.agent_id}:n") == b"1"
+
+
+def test_a_kernel_error_is_the_callers_answer(harness: MakeHarness) -> None:
+    h = harness("tool", failing(ToolError("the tool broke")))
+    answer = h.run(h.sdk.tool_syscall("noop"))
+    assert answer.error.code == "tool_error" and answer.error.message == "the tool broke"  # type: ignore[union-attr]
+    assert h.redis.hget(keys.agent_stats("tool"), f"{h.agent_id}:n") == b"1"  # it ran: its service counts
+
+
+def test_any_other_exception_is_an_internal_error_answer(harness: MakeHarness) -> None:
+    h = harness("tool", failing(ZeroDivisionError("division by zero")))
+    answer = h.run(h.sdk.tool_syscall("noop"))
+    assert answer.error.code == "internal"  # type: ignore[union-attr]
+    assert "ZeroDivisionError: division by zero (a kernel bug" in answer.error.message  # type: ignore[union-attr]
+    assert h.run(h.sdk.tool_syscall("noop")) is not None  # the worker goes on serving
+
+
+def test_a_transient_error_is_requeued_after_a_back_off(harness: MakeHarness, make_settings: MakeSettings) -> None:
+    service = failing(BackendError("429 from the provider", transient=True))
+    h = harness("llm", service, settings=make_settings(retry_backoff_s=0.5), app=True)
+    syscall = h.sdk.llm_syscall("hi")
+    assert h.run(syscall) is None  # not answered: it goes round again
+    queued = h.queued()
+    assert [q.message_id for q in queued] == [syscall.id] and queued[0].payload == h.payload(syscall)
+    assert queued[0].list_name in step_lists("aios.llm") and queued[0].headers["eta"]  # with its back-off
+    assert h.redis.get(keys.attempts(syscall.id)) == b"1"
+    assert h.count(keys.STATS_DONE, "llm:retried") == 1
+
+
+def test_when_the_retries_are_spent_the_error_is_the_answer(harness: MakeHarness, make_settings: MakeSettings) -> None:
+    service = failing(BackendError("503 from the provider", transient=True))
+    h = harness("llm", service, settings=make_settings(retry_max=1, retry_backoff_s=0.0), app=True)
+    syscall = h.sdk.llm_syscall("hi")
+    h.execute(syscall)
+    assert h.deliver() is not None  # the requeued copy, failing again
+    assert h.queued() == []
+    replies = h.replies(syscall.id)
+    assert len(replies) == 1 and replies[0].error.code == "backend_error"  # type: ignore[union-attr]
+    assert replies[0].error.message == "503 from the provider (after 2 attempts)"  # type: ignore[union-attr]
+    assert len(service.calls) == 2 and not h.redis.exists(keys.attempts(syscall.id))
+
+
+def test_no_retry_past_the_deadline(harness: MakeHarness, make_settings: MakeSettings) -> None:
+    h = harness("llm", failing(BackendError("busy", transient=True)), settings=make_settings(retry_backoff_s=30.0),
+                app=True)
+    answer = h.run(h.sdk.llm_syscall("hi", timeout_s=5))
+    assert answer is not None and answer.error.code == "backend_error" and h.queued() == []  # type: ignore[union-attr]
+
+
+def test_without_a_celery_app_a_transient_error_is_answered(harness: MakeHarness) -> None:
+    h = harness("llm", failing(BackendError("busy", transient=True)))
+    assert h.run(h.sdk.llm_syscall("hi")).error.code == "backend_error"  # type: ignore[union-attr]
+
+
+def test_a_preempted_generation_is_suspended_and_requeued(harness: MakeHarness) -> None:
+    snap = Snapshot("fake", "m", tokens=[1, 2, 3], text="so far", slices=1)
+    h = harness("llm", failing(Preempted(snap)), app=True)
+    syscall = h.sdk.llm_syscall("hi")
+    assert h.run(syscall) is None
+    assert h.snapshot(syscall.id) == snap
+    assert [q.message_id for q in h.queued()] == [syscall.id]
+    assert h.count(keys.STATS_DONE, "llm:preempted") == 1
+    stats = h.redis.hgetall(keys.agent_stats("llm"))
+    assert f"{h.agent_id}:service_s".encode() in stats and f"{h.agent_id}:n".encode() not in stats  # a slice
+
