@@ -178,7 +178,14 @@ def test_a_replay_or_forgery_never_overwrites_the_real_answer(lk: LocalKernel) -
     first = _send(lk, "tool", payload)
     assert first.error is None
     stored = redis.Redis.from_url(lk.settings.state_redis_url()).get(keys.result(payload["id"]))
-    assert _send(lk, "tool", payload).error.code == "replayed"  # type: ignore[union-attr]
+    dupes = _done(lk).get("tool:duplicate", 0)
+    body = json.dumps([[payload], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]).encode()
+    publish_raw(lk.settings, body, content_type="application/json", task="aios.tool", queue=QUEUES["tool"],
+                message_id=payload["id"])  # the replay: dropped as a duplicate, no second reply
+    deadline = time.time() + 30
+    while _done(lk).get("tool:duplicate", 0) == dupes:
+        assert time.time() < deadline, "the replay was never seen"
+        time.sleep(0.05)
     forged = dict(payload, sig=sign(payload, "00" * 32))
     assert _send(lk, "tool", forged).error.code == "forged"  # type: ignore[union-attr]
     assert redis.Redis.from_url(lk.settings.state_redis_url()).get(keys.result(payload["id"])) == stored

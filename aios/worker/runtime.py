@@ -10,6 +10,7 @@ message names a syscall id), a count in ``aios:stats:rejected`` and a copy in th
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any, Callable
 
@@ -23,11 +24,14 @@ from aios.services.base import Service
 from aios.settings import Settings, worker_queue
 from aios.state.connections import broker_client, state_client
 from aios.state.replies import Replies
+from aios.wire.errors import AIOSError
 from aios.wire.priority import is_redis_url
 from aios.worker.call import Call, Done, Refuse
 from aios.worker.pipeline import Pipeline, Step
 from aios.worker.refusals import Refusals
 from aios.worker.requeue import Requeue
+
+log = logging.getLogger("aios.worker")
 
 
 class Runtime:
@@ -77,6 +81,13 @@ class Runtime:
             self.refusals.reject(refusal.exc.code, refusal.exc.message, message_id, call.raw, started=call.started)
         except Done:
             pass
+        except Exception as exc:  # a step's own failure (a kernel bug, the state Redis gone): say so, if we can
+            log.exception("the pipeline failed on syscall %s", message_id)
+            if call.syscall is None:
+                raise
+            response = call.error(AIOSError(f"the {self.resource} worker failed: {type(exc).__name__}: {exc}; "
+                                            "see the worker log"))
+            self.replies.write_reply(response, kind=call.syscall.kind, once=True)  # raises if Redis is gone
 
     def queue_waiting(self) -> bool:
         """Whether messages wait on this worker's queue (on Redis, every priority step), beyond those held."""
