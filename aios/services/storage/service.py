@@ -10,6 +10,10 @@ A syscall whose ``owner`` is another agent needs that agent's grant, a shared gr
 and the decision is audited. Memory items also use the memory fast tier in the kernel's Redis
 (:mod:`aios.services.storage.memory`); when Redis cannot be reached, memory goes on from the durable tier alone. Files never
 touch Redis unless another agent's are reached.
+
+Why this module is long: every file op and the fd-walking helpers it stands on live together, so that the one
+safety argument (no path string is checked and then reused; every step is relative to a directory fd) can be
+read, and reviewed, in one file.
 """
 
 from __future__ import annotations

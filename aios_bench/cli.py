@@ -1,0 +1,183 @@
+"""``aios bench ...``: the benchmarks' commands, attached to the ``aios`` command when the ``bench`` extra is
+installed (``pip install "aios-kernel[bench]"``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from aios.ops.cli_access import _fail
+from aios.settings import get_settings
+from aios.wire.errors import AIOSError
+
+@click.group()
+def bench() -> None:
+    """Benchmarks: each runs its contenders side by side and reports ratios."""
+
+
+@bench.command()
+@click.option("--requests", "n_latency", default=1000, show_default=True, help="Sequential round trips per contender, in total, split across the rounds.")
+@click.option("--throughput-requests", "n_throughput", default=2000, show_default=True,
+              help="Syscalls per contender for throughput, in total, split across the rounds.")
+@click.option("--rounds", default=5, show_default=True, help="Interleaved rounds (contenders alternate).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def overhead(n_latency: int, n_throughput: int, rounds: int, json_path: Path | None) -> None:
+    """Kernel no-op tool syscall vs raw Celery no-op task on the same broker; the worker pipeline profiled."""
+    from aios_bench.overhead import run_overhead
+
+    try:
+        run_overhead(get_settings(), n_latency=n_latency, n_throughput=n_throughput, rounds=rounds,
+                     json_path=json_path)
+    except AIOSError as exc:
+        _fail(exc)
+
+
+def _params(defaults: Any, quick: Any, use_quick: bool, given: dict[str, Any]) -> Any:
+    """The benchmark's parameters: its defaults (or its --quick ones), then the options given on the command line."""
+    from dataclasses import replace
+
+    return replace(quick if use_quick else defaults, **{k: v for k, v in given.items() if v is not None})
+
+
+@bench.command()
+@click.option("--agents", type=int, default=None, help="Agents (threads), each with its own client.  [default: 64]")
+@click.option("--calls", type=int, default=None, help="LLM calls per agent, one after the other.  [default: 6]")
+@click.option("--rpm", type=int, default=None, help="Provider limit: requests per window.  [default: 48]")
+@click.option("--tpm", type=int, default=None,
+              help="Provider limit: tokens per window.  [default: 25% above what --rpm requests use]")
+@click.option("--window-s", type=float, default=None,
+              help="Sliding window of the limits, provider's and kernel's (60: per minute).  [default: 15]")
+@click.option("--service-ms", type=float, default=None, help="Provider service time per request.  [default: 100]")
+@click.option("--max-tokens", type=int, default=None, help="max_tokens of every call.  [default: 32]")
+@click.option("--quota-margin", type=float, default=None,
+              help="Set the kernel's quota this fraction below the provider's limits.  [default: 0]")
+@click.option("--quick", is_flag=True, help="A short run (5 s window, 40 requests per window, 2 calls per agent).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def ratelimit(quick: bool, json_path: Path | None, **given: Any) -> None:
+    """Agents against a rate-limited provider: direct openai client vs the kernel with a global quota."""
+    from aios_bench.ratelimit import QUICK, RateParams, run_ratelimit
+
+    try:
+        run_ratelimit(get_settings(), _params(RateParams(), QUICK, quick, given), json_path=json_path)
+    except AIOSError as exc:
+        _fail(exc)
+
+
+def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    """A comma-separated list of integers (``1,2,4``; ``10_000`` allowed); None stays None (the default applies)."""
+    if value is None:
+        return None
+    try:
+        numbers = tuple(int(v.replace("_", "")) for v in value.split(",") if v.strip())
+    except ValueError:
+        numbers = ()
+    if not numbers:
+        raise click.BadParameter(f"expected integers separated by commas, like 1,2,4; got {value!r}")
+    return numbers
+
+
+@bench.command()
+@click.option("--workers", callback=_int_list, default=None,
+              help="LLM worker counts to compare, comma-separated; must include 1 and 4.  [default: 1,2,4]")
+@click.option("--agents", type=int, default=None, help="Agents (threads) keeping the workers busy.  [default: 16]")
+@click.option("--calls-per-worker", type=int, default=None,
+              help="Measured calls per worker in each block.  [default: 25]")
+@click.option("--rounds", type=int, default=None, help="Interleaved rounds (order alternates).  [default: 3]")
+@click.option("--service-ms", type=float, default=None, help="Provider service time per request.  [default: 200]")
+@click.option("--max-tokens", type=int, default=None, help="max_tokens of every call.  [default: 16]")
+@click.option("--quick", is_flag=True, help="A short run (1 round, 8 calls per worker, 8 agents).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def scale(quick: bool, json_path: Path | None, **given: Any) -> None:
+    """LLM throughput with 1, 2 and 4 worker processes against a provider with a fixed service time."""
+    from aios_bench.scale import QUICK, ScaleParams, run_scale
+
+    try:
+        run_scale(get_settings(), _params(ScaleParams(), QUICK, quick, given), json_path=json_path)
+    except AIOSError as exc:
+        _fail(exc)
+
+
+@bench.command()
+@click.option("--seconds", default=8.0, show_default=True, help="Length of each share measurement.")
+@click.option("--demands", default="1,2,4,8", show_default=True, callback=_int_list, help="Syscalls each competing agent keeps in flight.")
+@click.option("--urgent", default=40, show_default=True, help="Sequential syscalls of the high-priority agent.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def fairness(seconds: float, demands: tuple[int, ...], urgent: int, json_path: Path | None) -> None:
+    """Fair share (fifo vs fair) among unequal demands, and an urgent agent under a flood (fifo vs priority)."""
+    from aios_bench.fairness import run_fairness
+
+    try:
+        run_fairness(get_settings(), seconds=seconds, demands=demands, urgent=urgent, json_path=json_path)
+    except AIOSError as exc:
+        _fail(exc)
+
+
+@bench.command()
+@click.option("--items", default=2000, show_default=True, help="Eviction: memory items per contender.")
+@click.option("--accesses", default=20_000, show_default=True, help="Eviction: reads in the skewed trace.")
+@click.option("--budget", default=0, show_default=True,
+              help="Eviction: fast-tier budget in bytes per agent; 0: a tenth of the items' bytes.")
+@click.option("--sizes", default="10000", show_default=True, callback=_int_list,
+              help="Search latency: memory sizes, comma-separated (e.g. 10000,100000).")
+@click.option("--queries", default=200, show_default=True, help="Search latency: queries per size.")
+@click.option("--embed-limit", default=10_000, show_default=True,
+              help="Search latency: items embedded by the model; further items reuse those vectors plus noise.")
+@click.option("--seed", default=1, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def memory(items: int, accesses: int, budget: int, sizes: tuple[int, ...], queries: int, embed_limit: int, seed: int,
+           json_path: Path | None) -> None:
+    """LRU-K vs LRU fast-tier hit rate at one budget, and memory search latency by size."""
+    from aios_bench.memory import run_memory_bench
+
+    try:
+        run_memory_bench(get_settings(), items=items, accesses=accesses, budget=budget, sizes=sizes,
+                         queries=queries, embed_limit=embed_limit, seed=seed, json_path=json_path)
+    except AIOSError as exc:
+        _fail(exc)
+
+
+@bench.command()
+@click.option("--sizes", default="1,4,8,16,32", show_default=True, callback=_int_list,
+              help="Batch sizes, comma-separated.")
+@click.option("--tokens", default=64, show_default=True, help="Tokens generated per sequence (greedy).")
+@click.option("--threads", default=2, show_default=True, help="llama.cpp threads.")
+@click.option("--quantize", default="", help="Also measure the model converted to these types, e.g. q8_0,q4_0.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def engine(sizes: tuple[int, ...], tokens: int, threads: int, quantize: str, json_path: Path | None) -> None:
+    """The batching engine alone: the same prompts one at a time vs batched, per batch size and weight type."""
+    from aios_bench.engine import run_engine_bench
+
+    try:
+        settings = get_settings()
+        run_engine_bench(Path(settings.data_dir), sizes=list(sizes), tokens=tokens, threads=threads,
+                         gpu_layers=settings.llm_n_gpu_layers,
+                         quantize=[q.strip() for q in quantize.split(",") if q.strip()], json_path=json_path)
+    except AIOSError as exc:
+        _fail(exc)
+
+
+@bench.command()
+@click.option("--agents", default="8,16,32", show_default=True, callback=_int_list,
+              help="Numbers of concurrent agents, comma-separated.")
+@click.option("--steps", default=2, show_default=True, help="LLM + tool syscall pairs per agent script.")
+@click.option("--short", "short", default=24, show_default=True, help="max_tokens of a short LLM step.")
+@click.option("--long", "long", default=160, show_default=True, help="max_tokens of a long LLM step (every eighth).")
+@click.option("--batch-size", default=16, show_default=True, help="Sequences decoded together (batching).")
+@click.option("--quantum", default=16, show_default=True, help="Time slice in tokens (round robin).")
+@click.option("--threads", default=2, show_default=True, help="llama.cpp threads, for the server and the kernel alike.")
+@click.option("--contenders", default=",".join(("baseline", "fifo", "rr", "batching")), show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def agents(agents: tuple[int, ...], steps: int, short: int, long: int, batch_size: int, quantum: int, threads: int,
+           contenders: str, json_path: Path | None) -> None:
+    """N concurrent ReAct-style agents: llama.cpp server directly vs the kernel with FIFO, RR, batching."""
+    from aios_bench.agents import run_agents_bench
+
+    try:
+        run_agents_bench(get_settings(), agents=list(agents), steps=steps, short=short, long=long, batch_size=batch_size,
+                         quantum=quantum, threads=threads,
+                         contenders=tuple(c.strip() for c in contenders.split(",") if c.strip()),
+                         json_path=json_path)
+    except AIOSError as exc:
+        _fail(exc)
