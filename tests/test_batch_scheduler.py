@@ -186,13 +186,24 @@ def test_a_snapshot_resumes_with_one_token_and_falls_back_to_recomputing() -> No
     step(s2)
     s2.finish(warm)
     r2 = s2.add(req(20, resume=[5, 6], state=b"from another layout"))
-    s2.schedule()
-    assert s2.restore_failed(r2) == 19  # it starts over, from the prefix cache
+    planned = s2.schedule()
+    assert planned.admitted == (Admit(r2, 0, True, 0),) and [c.tokens for c in planned.decode] == [(6,)]
+    revised = s2.restore_failed(r2)  # it starts over in this very step, from the prefix cache
+    assert revised.admitted == (Admit(r2, 0, False, 19),) and revised.decode == ()
+    assert [(c.pos, c.tokens, c.logits) for c in revised.prefill] == [(19, (119,), False)]
     assert s2.update([]).finished == ()
-    plans = [step(s2) for _ in range(3)]
-    assert [(c.pos, c.tokens, c.logits) for c in plans[0].prefill] == [(19, (119,), False)]
-    assert [(c.pos, c.tokens, c.logits, c.sample_index) for p in plans[1:] for c in p.decode] == [
+    plans = [step(s2) for _ in range(2)]
+    assert [(c.pos, c.tokens, c.logits, c.sample_index) for p in plans for c in p.decode] == [
         (20, (5,), False, 2), (21, (6,), True, 2)]  # the earlier tokens decoded again one per step, then sampled
+
+
+def test_a_plan_not_decoded_leaves_positions_where_they_were() -> None:
+    s = sched(n_seq=1, n_batch=4)
+    s.add(req(10))
+    first, again = s.schedule(), s.schedule()  # the first plan's batch was never decoded (a failed decode)
+    assert first.prefill == again.prefill and again.prefill[0].pos == 0
+    s.update([])
+    assert s.schedule().prefill[0].pos == 4
 
 
 def test_status_is_ordered_and_budgets_are_checked() -> None:

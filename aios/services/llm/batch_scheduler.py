@@ -5,19 +5,20 @@ preemption are decisions, not llama.cpp calls, and mixed with those calls they c
 model. As in vLLM v1, a pure state machine decides and a runner (:class:`~aios.services.llm.engine.BatchEngine`)
 executes: no I/O and no llama.cpp here, so every rule is unit-tested in milliseconds (tests/test_batch_scheduler.py).
 
-One step: the runner :meth:`~BatchScheduler.add`\\ s the requests submitted since the last one, calls
+One step: the runner adds (:meth:`~BatchScheduler.add`) the requests submitted since the last one, calls
 :meth:`~BatchScheduler.schedule` and carries out the :class:`StepPlan` it returns, in its order: snapshot and
 free the sequences preempted at the end of their time slice, start the admitted ones in their slots (from a
-snapshot, or from the prefix cache), move sequences down into holes, decode one ``llama_batch`` holding the
-decode tokens then the prompt chunks; then it samples and feeds the tokens back with :meth:`~BatchScheduler.update`,
-which says which sequences finished and whether a prompt just prefilled becomes the prefix cache.
+snapshot; if it does not load, :meth:`~BatchScheduler.restore_failed` revises the plan; or from the prefix cache),
+move sequences down into holes, decode one ``llama_batch`` holding the decode tokens then the prompt chunks.
+Then it samples and feeds the tokens back with :meth:`~BatchScheduler.update`, which advances the sequences by
+what was decoded and says which finished and whether a prompt just prefilled becomes the prefix cache.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable
 
 MIN_PREFIX = 16
@@ -195,6 +196,7 @@ class BatchScheduler:
         self._running: list[_Seq] = []  # in slot order after each schedule()
         self._by_rid: dict[int, _Seq] = {}
         self._next_rid = 0
+        self._planned = StepPlan()  # the last plan, until update() says its batch was decoded
 
     # -- requests in, state out ---------------------------------------------------------------------------
 
@@ -235,7 +237,9 @@ class BatchScheduler:
     # -- one step -----------------------------------------------------------------------------------------
 
     def schedule(self) -> StepPlan:
-        """Decide the next step. Raises only what a ``should_yield`` raises, and then before changing anything."""
+        """Decide the next step. Raises only what a ``should_yield`` raises, and then before changing anything.
+        Positions advance by the plan's chunks only in :meth:`update`: a plan whose batch is not decoded (the
+        decode failed, or :meth:`schedule` is called again) leaves them where they were."""
         # Every should_yield is asked before anything changes: one that raises leaves the state as it was.
         ending = [s for s in self._running if s.slice_end]
         yielding = {s.rid for s in ending if s.req.should_yield is None or s.req.should_yield()}
@@ -246,19 +250,20 @@ class BatchScheduler:
         admitted = tuple(self._admit(s) for s in self._take_admissible())
         moves = self._compact()
         self._running.sort(key=lambda q: q.slot)  # slot order: llama.cpp batches consecutive sequences together
-        decode = tuple(self._put(s, [s.replay.pop(0)]) for s in self._running if not s.feed and s.replay)
-        room = self.budget.n_batch - len(decode)
-        prefill: list[Chunk] = []
-        for s in self._running:
-            take = min(len(s.feed), room)
-            if take > 0:
-                chunk, s.feed = s.feed[:take], s.feed[take:]
-                prefill.append(self._put(s, chunk))
-                room -= take
-        return StepPlan(preempted, admitted, moves, decode, tuple(prefill), len(self._running))
+        self._planned = self._compose(StepPlan(preempted, admitted, moves, n_running=len(self._running)))
+        return self._planned
 
     def update(self, outputs: Iterable[Sampled]) -> StepResult:
-        """Feed back the tokens sampled after the decode of the last plan (which succeeded)."""
+        """The last plan's batch was decoded: advance its sequences, and feed back the tokens sampled from it."""
+        plan, self._planned = self._planned, StepPlan()
+        for c in (*plan.decode, *plan.prefill):
+            s = self._by_rid.get(c.rid)
+            if s is not None and s.status == Status.RUNNING:
+                s.pos += len(c.tokens)
+                if s.feed:
+                    s.feed = s.feed[len(c.tokens):]
+                else:
+                    s.replay.pop(0)
         cache: CacheCopy | None = None
         for s in self._running:
             if s.prefilling and not s.feed:
@@ -288,14 +293,17 @@ class BatchScheduler:
         """End ``rid`` (waiting or running) with ``status``; its slot is free for the next :meth:`schedule`."""
         return self._finish(self._by_rid[rid], status)
 
-    def restore_failed(self, rid: int) -> int:
-        """The snapshot of ``rid``, admitted with ``restore``, did not load (another model or KV layout): it
-        prefills its prompt and decodes its earlier tokens again, from the next step on (its chunk of this plan
-        is not decoded). Returns the prompt tokens it reuses from the prefix cache (0: none)."""
+    def restore_failed(self, rid: int) -> StepPlan:
+        """The snapshot of ``rid``, admitted by the last plan with ``restore``, did not load (another model or KV
+        layout): it prefills its prompt (from the prefix cache if it can) and decodes its earlier tokens again.
+        Returns the last plan with its admission of ``rid`` and its batch revised; carry out that one."""
         s = self._by_rid[rid]
         s.feed, s.replay, s.pos, s.reused = list(s.req.prompt), list(s.req.resume), 0, 0
         s.prefilling = bool(s.feed)
-        return self._reuse_prefix(s)
+        fallback = Admit(rid, s.slot, False, self._reuse_prefix(s))
+        admitted = tuple(fallback if a.rid == rid else a for a in self._planned.admitted)
+        self._planned = self._compose(replace(self._planned, admitted=admitted))
+        return self._planned
 
     # -- the rules ----------------------------------------------------------------------------------------
 
@@ -350,11 +358,20 @@ class BatchScheduler:
             s.slot = dst
         return tuple(moves)
 
-    def _put(self, s: _Seq, tokens: list[int]) -> Chunk:
-        chunk = Chunk(s.rid, s.slot, s.pos, tuple(tokens), logits=not s.feed and not s.replay,
-                      sample_index=len(s.generated))
-        s.pos += len(tokens)
-        return chunk
+    def _compose(self, plan: StepPlan) -> StepPlan:
+        """Fill ``plan``'s batch: one token of every decoding sequence first, then prompt chunks in the room left
+        (sequences join the batch without stalling the others' decoding), all in slot order."""
+        decode = tuple(Chunk(s.rid, s.slot, s.pos, (s.replay[0],), len(s.replay) == 1, len(s.generated))
+                       for s in self._running if not s.feed and s.replay)
+        room = self.budget.n_batch - len(decode)
+        prefill: list[Chunk] = []
+        for s in self._running:
+            take = min(len(s.feed), room)
+            if take > 0:
+                last = take == len(s.feed) and not s.replay
+                prefill.append(Chunk(s.rid, s.slot, s.pos, tuple(s.feed[:take]), last, len(s.generated)))
+                room -= take
+        return replace(plan, decode=decode, prefill=tuple(prefill))
 
     def _free_slot(self, slot: int) -> None:
         self.free_slots.append(slot)
