@@ -1,12 +1,15 @@
 """Continuous batching on llama.cpp: one engine thread owns one llama context and decodes many sequences at once.
 
-Worker threads call :meth:`BatchEngine.submit` and wait on the returned future. The engine thread admits a request
-into a free sequence slot (each has its own KV stream of ``n_ctx`` cells) as soon as one is free. On every step
-it builds one ``llama_batch`` holding one new token for each decoding sequence and, in the room left, prompt
-chunks of newly admitted requests, calls ``llama_decode`` once, and samples each sequence from its own logits
-with its own sampler chain (greedy, or temperature + seeded dist; behind a grammar for constrained output).
-Requests join and leave between steps. Greedy output is the same, bit for bit, batched or alone (flash attention
-and one KV stream per sequence; see ``__init__``).
+This module is the runner: it carries out, with llama.cpp, the steps that the pure
+:class:`~aios.services.llm.batch_scheduler.BatchScheduler` plans (which request runs in which slot, which tokens
+go in the batch, who is preempted), so that those rules are tested without the model and the llama.cpp calls
+stay in one place. Worker threads call :meth:`BatchEngine.submit` and wait on the returned future. A request is
+admitted into a free sequence slot (each has its own KV stream of ``n_ctx`` cells) as soon as one is free. On
+every step the engine fills one ``llama_batch`` with one new token for each decoding sequence and, in the room
+left, prompt chunks of newly admitted requests, calls ``llama_decode`` once, and samples each sequence from its
+own logits with its own sampler chain (greedy, or temperature + seeded dist; behind a grammar for constrained
+output). Requests join and leave between steps. Greedy output is the same, bit for bit, batched or alone (flash
+attention and one KV stream per sequence; see ``__init__``).
 
 A request may carry a quantum (tokens per time slice) and a ``should_yield`` callable: once it has generated a
 quantum of tokens in this slice and ``should_yield()`` is true, it is suspended and its future resolves with
@@ -25,29 +28,16 @@ import logging
 import threading
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
 
+from aios.services.llm.batch_scheduler import (MIN_PREFIX, Admit, BatchScheduler, Budget, Chunk, Finished,
+                                               Request, Sampled, Status, StepPlan)
 from aios.wire.errors import BackendError
 
+__all__ = ["MIN_PREFIX", "BatchEngine", "Generation", "Request", "token_seed"]
+
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Request:
-    prompt: list[int]
-    max_tokens: int
-    temperature: float = 0.0
-    seed: int = 42
-    grammar: Any = None
-    """A ``llama_cpp.LlamaGrammar`` (``_grammar`` text, ``_root`` rule) or None."""
-    resume: list[int] = field(default_factory=list)
-    """Tokens this request generated before it was suspended."""
-    state: bytes | None = None
-    """The suspended sequence's llama.cpp state (its KV cells), restored instead of recomputing ``resume``."""
-    quantum: int = 0
-    """Tokens per time slice; 0: run to the end."""
-    should_yield: Callable[[], bool] | None = None
 
 
 @dataclass
@@ -67,22 +57,11 @@ def token_seed(seed: int, index: int) -> int:
     return min(int.from_bytes(digest, "little"), 0xFFFFFFFE)
 
 
-MIN_PREFIX = 16
-"""Shortest shared prompt prefix worth copying from the prefix cache: a copy moves a whole KV stream
-(``n_ctx`` cells), which costs about what prefilling a few tokens costs on a CPU."""
+class _Live:
+    """What only the runner holds of a request in the scheduler."""
 
-
-class _Seq:
-    def __init__(self, req: Request, fut: "Future[Generation]", seq_id: int, sampler: Any) -> None:
-        self.req, self.fut, self.seq_id, self.sampler = req, fut, seq_id, sampler
-        self.feed = list(req.prompt)  # prompt tokens still to prefill, in chunks
-        self.replay = list(req.resume)  # generated tokens to decode again, one per step as they were first decoded
-        self.pos = 0
-        self.generated = list(req.resume)
-        self.slice_count = 0
-        self.logit_index = -1  # index of this sequence's logits in the last batch, -1 when it has none
-        self.reused = 0  # prompt tokens taken from the prefix cache
-        self.prefilling = bool(self.feed)
+    def __init__(self, req: Request, fut: Future[Generation], sampler: Any) -> None:
+        self.req, self.fut, self.sampler = req, fut, sampler
 
 
 class BatchEngine:
@@ -96,6 +75,7 @@ class BatchEngine:
         self._lc = llama_cpp
         self.llama = llama
         self.n_ctx, self.n_seq, self.n_batch = n_ctx, n_seq, n_batch
+        self._sched = BatchScheduler(Budget(n_seq=n_seq, n_ctx=n_ctx, n_batch=n_batch), prefix_cache=prefix_cache)
         params = llama_cpp.llama_context_default_params()
         # One KV stream of n_ctx cells per sequence (kv_unified off): a sequence's attention never depends on where
         # other sequences' cells lie. llama.cpp puts the tokens of sequences with consecutive ids in one
@@ -128,18 +108,13 @@ class BatchEngine:
                                "lower AIOS_LLM_N_CTX or AIOS_LLM_BATCH_SIZE")
         self._mem = llama_cpp.llama_get_memory(self._ctx)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
-        self._pending: deque[tuple[Request, Future[Generation]]] = deque()
-        self._active: list[_Seq] = []
-        self._free = list(range(n_seq - 1, -1, -1))  # pop() takes the lowest free id
+        self._pending: deque[tuple[Request, Future[Generation]]] = deque()  # submitted, not yet in _sched
+        self._live: dict[int, _Live] = {}  # by request id: in _sched (waiting or running), or being released
         self._cond = threading.Condition()
         self._closed = False
         self.steps = 0
         self.restored = 0
         self.moved = 0
-        self.prefix_cache = prefix_cache
-        """Whether the prefix cache is used (it can be switched off, not on, after construction)."""
-        self._cache_seq = n_seq if prefix_cache else -1
-        self._cache_tokens: list[int] = []
         self.prefix_hits = 0
         self.prefix_tokens_reused = 0
         self.keep_state = True
@@ -147,9 +122,33 @@ class BatchEngine:
         self._thread = threading.Thread(target=self._run, name="aios-llm-engine", daemon=True)
         self._thread.start()
 
+    # -- the scheduler's state, as this class always showed it ----------------------------------------------
+
+    @property
+    def prefix_cache(self) -> bool:
+        """Whether the prefix cache is used (it can be switched off, not on, after construction)."""
+        return self._sched.prefix_cache
+
+    @prefix_cache.setter
+    def prefix_cache(self, on: bool) -> None:
+        self._sched.prefix_cache = on
+
+    @property
+    def _cache_tokens(self) -> list[int]:
+        return self._sched.cache_tokens
+
+    @_cache_tokens.setter
+    def _cache_tokens(self, tokens: list[int]) -> None:
+        self._sched.cache_tokens = tokens
+
+    @property
+    def _free(self) -> list[int]:
+        """Free slot ids, highest first."""
+        return self._sched.free_slots
+
     # -- the worker threads' side -------------------------------------------------------------------------
 
-    def submit(self, req: Request) -> "Future[Generation]":
+    def submit(self, req: Request) -> Future[Generation]:
         fut: Future[Generation] = Future()
         need = len(req.prompt) + len(req.resume)
         if need >= self.n_ctx:
@@ -166,7 +165,7 @@ class BatchEngine:
 
     def waiting(self) -> int:
         """Requests submitted but not yet admitted to a sequence slot."""
-        return len(self._pending)
+        return len(self._pending) + self._sched.num_waiting
 
     def close(self) -> None:
         with self._cond:
@@ -178,68 +177,119 @@ class BatchEngine:
 
     # -- the engine thread --------------------------------------------------------------------------------
 
-    def _admit(self) -> None:
-        while self._pending and self._free:
-            req, fut = self._pending.popleft()
-            if not fut.set_running_or_notify_cancel():
-                continue
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and not self._pending and not self._sched.has_work():
+                    self._cond.wait()
+                if self._closed:
+                    self._fail_live(BackendError("the LLM engine shut down mid-generation"))
+                    for rid in self._sched.waiting_ids():
+                        self._sched.finish(rid)
+                    self._fail_live(BackendError("the LLM engine shut down"))
+                    while self._pending:
+                        self._pending.popleft()[1].set_exception(BackendError("the LLM engine shut down"))
+                    return
+                while self._pending:
+                    self._add(*self._pending.popleft())
             try:
-                sampler = self._sampler(req)
-            except Exception as exc:  # noqa: BLE001 - a bad grammar fails this request only
-                fut.set_exception(BackendError(f"llama.cpp could not build the sampler: {exc}"))
-                continue
-            seq = _Seq(req, fut, self._free.pop(), sampler)
-            if req.state and req.resume and self._restore(seq, req.state):
-                seq.feed, seq.replay, seq.prefilling = [], [req.resume[-1]], False
-                seq.pos = len(req.prompt) + len(req.resume) - 1
-            else:
-                self._reuse_prefix(seq)
-            for tok in req.resume:  # the grammar must see what was generated before the suspension
-                self._lc.llama_sampler_accept(sampler, tok)
-            self._active.append(seq)
-        self.max_active = max(self.max_active, len(self._active))
+                self._step()
+            except Exception as exc:  # noqa: BLE001 - fail the batch, keep the engine alive
+                self._fail_live(BackendError(f"llama.cpp decoding failed: {exc}"))
 
-    def _reuse_prefix(self, seq: _Seq) -> None:
-        """Start ``seq`` from the cached KV cells of the prompt prefix it shares with an earlier request (agents
-        share system prompts), so that only the rest of its prompt is prefilled. The copied cells are bit for bit those
-        the prefix would get if computed afresh (batch invariance), so the output does not change."""
-        if not self.prefix_cache or self._cache_seq < 0 or not self._cache_tokens:
+    def _add(self, req: Request, fut: Future[Generation]) -> None:
+        """Hand a submitted request to the scheduler (this thread alone drives it), with its sampler."""
+        if not fut.set_running_or_notify_cancel():
             return
-        prompt, cached = seq.req.prompt, self._cache_tokens
-        m = 0
-        limit = min(len(cached), len(prompt) - 1)  # at least one prompt token is evaluated, for the logits
-        while m < limit and prompt[m] == cached[m]:
-            m += 1
-        if m < MIN_PREFIX:
+        try:
+            sampler = self._sampler(req)
+        except Exception as exc:  # noqa: BLE001 - a bad grammar fails this request only
+            fut.set_exception(BackendError(f"llama.cpp could not build the sampler: {exc}"))
             return
-        self._lc.llama_memory_seq_cp(self._mem, self._cache_seq, seq.seq_id, -1, -1)
-        self._lc.llama_memory_seq_rm(self._mem, seq.seq_id, m, -1)
-        seq.feed, seq.pos, seq.reused = prompt[m:], m, m
-        self.prefix_hits += 1
-        self.prefix_tokens_reused += m
+        for tok in req.resume:  # the grammar must see what was generated before the suspension
+            self._lc.llama_sampler_accept(sampler, tok)
+        self._live[self._sched.add(req)] = _Live(req, fut, sampler)
 
-    def _cache_prompt(self, seq: _Seq) -> None:
-        """After ``seq``'s prompt is prefilled: keep its cells as the prefix cache, unless it came from the cache
-        (the cache then already holds what it shares with the others)."""
-        if not self.prefix_cache or self._cache_seq < 0 or seq.reused or len(seq.req.prompt) < MIN_PREFIX:
+    def _step(self) -> None:
+        plan = self._sched.schedule()
+        for done in plan.preempted:
+            self._release(done)
+        for adm in plan.admitted:
+            plan = self._start(adm, plan)
+        self.max_active = max(self.max_active, plan.n_running)
+        for mv in plan.moves:
+            self._lc.llama_memory_seq_cp(self._mem, mv.src, mv.dst, -1, -1)
+            self._lc.llama_memory_seq_rm(self._mem, mv.src, -1, -1)
+            self.moved += 1
+        sample = self._fill(plan)
+        if self._batch.n_tokens == 0:
             return
-        self._lc.llama_memory_seq_rm(self._mem, self._cache_seq, -1, -1)
-        self._lc.llama_memory_seq_cp(self._mem, seq.seq_id, self._cache_seq, -1, -1)
-        self._lc.llama_memory_seq_rm(self._mem, self._cache_seq, len(seq.req.prompt), -1)
-        self._cache_tokens = list(seq.req.prompt)
+        rc = self._lc.llama_decode(self._ctx, self._batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc} (no room in the KV cache?)")
+        self.steps += 1
+        outputs = [self._sample(chunk, index) for chunk, index in sorted(sample, key=lambda ci: ci[0].slot)]
+        result = self._sched.update(outputs)
+        if result.cache is not None and self._sched.cache_slot is not None:
+            cache, src = self._sched.cache_slot, result.cache.slot
+            self._lc.llama_memory_seq_rm(self._mem, cache, -1, -1)
+            self._lc.llama_memory_seq_cp(self._mem, src, cache, -1, -1)
+            self._lc.llama_memory_seq_rm(self._mem, cache, result.cache.n_tokens, -1)
+        for done in result.finished:
+            self._release(done)
 
-    def _restore(self, seq: _Seq, state: bytes) -> bool:
+    def _fill(self, plan: StepPlan) -> list[tuple[Chunk, int]]:
+        """Write the plan's chunks into the batch, decode tokens first; returns the chunks to sample from, each
+        with the index of its logits."""
+        b, n = self._batch, 0
+        sample: list[tuple[Chunk, int]] = []
+        for chunk in (*plan.decode, *plan.prefill):
+            last = len(chunk.tokens) - 1
+            for j, tok in enumerate(chunk.tokens):
+                b.token[n], b.pos[n], b.n_seq_id[n] = tok, chunk.pos + j, 1
+                b.seq_id[n][0] = chunk.slot
+                b.logits[n] = chunk.logits and j == last
+                n += 1
+            if chunk.logits:
+                sample.append((chunk, n - 1))
+        b.n_tokens = n
+        return sample
+
+    def _sample(self, chunk: Chunk, index: int) -> Sampled:
+        live = self._live[chunk.rid]
+        if live.req.temperature > 0 and chunk.sample_index:
+            self._reseed(live, chunk.sample_index)
+        tok = self._lc.llama_sampler_sample(live.sampler, self._ctx, index)
+        return Sampled(chunk.rid, tok, bool(self._lc.llama_vocab_is_eog(self._vocab, tok)))
+
+    def _start(self, adm: Admit, plan: StepPlan) -> StepPlan:
+        """Start an admitted request in its slot: from its snapshot, else from the prefix cache or afresh. Returns
+        the plan to carry out (revised when the snapshot does not load)."""
+        reuse = adm.reuse
+        if adm.restore:
+            if self._restore(adm.slot, self._live[adm.rid].req.state or b""):
+                self.restored += 1
+            else:  # another model or layout: prefill and decode again instead, in this very step
+                plan = self._sched.restore_failed(adm.rid)
+                reuse = next(a.reuse for a in plan.admitted if a.rid == adm.rid)
+        if reuse:
+            self._lc.llama_memory_seq_cp(self._mem, self._sched.cache_slot, adm.slot, -1, -1)
+            self._lc.llama_memory_seq_rm(self._mem, adm.slot, reuse, -1)
+            self.prefix_hits += 1
+            self.prefix_tokens_reused += reuse
+        return plan
+
+    def _restore(self, slot: int, state: bytes) -> bool:
         buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
-        if self._lc.llama_state_seq_set_data(self._ctx, buf, len(state), seq.seq_id) == 0:
-            self._lc.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
+        if self._lc.llama_state_seq_set_data(self._ctx, buf, len(state), slot) == 0:
+            self._lc.llama_memory_seq_rm(self._mem, slot, -1, -1)
             return False  # another model or layout: recompute from the tokens instead
-        self.restored += 1
         return True
 
-    def _snapshot(self, seq: _Seq) -> bytes:
-        size = self._lc.llama_state_seq_get_size(self._ctx, seq.seq_id)
+    def _snapshot(self, slot: int) -> bytes:
+        size = self._lc.llama_state_seq_get_size(self._ctx, slot)
         buf = (ctypes.c_uint8 * size)()
-        n = self._lc.llama_state_seq_get_data(self._ctx, buf, size, seq.seq_id)
+        n = self._lc.llama_state_seq_get_data(self._ctx, buf, size, slot)
         return bytes(buf[:n])
 
     def _sampler(self, req: Request) -> Any:
@@ -258,115 +308,34 @@ class BatchEngine:
             lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(token_seed(req.seed, 0)))
         return chain
 
-    def _reseed(self, seq: _Seq) -> None:
+    def _reseed(self, live: _Live, index: int) -> None:
         """Sampled generation: the draw of token ``i`` is seeded by ``(seed, i)`` alone, not by an RNG that has
         run through the tokens before it, so a generation suspended after ``i`` tokens resumes with exactly the
         draws it would have made (and its output does not depend on what else ran in the engine)."""
         lc = self._lc
-        last = lc.llama_sampler_chain_n(seq.sampler) - 1
-        lc.llama_sampler_free(lc.llama_sampler_chain_remove(seq.sampler, last))
-        lc.llama_sampler_chain_add(seq.sampler, lc.llama_sampler_init_dist(token_seed(seq.req.seed,
-                                                                                      len(seq.generated))))
+        last = lc.llama_sampler_chain_n(live.sampler) - 1
+        lc.llama_sampler_free(lc.llama_sampler_chain_remove(live.sampler, last))
+        lc.llama_sampler_chain_add(live.sampler, lc.llama_sampler_init_dist(token_seed(live.req.seed, index)))
 
-    def _release(self, seq: _Seq, reason: str, exc: Exception | None = None) -> None:
-        state = self._snapshot(seq) if reason == "preempted" and self.keep_state else None
-        self._active.remove(seq)
-        self._lc.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
-        self._lc.llama_sampler_free(seq.sampler)
-        self._free.append(seq.seq_id)
-        self._free.sort(reverse=True)  # pop() hands out the lowest id
-        if exc is not None:
-            seq.fut.set_exception(exc)
-        else:
-            seq.fut.set_result(Generation(seq.generated, reason, len(seq.req.prompt), state))
+    def _release(self, done: Finished) -> None:
+        live = self._live[done.rid]
+        state = None
+        if done.status == Status.FINISHED_PREEMPTED and self.keep_state:
+            state = self._snapshot(done.slot)
+        self._lc.llama_memory_seq_rm(self._mem, done.slot, -1, -1)
+        del self._live[done.rid]
+        self._lc.llama_sampler_free(live.sampler)
+        live.fut.set_result(Generation(list(done.tokens), done.status.finish_reason, done.prompt_tokens, state))
 
-    def _compact(self) -> None:
-        """Keep the active sequences' ids consecutive from 0: llama.cpp evaluates sequences with consecutive ids in
-        one micro-batch, and ids with holes between them in several. The highest-id sequence moves into the
-        lowest free slot; its KV stream is copied as it is, so what it generates next does not change."""
-        while self._active and self._free and self._free[-1] < max(seq.seq_id for seq in self._active):
-            seq = max(self._active, key=lambda q: q.seq_id)
-            dst = self._free.pop()
-            self._lc.llama_memory_seq_cp(self._mem, seq.seq_id, dst, -1, -1)
-            self._lc.llama_memory_seq_rm(self._mem, seq.seq_id, -1, -1)
-            self._free.append(seq.seq_id)
-            self._free.sort(reverse=True)
-            seq.seq_id = dst
-            self.moved += 1
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._closed and not self._pending and not self._active:
-                    self._cond.wait()
-                if self._closed:
-                    for seq in list(self._active):
-                        self._release(seq, "", BackendError("the LLM engine shut down mid-generation"))
-                    while self._pending:
-                        self._pending.popleft()[1].set_exception(BackendError("the LLM engine shut down"))
-                    return
-                self._admit()
-            try:
-                self._step()
-            except Exception as exc:  # noqa: BLE001 - fail the batch, keep the engine alive
-                for seq in list(self._active):
-                    self._release(seq, "", BackendError(f"llama.cpp decoding failed: {exc}"))
-
-    def _step(self) -> None:
-        b, n = self._batch, 0
-
-        def put(seq: _Seq, tokens: list[int], last: bool) -> None:
-            nonlocal n
-            for j, tok in enumerate(tokens):
-                b.token[n], b.pos[n], b.n_seq_id[n] = tok, seq.pos + j, 1
-                b.seq_id[n][0] = seq.seq_id
-                b.logits[n] = last and j == len(tokens) - 1
-                n += 1
-            seq.pos += len(tokens)
-            if last:
-                seq.logit_index = n - 1
-
-        for seq in self._active:
-            seq.logit_index = -1
-        # One token for every decoding sequence first, then prompt chunks in the room left: sequences join the
-        # batch without stalling the others' decoding.
-        self._compact()
-        self._active.sort(key=lambda q: q.seq_id)  # id order: llama.cpp batches consecutive sequences together
-        for seq in self._active:
-            if not seq.feed and seq.replay:
-                put(seq, [seq.replay.pop(0)], not seq.replay)
-        for seq in self._active:
-            take = min(len(seq.feed), self.n_batch - n)
-            if take > 0:
-                chunk, seq.feed = seq.feed[:take], seq.feed[take:]
-                put(seq, chunk, not seq.feed and not seq.replay)
-        b.n_tokens = n
-        if n == 0:
-            return
-        rc = self._lc.llama_decode(self._ctx, b)
-        if rc != 0:
-            raise RuntimeError(f"llama_decode returned {rc} (no room in the KV cache?)")
-        self.steps += 1
-        for seq in self._active:
-            if seq.prefilling and not seq.feed:
-                seq.prefilling = False
-                self._cache_prompt(seq)
-        for seq in list(self._active):
-            if seq.logit_index < 0:
-                continue
-            if seq.req.temperature > 0 and seq.generated:
-                self._reseed(seq)
-            tok = self._lc.llama_sampler_sample(seq.sampler, self._ctx, seq.logit_index)
-            if self._lc.llama_vocab_is_eog(self._vocab, tok):
-                self._release(seq, "stop")
-                continue
-            seq.generated.append(tok)
-            seq.slice_count += 1
-            if len(seq.generated) >= seq.req.max_tokens or seq.pos + 1 >= self.n_ctx:
-                self._release(seq, "length")
-                continue
-            req = seq.req
-            if req.quantum and seq.slice_count >= req.quantum and (req.should_yield is None or req.should_yield()):
-                self._release(seq, "preempted")
-                continue
-            seq.replay.append(tok)
+    def _fail_live(self, exc: Exception) -> None:
+        """Fail every request past admission whose future is unresolved (those of a plan half carried out
+        included) and empty every sequence slot; requests waiting for a slot stay queued."""
+        for rid in self._sched.running_ids():
+            self._sched.finish(rid)
+        for rid in [r for r in self._live if r not in self._sched]:
+            live = self._live.pop(rid)
+            self._lc.llama_sampler_free(live.sampler)
+            if not live.fut.done():
+                live.fut.set_exception(exc)
+        for slot in range(self.n_seq):
+            self._lc.llama_memory_seq_rm(self._mem, slot, -1, -1)

@@ -1,0 +1,390 @@
+"""The continuous-batching scheduler, on its own: which request runs in which slot and which tokens go in a step.
+
+Why a module of its own: admission, slot compaction, the prefix-cache decision, chunked prefill, time slices and
+preemption are decisions, not llama.cpp calls, and mixed with those calls they could only be tested on the real
+model. As in vLLM v1, a pure state machine decides and a runner (:class:`~aios.services.llm.engine.BatchEngine`)
+executes: no I/O and no llama.cpp here, so every rule is unit-tested in milliseconds (tests/test_batch_scheduler.py).
+
+One step: the runner adds (:meth:`~BatchScheduler.add`) the requests submitted since the last one, calls
+:meth:`~BatchScheduler.schedule` and carries out the :class:`StepPlan` it returns, in its order: snapshot and
+free the sequences preempted at the end of their time slice, start the admitted ones in their slots (from a
+snapshot; if it does not load, :meth:`~BatchScheduler.restore_failed` revises the plan; or from the prefix cache),
+move sequences down into holes, decode one ``llama_batch`` holding the decode tokens then the prompt chunks.
+Then it samples and feeds the tokens back with :meth:`~BatchScheduler.update`, which advances the sequences by
+what was decoded and says which finished and whether a prompt just prefilled becomes the prefix cache.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable
+
+MIN_PREFIX = 16
+"""Shortest shared prompt prefix worth copying from the prefix cache: a copy moves a whole KV stream
+(``n_ctx`` cells), which costs about what prefilling a few tokens costs on a CPU."""
+
+
+@dataclass
+class Request:
+    prompt: list[int]
+    max_tokens: int
+    temperature: float = 0.0
+    seed: int = 42
+    grammar: Any = None
+    """A ``llama_cpp.LlamaGrammar`` (``_grammar`` text, ``_root`` rule) or None."""
+    resume: list[int] = field(default_factory=list)
+    """Tokens this request generated before it was suspended."""
+    state: bytes | None = None
+    """The suspended sequence's llama.cpp state (its KV cells), restored instead of recomputing ``resume``."""
+    quantum: int = 0
+    """Tokens per time slice; 0: run to the end."""
+    should_yield: Callable[[], bool] | None = None
+
+
+class Status(enum.IntEnum):
+    """A request's status, in the order it goes through them; every status from ``FINISHED_STOPPED`` on is final."""
+
+    WAITING = 0
+    RUNNING = 1
+    FINISHED_STOPPED = 2
+    FINISHED_LENGTH = 3
+    FINISHED_PREEMPTED = 4
+    FINISHED_ABORTED = 5
+
+    def is_finished(self) -> bool:
+        return self >= Status.FINISHED_STOPPED
+
+    @property
+    def finish_reason(self) -> str:
+        """``Generation.finish_reason``: ``stop``, ``length``, ``preempted`` ('' while not finished, or aborted)."""
+        return {Status.FINISHED_STOPPED: "stop", Status.FINISHED_LENGTH: "length",
+                Status.FINISHED_PREEMPTED: "preempted"}.get(self, "")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What one engine holds: ``n_seq`` sequence slots of ``n_ctx`` tokens each, ``n_batch`` tokens per step."""
+
+    n_seq: int
+    n_ctx: int
+    n_batch: int
+
+    def __post_init__(self) -> None:
+        if min(self.n_seq, self.n_ctx, self.n_batch) < 1:
+            raise ValueError(f"budgets must be positive: {self}")
+        if self.n_batch < self.n_seq:  # one decode token per sequence must fit in a step
+            raise ValueError(f"n_batch ({self.n_batch}) must be at least n_seq ({self.n_seq})")
+
+
+@dataclass(frozen=True)
+class Admit:
+    """``rid`` starts in ``slot``: from its snapshot (``restore``), else from ``reuse`` prompt tokens of the prefix
+    cache (0: none)."""
+
+    rid: int
+    slot: int
+    restore: bool
+    reuse: int
+
+
+@dataclass(frozen=True)
+class Move:
+    """Copy the KV stream of ``rid`` from slot ``src`` down to the free slot ``dst`` (slots stay consecutive)."""
+
+    rid: int
+    src: int
+    dst: int
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Tokens of one sequence in the batch, at positions ``pos``...; ``logits``: sample its token index
+    ``sample_index`` from the last one."""
+
+    rid: int
+    slot: int
+    pos: int
+    tokens: tuple[int, ...]
+    logits: bool
+    sample_index: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A sequence that left its slot: every token it generated, and why (``status``)."""
+
+    rid: int
+    slot: int
+    status: Status
+    tokens: tuple[int, ...]
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """One step, in the order the runner carries it out."""
+
+    preempted: tuple[Finished, ...] = ()
+    admitted: tuple[Admit, ...] = ()
+    moves: tuple[Move, ...] = ()
+    decode: tuple[Chunk, ...] = ()
+    """One token of each decoding sequence, in slot order: first in the batch."""
+    prefill: tuple[Chunk, ...] = ()
+    """Prompt chunks in the room left, in slot order."""
+    n_running: int = 0
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(c.tokens) for c in self.decode) + sum(len(c.tokens) for c in self.prefill)
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """The token sampled for ``rid``; ``eog``: it ends the generation."""
+
+    rid: int
+    token: int
+    eog: bool = False
+
+
+@dataclass(frozen=True)
+class CacheCopy:
+    """Keep the first ``n_tokens`` cells of ``slot`` as the prefix cache."""
+
+    slot: int
+    n_tokens: int
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What :meth:`BatchScheduler.update` decided; the runner copies the cache first, then frees ``finished``."""
+
+    finished: tuple[Finished, ...] = ()
+    cache: CacheCopy | None = None
+
+
+class _Seq:
+    def __init__(self, rid: int, req: Request) -> None:
+        self.rid, self.req = rid, req
+        self.status = Status.WAITING
+        self.slot = -1
+        self.feed = list(req.prompt)  # prompt tokens still to prefill, in chunks
+        self.replay = list(req.resume)  # generated tokens to decode again, one per step as they were first decoded
+        self.pos = 0
+        self.generated = list(req.resume)
+        self.slice_count = 0
+        self.slice_end = False  # a token of the last step ended a time slice: ask should_yield before the next
+        self.reused = 0  # prompt tokens taken from the prefix cache
+        self.prefilling = bool(self.feed)
+
+
+class BatchScheduler:
+    """The scheduling state of one engine; not thread-safe (the engine thread alone drives it)."""
+
+    def __init__(self, budget: Budget, *, prefix_cache: bool = True) -> None:
+        self.budget = budget
+        self.cache_slot: int | None = budget.n_seq if prefix_cache else None
+        """The prefix cache's KV stream (after the sequence slots), or None when the engine has none."""
+        self.prefix_cache = prefix_cache
+        """Whether the prefix cache is used (it can be switched off, not on, after construction)."""
+        self.cache_tokens: list[int] = []
+        self.free_slots = list(range(budget.n_seq - 1, -1, -1))
+        """Free slot ids, highest first: ``pop()`` hands out the lowest."""
+        self._waiting: deque[_Seq] = deque()
+        self._running: list[_Seq] = []  # in slot order after each schedule()
+        self._by_rid: dict[int, _Seq] = {}
+        self._next_rid = 0
+        self._planned = StepPlan()  # the last plan, until update() says its batch was decoded
+
+    # -- requests in, state out ---------------------------------------------------------------------------
+
+    def add(self, req: Request) -> int:
+        """Queue ``req``; returns its request id."""
+        rid, self._next_rid = self._next_rid, self._next_rid + 1
+        seq = _Seq(rid, req)
+        self._waiting.append(seq)
+        self._by_rid[rid] = seq
+        return rid
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    def waiting_ids(self) -> list[int]:
+        return [s.rid for s in self._waiting]
+
+    def running_ids(self) -> list[int]:
+        return [s.rid for s in self._running]
+
+    def has_work(self) -> bool:
+        return bool(self._waiting or self._running)
+
+    def __contains__(self, rid: object) -> bool:
+        return rid in self._by_rid
+
+    def status(self, rid: int) -> Status:
+        return self._by_rid[rid].status
+
+    def slot(self, rid: int) -> int:
+        return self._by_rid[rid].slot
+
+    # -- one step -----------------------------------------------------------------------------------------
+
+    def schedule(self) -> StepPlan:
+        """Decide the next step. Raises only what a ``should_yield`` raises, and then before changing anything.
+        Positions advance by the plan's chunks only in :meth:`update`: a plan whose batch is not decoded (the
+        decode failed, or :meth:`schedule` is called again) leaves them where they were."""
+        # Every should_yield is asked before anything changes: one that raises leaves the state as it was.
+        ending = [s for s in self._running if s.slice_end]
+        yielding = {s.rid for s in ending if s.req.should_yield is None or s.req.should_yield()}
+        for s in ending:
+            s.slice_end = False
+        preempted = tuple(self._finish(s, Status.FINISHED_PREEMPTED) for s in list(self._running)
+                          if s.rid in yielding)
+        admitted = tuple(self._admit(s) for s in self._take_admissible())
+        moves = self._compact()
+        self._running.sort(key=lambda q: q.slot)  # slot order: llama.cpp batches consecutive sequences together
+        self._planned = self._compose(StepPlan(preempted, admitted, moves, n_running=len(self._running)))
+        return self._planned
+
+    def update(self, outputs: Iterable[Sampled]) -> StepResult:
+        """The last plan's batch was decoded: advance its sequences, and feed back the tokens sampled from it."""
+        plan, self._planned = self._planned, StepPlan()
+        for c in (*plan.decode, *plan.prefill):
+            s = self._by_rid.get(c.rid)
+            if s is not None and s.status == Status.RUNNING:
+                s.pos += len(c.tokens)
+                if s.feed:
+                    s.feed = s.feed[len(c.tokens):]
+                else:
+                    s.replay.pop(0)
+        cache: CacheCopy | None = None
+        for s in self._running:
+            if s.prefilling and not s.feed:
+                s.prefilling = False
+                if self._use_cache() and not s.reused and len(s.req.prompt) >= MIN_PREFIX:
+                    # Its cells become the prefix cache, unless they came from it (the cache then already holds
+                    # what it shares with the others); of several, the last in slot order is kept.
+                    cache = CacheCopy(s.slot, len(s.req.prompt))
+                    self.cache_tokens = list(s.req.prompt)
+        finished: list[Finished] = []
+        for out in outputs:
+            s = self._by_rid[out.rid]
+            if out.eog:
+                finished.append(self._finish(s, Status.FINISHED_STOPPED))
+                continue
+            s.generated.append(out.token)
+            s.slice_count += 1
+            if len(s.generated) >= s.req.max_tokens or s.pos + 1 >= self.budget.n_ctx:
+                finished.append(self._finish(s, Status.FINISHED_LENGTH))
+                continue
+            if s.req.quantum and s.slice_count >= s.req.quantum:
+                s.slice_end = True
+            s.replay.append(out.token)
+        return StepResult(tuple(finished), cache)
+
+    def finish(self, rid: int, status: Status = Status.FINISHED_ABORTED) -> Finished:
+        """End ``rid`` (waiting or running) with ``status``; its slot is free for the next :meth:`schedule`."""
+        return self._finish(self._by_rid[rid], status)
+
+    def restore_failed(self, rid: int) -> StepPlan:
+        """The snapshot of ``rid``, admitted by the last plan with ``restore``, did not load (another model or KV
+        layout): it prefills its prompt (from the prefix cache if it can) and decodes its earlier tokens again.
+        Returns the last plan with its admission of ``rid`` and its batch revised; carry out that one."""
+        s = self._by_rid[rid]
+        s.feed, s.replay, s.pos, s.reused = list(s.req.prompt), list(s.req.resume), 0, 0
+        s.prefilling = bool(s.feed)
+        fallback = Admit(rid, s.slot, False, self._reuse_prefix(s))
+        admitted = tuple(fallback if a.rid == rid else a for a in self._planned.admitted)
+        self._planned = self._compose(replace(self._planned, admitted=admitted))
+        return self._planned
+
+    # -- the rules ----------------------------------------------------------------------------------------
+
+    def _take_admissible(self) -> list[_Seq]:
+        taken: list[_Seq] = []
+        while self._waiting and len(taken) < len(self.free_slots):
+            taken.append(self._waiting.popleft())
+        return taken
+
+    def _admit(self, s: _Seq) -> Admit:
+        s.slot, s.status = self.free_slots.pop(), Status.RUNNING
+        self._running.append(s)
+        if s.req.state and s.req.resume:  # from the snapshot: only the last token is decoded again
+            s.feed, s.replay, s.prefilling = [], [s.req.resume[-1]], False
+            s.pos = len(s.req.prompt) + len(s.req.resume) - 1
+            return Admit(s.rid, s.slot, True, 0)
+        return Admit(s.rid, s.slot, False, self._reuse_prefix(s))
+
+    def _use_cache(self) -> bool:
+        return self.prefix_cache and self.cache_slot is not None
+
+    def prefix_match(self, prompt: list[int]) -> int:
+        """Prompt tokens a request starting with ``prompt`` takes from the prefix cache: the shared prefix, at
+        least one prompt token left to evaluate (for the logits), 0 when shorter than :data:`MIN_PREFIX`."""
+        if not self._use_cache() or not self.cache_tokens:
+            return 0
+        cached, m = self.cache_tokens, 0
+        limit = min(len(cached), len(prompt) - 1)
+        while m < limit and prompt[m] == cached[m]:
+            m += 1
+        return m if m >= MIN_PREFIX else 0
+
+    def _reuse_prefix(self, s: _Seq) -> int:
+        """Start ``s`` from the cached cells of the prompt prefix it shares with an earlier request (agents share
+        system prompts), so that only the rest is prefilled. The copied cells are bit for bit those the prefix gets
+        computed afresh (batch invariance), so the output does not change."""
+        m = self.prefix_match(s.req.prompt)
+        if m:
+            s.feed, s.pos, s.reused = s.req.prompt[m:], m, m
+        return m
+
+    def _compact(self) -> tuple[Move, ...]:
+        """Keep the running sequences' slots consecutive from 0: llama.cpp evaluates sequences with consecutive ids
+        in one micro-batch, and ids with holes between them in several. The highest sequence moves into the lowest
+        free slot; its KV stream is copied as it is, so what it generates next does not change."""
+        moves: list[Move] = []
+        while self._running and self.free_slots and self.free_slots[-1] < max(s.slot for s in self._running):
+            s = max(self._running, key=lambda q: q.slot)
+            dst = self.free_slots.pop()
+            self._free_slot(s.slot)
+            moves.append(Move(s.rid, s.slot, dst))
+            s.slot = dst
+        return tuple(moves)
+
+    def _compose(self, plan: StepPlan) -> StepPlan:
+        """Fill ``plan``'s batch: one token of every decoding sequence first, then prompt chunks in the room left
+        (sequences join the batch without stalling the others' decoding), all in slot order."""
+        decode = tuple(Chunk(s.rid, s.slot, s.pos, (s.replay[0],), len(s.replay) == 1, len(s.generated))
+                       for s in self._running if not s.feed and s.replay)
+        room = self.budget.n_batch - len(decode)
+        prefill: list[Chunk] = []
+        for s in self._running:
+            take = min(len(s.feed), room)
+            if take > 0:
+                last = take == len(s.feed) and not s.replay
+                prefill.append(Chunk(s.rid, s.slot, s.pos, tuple(s.feed[:take]), last, len(s.generated)))
+                room -= take
+        return replace(plan, decode=decode, prefill=tuple(prefill))
+
+    def _free_slot(self, slot: int) -> None:
+        self.free_slots.append(slot)
+        self.free_slots.sort(reverse=True)
+
+    def _finish(self, s: _Seq, status: Status) -> Finished:
+        if s.status == Status.WAITING:
+            self._waiting.remove(s)
+        elif s.status == Status.RUNNING:
+            self._running.remove(s)
+            self._free_slot(s.slot)
+        else:
+            raise ValueError(f"request {s.rid} already finished ({s.status.name})")
+        s.status = status
+        del self._by_rid[s.rid]
+        return Finished(s.rid, s.slot, status, tuple(s.generated), len(s.req.prompt))

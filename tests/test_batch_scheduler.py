@@ -1,0 +1,215 @@
+"""The batch scheduler alone (no model, no llama.cpp): admission, compaction, chunked prefill within the token
+budget, time slices and preemption, the prefix-cache decision, snapshots; each test runs in milliseconds."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+
+from aios.services.llm.batch_scheduler import (MIN_PREFIX, Admit, BatchScheduler, Budget, CacheCopy, Move,
+                                               Request, Sampled, StepPlan, Status)
+
+EOG = -1
+
+
+def req(n: int = 4, *, start: int = 100, max_tokens: int = 50, **kw: object) -> Request:
+    """A request whose prompt is ``n`` tokens counting up from ``start``."""
+    return Request(prompt=list(range(start, start + n)), max_tokens=max_tokens, **kw)  # type: ignore[arg-type]
+
+
+def sched(n_seq: int = 4, n_batch: int = 64, n_ctx: int = 256, prefix_cache: bool = True) -> BatchScheduler:
+    return BatchScheduler(Budget(n_seq=n_seq, n_ctx=n_ctx, n_batch=n_batch), prefix_cache=prefix_cache)
+
+
+def step(s: BatchScheduler, token: Callable[[int], int] = lambda rid: 7) -> StepPlan:
+    """Schedule a step and feed back ``token(rid)`` for every sequence the plan samples (EOG ends it)."""
+    plan = s.schedule()
+    outs = [Sampled(c.rid, token(c.rid), token(c.rid) == EOG) for c in (*plan.decode, *plan.prefill) if c.logits]
+    s.update(outs)
+    return plan
+
+
+def slots(s: BatchScheduler) -> list[int]:
+    return sorted(s.slot(r) for r in s.running_ids())
+
+
+def test_admission_takes_the_lowest_free_slot_and_finish_frees_it() -> None:
+    s = sched(n_seq=3)
+    a, b, c, d = (s.add(req()) for _ in range(4))
+    plan = s.schedule()
+    assert [(x.rid, x.slot) for x in plan.admitted] == [(a, 0), (b, 1), (c, 2)]
+    assert s.waiting_ids() == [d] and s.free_slots == [] and plan.n_running == 3
+    done = s.finish(b)
+    assert (done.slot, done.status, b in s) == (1, Status.FINISHED_ABORTED, False)
+    assert s.free_slots == [1]
+    plan = s.schedule()
+    assert [(x.rid, x.slot) for x in plan.admitted] == [(d, 1)] and plan.moves == ()
+    with pytest.raises(KeyError):
+        s.finish(b)
+
+
+def test_a_sequence_ending_below_others_makes_the_highest_move_down() -> None:
+    s = sched(n_seq=4)
+    rids = [s.add(req(start=100 * i)) for i in range(4)]
+    step(s)
+    step(s, lambda rid: EOG if rid == rids[1] else 7)  # slot 1 ends
+    assert s.free_slots == [1] and rids[1] not in s
+    plan = s.schedule()
+    assert plan.moves == (Move(rids[3], 3, 1),)
+    assert slots(s) == [0, 1, 2] and s.slot(rids[3]) == 1 and s.free_slots == [3]
+    assert [c.slot for c in plan.decode] == [0, 1, 2]  # the batch in slot order
+    s.finish(rids[0])
+    s.finish(rids[2])
+    plan = s.schedule()  # the highest one moves down until there are no holes
+    assert plan.moves == (Move(rids[3], 1, 0),) and slots(s) == [0] and s.free_slots == [3, 2, 1]
+
+
+def test_prefill_is_chunked_within_the_token_budget_after_the_decode_tokens() -> None:
+    s = sched(n_seq=3, n_batch=8)
+    a = s.add(req(3))
+    first = step(s)
+    assert [(c.rid, c.pos, len(c.tokens), c.logits) for c in first.prefill] == [(a, 0, 3, True)]
+    b, c = s.add(req(10, start=200)), s.add(req(5, start=300))
+    plans = [step(s) for _ in range(3)]
+    for p in plans:  # one token per decoding sequence, first; prompt chunks in the room left
+        assert p.n_tokens <= 8 and p.decode[0].rid == a and all(len(x.tokens) == 1 for x in p.decode)
+    assert [[(x.rid, x.pos, len(x.tokens), x.logits) for x in p.prefill] for p in plans] == [
+        [(b, 0, 7, False)],  # 8 - 1 decode token
+        [(b, 7, 3, True), (c, 0, 4, False)],  # b's prompt done: its logits; c gets the rest
+        [(c, 4, 1, True)]]
+    assert plans[1].prefill[0].tokens == tuple(range(207, 210))
+    assert [x.rid for x in plans[2].decode] == [a, b]  # b decodes from the step after its prompt is done
+    assert [x.pos for x in plans[2].decode] == [5, 10]
+
+
+def test_preemption_at_the_quantum_only_when_should_yield_says_others_wait() -> None:
+    others_wait, asked = [False], [0]
+
+    def should_yield() -> bool:
+        asked[0] += 1
+        return others_wait[0]
+
+    s = sched(n_seq=1)
+    a = s.add(req(max_tokens=20, quantum=3, should_yield=should_yield))
+    for _ in range(3):
+        plan = step(s)
+    assert asked[0] == 0 and plan.preempted == ()  # not asked before a quantum of tokens
+    b = s.add(req(start=500))
+    step(s)
+    assert asked[0] == 1 and a in s and s.waiting_ids() == [b]  # quantum reached, nobody (said to) wait: go on
+    others_wait[0] = True
+    plan = step(s)
+    assert asked[0] == 2 and [p.rid for p in plan.preempted] == [a]
+    assert plan.preempted[0].status == Status.FINISHED_PREEMPTED and plan.preempted[0].tokens == (7,) * 4
+    assert plan.preempted[0].status.finish_reason == "preempted"
+    assert [(x.rid, x.slot) for x in plan.admitted] == [(b, 0)]  # the freed slot goes to the waiting request
+    no_callable = sched(n_seq=1)
+    c = no_callable.add(req(quantum=2))
+    plans = [step(no_callable) for _ in range(3)]
+    assert [p.rid for p in plans[2].preempted] == [c]  # no should_yield: every quantum ends the slice
+
+
+def test_should_yield_raising_changes_nothing() -> None:
+    def boom() -> bool:
+        raise RuntimeError("broker down")
+
+    s = sched(n_seq=2)
+    a = s.add(req(quantum=1, should_yield=boom))
+    step(s)
+    with pytest.raises(RuntimeError):
+        s.schedule()
+    assert s.running_ids() == [a] and s.free_slots == [1] and s.status(a) == Status.RUNNING
+
+
+def test_a_new_request_starts_from_the_prefix_cache_when_it_shares_enough_tokens() -> None:
+    s = sched(n_seq=4)
+    first = s.add(req(20))
+    plan = s.schedule()
+    assert plan.admitted == (Admit(first, 0, False, 0),)
+    result = s.update([Sampled(first, 7)])
+    assert result.cache == CacheCopy(0, 20) and s.cache_tokens == list(range(100, 120))
+    shared = Request(prompt=list(range(100, 118)) + [1, 2, 3], max_tokens=5)
+    same = req(20)
+    few = Request(prompt=list(range(100, 100 + MIN_PREFIX - 1)) + [1, 2], max_tokens=5)
+    r_few, r_shared, r_same = s.add(few), s.add(shared), s.add(same)
+    plan = s.schedule()
+    assert {x.rid: x.reuse for x in plan.admitted} == {r_shared: 18, r_same: 19, r_few: 0}
+    chunks = {x.rid: (x.pos, x.tokens) for x in plan.prefill}
+    assert chunks[r_shared] == (18, (1, 2, 3)) and chunks[r_same] == (19, (119,)) and chunks[r_few][0] == 0
+    result = s.update([])
+    assert result.cache == CacheCopy(1, 17) and s.cache_tokens == few.prompt  # reused prompts do not replace it
+    off = sched(prefix_cache=False)
+    off.add(req(20))
+    step(off)
+    again = off.add(req(20))
+    assert off.cache_tokens == [] and off.cache_slot is None
+    assert off.schedule().admitted == (Admit(again, 1, False, 0),)
+    short = sched()
+    short.add(req(MIN_PREFIX - 1))
+    step(short)
+    assert short.cache_tokens == []
+
+
+def test_the_prefix_cache_switched_off_is_not_used() -> None:
+    s = sched()
+    a = s.add(req(20))
+    step(s)
+    s.finish(a)
+    s.prefix_cache = False
+    b = s.add(req(20))
+    assert s.schedule().admitted == (Admit(b, 0, False, 0),)
+
+
+def test_finish_reasons_and_the_context_limit() -> None:
+    s = sched(n_seq=2, n_ctx=8)
+    a, b = s.add(req(2, max_tokens=2)), s.add(req(4, start=300, max_tokens=50))
+    step(s)
+    plan = s.schedule()
+    result = s.update([Sampled(c.rid, 9) for c in plan.decode])
+    assert {f.rid: (f.status, f.tokens) for f in result.finished} == {a: (Status.FINISHED_LENGTH, (7, 9))}
+    for _ in range(2):
+        plan = s.schedule()
+        result = s.update([Sampled(c.rid, 9) for c in plan.decode])
+    assert [(f.rid, f.status.finish_reason) for f in result.finished] == [(b, "length")]  # its next position would be n_ctx
+    assert s.free_slots == [1, 0] and not s.has_work()
+
+
+def test_a_snapshot_resumes_with_one_token_and_falls_back_to_recomputing() -> None:
+    s = sched(n_seq=2)
+    r = s.add(req(20, resume=[5, 6, 7], state=b"kv"))
+    plan = s.schedule()
+    assert plan.admitted == (Admit(r, 0, True, 0),) and plan.prefill == ()
+    assert [(c.pos, c.tokens, c.logits, c.sample_index) for c in plan.decode] == [(22, (7,), True, 3)]
+    s2 = sched(n_seq=2)
+    warm = s2.add(req(20))
+    step(s2)
+    s2.finish(warm)
+    r2 = s2.add(req(20, resume=[5, 6], state=b"from another layout"))
+    planned = s2.schedule()
+    assert planned.admitted == (Admit(r2, 0, True, 0),) and [c.tokens for c in planned.decode] == [(6,)]
+    revised = s2.restore_failed(r2)  # it starts over in this very step, from the prefix cache
+    assert revised.admitted == (Admit(r2, 0, False, 19),) and revised.decode == ()
+    assert [(c.pos, c.tokens, c.logits) for c in revised.prefill] == [(19, (119,), False)]
+    assert s2.update([]).finished == ()
+    plans = [step(s2) for _ in range(2)]
+    assert [(c.pos, c.tokens, c.logits, c.sample_index) for p in plans for c in p.decode] == [
+        (20, (5,), False, 2), (21, (6,), True, 2)]  # the earlier tokens decoded again one per step, then sampled
+
+
+def test_a_plan_not_decoded_leaves_positions_where_they_were() -> None:
+    s = sched(n_seq=1, n_batch=4)
+    s.add(req(10))
+    first, again = s.schedule(), s.schedule()  # the first plan's batch was never decoded (a failed decode)
+    assert first.prefill == again.prefill and again.prefill[0].pos == 0
+    s.update([])
+    assert s.schedule().prefill[0].pos == 4
+
+
+def test_status_is_ordered_and_budgets_are_checked() -> None:
+    assert Status.WAITING < Status.RUNNING < Status.FINISHED_STOPPED
+    assert [st.is_finished() for st in Status] == [False, False, True, True, True, True]
+    with pytest.raises(ValueError):
+        Budget(n_seq=8, n_ctx=64, n_batch=4)
+    with pytest.raises(ValueError):
+        Budget(n_seq=0, n_ctx=64, n_batch=4)
