@@ -260,6 +260,22 @@ def env_defaults() -> dict[str, Any]:
     return out
 
 
+def kernel_file(settings: Settings) -> Path:
+    """Where a running ``aios up`` says how to reach it (written by the kernel, read by clients)."""
+    return settings.data_dir / "kernel.json"
+
+
+def discover(settings: Settings) -> Settings | None:
+    """``settings`` pointed at a running ``aios up`` on this machine (its broker and Redis), if there is one."""
+    path = kernel_file(settings)
+    try:
+        info = json.loads(path.read_text())
+        os.kill(int(info["pid"]), 0)
+        return settings.model_copy(update={"broker_url": str(info["broker_url"]), "redis_url": str(info["redis_url"])})
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()

@@ -44,7 +44,7 @@ def test_unknown_options_are_typos_not_silently_ignored(k: Kernel) -> None:
 
 def test_tool_arguments_may_be_a_dict_when_named_like_options(k: Kernel) -> None:
     captured = []
-    k._do = lambda syscall, post: captured.append(syscall)  # type: ignore[method-assign]
+    k._run = lambda call: captured.extend(call.syscalls)  # type: ignore[method-assign,assignment,misc]
     k.call_tool("schedule", {"priority": "high", "timeout_s": 3}, priority=1)
     assert captured[0].arguments == {"priority": "high", "timeout_s": 3} and captured[0].priority == 1
 

@@ -66,7 +66,8 @@ def run(agent: str, task: str, agent_id: str | None, timeout_s: float | None, ve
     Redis and the three workers start for this run and stop after it.
     """
     from aios.sdk.client import Kernel
-    from aios.ops.embedded import LocalKernel, discover
+    from aios.ops.embedded import LocalKernel
+    from aios.settings import discover
 
     interrupts = _Interrupts()
     try:

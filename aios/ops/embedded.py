@@ -27,7 +27,7 @@ import redis
 
 from aios.state.connections import state_client
 from aios.wire.errors import ConfigError, KernelUnavailable
-from aios.settings import QUEUES, Settings, llm_queue
+from aios.settings import QUEUES, Settings, kernel_file, llm_queue
 
 log = logging.getLogger("aios.embedded")
 RESOURCES = tuple(QUEUES)
@@ -52,21 +52,6 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
         pass
-
-
-def kernel_file(settings: Settings) -> Path:
-    return settings.data_dir / "kernel.json"
-
-
-def discover(settings: Settings) -> Settings | None:
-    """``settings`` pointed at a running ``aios up`` on this machine (its broker and Redis), if there is one."""
-    path = kernel_file(settings)
-    try:
-        info = json.loads(path.read_text())
-        os.kill(int(info["pid"]), 0)
-        return settings.model_copy(update={"broker_url": str(info["broker_url"]), "redis_url": str(info["redis_url"])})
-    except (OSError, ValueError, KeyError):
-        return None
 
 
 class LocalKernel:

@@ -1,0 +1,76 @@
+"""The asyncio client: each call is a coroutine that awaits its reply list (redis.asyncio BLPOP)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, ParamSpec, Self, TypeVar
+
+import redis.asyncio as aredis
+
+from aios.sdk.core import Pending
+from aios.sdk.operations import Call, Operation, Operations
+from aios.state import keys
+from aios.state.connections import async_state_client
+from aios.wire.errors import KernelUnavailable
+from aios.wire.syscalls import Response, Syscall
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class AsyncKernel(Operations):
+    """The SDK for one agent, asyncio: every call is a coroutine; ``asyncio.gather`` keeps many in flight.
+    The same calls, arguments and values as :class:`~aios.sdk.Kernel`. An async context manager (:meth:`aclose`).
+    """
+
+    _redis: aredis.Redis
+
+    def _open_replies(self) -> None:
+        self._redis = async_state_client(self.settings)
+
+    async def submit(self, syscall: Syscall) -> Pending:
+        """Publish ``syscall`` and return at once; :meth:`wait` for its answer."""
+        # Publishing is a blocking kombu call; keep it off the event loop.
+        return await asyncio.to_thread(self._publish, syscall)
+
+    async def wait_response(self, pending: Pending) -> Response:
+        """The whole ``Response``, error or not. Raises only ``SyscallTimeout`` (or ``ApprovalDenied`` for an
+        irreversible syscall nobody approved in time) and ``KernelUnavailable``."""
+        try:
+            got = await self._redis.blpop([keys.reply(pending.id)], timeout=self._wait_s(pending))
+        except aredis.ConnectionError as exc:
+            raise KernelUnavailable(f"cannot reach the kernel's Redis: {exc}; check AIOS_REDIS_URL") from None
+        if got is None:
+            raise await asyncio.to_thread(self._expired_approval, pending) or self._timeout(pending)
+        return self._response(got[1])
+
+    async def wait(self, pending: Pending) -> Any:
+        """The raw result dict; a service error is raised as its typed error."""
+        return self._unwrap(await self.wait_response(pending))
+
+    async def call(self, syscall: Syscall) -> Any:
+        """``await wait(await submit(syscall))``."""
+        return await self.wait(await self.submit(syscall))
+
+    async def gather(self, syscalls: Iterable[Syscall], *, return_exceptions: bool = False) -> list[Any]:
+        """``asyncio.gather`` over :meth:`call`: the raw results, in order."""
+        return await asyncio.gather(*(self.call(s) for s in syscalls), return_exceptions=return_exceptions)
+
+    async def _run(self, call: Call[T]) -> T:
+        return call.post(await self.gather(call.syscalls, return_exceptions=call.each_may_fail))
+
+    def _bind(self, op: Operation[P, T]) -> Callable[P, Coroutine[Any, Any, T]]:
+        async def bound(*args: P.args, **kwargs: P.kwargs) -> T:
+            return await self._run(op.plan(self, *args, **kwargs))
+        return op.dress(self, bound)
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+        self._close_shared()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

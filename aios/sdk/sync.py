@@ -1,0 +1,89 @@
+"""The synchronous client: each call blocks (BLPOP on its reply list) until its syscall is answered."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, ParamSpec, Self, TypeVar
+
+import redis
+
+from aios.sdk.core import Pending
+from aios.sdk.operations import Call, Operation, Operations
+from aios.state import keys
+from aios.state.connections import state_client
+from aios.wire.errors import KernelUnavailable
+from aios.wire.syscalls import Response, Syscall
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Kernel(Operations):
+    """The SDK for one agent, synchronous: every call returns its value. Thread-safe: share one per process or
+    make one per thread. A context manager (:meth:`close`).
+
+    ``Kernel(agent_id, *, settings=None, priority=5, timeout_s=None, credential=None)``: ``settings`` default to
+    the ``AIOS_*`` environment, else a running ``aios up`` on this machine; ``priority`` (0..9, 9 most urgent)
+    and ``timeout_s`` are this client's defaults per syscall; ``credential`` is the agent's secret (default:
+    ``AIOS_AGENT_SECRET``, else the file ``aios agent create <agent_id>`` wrote).
+    """
+
+    _redis: redis.Redis
+
+    def _open_replies(self) -> None:
+        # No socket timeout: BLPOP waits as long as the syscall may take (redis-py's default would cut it at 5 s).
+        self._redis = state_client(self.settings, socket_timeout_s=None)
+
+    def submit(self, syscall: Syscall) -> Pending:
+        """Publish ``syscall`` and return at once; :meth:`wait` for its answer."""
+        return self._publish(syscall)
+
+    def wait_response(self, pending: Pending) -> Response:
+        """The whole ``Response``, error or not. Raises only ``SyscallTimeout`` (or ``ApprovalDenied`` for an
+        irreversible syscall nobody approved in time) and ``KernelUnavailable``."""
+        try:
+            got = self._redis.blpop([keys.reply(pending.id)], timeout=self._wait_s(pending))
+        except redis.ConnectionError as exc:
+            raise KernelUnavailable(f"cannot reach the kernel's Redis: {exc}; check AIOS_REDIS_URL") from None
+        if got is None:
+            raise self._expired_approval(pending) or self._timeout(pending)
+        return self._response(got[1])
+
+    def wait(self, pending: Pending) -> Any:
+        """The raw result dict; a service error is raised as its typed error."""
+        return self._unwrap(self.wait_response(pending))
+
+    def call(self, syscall: Syscall) -> Any:
+        """``wait(submit(syscall))``."""
+        return self.wait(self.submit(syscall))
+
+    def gather(self, syscalls: Iterable[Syscall], *, return_exceptions: bool = False) -> list[Any]:
+        """Submit all, then collect the raw results in order: they run concurrently on the workers."""
+        pendings = [self.submit(s) for s in syscalls]
+        out: list[Any] = []
+        for p in pendings:
+            try:
+                out.append(self.wait(p))
+            except Exception as exc:
+                if not return_exceptions:
+                    raise
+                out.append(exc)
+        return out
+
+    def _run(self, call: Call[T]) -> T:
+        return call.post(self.gather(call.syscalls, return_exceptions=call.each_may_fail))
+
+    def _bind(self, op: Operation[P, T]) -> Callable[P, T]:
+        def bound(*args: P.args, **kwargs: P.kwargs) -> T:
+            return self._run(op.plan(self, *args, **kwargs))
+        return op.dress(self, bound)
+
+    def close(self) -> None:
+        self._redis.close()
+        self._close_shared()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
