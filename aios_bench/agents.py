@@ -95,12 +95,12 @@ class Baseline:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log(f"starting llama_cpp.server on port {port}")
         with open(self.log_path, "wb") as out:
-            threads = str(settings.llm_n_threads or 2)
+            threads = str(settings.llm.n_threads or 2)
             # the engine's llama.cpp options: threads, flash attention, GPU layers
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()), "--port", str(port),
-                 "--host", "127.0.0.1", "--n_ctx", str(settings.llm_n_ctx), "--n_threads", threads,
-                 "--n_threads_batch", threads, "--flash_attn", "true", "--n_gpu_layers", str(settings.llm_n_gpu_layers)],
+                 "--host", "127.0.0.1", "--n_ctx", str(settings.llm.n_ctx), "--n_threads", threads,
+                 "--n_threads_batch", threads, "--flash_attn", "true", "--n_gpu_layers", str(settings.llm.n_gpu_layers)],
                 stdout=out, stderr=subprocess.STDOUT)
         self.base_url = f"http://127.0.0.1:{port}/v1"
         deadline = time.monotonic() + 120
@@ -144,7 +144,7 @@ class KernelContender:
     def __init__(self, name: str, settings: Settings, log: Callable[[str], None], **llm: Any) -> None:
         self.name = name
         data = Path(settings.data_dir) / f"bench-{name}"
-        self.lk = LocalKernel(settings.model_copy(update={"data_dir": data, **llm}), resources=["llm", "tool"],
+        self.lk = LocalKernel(settings.updated(**{"data_dir": data, **llm}), resources=["llm", "tool"],
                               progress=log)
         self.lk.start()
         self.settings = self.lk.settings
@@ -152,7 +152,7 @@ class KernelContender:
 
     def agent(self, i: int) -> Kernel:
         agent_id = f"bench-agent-{i}"
-        secret = self._creds.create(agent_id, write_file=False).secret if self.settings.auth == "required" else None
+        secret = self._creds.create(agent_id, write_file=False).secret if self.settings.security.auth == "required" else None
         return Kernel(agent_id, settings=self.settings, timeout_s=TIMEOUT_S, credential=secret)
 
     def llm(self, k: Kernel, step: Step) -> int:
@@ -294,7 +294,7 @@ def run_agents_bench(settings: Settings, *, agents: list[int], steps: int = 2, s
         raise ConfigError(f"unknown contenders {sorted(unknown)}; known: {', '.join(CONTENDERS)}")
     out, err = consoles()
     log = err.log
-    settings = settings.model_copy(update={"broker_url": None, "redis_url": None, "llm_backend": "llamacpp",
+    settings = settings.updated(**{"broker_url": None, "redis_url": None, "llm_backend": "llamacpp",
                                            "llm_model": None, "llm_n_threads": threads,
                                            "llm_n_ctx": 1024, "approvals": "off"})
     configs: dict[str, dict[str, Any]] = {
@@ -320,7 +320,7 @@ def run_agents_bench(settings: Settings, *, agents: list[int], steps: int = 2, s
         "machine": machine(),
         "params": {"agents": agents, "steps": steps, "short_tokens": short, "long_tokens": long,
                    "batch_size": batch_size, "quantum": quantum, "contenders": list(contenders),
-                   "model": default_model_path().name, "n_threads": settings.llm_n_threads},
+                   "model": default_model_path().name, "n_threads": settings.llm.n_threads},
         "results": {c: {str(n): r for n, r in by_n.items()} for c, by_n in results.items()},
         "targets": targets(results, agents),
         "ratios": ratios(results, agents),

@@ -152,7 +152,7 @@ def engine(sizes: tuple[int, ...], tokens: int, threads: int, quantize: str, jso
     try:
         settings = get_settings()
         run_engine_bench(Path(settings.data_dir), sizes=list(sizes), tokens=tokens, threads=threads,
-                         gpu_layers=settings.llm_n_gpu_layers,
+                         gpu_layers=settings.llm.n_gpu_layers,
                          quantize=[q.strip() for q in quantize.split(",") if q.strip()], json_path=json_path)
     except AIOSError as exc:
         _fail(exc)

@@ -62,7 +62,7 @@ def _closed_loop(k: Kernel, in_flight: int, seconds: float, record: Callable[[An
 
 def run_share(settings: Settings, policy: str, demands: list[int], seconds: float,
               tick: Callable[[float], None]) -> dict[str, Any]:
-    s = settings.model_copy(update={"policies": {"tool": policy}, "worker_concurrency": 1})
+    s = settings.updated(**{"policies": {"tool": policy}, "worker_concurrency": 1})
     service: dict[str, float] = defaultdict(float)
     done: dict[str, int] = defaultdict(int)
     with LocalKernel(s, resources=["tool"]) as lk:
@@ -102,7 +102,7 @@ def run_share(settings: Settings, policy: str, demands: list[int], seconds: floa
 
 
 def run_priority(settings: Settings, policy: str, urgent: int, tick: Callable[[float], None]) -> dict[str, Any]:
-    s = settings.model_copy(update={"policies": {"tool": policy}, "worker_concurrency": 1})
+    s = settings.updated(**{"policies": {"tool": policy}, "worker_concurrency": 1})
     waits: list[float] = []
     services: list[float] = []
     with LocalKernel(s, resources=["tool"]) as lk:
@@ -178,12 +178,12 @@ def run_fairness(settings: Settings, *, seconds: float = 8.0, demands: tuple[int
         raise ConfigError("need --seconds > 0, --urgent >= 2 and demands of at least 1 syscall in flight")
     out, err = consoles()
     # Embedded kernels, one per contender: each starts with an empty state and queue.
-    base = settings.model_copy(update={"broker_url": None, "redis_url": None})
+    base = settings.updated(**{"broker_url": None, "redis_url": None})
     result: dict[str, Any] = {"benchmark": "fairness",
                               "machine": machine(),
                               "params": {"seconds": seconds, "demands": list(demands), "urgent": urgent,
                                          "share_sleep_s": SHARE_SLEEP_S, "flood_sleep_s": FLOOD_SLEEP_S,
-                                         "fair_quantum_s": settings.fair_quantum_s, "worker_concurrency": 1},
+                                         "fair_quantum_s": settings.scheduling.fair_quantum_s, "worker_concurrency": 1},
                               "share": {}, "priority": {}}
     with progress_bars(err, 24, TextColumn("{task.fields[what]}")) as progress:
         for policy in ("fifo", "fair"):

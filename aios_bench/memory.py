@@ -93,7 +93,7 @@ def run_eviction(base: Settings, redis_url: str, workdir: Path, *, n_items: int,
     budget = budget or total_bytes // 10
     contenders = {}
     for name, k in (("lru_k", 2), ("lru", 1)):
-        settings = base.model_copy(update={"data_dir": workdir / name, "memory_budget_bytes": budget,
+        settings = base.updated(**{"data_dir": workdir / name, "memory_budget_bytes": budget,
                                            "memory_lru_k": k, "redis_url": redis_url, "milvus_uri": None})
         contenders[name] = StorageService(settings, embedder=HashEmbedderFake())
     # Both fast tiers live in one Redis: each contender's agent gets its own hash.
@@ -132,7 +132,7 @@ def run_eviction(base: Settings, redis_url: str, workdir: Path, *, n_items: int,
     for name, svc in contenders.items():
         after = svc.memory.stats(agents[name])
         hits, misses = after["hits"] - before[name]["hits"], after["misses"] - before[name]["misses"]
-        result[name] = {"k": svc.settings.memory_lru_k, "hits": hits, "misses": misses,
+        result[name] = {"k": svc.settings.storage.memory_lru_k, "hits": hits, "misses": misses,
                         "hit_rate": hits / max(1, hits + misses), "max_fast_bytes": max_bytes[name],
                         "get_latency": _percentiles(latencies[name]), "fast_bytes_timeline": timeline[name]}
         svc.vectors().close()
@@ -141,7 +141,7 @@ def run_eviction(base: Settings, redis_url: str, workdir: Path, *, n_items: int,
 
 def run_search(base: Settings, workdir: Path, *, size: int, n_queries: int, embed_limit: int, seed: int,
                progress: Progress) -> dict[str, Any]:
-    settings = base.model_copy(update={"data_dir": workdir / f"search-{size}", "milvus_uri": None,
+    settings = base.updated(**{"data_dir": workdir / f"search-{size}", "milvus_uri": None,
                                        "broker_url": None, "redis_url": None})
     svc = StorageService(settings)
     embedder, vectors = svc.embedder(), svc.vectors()
@@ -274,7 +274,7 @@ def run_memory_bench(settings: Settings, *, items: int = 2000, accesses: int = 2
     log = err.log
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aios-bench-memory-")))
-        private = settings.model_copy(update={"broker_url": None, "redis_url": None, "data_dir": workdir / "kernel"})
+        private = settings.updated(**{"broker_url": None, "redis_url": None, "data_dir": workdir / "kernel"})
         lk = stack.enter_context(LocalKernel(private, resources=(), progress=log))  # its Redis: the fast tiers
         with progress_bars(err, 32) as progress:
             eviction = run_eviction(settings, lk.settings.state_redis_url(), workdir, n_items=items,

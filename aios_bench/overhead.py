@@ -82,7 +82,7 @@ class KernelSyscalls:
 
     def __init__(self, settings: Settings, name: str = "kernel") -> None:
         self.name = name
-        if settings.auth == "required":
+        if settings.security.auth == "required":
             Credentials(settings).create("bench")
         self.kernel = Kernel("bench", settings=settings, timeout_s=TIMEOUT_S)
 
@@ -257,15 +257,15 @@ def run_overhead(settings: Settings, *, n_latency: int = 1000, n_throughput: int
         raise ConfigError(f"need rounds >= 1 and at least one request per round (got --requests {n_latency}, "
                           f"--throughput-requests {n_throughput}, --rounds {rounds})")
     out, err = consoles()
-    settings = settings.model_copy(update={"worker_concurrency": WORKER_CONCURRENCY})
+    settings = settings.updated(**{"worker_concurrency": WORKER_CONCURRENCY})
     log = err.log
     # Signing is measured on two private embedded kernels, alike but for authentication, so that the broker
     # is the same for both even when the main comparison runs on a configured one.
-    embedded = settings.model_copy(update={"broker_url": None, "redis_url": None})
+    embedded = settings.updated(**{"broker_url": None, "redis_url": None})
     with ExitStack() as stack:
         lk = stack.enter_context(LocalKernel(settings, resources=["tool"], progress=log))
         lk.start_celery_worker("raw", "aios_bench.raw_worker", RAW_QUEUE)
-        off = stack.enter_context(LocalKernel(embedded.model_copy(update={"auth": "off"}), resources=["tool"],
+        off = stack.enter_context(LocalKernel(embedded.updated(**{"auth": "off"}), resources=["tool"],
                                               progress=log))
         contenders: list[Contender] = [RawCelery(lk.settings), KernelSyscalls(lk.settings),
                                        KernelSyscalls(off.settings, "unsigned")]

@@ -66,7 +66,7 @@ def profile_pipeline(settings: Settings, n: int = 2000, warmup: int = 200,
 
             setattr(step, hook, timed)
     agent = "bench-profile"
-    secret = Credentials(settings).create(agent, write_file=False).secret if settings.auth == "required" else None
+    secret = Credentials(settings).create(agent, write_file=False).secret if settings.security.auth == "required" else None
     with Kernel(agent, settings=settings, credential=secret or "unused") as k:
         calls = []
         for _ in range(n + warmup):

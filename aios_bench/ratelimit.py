@@ -178,7 +178,7 @@ def run_kernel(settings: Settings, params: RateParams, progress: Progress, log: 
     quota = {"rpm": max(1, math.floor(params.rpm * factor)), "tpm": max(1, math.floor(params.tpm_limit * factor))}
     # Room for the longest wait in the quota: every agent ahead in line, a window per binding limit's worth.
     needed = 3 * math.ceil(params.agents / params.binding_requests) * params.window_s + 60
-    timeout_s = min(settings.max_syscall_timeout_s, max(120.0, needed))
+    timeout_s = min(settings.syscalls.max_syscall_timeout_s, max(120.0, needed))
     with EmulatorProcess(rpm=params.rpm, tpm=params.tpm_limit, window_s=params.window_s,
                          service_s=params.service_ms / 1000) as emu:
         ks = kernel_settings(settings, emu.url, {"quotas": {"llm": quota}, "quota_window_s": params.window_s,

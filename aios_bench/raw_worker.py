@@ -19,7 +19,7 @@ app.conf.task_queues = [Queue(RAW_QUEUE, Exchange(RAW_QUEUE, type="direct"), rou
 app.conf.task_default_queue = RAW_QUEUE
 app.conf.worker_consumer = "celery.worker.consumer:Consumer"  # plain Celery: no kernel gate
 app.conf.worker_pool = "threads"
-app.conf.worker_concurrency = settings.worker_concurrency or app.conf.worker_concurrency
+app.conf.worker_concurrency = settings.worker.concurrency or app.conf.worker_concurrency
 
 
 @app.task(name=RAW_TASK)

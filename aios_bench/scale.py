@@ -187,7 +187,7 @@ def run_scale(settings: Settings, params: ScaleParams = ScaleParams(), *, json_p
     service_s = params.service_ms / 1000
     blocks = {n: Block() for n in params.workers}
     total = sum(params.workers) * params.calls_per_worker * params.rounds
-    timeout_s = min(settings.max_syscall_timeout_s, 120.0)
+    timeout_s = min(settings.syscalls.max_syscall_timeout_s, 120.0)
     with EmulatorProcess(service_s=service_s) as emu:
         # No limits, and one thread per worker (AIOS_LLM_BATCH_SIZE sets the LLM worker's threads): processes scale.
         ks = kernel_settings(settings, emu.url, {"quotas": {}, "llm_batch_size": 1})

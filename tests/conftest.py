@@ -70,7 +70,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     def guarded_load_model(self: LlamaCppBackend, settings: Settings) -> None:
         try:
-            path: Path | None = Path(settings.llm_model) if settings.llm_model else default_model_path()
+            path: Path | None = Path(settings.llm.model) if settings.llm.model else default_model_path()
         except ConfigError:  # no model at all: the backend says so itself
             path = None
         if path is not None and path.is_file():  # a missing GGUF is only a ConfigError, fast

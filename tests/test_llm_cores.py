@@ -21,11 +21,11 @@ def test_syscalls_are_routed_to_their_cores_queue() -> None:
     assert llm_queue(s, "fast") == "aios.llm.fast" and llm_queue(s, "big") == "aios.llm.big"
     assert llm_queue(s, None) == "aios.llm" and llm_queue(s, "SmolLM2.gguf") == "aios.llm"
     assert all_queues(s)[-2:] == ["aios.llm.big", "aios.llm.fast"]
-    worker = for_llm_core(s.model_copy(update={"llm_core": "fast"}))
-    assert (worker.llm_backend, worker.llm_model, worker.llm_base_url) == ("openai", "emulated", "http://127.0.0.1:9/v1")
+    worker = for_llm_core(s.updated(**{"llm_core": "fast"}))
+    assert (worker.llm.backend, worker.llm.model, worker.llm.base_url) == ("openai", "emulated", "http://127.0.0.1:9/v1")
     assert worker_queue(worker, "llm") == "aios.llm.fast" and worker_queue(s, "llm") == "aios.llm"
-    big = for_llm_core(s.model_copy(update={"llm_core": "big", "llm_model": "/m/default.gguf"}))
-    assert (big.llm_backend, big.llm_model, big.llm_n_gpu_layers) == ("llamacpp", None, -1)
+    big = for_llm_core(s.updated(**{"llm_core": "big", "llm_model": "/m/default.gguf"}))
+    assert (big.llm.backend, big.llm.model, big.llm.n_gpu_layers) == ("llamacpp", None, -1)
 
 
 def test_bad_core_settings_say_what_is_wrong() -> None:

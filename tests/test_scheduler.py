@@ -56,7 +56,7 @@ def test_policies_come_from_the_settings_per_resource() -> None:
 def test_quota_scopes_are_checked() -> None:
     s = Settings(quotas={"llm": {"rpm": 60, "tpm": 1000}, "agent:*": {"token_budget": 5}, "group:ops": {"rpm": 1},
                          "tool:python": {"concurrency": 2}, "agent:bob": {"rpm": 3}})
-    assert s.quotas["llm"].tpm == 1000 and s.quotas["tool:python"].concurrency == 2
+    assert s.quota.scopes["llm"].tpm == 1000 and s.quota.scopes["tool:python"].concurrency == 2
     with pytest.raises(ConfigError, match="unknown scopes"):
         Settings(quotas={"model:x": {"rpm": 1}})
     with pytest.raises(ValueError):

@@ -23,6 +23,7 @@ from aios.services.tools.plugins import (
     register_mcp_server,
 )
 from aios.services.tools.service import ToolRegistry, builtin_registry
+from aios.settings import Settings
 from tests.conftest import base_settings
 
 PLUGIN = '''
@@ -85,7 +86,7 @@ def plugin_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[s
 
 def test_modules_named_in_the_settings_register_tools(plugin_module: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIOS_TOOL_MODULES", f"{plugin_module}, {plugin_module}:TOOL")
-    reg = load_plugins(builtin_registry())
+    reg = load_plugins(builtin_registry(), Settings.from_env().tools)
     assert {"greet", "shout", "calculator", "python"} <= set(reg.names())
     assert reg.call("greet", {"name": "ada", "times": 2}) == {"greeting": "hello ada hello ada"}
     assert reg.call("shout", {"text": "hi"}) == "HI"
@@ -118,28 +119,27 @@ def test_a_plugin_that_cannot_load_is_a_config_error(modules: str, message: str,
     monkeypatch.setattr(__import__(plugin_module), "PLUGIN_CONST", 3, raising=False)
     monkeypatch.setenv("AIOS_TOOL_MODULES", modules.format(mod=plugin_module))
     with pytest.raises(ConfigError, match=message):
-        load_plugins(ToolRegistry())
+        load_plugins(ToolRegistry(), Settings.from_env().tools)
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIOS_MCP_SERVERS", json.dumps({"files": {"command": "srv", "args": ["-v"]}}))
     monkeypatch.setenv("AIOS_HTTP_ALLOW", " a.org ,b.org:8080,")
-    s = ToolSettings()
+    s = Settings.from_env().tools
     assert s.mcp_servers == {"files": McpServerConfig(command="srv", args=["-v"])}
     assert s.http_allow_list() == ["a.org", "b.org:8080"]
     monkeypatch.setenv("AIOS_MCP_SERVERS", json.dumps({"files": {"cmd": "srv"}}))
     with pytest.raises(ConfigError, match="AIOS_MCP_SERVERS"):
-        load_plugins(ToolRegistry())
+        load_plugins(ToolRegistry(), Settings.from_env().tools)
 
 
 def test_the_tool_worker_loads_plugins(plugin_module: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AIOS_BROKER_URL", "redis://127.0.0.1:1/0")  # importing the worker app connects nowhere
-    monkeypatch.setenv("AIOS_TOOL_MODULES", plugin_module)
     fresh = "workers.tool" not in sys.modules
     from workers.tool import make_service
 
     try:
-        service = make_service(base_settings(tmp_path))
+        service = make_service(base_settings(tmp_path, tool_modules=plugin_module))  # AIOS_TOOL_MODULES
     finally:
         if fresh:
             sys.modules.pop("workers.tool")
@@ -239,12 +239,12 @@ def test_all_tool_calls_of_a_request_run_in_parallel_through_the_kernel(tmp_path
     server = tmp_path / "server.py"
     server.write_text(textwrap.dedent(MCP_SERVER))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.setenv("AIOS_TOOL_MODULES", name)
-    monkeypatch.setenv("AIOS_MCP_SERVERS", json.dumps({"demo": {"command": sys.executable, "args": [str(server)]}}))
+    plugins = {"tool_modules": name,  # AIOS_TOOL_MODULES and AIOS_MCP_SERVERS, as the worker's settings
+               "mcp_servers": {"demo": {"command": sys.executable, "args": [str(server)]}}}
     together, alone = tmp_path / "together", tmp_path / "alone"
     together.mkdir()
     alone.mkdir()
-    with LocalKernel(base_settings(tmp_path / "kernel", worker_concurrency=4), resources=["tool"]) as lk:
+    with LocalKernel(base_settings(tmp_path / "kernel", worker_concurrency=4, **plugins), resources=["tool"]) as lk:
         with authorized(lk.settings, "caller") as k:
             # What an LLM's tool_calls look like; every call is a syscall of its own, all in flight at once.
             calls = [{"name": "meet", "arguments": {"folder": str(together), "parties": 3, "me": m}} for m in "abc"]

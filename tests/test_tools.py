@@ -19,6 +19,7 @@ from aios.wire.errors import (
     ToolError,
     UnknownTool,
 )
+from aios.settings import Settings
 from aios.wire.syscalls import ToolSyscall
 from aios.services.tools.service import (
     Tool,
@@ -29,6 +30,11 @@ from aios.services.tools.service import (
     calculate,
 )
 from tests.conftest import base_settings
+
+
+def env_ctx() -> ToolContext:
+    """A tool context whose settings come from the environment now (the tests set AIOS_HTTP_ALLOW as they go)."""
+    return ToolContext(agent_id="tester", syscall_id="t1", settings=Settings.from_env())
 
 
 @pytest.mark.parametrize(("expr", "value"), [("17 * 23", 391), ("2^10", 1024), ("(1 + 2) / 4", 0.75),
@@ -254,15 +260,15 @@ def http_port() -> Iterator[int]:
 def test_http_fetch_gets_allowed_hosts(http_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIOS_HTTP_ALLOW", "example.org, 127.0.0.1")
     reg = builtin_registry()
-    got = reg.call("http_fetch", {"url": f"http://127.0.0.1:{http_port}/hello"})
+    got = reg.call("http_fetch", {"url": f"http://127.0.0.1:{http_port}/hello"}, ctx=env_ctx())
     assert got == {"url": f"http://127.0.0.1:{http_port}/hello", "status": 200, "content_type": "text/plain",
                    "text": "héllo", "truncated": False}
-    assert reg.call("http_fetch", {"url": f"http://127.0.0.1:{http_port}/redirect-in"})["text"] == "héllo"
-    assert reg.call("http_fetch", {"url": f"http://127.0.0.1:{http_port}/missing"})["status"] == 404
-    big = reg.call("http_fetch", {"url": f"http://127.0.0.1:{http_port}/big"})
+    assert reg.call("http_fetch", {"url": f"http://127.0.0.1:{http_port}/redirect-in"}, ctx=env_ctx())["text"] == "héllo"
+    assert reg.call("http_fetch", {"url": f"http://127.0.0.1:{http_port}/missing"}, ctx=env_ctx())["status"] == 404
+    big = reg.call("http_fetch", {"url": f"http://127.0.0.1:{http_port}/big"}, ctx=env_ctx())
     assert big["truncated"] and len(big["text"]) == 1_000_000
     monkeypatch.setenv("AIOS_HTTP_ALLOW", f"127.0.0.1:{http_port}")
-    assert reg.call("http_fetch", {"url": f"http://127.0.0.1:{http_port}/hello"})["status"] == 200
+    assert reg.call("http_fetch", {"url": f"http://127.0.0.1:{http_port}/hello"}, ctx=env_ctx())["status"] == 200
 
 
 @pytest.mark.parametrize(("allow", "path_or_url", "message"), [
@@ -278,4 +284,4 @@ def test_http_fetch_refuses_hosts_not_allowed(allow: str, path_or_url: str, mess
     monkeypatch.setenv("AIOS_HTTP_ALLOW", allow)
     url = path_or_url.format(port=http_port) if "//" in path_or_url else f"http://127.0.0.1:{http_port}{path_or_url}"
     with pytest.raises(ToolError, match=message):
-        builtin_registry().call("http_fetch", {"url": url})
+        builtin_registry().call("http_fetch", {"url": url}, ctx=env_ctx())

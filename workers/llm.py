@@ -16,7 +16,7 @@ from aios.services.llm.service import LLMService
 from aios.settings import for_llm_core, get_settings
 
 settings = for_llm_core(get_settings())
-app = create_worker_app("llm", LLMService, settings=settings, concurrency=settings.llm_batch_size)
+app = create_worker_app("llm", LLMService, settings=settings, concurrency=settings.llm.batch_size)
 
 
 @worker_ready.connect

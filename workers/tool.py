@@ -12,7 +12,7 @@ from aios.services.tools.service import ToolService, builtin_registry
 
 
 def make_service(settings: Settings) -> ToolService:
-    return ToolService(load_plugins(builtin_registry()), settings)
+    return ToolService(load_plugins(builtin_registry(), settings.tools), settings)
 
 
 app = create_worker_app("tool", make_service)

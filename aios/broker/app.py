@@ -28,10 +28,10 @@ def make_app(settings: Settings, name: str = "aios") -> Celery:
             "priority_steps": PRIORITY_STEPS,
             "sep": ":",
             "queue_order_strategy": "priority",
-            "visibility_timeout": settings.visibility_timeout_s,
+            "visibility_timeout": settings.broker.visibility_timeout_s,
             # Sweep for messages of dead workers often enough that redelivery follows the visibility timeout
             # closely (kombu's defaults sweep only every ~100 s).
-            "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 4)),
+            "unacked_restore_interval": max(1, min(10, settings.broker.visibility_timeout_s // 4)),
             "unacked_restore_throttle": 1,
         }
     app.conf.update(
@@ -44,14 +44,14 @@ def make_app(settings: Settings, name: str = "aios") -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         broker_transport_options=transport_options,
-        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        result_backend_transport_options={"visibility_timeout": settings.broker.visibility_timeout_s},
         task_queues=kernel_queues(settings),
         task_default_queue=QUEUES["tool"],
         task_queue_max_priority=MAX_PRIORITY,
         # Explicit default, in the broker's own numbering: never the silent "unset = highest" of Redis.
         task_default_priority=to_broker(DEFAULT_PRIORITY, broker),
         task_routes={f"aios.{res}": {"queue": q} for res, q in QUEUES.items()},
-        result_expires=settings.result_ttl_s,
+        result_expires=settings.broker.result_ttl_s,
         broker_connection_retry_on_startup=True,
         worker_consumer="aios.worker.gate:KernelConsumer",
         worker_hijack_root_logger=False,

@@ -83,7 +83,7 @@ def run(agent: str, task: str, agent_id: str | None, timeout_s: float | None, ve
                 local.start()
                 settings = local.settings
                 _say(f"kernel ready in {time.monotonic() - t0:.1f}s")
-            if settings.auth == "required":
+            if settings.security.auth == "required":
                 from aios.policy.identity import Credentials
 
                 Credentials(settings).ensure(agent_id)  # who runs `aios run` may act as the agent it starts
@@ -154,7 +154,7 @@ def up(flower_port: int | None, metrics_port: int | None, loglevel: str) -> None
             if metrics_port is not None:
                 from aios.ops.metrics import serve
 
-                _server, url = serve(local.settings.model_copy(update={"redis_url": local.settings.state_redis_url()}),
+                _server, url = serve(local.settings.updated(**{"redis_url": local.settings.state_redis_url()}),
                                      port=metrics_port)
                 _say(f"Prometheus metrics on {url}")
             _say(f"kernel up: broker {local.broker_url}; logs in {local.log_dir}")

@@ -27,7 +27,7 @@ import redis
 
 from aios.state.connections import state_client
 from aios.wire.errors import ConfigError, KernelUnavailable
-from aios.settings import QUEUES, Settings, kernel_file, llm_queue
+from aios.settings import FLAT, QUEUES, Settings, kernel_file, llm_queue
 
 log = logging.getLogger("aios.embedded")
 RESOURCES = tuple(QUEUES)
@@ -73,8 +73,7 @@ class LocalKernel:
         self.embedded = settings.broker_url is None
         """No broker configured: run a private Redis. Otherwise the workers use the configured broker."""
         if self.embedded:
-            settings = settings.model_copy(
-                update={"broker_url": f"redis+socket://{self.socket}", "redis_url": f"unix://{self.socket}"}
+            settings = settings.updated(**{"broker_url": f"redis+socket://{self.socket}", "redis_url": f"unix://{self.socket}"}
             )
         self.settings = settings
         self.broker_url: str = settings.require_broker()
@@ -98,7 +97,7 @@ class LocalKernel:
             for name in self.resources:
                 self._start_worker(name)
             if "llm" in self.resources:  # one more LLM worker per extra core of AIOS_LLM_MODELS
-                for core in sorted(self.settings.llm_models):
+                for core in sorted(self.settings.llm.models):
                     names.append(f"llm-{core}")
                     self._start_worker(f"llm-{core}", "llm", core=core)
             self._wait_ready(names)
@@ -108,9 +107,9 @@ class LocalKernel:
 
     def env(self) -> dict[str, str]:
         """The environment a process needs to use this kernel."""
-        # The kernel's own settings come from self.settings alone (a field left unset here must not come back
-        # from the environment); other AIOS_* variables (the tool worker's plugins and allow-list) pass through.
-        own = {f"AIOS_{name.upper()}" for name in type(self.settings).model_fields}
+        # The kernel's settings come from self.settings alone (a field left unset here must not come back from the
+        # environment); other variables pass through.
+        own = {f"AIOS_{name.upper()}" for name in FLAT} | {"AIOS_DATA_DIR"}
         env = {k: v for k, v in os.environ.items() if k not in own}
         env.update(self.settings.to_env())
         env["AIOS_REDIS_URL"] = self.settings.state_redis_url()

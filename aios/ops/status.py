@@ -107,18 +107,18 @@ def scheduling(settings: Settings) -> dict[str, Any]:
         quotas: list[dict[str, Any]] = []
         for scope in sorted(x.decode() for x in r.smembers(keys.QUOTA_SCOPES)):
             pipe = r.pipeline(transaction=False)
-            pipe.zcount(keys.quota(scope, "req"), now - settings.quota_window_s, "+inf")
+            pipe.zcount(keys.quota(scope, "req"), now - settings.quota.window_s, "+inf")
             pipe.hget(keys.quota(scope, "tok"), "_sum")
             pipe.zcount(keys.quota(scope, "lease"), now, now + LEASE_TTL_S + 1)
             requests, tokens, leases = pipe.execute()
-            spec = settings.quotas.get(scope) or (settings.quotas.get("agent:*") if scope.startswith("agent:") else None)
+            spec = settings.quota.scopes.get(scope) or (settings.quota.scopes.get("agent:*") if scope.startswith("agent:") else None)
             quotas.append({"scope": scope, "requests": int(requests), "tokens": int(tokens or 0),
                            "running": int(leases), "limits": spec.model_dump(exclude_none=True) if spec else {}})
         used = {k.decode(): int(v) for k, v in r.hgetall(keys.TOKENS_USED).items()}
     finally:
         r.close()
     return {"agents": agents, "scheduling": resources, "quotas": quotas, "tokens_used": used,
-            "quota_window_s": settings.quota_window_s}
+            "quota_window_s": settings.quota.window_s}
 
 
 def deadletters(settings: Settings, limit: int = 20) -> list[dict[str, Any]]:

@@ -20,8 +20,8 @@ import redis
 from aios.state import keys, scripts
 from aios.state.connections import state_client
 from aios.state.replies import Replies
-from aios.wire.errors import AIOSError, ApprovalDenied, NotFound, UnknownTool
-from aios.settings import KIND_TO_RESOURCE, QUEUES, Settings, llm_queue
+from aios.wire.errors import AIOSError, ApprovalDenied, NotFound
+from aios.settings import Settings
 from aios.wire.syscalls import ErrorInfo, MemorySyscall, Response, Status, StorageSyscall, Syscall, Timing, ToolSyscall
 
 PENDING, APPROVED, DENIED, EXPIRED = "pending", "approved", "denied", "expired"
@@ -71,7 +71,7 @@ class Approvals:
         pipe = self.redis.pipeline(transaction=True)
         pipe.hsetnx(keys.approval(syscall.id), "status", PENDING)
         pipe.hset(keys.approval(syscall.id), mapping={k: v for k, v in record.items() if k != "status"})
-        pipe.expire(keys.approval(syscall.id), self.settings.result_ttl_s)
+        pipe.expire(keys.approval(syscall.id), self.settings.broker.result_ttl_s)
         pipe.zadd(keys.APPROVALS_PENDING, {syscall.id: syscall.created_at})
         pipe.execute()
 
@@ -113,7 +113,7 @@ class Approvals:
         from aios.policy.placement import Placement
         from aios.wire.syscalls import decode_syscall
 
-        syscall = decode_syscall(payload, max_bytes=self.settings.max_payload_bytes)
+        syscall = decode_syscall(payload, max_bytes=self.settings.syscalls.max_payload_bytes)
         app = make_app(self.settings, name="aios-approvals")
         try:
             publish_syscall(app, payload, syscall_id=syscall_id, kind=syscall.kind, agent_id=syscall.agent_id,
@@ -142,7 +142,7 @@ def answer_denied(client: redis.Redis, settings: Settings, syscall_id: str, why:
     response = Response(id=syscall_id, status=Status.ERROR,
                         error=ErrorInfo(code=ApprovalDenied.code, message=f"not approved: {why}"),
                         timing=Timing(created_at=created, started_at=now, finished_at=now), worker="approvals")
-    Replies(client, settings.result_ttl_s).write_reply(response, kind=None, once=True)
+    Replies(client, settings.broker.result_ttl_s).write_reply(response, kind=None, once=True)
 
 
 def _summary(syscall: Syscall) -> str:

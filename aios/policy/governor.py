@@ -101,7 +101,7 @@ class Governor:
     # -- which limits apply ---------------------------------------------------------------------------
 
     def scopes(self, syscall: Syscall, service: Any = None) -> list[Scope]:
-        quotas = self.settings.quotas
+        quotas = self.settings.quota.scopes
         out: list[Scope] = []
         if isinstance(syscall, LLMSyscall) and "llm" in quotas:
             out.append(Scope("llm", quotas["llm"], "llm"))
@@ -136,7 +136,7 @@ class Governor:
         tokens = estimate_tokens(syscall) if isinstance(syscall, LLMSyscall) else 0
         adm = Admission(syscall.id, syscall.agent_id, scopes, tokens)
         keys_: list[str] = []
-        argv: list[Any] = [0, self.settings.quota_window_s, syscall.id, tokens, LEASE_TTL_S, len(scopes),
+        argv: list[Any] = [0, self.settings.quota.window_s, syscall.id, tokens, LEASE_TTL_S, len(scopes),
                            syscall.agent_id]
         for s in scopes:
             keys_ += [keys.quota(s.name, "req"), keys.quota(s.name, "tok"), keys.quota(s.name, "lease")]
@@ -153,7 +153,7 @@ class Governor:
             scope = scopes[int(got[0]) - 1]
             limit = got[1].decode() if isinstance(got[1], bytes) else str(got[1])
             retry = float(got[2])
-            if retry < 0 or self.settings.quota_mode == "fail" or now + max(retry, pause) > syscall.deadline:
+            if retry < 0 or self.settings.quota.mode == "fail" or now + max(retry, pause) > syscall.deadline:
                 raise QuotaExceeded(self._explain(scope, limit, syscall, tokens, retry, now - start))
             # The script names when the window frees room; concurrency has no such time: poll, backing off.
             delay = retry if retry > 0 else pause
@@ -171,8 +171,8 @@ class Governor:
         spec = scope.spec
         value = {"rpm": spec.rpm, "tpm": spec.tpm, "concurrency": spec.concurrency,
                  "token_budget": spec.token_budget}[limit]
-        what = {"rpm": f"{value} requests per {self.settings.quota_window_s:g} s",
-                "tpm": f"{value} tokens per {self.settings.quota_window_s:g} s",
+        what = {"rpm": f"{value} requests per {self.settings.quota.window_s:g} s",
+                "tpm": f"{value} tokens per {self.settings.quota.window_s:g} s",
                 "concurrency": f"{value} at once", "token_budget": f"a budget of {value} tokens"}[limit]
         where = f"quota {scope.name!r}" + (f" (from {scope.configured_as!r})" if scope.configured_as != scope.name
                                              else "")
@@ -182,7 +182,7 @@ class Governor:
         if limit == "tpm" and retry < 0:
             return (f"{where}: this syscall needs up to {tokens} tokens, more than the limit of {what}; lower "
                     "max_tokens or the prompt, or raise the limit in AIOS_QUOTAS")
-        if self.settings.quota_mode == "fail":
+        if self.settings.quota.mode == "fail":
             return f"{where}: limit of {what} reached (AIOS_QUOTA_MODE=fail); retry in {max(retry, 0.1):.1f} s"
         return (f"{where}: limit of {what} still reached after waiting {waited:.1f} s, at the syscall's deadline; "
                 "raise timeout_s or the limit in AIOS_QUOTAS")
@@ -206,7 +206,7 @@ class Governor:
             keys_ += [keys.quota(s.name, "req"), keys.quota(s.name, "tok"), keys.quota(s.name, "lease")]
         keys_.append(keys.TOKENS_USED)
         self._release(keys=keys_, args=[adm.syscall_id, actual, adm.agent_id, "1" if adm.tokens else "0",
-                                        len(adm.scopes), time.time(), self.settings.quota_window_s])
+                                        len(adm.scopes), time.time(), self.settings.quota.window_s])
 
     # -- leases -----------------------------------------------------------------------------------------
 

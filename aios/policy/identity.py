@@ -158,9 +158,8 @@ def credential_file(settings: Settings, agent_id: str) -> Path:
 
 def load_secret(settings: Settings, agent_id: str) -> str | None:
     """The agent's secret: ``AIOS_AGENT_SECRET``, else its credential file, else ``None``."""
-    env = os.environ.get("AIOS_AGENT_SECRET")
-    if env:
-        return env.strip()
+    if settings.security.agent_secret:
+        return settings.security.agent_secret.strip()
     try:
         return credential_file(settings, agent_id).read_text().strip()
     except OSError:

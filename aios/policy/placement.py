@@ -40,7 +40,7 @@ class Placement:
         if policy.needs_attained:
             if self._fair is None:
                 self._fair = FairState(self._state())
-            excess = self._fair.excess(resource, syscall.agent_id, time.time(), self.settings.fair_window_s)
+            excess = self._fair.excess(resource, syscall.agent_id, time.time(), self.settings.scheduling.fair_window_s)
         return policy.priority(syscall.priority, excess)
 
     def route(self, syscall: Syscall) -> Route:

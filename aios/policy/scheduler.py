@@ -99,7 +99,7 @@ DEFAULT_RR_QUANTUM_TOKENS = 32
 def llm_quantum(settings: Settings) -> int:
     """Tokens an LLM generation runs before it yields to waiting syscalls (0: never): the ``rr`` policy's
     quantum, or ``AIOS_LLM_QUANTUM_TOKENS`` under any other policy."""
-    return make_policy(settings, "llm").quantum_tokens or settings.llm_quantum_tokens
+    return make_policy(settings, "llm").quantum_tokens or settings.llm.quantum_tokens
 
 
 def make_policy(settings: Settings, resource: str) -> Policy:
@@ -107,10 +107,10 @@ def make_policy(settings: Settings, resource: str) -> Policy:
     if name == "fifo":
         return Fifo()
     if name == "rr":
-        return RoundRobin(settings.llm_quantum_tokens or DEFAULT_RR_QUANTUM_TOKENS)
+        return RoundRobin(settings.llm.quantum_tokens or DEFAULT_RR_QUANTUM_TOKENS)
     if name == "priority":
-        return StrictPriority(settings.aging_s)
-    return FairShare(settings.fair_quantum_s)
+        return StrictPriority(settings.scheduling.aging_s)
+    return FairShare(settings.scheduling.fair_quantum_s)
 
 
 def jain_index(values: list[float]) -> float:

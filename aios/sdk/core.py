@@ -80,11 +80,11 @@ class _Core:
         self.settings = resolve_settings(settings)
         self.agent_id = agent_id
         self.priority = check(priority)
-        self.timeout_s = timeout_s or self.settings.default_timeout_s
+        self.timeout_s = timeout_s or self.settings.syscalls.default_timeout_s
         ToolSyscall(agent_id=agent_id, tool="noop")  # raises a clear ValidationError for a bad agent id
         self._broker_url = self.settings.require_broker()
         self._secret = credential or load_secret(self.settings, agent_id)
-        if self._secret is None and self.settings.auth == "required":
+        if self._secret is None and self.settings.security.auth == "required":
             raise ConfigError(
                 f"no credential for agent {agent_id!r}: run `aios agent create {agent_id}` (it writes "
                 f"{credential_file(self.settings, agent_id)}), or pass credential= / set AIOS_AGENT_SECRET"
@@ -161,9 +161,9 @@ class _Core:
         if self._secret is not None:
             payload[SIG_FIELD] = sign(payload, self._secret)
         size = len(json.dumps(payload, separators=(",", ":")))
-        if size > self.settings.max_payload_bytes:
+        if size > self.settings.syscalls.max_payload_bytes:
             raise PayloadTooLarge(
-                f"syscall is {size} bytes; the limit is {self.settings.max_payload_bytes} (AIOS_MAX_PAYLOAD_BYTES): "
+                f"syscall is {size} bytes; the limit is {self.settings.syscalls.max_payload_bytes} (AIOS_MAX_PAYLOAD_BYTES): "
                 "store large data with write_file and pass its path"
             )
         try:
@@ -185,7 +185,7 @@ class _Core:
 
     def _admit(self, syscall: Syscall, resource: str, queue: str) -> None:
         """Admission control: past AIOS_MAX_QUEUE_DEPTH waiting syscalls, wait for room or raise KernelBusy."""
-        limit = self.settings.max_queue_depth
+        limit = self.settings.scheduling.max_queue_depth
         if limit is None:
             return
         pause = 0.02
@@ -197,7 +197,7 @@ class _Core:
                 self._depth_seen[queue] = (now, depth)
             if depth < limit:
                 return
-            if self.settings.admission == "fail" or now + pause > syscall.deadline:
+            if self.settings.scheduling.admission == "fail" or now + pause > syscall.deadline:
                 raise KernelBusy(
                     f"kernel busy: {depth} syscalls wait on queue {queue}, the limit is {limit} "
                     f"(AIOS_MAX_QUEUE_DEPTH); retry later, add {resource} workers, or raise the limit")

@@ -24,7 +24,7 @@ class AgerStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery ships n
     def start(self, worker: Any) -> None:
         runtime: Runtime = worker.app.aios_runtime
         if runtime.broker_redis is not None and should_age(runtime.settings, runtime.resource):
-            self.ager = Ager(runtime.broker_redis, runtime.queue, runtime.settings.aging_s).start()
+            self.ager = Ager(runtime.broker_redis, runtime.queue, runtime.settings.scheduling.aging_s).start()
 
     def stop(self, worker: Any) -> None:
         if self.ager is not None:
@@ -44,7 +44,7 @@ def create_worker_app(resource: str, service_factory: Callable[[Settings], Servi
     # Threads, not prefork: services hold models and connections worth sharing, and the main thread stays free
     # to answer pings and control commands while a syscall runs.
     app.conf.worker_pool = "threads"
-    app.conf.worker_concurrency = concurrency or settings.worker_concurrency or app.conf.worker_concurrency
+    app.conf.worker_concurrency = concurrency or settings.worker.concurrency or app.conf.worker_concurrency
     app.conf.worker_consumer = "aios.worker.gate:KernelConsumer"
     app.steps["worker"].add(AgerStep)
 

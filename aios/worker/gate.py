@@ -48,7 +48,7 @@ def check_envelope(message: Any, runtime: "Runtime") -> tuple[str, str] | None:
             "(pickle and other serializers are never accepted); publish through the aios SDK"
         )
     size = len(message.body or b"")
-    limit = runtime.settings.max_payload_bytes
+    limit = runtime.settings.syscalls.max_payload_bytes
     if size > limit + ENVELOPE_SLACK_BYTES:
         return PayloadTooLarge.code, f"message is {size} bytes; the syscall limit is {limit} (AIOS_MAX_PAYLOAD_BYTES)"
     headers = message.headers

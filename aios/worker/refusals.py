@@ -38,11 +38,11 @@ class Refusals:
             raw = raw.decode("utf-8", errors="backslashreplace")
         entry = {
             "at": now, "code": code, "error": message, "syscall_id": syscall_id, "worker_resource": self.rt.resource,
-            "size": len(raw), "body": raw[: settings.max_payload_bytes + ENVELOPE_SLACK_BYTES], **(meta or {}),
+            "size": len(raw), "body": raw[: settings.syscalls.max_payload_bytes + ENVELOPE_SLACK_BYTES], **(meta or {}),
         }
         pipe = self.rt.redis.pipeline(transaction=True)
         pipe.lpush(keys.DEADLETTER, json.dumps(entry))
-        pipe.ltrim(keys.DEADLETTER, 0, settings.deadletter_max - 1)
+        pipe.ltrim(keys.DEADLETTER, 0, settings.broker.deadletter_max - 1)
         pipe.hincrby(keys.STATS_REJECTED, code, 1)
         pipe.execute()
         if syscall_id:

@@ -41,7 +41,7 @@ class Requeue:
     def suspend(self, syscall: Syscall, payload: dict[str, Any], snapshot: Snapshot) -> None:
         """Store a preempted generation's snapshot and requeue its message; whichever worker takes it resumes.
         The delivery being run is acknowledged when this returns: the copy on the queue carries the syscall on."""
-        ContextStore(self.redis, self.settings.result_ttl_s).save(syscall.id, snapshot)
+        ContextStore(self.redis, self.settings.broker.result_ttl_s).save(syscall.id, snapshot)
         self._publish(syscall, payload, "resumed")
         self.redis.hincrby(keys.STATS_DONE, f"{syscall.kind}:preempted", 1)
 
@@ -51,15 +51,15 @@ class Requeue:
         key = keys.attempts(syscall.id)
         pipe = self.redis.pipeline(transaction=True)
         pipe.incr(key)
-        pipe.expire(key, self.settings.result_ttl_s)
+        pipe.expire(key, self.settings.broker.result_ttl_s)
         attempt = int(pipe.execute()[0])
-        delay = min(self.settings.retry_backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
-        if attempt > self.settings.retry_max or time.time() + delay >= syscall.deadline or self.rt.app is None:
+        delay = min(self.settings.worker.retry_backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
+        if attempt > self.settings.worker.retry_max or time.time() + delay >= syscall.deadline or self.rt.app is None:
             if attempt > 1:
                 exc.args = (f"{exc.message} (after {attempt} attempts)",)
             return False
         log.warning("syscall %s: transient failure, attempt %d of %d again in %.1fs: %s", syscall.id, attempt + 1,
-                    self.settings.retry_max + 1, delay, exc.message)
+                    self.settings.worker.retry_max + 1, delay, exc.message)
         self._publish(syscall, payload, f"retry {attempt}", countdown=delay)
         self.redis.hincrby(keys.STATS_DONE, f"{syscall.kind}:retried", 1)
         return True

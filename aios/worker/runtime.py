@@ -52,7 +52,7 @@ class Runtime:
             broker_client(settings) if is_redis_url(settings.require_broker()) else None)
         self.governor = Governor(settings, self.redis, resource)
         self.placement = Placement(settings, lambda: self.redis)
-        self.replies = Replies(self.redis, settings.result_ttl_s)
+        self.replies = Replies(self.redis, settings.broker.result_ttl_s)
         self.refusals = Refusals(self)
         self.requeue = Requeue(self)
         self.app: Celery | None = None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import threading
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -72,28 +71,28 @@ class LlamaCppBackend:
         except ImportError:
             raise ConfigError("llama-cpp-python is not installed: `pip install llama-cpp-python`, "
                               "or set AIOS_LLM_BACKEND=openai") from None
-        path = Path(settings.llm_model) if settings.llm_model else default_model_path()
+        path = Path(settings.llm.model) if settings.llm.model else default_model_path()
         if not path.is_file():
             raise ConfigError(f"GGUF model {str(path)!r} not found; set AIOS_LLM_MODEL to a GGUF file path")
         self.model_name = path.name
-        self.core = settings.llm_core
+        self.core = settings.llm.core
         """The AIOS_LLM_MODELS core this backend serves (a syscall may name it), or None for the default core."""
-        self.n_ctx = settings.llm_n_ctx
+        self.n_ctx = settings.llm.n_ctx
         self.quantum = llm_quantum(settings)
         self.others_waiting: Callable[[], bool] | None = None
         """Set by the worker: whether LLM syscalls wait in the broker (a reason to end a time slice)."""
         try:
             # Weights, vocabulary and template only: generation runs in the engine's own batched context.
-            self._llama = load_llama(path, repack=settings.llm_cpu_repack, n_ctx=256, n_batch=256,
-                                     n_threads=settings.llm_n_threads, n_gpu_layers=settings.llm_n_gpu_layers,
+            self._llama = load_llama(path, repack=settings.llm.cpu_repack, n_ctx=256, n_batch=256,
+                                     n_threads=settings.llm.n_threads, n_gpu_layers=settings.llm.n_gpu_layers,
                                      seed=SEED, verbose=False)
         except ValueError as exc:
             raise ConfigError(f"llama.cpp could not load {str(path)!r} ({exc}); check AIOS_LLM_MODEL") from None
         self._formatter = chat_formatter(self._llama)
         self._grammars: dict[str, Any] = {}
-        self.engine = BatchEngine(self._llama, n_ctx=settings.llm_n_ctx, n_seq=settings.llm_batch_size,
-                                  n_threads=settings.llm_n_threads, prefix_cache=settings.llm_prefix_cache)
-        self.engine.keep_state = settings.llm_snapshot_kv
+        self.engine = BatchEngine(self._llama, n_ctx=settings.llm.n_ctx, n_seq=settings.llm.batch_size,
+                                  n_threads=settings.llm.n_threads, prefix_cache=settings.llm.prefix_cache)
+        self.engine.keep_state = settings.llm.snapshot_kv
 
     def _should_yield(self) -> bool:
         return self.engine.waiting() > 0 or (self.others_waiting is not None and self.others_waiting())
@@ -163,19 +162,20 @@ class OpenAIBackend:
 
         self._openai = openai
         self.settings = settings
-        # AIOS_LLM_API_KEY, else the usual OPENAI_API_KEY, else a placeholder for local servers that need none.
-        api_key = settings.llm_api_key or os.environ.get("OPENAI_API_KEY") or "not-needed"
-        self.client = openai.OpenAI(base_url=settings.llm_base_url, api_key=api_key,
-                                    timeout=settings.llm_request_timeout_s, max_retries=settings.llm_client_retries)
+        # AIOS_LLM_API_KEY (which falls back to OPENAI_API_KEY: aios.settings), else a placeholder for local
+        # servers that need none.
+        api_key = settings.llm.api_key or "not-needed"
+        self.client = openai.OpenAI(base_url=settings.llm.base_url, api_key=api_key,
+                                    timeout=settings.llm.request_timeout_s, max_retries=settings.llm.client_retries)
         self.base_url = str(self.client.base_url)
         self.quantum = llm_quantum(settings)
         self.others_waiting: Callable[[], bool] | None = None
-        self._formatter = template_formatter(settings.llm_chat_template) if settings.llm_chat_template else None
+        self._formatter = template_formatter(settings.llm.chat_template) if settings.llm.chat_template else None
 
     def _model(self, syscall: LLMSyscall) -> str:
         # A syscall naming this worker's core (AIOS_LLM_MODELS) means the core's model on the server.
-        named = syscall.model if syscall.model != self.settings.llm_core else None
-        model = named or self.settings.llm_model
+        named = syscall.model if syscall.model != self.settings.llm.core else None
+        model = named or self.settings.llm.model
         if not model:
             raise ConfigError("the openai LLM backend needs a model name: set AIOS_LLM_MODEL or the syscall's model")
         return model
@@ -190,7 +190,7 @@ class OpenAIBackend:
     def _explain(self, exc: Exception, model: str) -> BackendError:
         o, url = self._openai, self.base_url
         if isinstance(exc, o.APITimeoutError):
-            return BackendError(f"the LLM server at {url} did not answer within {self.settings.llm_request_timeout_s}s;"
+            return BackendError(f"the LLM server at {url} did not answer within {self.settings.llm.request_timeout_s}s;"
                                 " check its load or raise AIOS_LLM_REQUEST_TIMEOUT_S")
         if isinstance(exc, o.APIConnectionError):
             return BackendError(f"cannot reach the LLM server at {url} ({exc}); check AIOS_LLM_BASE_URL and that "
@@ -214,7 +214,7 @@ class OpenAIBackend:
         try:
             return client.chat.completions.create(model=model, messages=messages,  # type: ignore[arg-type]
                                                   max_tokens=syscall.max_tokens, temperature=syscall.temperature,
-                                                  extra_body=self.settings.llm_extra_body or None, **kwargs)
+                                                  extra_body=self.settings.llm.extra_body or None, **kwargs)
         except self._openai.OpenAIError as exc:
             if not map_errors:
                 raise
@@ -253,7 +253,7 @@ class OpenAIBackend:
             try:
                 resp = self.client.completions.create(
                     model=model, prompt=rendered.prompt + snap.text, max_tokens=min(self.quantum, left),
-                    temperature=0.0, seed=SEED, stop=stop, extra_body=self.settings.llm_extra_body or None)
+                    temperature=0.0, seed=SEED, stop=stop, extra_body=self.settings.llm.extra_body or None)
             except self._openai.OpenAIError as exc:
                 raise self._error(exc, model) from None
             choice = resp.choices[0]
@@ -356,7 +356,7 @@ class LLMService(BaseService):
         if self._backend is None:
             with self._lock:
                 if self._backend is None:
-                    self._backend = BACKENDS[self.settings.llm_backend](self.settings)
+                    self._backend = BACKENDS[self.settings.llm.backend](self.settings)
         return self._backend
 
     def handle(self, syscall: Syscall, snapshot: Snapshot | None = None) -> dict[str, Any]:

@@ -214,14 +214,14 @@ def get_embedder(settings: "object") -> Embedder:
     """The embedder the settings name, loaded once per process."""
     backend = getattr(settings, "embedding_backend", "local")
     if backend == "openai":
-        key = (backend, str(settings.embedding_base_url), str(settings.embedding_model))  # type: ignore[attr-defined]
+        key = (backend, str(settings.storage.embedding_base_url), str(settings.storage.embedding_model))  # type: ignore[attr-defined]
     else:
         key = (backend,)
     with _cache_lock:
         if key not in _cache:
             if backend == "openai":
-                _cache[key] = OpenAIEmbedder(settings.embedding_base_url, settings.embedding_model or "",  # type: ignore
-                                             settings.embedding_dim, settings.embedding_api_key)  # type: ignore
+                _cache[key] = OpenAIEmbedder(settings.storage.embedding_base_url, settings.storage.embedding_model or "",  # type: ignore
+                                             settings.storage.embedding_dim, settings.storage.embedding_api_key)  # type: ignore
             else:
                 _cache[key] = MiniLM()
         return _cache[key]

@@ -75,7 +75,7 @@ class StorageService(BaseService):
         self._vectors: Any = None
         self._embedder: Any = embedder  # None: the one the settings name, loaded on first use
         self._lazy_lock = threading.Lock()
-        self.memory = MemoryManager(self._fast_tier(settings), settings.memory_budget_bytes, settings.memory_lru_k,
+        self.memory = MemoryManager(self._fast_tier(settings), settings.storage.memory_budget_bytes, settings.storage.memory_lru_k,
                                     db=self._db, vectors=self.vectors, embed=self.embed)
 
     @staticmethod
@@ -94,7 +94,7 @@ class StorageService(BaseService):
                     from aios.services.storage.vectors import VectorStore
 
                     self._vectors = VectorStore(self.settings.vector_uri(), self.embedder().dim,
-                                                token=self.settings.milvus_token)
+                                                token=self.settings.storage.milvus_token)
         return self._vectors
 
     def embedder(self) -> Any:
@@ -364,8 +364,8 @@ class StorageService(BaseService):
         return {"path": path, "bytes": len(data), "version": version}
 
     def _chunks(self, content: str) -> list[str]:
-        size = self.settings.file_chunk_chars
-        return [content[i:i + size] for i in range(0, len(content), size)][:self.settings.file_max_chunks]
+        size = self.settings.storage.file_chunk_chars
+        return [content[i:i + size] for i in range(0, len(content), size)][:self.settings.storage.file_max_chunks]
 
     def _forget_file(self, agent: str, path: str, unlink: Any) -> None:
         """Delete a file with its versions, shares and vectors: deleting is the irreversible operation."""
@@ -430,7 +430,7 @@ class StorageService(BaseService):
                     os.close(d)
             except AIOSError:  # gone or unreadable since it was indexed: not a result
                 continue
-            size = self.settings.file_chunk_chars
+            size = self.settings.storage.file_chunk_chars
             results.append({"path": hit["path"], "score": round(hit["score"], 6),
                             "snippet": content[hit["chunk"] * size:(hit["chunk"] + 1) * size]})
         return {"query": query, "results": results}

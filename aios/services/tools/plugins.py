@@ -28,11 +28,11 @@ import threading
 from importlib.metadata import entry_points
 from typing import Any, Callable, Coroutine, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
 from aios.wire.errors import ConfigError, ToolError
 from aios.services.tools.service import Tool, ToolRegistry
+from aios.settings import McpServerConfig, ToolSettings
+
+__all__ = ["McpServerConfig", "ToolSettings", "load_plugins", "register_mcp_server"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -41,50 +41,12 @@ SERVER_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,30}$")  # no '_': '__' sep
 CONNECT_TIMEOUT_S = 30.0
 
 
-class McpServerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    command: str = Field(min_length=1)
-    args: list[str] = Field(default_factory=list)
-    env: dict[str, str] | None = None
-    """Added to a minimal environment (HOME, PATH, ...): the worker's own variables are not passed on."""
-    cwd: str | None = None
-    timeout_s: float = Field(default=30.0, gt=0, le=600)
-    """Time limit of one tool call."""
-
-
-class ToolSettings(BaseSettings):
-    """The tool worker's plugin settings (environment, prefix ``AIOS_``); read where they are used."""
-
-    model_config = SettingsConfigDict(env_prefix="AIOS_", extra="ignore", frozen=True)
-
-    tool_modules: str = ""
-    """``AIOS_TOOL_MODULES``: comma-separated ``pkg.mod`` (calls its ``register(registry)``) or ``pkg.mod:attr``
-    (a ``register`` callable or a ``Tool``)."""
-    mcp_servers: dict[str, McpServerConfig] = Field(default_factory=dict)
-    """``AIOS_MCP_SERVERS``: JSON object, server name -> ``{"command": ..., "args": [...], "env": {...},
-    "timeout_s": 30}`` for stdio MCP servers, e.g. ``{"files": {"command": "npx", "args": ["server"]}}``."""
-    http_allow: str = ""
-    """``AIOS_HTTP_ALLOW``: comma-separated hosts ``http_fetch`` may GET: ``example.org`` (any port) or
-    ``127.0.0.1:8080`` (that port only). Empty (the default): nothing is allowed."""
-
-    def http_allow_list(self) -> list[str]:
-        return [h.strip() for h in self.http_allow.split(",") if h.strip()]
-
-    def tool_module_list(self) -> list[str]:
-        return [m.strip() for m in self.tool_modules.split(",") if m.strip()]
-
-
-def load_plugins(registry: ToolRegistry, settings: ToolSettings | None = None) -> ToolRegistry:
-    """Add entry-point, module and MCP tools to ``registry`` and return it."""
-    try:
-        settings = settings or ToolSettings()
-    except ValidationError as exc:
-        raise ConfigError(f"AIOS_TOOL_MODULES / AIOS_MCP_SERVERS / AIOS_HTTP_ALLOW are invalid: {exc}") from None
+def load_plugins(registry: ToolRegistry, settings: ToolSettings) -> ToolRegistry:
+    """Add entry-point, module (``settings.modules``) and MCP (``settings.mcp_servers``) tools to ``registry``."""
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         where = f"entry point {ep.name!r} ({ep.value})"
         _register(registry, _load(ep.load, where), where)
-    for path in settings.tool_module_list():
+    for path in settings.module_list():
         where = f"AIOS_TOOL_MODULES entry {path!r}"
         _register(registry, _load(functools.partial(_import, path), where), where)
     for name, config in settings.mcp_servers.items():

@@ -298,13 +298,10 @@ def _allowed(url: str, allow: list[str]) -> None:
                     f"AIOS_HTTP_ALLOW ({listed}); the operator must add it")
 
 
-def http_fetch(url: str, timeout_s: float = FETCH_TIMEOUT_S) -> dict[str, Any]:
-    """GET ``url`` if its host is allowed, following redirects only to allowed hosts; the body is capped."""
-    from aios.services.tools.plugins import (
-        ToolSettings,  # read per call: tool_plugins imports this module
-    )
-
-    allow = ToolSettings().http_allow_list()
+def http_fetch(url: str, timeout_s: float = FETCH_TIMEOUT_S, *, ctx: ToolContext) -> dict[str, Any]:
+    """GET ``url`` if its host is allowed (``AIOS_HTTP_ALLOW``, from the worker's settings), following redirects
+    only to allowed hosts; the body is capped."""
+    allow = ctx.settings.tools.http_allow_list()
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect)  # direct: the list is hosts
     deadline = time.monotonic() + timeout_s
     for _ in range(MAX_REDIRECTS + 1):

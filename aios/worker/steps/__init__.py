@@ -25,7 +25,7 @@ def default_steps(rt: "Runtime") -> list[Step]:
 
     steps: list[Step] = [ReplyStep(rt), DecodeStep(rt), LoadStep(rt), IdentityStep(rt), IdempotencyStep(rt),
                          DeadlineStep(rt)]
-    if rt.settings.approvals == "required":
+    if rt.settings.security.approvals == "required":
         steps.append(ApprovalStep(rt))
     steps += [QuotaStep(rt), RunStep(rt)]
     return steps

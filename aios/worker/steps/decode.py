@@ -21,7 +21,7 @@ class DecodeStep(Step):
 
     def __init__(self, rt: "Runtime") -> None:
         self.resource = rt.resource
-        self.max_bytes = rt.settings.max_payload_bytes
+        self.max_bytes = rt.settings.syscalls.max_payload_bytes
 
     def before(self, call: Call) -> None:
         try:

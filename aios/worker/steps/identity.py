@@ -17,8 +17,8 @@ class IdentityStep(Step):
     name = "identity"
 
     def __init__(self, rt: "Runtime") -> None:
-        self.required = rt.settings.auth == "required"
-        self.clock_skew_s = rt.settings.clock_skew_s
+        self.required = rt.settings.security.auth == "required"
+        self.clock_skew_s = rt.settings.security.clock_skew_s
 
     def before(self, call: Call) -> None:
         if not self.required:

@@ -19,7 +19,7 @@ class LoadStep(Step):
 
     def __init__(self, rt: "Runtime") -> None:
         self.redis = rt.redis
-        self.auth = rt.settings.auth == "required"
+        self.auth = rt.settings.security.auth == "required"
 
     def before(self, call: Call) -> None:
         syscall = call.need()
