@@ -1,9 +1,9 @@
 """``aios bench overhead``: what the kernel adds to a round trip, measured against raw Celery on the same broker.
 
-Two contenders share one broker and one tool worker (a single worker thread):
+Two contenders share one broker; each has its own worker process of the same kind (a single worker thread):
 
-- **raw Celery**: ``send_task("aios.bench.noop")`` on queue ``aios.tool`` at the kernel's default priority, and
-  ``AsyncResult.get()`` through Celery's Redis result backend;
+- **raw Celery**: ``send_task("aios.bench.noop")`` on queue ``aios.bench.raw`` at the kernel's default priority,
+  served by :mod:`aios_bench.raw_worker`, and ``AsyncResult.get()`` through Celery's Redis result backend;
 - **kernel**: ``Kernel.call_tool("noop")``: a typed syscall, the worker's gates, idempotency record and reply list.
 
 After a warm-up, ``rounds`` interleaved rounds each run a latency block (sequential round trips) and a throughput

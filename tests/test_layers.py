@@ -122,3 +122,21 @@ def test_no_module_is_long_without_saying_why() -> None:
                 long.append(f"{_module(path)}: {len(lines)} lines")
     assert not long, "modules over 500 lines need a reason at their top ('Why this module is long: ...'):\n" + \
         "\n".join(long)
+
+
+def test_one_function_publishes_syscalls_and_one_writes_replies() -> None:
+    """``aios.broker.publish.publish_syscall`` is the only caller of Celery's ``send_task`` in the kernel, and
+    ``aios.state.replies`` (with ``reply.lua``) the only writer of reply lists."""
+    publishers, repliers = [], []
+    for path in _files():
+        text = path.read_text()
+        mod = _module(path)
+        if ("send_task(" in text or ".publish(" in text) and mod != "aios.broker.publish":
+            publishers.append(mod)
+        if ('register(client, "reply")' in text or "keys.reply(" in text) and mod not in (
+                "aios.state.replies", "aios.sdk.core", "aios.sdk.sync", "aios.sdk.asyncio", "aios.testing.harness"):
+            repliers.append(mod)
+    lua = [p.name for p in (ROOT / "state" / "lua").glob("*.lua") if "RPUSH" in p.read_text() and p.name != "age.lua"]
+    assert publishers == [], f"publishing outside aios.broker.publish: {publishers}"
+    assert repliers == [], f"reply keys touched outside aios.state.replies (and the SDK's reading): {repliers}"
+    assert lua == ["reply.lua"]
