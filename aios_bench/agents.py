@@ -22,23 +22,24 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from aios_bench.common import consoles, machine, print_targets, progress_bars, save, target
-from aios.sdk.client import Kernel
 from aios.ops.embedded import LocalKernel
-from aios.wire.errors import ConfigError
 from aios.policy.identity import Credentials
+from aios.sdk.client import Kernel
 from aios.services.llm.service import default_model_path
-from aios.settings import Settings
 from aios.services.tools.service import calculate
+from aios.settings import Settings
+from aios.wire.errors import ConfigError
+from aios_bench.common import consoles, machine, print_targets, progress_bars, save, target
 
 CONTENDERS = ("baseline", "fifo", "rr", "batching")
 SYSTEM = "You are a helpful assistant."

@@ -20,11 +20,11 @@ from typing import Any
 from rich.progress import Progress
 from rich.table import Table
 
-from aios_bench.common import consoles, machine, progress_bars, save
 from aios.services.llm.engine import BatchEngine, Request
-from aios.wire.errors import ConfigError
 from aios.services.llm.service import default_model_path
 from aios.services.llm.weights import load_llama
+from aios.wire.errors import ConfigError
+from aios_bench.common import consoles, machine, progress_bars, save
 
 TOPICS = ("a cat", "the sea", "a robot", "Paris", "a dragon", "the moon", "a train", "a lost map")
 FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_1": "LLAMA_FTYPE_MOSTLY_Q4_1",

@@ -22,21 +22,22 @@ import os
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from rich.console import Console
 from rich.progress import TextColumn
 from rich.table import Table
 
-from aios_bench.common import consoles, machine, print_targets, progress_bars, save, target
-from aios.sdk.client import Kernel
 from aios.ops.embedded import LocalKernel
-from aios.wire.errors import ConfigError
 from aios.policy.identity import Credentials
 from aios.policy.scheduler import jain_index
+from aios.sdk.client import Kernel
 from aios.settings import Settings
+from aios.wire.errors import ConfigError
+from aios_bench.common import consoles, machine, print_targets, progress_bars, save, target
 
 SHARE_SLEEP_S = 0.02
 FLOOD_SLEEP_S = 0.05

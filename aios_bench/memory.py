@@ -30,13 +30,13 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from aios_bench.common import consoles, machine, progress_bars, save
 from aios.ops.embedded import LocalKernel
 from aios.services.storage.embeddings import HashEmbedderFake
-from aios.wire.errors import ConfigError
-from aios.settings import Settings
 from aios.services.storage.service import StorageService
+from aios.settings import Settings
+from aios.wire.errors import ConfigError
 from aios.wire.syscalls import MemorySyscall
+from aios_bench.common import consoles, machine, progress_bars, save
 
 AGENT = "bench"
 SUBJECTS = ["the cat", "our team", "the server", "my sister", "the robot", "a farmer", "the museum", "the train",

@@ -26,15 +26,15 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from aios_bench.profile import profile_pipeline
-from aios_bench.common import RAW_QUEUE, RAW_TASK, consoles, machine, print_targets, progress_bars, save, target
 from aios.broker.app import make_app
-from aios.sdk.client import Kernel
 from aios.ops.embedded import LocalKernel
-from aios.wire.errors import ConfigError
 from aios.policy.identity import Credentials
-from aios.wire.priority import DEFAULT_PRIORITY, is_redis_url, to_broker
+from aios.sdk.client import Kernel
 from aios.settings import Settings
+from aios.wire.errors import ConfigError
+from aios.wire.priority import DEFAULT_PRIORITY, is_redis_url, to_broker
+from aios_bench.common import RAW_QUEUE, RAW_TASK, consoles, machine, print_targets, progress_bars, save, target
+from aios_bench.profile import profile_pipeline
 
 WARMUP = 200
 TIMEOUT_S = 30.0

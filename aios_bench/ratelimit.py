@@ -24,21 +24,22 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from aios.ops.embedded import LocalKernel
+from aios.policy.identity import Credentials
+from aios.sdk.client import Kernel
+from aios.settings import Settings
+from aios.wire.errors import ConfigError
 from aios_bench.common import consoles, machine, print_targets, progress_bars, save, target
 from aios_bench.emulator import DEFAULT_MODEL, EmulatorProcess, prompt_tokens
-from aios.sdk.client import Kernel
-from aios.ops.embedded import LocalKernel
-from aios.wire.errors import ConfigError
-from aios.policy.identity import Credentials
-from aios.settings import Settings
 
 PROMPT = ("You are one of many agents sharing a rate-limited LLM provider. Summarise in a few words why "
           "a kernel should pace calls to a provider instead of letting every agent retry on its own.")

@@ -11,7 +11,6 @@ from aios.settings import get_settings
 from aios.wire.priority import MAX_PRIORITY
 from aios_bench.common import RAW_QUEUE, RAW_TASK
 
-
 settings = get_settings()
 app = make_app(settings, name="aios-bench-raw")
 app.conf.task_queues = [Queue(RAW_QUEUE, Exchange(RAW_QUEUE, type="direct"), routing_key=RAW_QUEUE,

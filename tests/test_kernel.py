@@ -11,12 +11,11 @@ import uuid
 import pytest
 import redis
 
-from aios import AsyncKernel, InvalidToolArguments, Kernel, NotFound, PayloadTooLarge, SyscallTimeout
-from aios import AccessDenied
-from aios.state import keys
+from aios import AccessDenied, AsyncKernel, InvalidToolArguments, Kernel, NotFound, PayloadTooLarge, SyscallTimeout
 from aios.ops.embedded import LocalKernel
-from aios.wire.syscalls import Response, Status, ToolSyscall
 from aios.policy.identity import Credentials, sign
+from aios.state import keys
+from aios.wire.syscalls import Response, Status, ToolSyscall
 from tests.conftest import authorized, publish_raw
 
 pytestmark = pytest.mark.integration

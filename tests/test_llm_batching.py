@@ -3,17 +3,18 @@ the same with several suspensions per syscall as without, on both backends and t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import redis
 
-from aios.state import keys
-from aios.state.context import Preempted, Snapshot
 from aios.ops.embedded import LocalKernel
 from aios.services.llm.service import LlamaCppBackend, OpenAIBackend, default_model_path
 from aios.settings import Settings
+from aios.state import keys
+from aios.state.context import Preempted, Snapshot
 from aios.wire.syscalls import ChatMessage, LLMSyscall
 from tests.conftest import authorized, base_settings
 from tests.test_llm_backends import CALC, CITY_SCHEMA, llama_server, syscall  # noqa: F401 - fixture reused

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from aios.wire.errors import ConfigError, Conflict, InvalidSyscall, NotFound
 from aios.services.storage.memory import LRUK, LocalFastTier
-from aios.settings import Settings
 from aios.services.storage.service import StorageService
+from aios.settings import Settings
+from aios.wire.errors import ConfigError, Conflict, InvalidSyscall, NotFound
 from aios.wire.syscalls import MemorySyscall
 from tests.conftest import storage_service
 

@@ -11,9 +11,9 @@ queue ``aios.llm.<name>`` instead of the default core.
 
 from celery.signals import worker_ready
 
-from aios.worker.app import create_worker_app
 from aios.services.llm.service import LLMService
 from aios.settings import for_llm_core, get_settings
+from aios.worker.app import create_worker_app
 
 settings = for_llm_core(get_settings())
 app = create_worker_app("llm", LLMService, settings=settings, concurrency=settings.llm.batch_size)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Exchange, Queue
 
-from aios.wire.priority import DEFAULT_PRIORITY, MAX_PRIORITY, PRIORITY_STEPS, is_redis_url, to_broker
 from aios.settings import QUEUES, Settings, all_queues
+from aios.wire.priority import DEFAULT_PRIORITY, MAX_PRIORITY, PRIORITY_STEPS, is_redis_url, to_broker
 
 
 def kernel_queues(settings: Settings | None = None) -> list[Queue]:

@@ -6,12 +6,12 @@ import json
 import time
 from typing import Any
 
-from aios.state import keys
-from aios.state.connections import broker_client, state_client
 from aios.broker.app import make_app
 from aios.broker.queues import redis_depth
-from aios.wire.priority import is_redis_url
 from aios.settings import QUEUES, Settings, all_queues
+from aios.state import keys
+from aios.state.connections import broker_client, state_client
+from aios.wire.priority import is_redis_url
 
 
 def queue_depths(app: Any, settings: Settings) -> dict[str, int | None]:

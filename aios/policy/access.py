@@ -29,10 +29,10 @@ from typing import Any, cast
 
 import redis
 
-from aios.state import keys
-from aios.state.connections import state_client
 from aios.policy.audit import AuditLog
 from aios.settings import Settings
+from aios.state import keys
+from aios.state.connections import state_client
 from aios.wire.syscalls import AGENT_ID_RE
 
 RESOURCES: tuple[str, ...] = ("memory", "files")

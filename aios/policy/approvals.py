@@ -17,11 +17,11 @@ from typing import Any
 
 import redis
 
+from aios.settings import Settings
 from aios.state import keys, scripts
 from aios.state.connections import state_client
 from aios.state.replies import Replies
 from aios.wire.errors import AIOSError, ApprovalDenied, NotFound
-from aios.settings import Settings
 from aios.wire.syscalls import ErrorInfo, MemorySyscall, Response, Status, StorageSyscall, Syscall, Timing, ToolSyscall
 
 PENDING, APPROVED, DENIED, EXPIRED = "pending", "approved", "denied", "expired"

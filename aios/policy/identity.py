@@ -25,10 +25,10 @@ from typing import Any
 
 import redis
 
+from aios.settings import Settings
 from aios.state import keys
 from aios.state.connections import state_client
 from aios.wire.errors import AuthError, ConfigError
-from aios.settings import Settings
 
 SIG_FIELD = "sig"
 

@@ -7,7 +7,7 @@ preempted or retried syscall, an operator approving a parked one.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import redis
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import math
 
-from aios.wire.priority import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from aios.settings import PolicyName, Settings, policy_name
+from aios.wire.priority import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 
 
 class Policy:

@@ -6,7 +6,7 @@ atomic across workers live in these scripts (or in MULTI transactions), never in
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -16,7 +16,7 @@ from redis.commands.core import Script
 LUA_PACKAGE = "aios.state.lua"
 
 
-@lru_cache(maxsize=None)
+@cache
 def source(name: str) -> str:
     """The text of ``lua/<name>.lua``."""
     return resources.files(LUA_PACKAGE).joinpath(f"{name}.lua").read_text(encoding="utf-8")

@@ -12,7 +12,7 @@ import re
 import time
 import uuid
 from enum import Enum
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
@@ -189,7 +189,7 @@ class StorageSyscall(SyscallBase):
         return self
 
 
-Syscall = Annotated[Union[LLMSyscall, ToolSyscall, MemorySyscall, StorageSyscall], Field(discriminator="kind")]
+Syscall = Annotated[LLMSyscall | ToolSyscall | MemorySyscall | StorageSyscall, Field(discriminator="kind")]
 SYSCALL_ADAPTER: TypeAdapter[Syscall] = TypeAdapter(Syscall)
 KINDS = ("llm", "tool", "memory", "storage")
 

@@ -4,7 +4,8 @@ Background parts start and stop as Celery bootsteps (the ager), not from signals
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from celery import Celery, bootsteps
 

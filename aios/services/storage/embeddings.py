@@ -17,9 +17,10 @@ import json
 import math
 import threading
 import zlib
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 from threadpoolctl import threadpool_limits

@@ -24,7 +24,8 @@ import threading
 import time
 import uuid
 from collections import deque
-from typing import Any, Callable, Iterable, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 import redis
 

@@ -33,14 +33,14 @@ from typing import Any
 import redis
 
 from aios.policy.access import KIND_RESOURCE, OP_NEED, AccessManager
-from aios.wire.errors import AccessDenied, AIOSError, ConfigError, Conflict, InvalidSyscall, KernelUnavailable, NotFound
-from aios.services.storage.memory import LocalFastTier, MemoryManager, RedisFastTier
-from aios.settings import Settings
 from aios.services.base import BaseService
+from aios.services.storage.memory import LocalFastTier, MemoryManager, RedisFastTier
+from aios.services.storage.vectors import MilvusException
+from aios.settings import Settings
 from aios.state.connections import state_client
 from aios.state.context import Snapshot
+from aios.wire.errors import AccessDenied, AIOSError, ConfigError, Conflict, InvalidSyscall, KernelUnavailable, NotFound
 from aios.wire.syscalls import AGENT_ID_RE, MemorySyscall, StorageSyscall, Syscall
-from aios.services.storage.vectors import MilvusException
 
 TMP_PREFIX = ".aios-tmp-"  # in-flight writes: hidden from list and reserved, so no agent sees or names one
 CONNECTIONS_PER_THREAD = 8  # least recently used closed beyond this, so file handles stay bounded

@@ -25,8 +25,9 @@ import hashlib
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 # Before grpc is first imported (pymilvus imports it): gRPC's fork handlers, on by default, restart its poller
 # threads in a forked child, which then aborts (SIGABRT) when the parent has gRPC threads running -- and Milvus
