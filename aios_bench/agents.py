@@ -269,7 +269,7 @@ def plot(path: Path, result: dict[str, Any]) -> None:
     ns = result["params"]["agents"]
     fig, axes = plt.subplots(1, 4, figsize=(17, 4))
     for ax, key, label in zip(axes, ("total_time_s", "avg_wait_s", "p90_wait_s", "tokens_per_s"),
-                              ("total time (s)", "average wait (s)", "p90 wait (s)", "tokens/s")):
+                              ("total time (s)", "average wait (s)", "p90 wait (s)", "tokens/s"), strict=True):
         for name in result["params"]["contenders"]:
             ax.plot(ns, [result["results"][name][str(n)][key] for n in ns], marker="o", label=name)
         ax.set_xlabel("concurrent agents")

@@ -83,7 +83,7 @@ def measure(label: str, path: Path, sizes: list[int], tokens: int, threads: int,
         out[str(b)] = {"alone_s": t_alone, "together_s": t_together, "alone_tokens_per_s": n_alone / t_alone,
                        "together_tokens_per_s": n_together / t_together,
                        "speedup": (n_together / t_together) / (n_alone / t_alone),
-                       "identical": sum(a == t for a, t in zip(alone, together)), "sequences": b,
+                       "identical": sum(a == t for a, t in zip(alone, together, strict=True)), "sequences": b,
                        "tokens": n_together}
     return out
 

@@ -82,7 +82,7 @@ def run_share(settings: Settings, policy: str, demands: list[int], seconds: floa
             return record
 
         threads = [threading.Thread(target=_closed_loop, args=(k, d, seconds, recorder(k.agent_id), stop,
-                                                               SHARE_SLEEP_S)) for k, d in zip(clients, demands)]
+                                                               SHARE_SLEEP_S)) for k, d in zip(clients, demands, strict=True)]
         for t in threads:
             t.start()
         time.sleep(WARMUP_S)  # every agent has its syscalls queued before measuring starts
@@ -116,7 +116,7 @@ def run_priority(settings: Settings, policy: str, urgent: int, tick: Callable[[f
         time.sleep(WARMUP_S)
         start = time.time()
         with _kernel(lk.settings, "urgent", priority=9) as k:
-            for i in range(urgent):
+            for _ in range(urgent):
                 response = k.wait_response(k.submit(k.tool_syscall("sleep", {"seconds": FLOOD_SLEEP_S})))
                 assert response.timing is not None
                 waits.append(response.timing.queue_wait_s)
@@ -150,7 +150,7 @@ def plot(path: Path, result: dict[str, Any]) -> None:
         bars = ax_share.bar(x + (i - 0.5) * 0.38, run["service_s"], 0.38, color=colour,
                             label=f"{name} (Jain {run['jain']:.3f})")
         ax_share.bar_label(bars, fmt="%.2f", fontsize=8)
-    ax_share.set_xticks(x, [f"{a.split('-')[0]}\n{d} in flight" for a, d in zip(agents, share['fifo']['demands'])])
+    ax_share.set_xticks(x, [f"{a.split('-')[0]}\n{d} in flight" for a, d in zip(agents, share['fifo']['demands'], strict=True)])
     ax_share.set_ylabel(f"service received in {share['fifo']['seconds']:g} s (s)")
     ax_share.set_title("share of one worker among unequal demands")
     ax_share.legend()
@@ -197,7 +197,7 @@ def run_fairness(settings: Settings, *, seconds: float = 8.0, demands: tuple[int
             task = progress.add_task(f"priority: {policy}", total=urgent, what="")
             count = [0]
 
-            def tick(_: float, t: Any = task) -> None:
+            def tick(_: float, t: Any = task, count: list[int] = count) -> None:
                 count[0] += 1
                 progress.update(t, completed=count[0], what=f"{count[0]}/{urgent} urgent syscalls")
             result["priority"][policy] = run_priority(base, policy, urgent, tick)

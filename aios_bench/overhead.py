@@ -149,7 +149,7 @@ def measure(contenders: list[Contender], n_latency: int, n_throughput: int, roun
             progress.advance(warm)
         c.batch(WARMUP)
     clock = time.perf_counter
-    for i, (n_lat, n_thr) in enumerate(zip(split(n_latency, rounds), split(n_throughput, rounds))):
+    for i, (n_lat, n_thr) in enumerate(zip(split(n_latency, rounds), split(n_throughput, rounds), strict=True)):
         order = contenders if i % 2 == 0 else contenders[::-1]
         for c in order:
             sink = samples[c.name].latencies_s

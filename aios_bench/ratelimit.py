@@ -218,7 +218,7 @@ def steady_throughput(admitted_at: list[float], tokens: list[int], window_s: flo
     if k < 1:
         return {"windows": 0, "requests_per_window": None, "tokens_per_window": None, "from_s": None, "to_s": None}
     lo, hi = t0 + window_s, t0 + (k + 1) * window_s
-    inside = [(t, n) for t, n in zip(admitted_at, tokens) if lo <= t < hi]
+    inside = [(t, n) for t, n in zip(admitted_at, tokens, strict=True) if lo <= t < hi]
     return {"windows": k, "from_s": lo, "to_s": hi, "requests_per_window": len(inside) / k,
             "tokens_per_window": sum(n for _, n in inside) / k}
 
@@ -317,7 +317,7 @@ def plot(path: Path, runs: list[ContenderRun], result: dict[str, Any]) -> None:
     ratios = [result[n]["throughput_vs_limit"] or 0.0 for n in names]
     bars = ax_bar.bar(names, ratios, color=[colors[n] for n in names])
     ax_bar.bar_label(bars, labels=[f"{v:.2f}\n429s {result[n]['provider_429']}, failed {result[n]['failed_agents']}"
-                                   for n, v in zip(names, ratios)], fontsize=8)
+                                   for n, v in zip(names, ratios, strict=True)], fontsize=8)
     ax_bar.axhline(0.95, color="green", ls=":", label="goal 0.95")
     ax_bar.set_ylim(0, max(1.2, max(ratios) * 1.25))
     ax_bar.set_ylabel("steady throughput / limit")

@@ -161,7 +161,7 @@ def plot(path: Path, result: dict[str, Any]) -> None:
     ideal = 1000.0 / result["params"]["service_ms"]
     fig, ax = plt.subplots(figsize=(7, 4.4))
     ax.plot(ns, thr, "o-", color="tab:orange", label="measured (kernel)")
-    for n, v, c in zip(ns, thr, configs):
+    for n, v, c in zip(ns, thr, configs, strict=True):
         ax.annotate(f"{v:.1f}/s ({c['vs_linear']:.2f}x linear)", (n, v), textcoords="offset points", xytext=(6, -12),
                     fontsize=8)
     ax.plot(ns, [n * base for n in ns], "--", color="gray", label="linear from 1 worker")

@@ -151,7 +151,7 @@ def test_a_second_process_on_the_same_milvus_lite_gets_a_clear_error(tmp_path: P
     store = VectorStore(uri, dim=8)
     try:
         code = ("from aios.services.storage.vectors import VectorStore\n"
-                "try:\n    VectorStore(%r, dim=8)\nexcept Exception as e:\n    print(type(e).__name__, e)\n" % uri)
+                f"try:\n    VectorStore({uri!r}, dim=8)\nexcept Exception as e:\n    print(type(e).__name__, e)\n")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
     finally:
         store.close()

@@ -161,7 +161,7 @@ class AccessManager:
         for o in owners:
             pipe.hgetall(keys.grant(o))
         out = []
-        for o, fields in zip(owners, pipe.execute()):
+        for o, fields in zip(owners, pipe.execute(), strict=True):
             for f, mode in sorted(fields.items()):
                 grantee, _, resource = _text(f).rpartition(":")
                 out.append({"owner": o, "grantee": grantee, "resource": resource, "mode": _text(mode)})
@@ -215,10 +215,10 @@ class AccessManager:
             pipe.hget(keys.agent(a), "groups")
         replies = pipe.execute()
         via: dict[tuple[str, str], list[str]] = {}
-        for g, members in zip(names, replies[: len(names)]):
+        for g, members in zip(names, replies[: len(names)], strict=True):
             for m in members:
                 via.setdefault((g, _text(m)), []).append("group add")
-        for a, listed in zip(agents, replies[len(names):]):
+        for a, listed in zip(agents, replies[len(names):], strict=True):
             for g in _groups(listed, ()):
                 via.setdefault((g, a), []).insert(0, "credential")
         return [{"group": g, "agent": a, "via": ", ".join(v)} for (g, a), v in sorted(via.items())]

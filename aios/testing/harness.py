@@ -139,7 +139,10 @@ class Harness:
         if isinstance(service, type) or not isinstance(service, Service):
             factory: Callable[[Settings], Service] = service  # type: ignore[assignment]
         else:
-            factory = lambda _settings: service
+            instance = service
+
+            def factory(_settings: Settings) -> Service:
+                return instance
         self.settings = settings
         self.resource = resource
         self.worker = worker

@@ -194,7 +194,8 @@ SYSCALL_ADAPTER: TypeAdapter[Syscall] = TypeAdapter(Syscall)
 KINDS = ("llm", "tool", "memory", "storage")
 
 
-class Status(str, Enum):
+# StrEnum would change str()/format() of a member ('ok', not 'Status.OK') on a public wire type.
+class Status(str, Enum):  # noqa: UP042
     OK = "ok"
     ERROR = "error"
 

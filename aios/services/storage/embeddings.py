@@ -144,7 +144,7 @@ class MiniLM:
         for layer in range(self.layers):
             p = f"encoder.layer.{layer}."
 
-            def lin(h: np.ndarray, name: str) -> np.ndarray:
+            def lin(h: np.ndarray, name: str, p: str = p) -> np.ndarray:
                 return h @ w[p + name + ".weight"].T + w[p + name + ".bias"]
 
             def split(h: np.ndarray) -> np.ndarray:
