@@ -236,7 +236,7 @@ def _text(value: bytes | str) -> str:
 def _atomically(client: redis.Redis, change: Callable[[Any], Any], *watched: str) -> Any:
     """``change(pipe)`` reads the ``watched`` keys, then queues its writes after ``pipe.multi()``; it runs
     again if another client changed a watched key in between. Returns what ``change`` returned."""
-    return client.transaction(change, *watched, value_from_callable=True)  # type: ignore[arg-type]
+    return client.transaction(change, *watched, value_from_callable=True)
 
 
 def _check(value: str, allowed: tuple[str, ...], what: str) -> None:

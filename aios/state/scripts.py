@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from functools import cache
 from importlib import resources
-from typing import Any
 
 import redis
 from redis.commands.core import Script
@@ -26,6 +25,6 @@ def names() -> list[str]:
     return sorted(p.name[:-4] for p in resources.files(LUA_PACKAGE).iterdir() if p.name.endswith(".lua"))
 
 
-def register(client: "redis.Redis[Any]", name: str) -> Script:
+def register(client: redis.Redis, name: str) -> Script:
     """``lua/<name>.lua`` registered on ``client`` (EVALSHA, loaded on first use)."""
     return client.register_script(source(name))
