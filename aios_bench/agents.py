@@ -39,7 +39,7 @@ from aios.services.llm.service import default_model_path
 from aios.services.tools.service import calculate
 from aios.settings import Settings
 from aios.wire.errors import ConfigError
-from aios_bench.common import consoles, machine, print_targets, progress_bars, save, target
+from aios_bench.common import Bound, consoles, machine, print_targets, progress_bars, save, target
 
 CONTENDERS = ("baseline", "fifo", "rr", "batching")
 SYSTEM = "You are a helpful assistant."
@@ -123,7 +123,8 @@ class Baseline:
         # repeat_penalty 1.0: greedy like the kernel's engine, so both generate the same tokens
         resp = client.chat.completions.create(model="smollm2", messages=messages(step), max_tokens=step.max_tokens,
                                               temperature=0.0, extra_body={"repeat_penalty": 1.0})
-        return resp.usage.completion_tokens
+        tokens: int = resp.usage.completion_tokens
+        return tokens
 
     def tool(self, client: Any, step: Step) -> None:
         calculate(step.expression)
@@ -218,7 +219,7 @@ def run_agents(contender: Any, n: int, steps: int, short: int, long: int, progre
             "errors": rec.errors}
 
 
-TARGETS = {"speedup_total_time_n32": (2.1, "min"), "rr_p90_wait_vs_fifo": (1.0, "max")}
+TARGETS: dict[str, tuple[float, Bound]] = {"speedup_total_time_n32": (2.1, "min"), "rr_p90_wait_vs_fifo": (1.0, "max")}
 
 
 def targets(results: dict[str, dict[int, dict[str, Any]]], ns: list[int]) -> dict[str, dict[str, Any]]:

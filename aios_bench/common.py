@@ -29,7 +29,11 @@ def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "platform": platform.platform()}
 
 
-def target(value: float | None, goal: float, bound: Literal["min", "max"]) -> dict[str, Any]:
+Bound = Literal["min", "max"]
+"""How a target's goal bounds its value: at least (``min``) or at most (``max``)."""
+
+
+def target(value: float | None, goal: float, bound: Bound) -> dict[str, Any]:
     """A target as ``--json`` reports it: met when ``value`` is at least (``min``) or at most (``max``) ``goal``;
     ``None`` (the run did not measure it) is not met."""
     met = value is not None and (value >= goal if bound == "min" else value <= goal)

@@ -37,12 +37,12 @@ from aios.policy.scheduler import jain_index
 from aios.sdk.client import Kernel
 from aios.settings import Settings
 from aios.wire.errors import ConfigError
-from aios_bench.common import consoles, machine, print_targets, progress_bars, save, target
+from aios_bench.common import Bound, consoles, machine, print_targets, progress_bars, save, target
 
 SHARE_SLEEP_S = 0.02
 FLOOD_SLEEP_S = 0.05
 WARMUP_S = 1.0
-TARGETS = {"jain_index": (0.95, "min"), "high_priority_p99_wait": (2.0, "max")}
+TARGETS: dict[str, tuple[float, Bound]] = {"jain_index": (0.95, "min"), "high_priority_p99_wait": (2.0, "max")}
 
 
 def _kernel(settings: Settings, agent: str, priority: int = 5) -> Kernel:
@@ -189,9 +189,10 @@ def run_fairness(settings: Settings, *, seconds: float = 8.0, demands: tuple[int
     with progress_bars(err, 24, TextColumn("{task.fields[what]}")) as progress:
         for policy in ("fifo", "fair"):
             task = progress.add_task(f"share: {policy}", total=seconds, what="")
-            result["share"][policy] = run_share(
-                base, policy, list(demands), seconds,
-                lambda e, t=task: progress.update(t, completed=e, what=f"{e:.0f}/{seconds:g} s"))
+
+            def share_tick(e: float, t: Any = task) -> None:
+                progress.update(t, completed=e, what=f"{e:.0f}/{seconds:g} s")
+            result["share"][policy] = run_share(base, policy, list(demands), seconds, share_tick)
             progress.update(task, completed=seconds, what=f"Jain {result['share'][policy]['jain']:.3f}")
         for policy in ("fifo", "priority"):
             task = progress.add_task(f"priority: {policy}", total=urgent, what="")

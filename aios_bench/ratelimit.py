@@ -38,14 +38,14 @@ from aios.policy.identity import Credentials
 from aios.sdk.client import Kernel
 from aios.settings import Settings
 from aios.wire.errors import ConfigError
-from aios_bench.common import consoles, machine, print_targets, progress_bars, save, target
+from aios_bench.common import Bound, consoles, machine, print_targets, progress_bars, save, target
 from aios_bench.emulator import DEFAULT_MODEL, EmulatorProcess, prompt_tokens
 
 PROMPT = ("You are one of many agents sharing a rate-limited LLM provider. Summarise in a few words why "
           "a kernel should pace calls to a provider instead of letting every agent retry on its own.")
 LLM_WORKER_THREADS = 16
-TARGETS: dict[str, tuple[float, str]] = {"zero_429": (0, "max"), "zero_failed_agents": (0, "max"),
-                                         "throughput_vs_limit": (0.95, "min")}
+TARGETS: dict[str, tuple[float, Bound]] = {"zero_429": (0, "max"), "zero_failed_agents": (0, "max"),
+                                           "throughput_vs_limit": (0.95, "min")}
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ class ContenderRun:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def run_agents(name: str, params: RateParams, make_call: Callable[[int], Callable[[], None]],
+def run_agents(name: str, params: RateParams, make_call: Callable[[int], Callable[[], object]],
                progress: Progress) -> tuple[list[AgentOutcome], float]:
     """``params.agents`` threads, each making ``params.calls`` calls; returns their outcomes and the wall time."""
     bar = progress.add_task(name, total=params.agents * params.calls)
@@ -152,7 +152,7 @@ def run_direct(params: RateParams, progress: Progress) -> ContenderRun:
                          service_s=params.service_ms / 1000) as emu:
         clients: list[Any] = []
 
-        def make_call(i: int) -> Callable[[], None]:
+        def make_call(i: int) -> Callable[[], object]:
             client = openai.OpenAI(base_url=f"{emu.url}/v1", api_key="emulated", max_retries=2)
             clients.append(client)
             return lambda: client.chat.completions.create(
@@ -189,7 +189,7 @@ def run_kernel(settings: Settings, params: RateParams, progress: Progress, log: 
             creds = Credentials(lk.settings)
             kernels: list[Kernel] = []
 
-            def make_call(i: int) -> Callable[[], None]:
+            def make_call(i: int) -> Callable[[], object]:
                 agent_id = f"bench-agent-{i:03d}"
                 secret = creds.create(agent_id, write_file=False).secret
                 k = Kernel(agent_id, settings=lk.settings, timeout_s=timeout_s, credential=secret)

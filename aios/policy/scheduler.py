@@ -42,7 +42,7 @@ class Policy:
 
 
 class Fifo(Policy):
-    name = "fifo"
+    name: PolicyName = "fifo"
 
     def priority(self, requested: int, attained_s: float = 0.0) -> int:
         return DEFAULT_PRIORITY

@@ -12,14 +12,14 @@ import re
 import time
 import uuid
 from enum import Enum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from aios.wire.errors import InvalidSyscall, PayloadTooLarge
 from aios.wire.priority import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 
-WIRE_VERSION = 1
+WIRE_VERSION: Final = 1
 AGENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 

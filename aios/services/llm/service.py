@@ -276,7 +276,7 @@ class OpenAIBackend:
                 used["completion_tokens"] += resp.usage.completion_tokens or 0
             if choice.finish_reason != "length" or used["completion_tokens"] >= syscall.max_tokens:
                 return make_result(content=snap.text, finish_reason=choice.finish_reason, model=resp.model or model,
-                                   **used)
+                                   prompt_tokens=used["prompt_tokens"], completion_tokens=used["completion_tokens"])
             if self.others_waiting is not None and self.others_waiting():
                 snap.usage, snap.slices = used, snap.slices + 1
                 raise Preempted(snap)

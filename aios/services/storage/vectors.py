@@ -36,7 +36,7 @@ from typing import Any
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import numpy as np  # noqa: E402
-from pymilvus.exceptions import MilvusException  # noqa: E402,F401  (re-exported for aios.storage)
+from pymilvus.exceptions import MilvusException as MilvusException  # noqa: E402  (re-exported for aios.storage)
 
 from aios.wire.errors import AIOSError, ConfigError  # noqa: E402
 from aios.wire.syscalls import AGENT_ID_RE
@@ -183,4 +183,5 @@ class VectorStore:
 
 
 def _vec(v: np.ndarray) -> list[float]:
-    return np.asarray(v, np.float32).tolist()
+    out: list[float] = np.asarray(v, np.float32).tolist()
+    return out
