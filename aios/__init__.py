@@ -11,8 +11,24 @@ from typing import TYPE_CHECKING, Any
 
 from aios.settings import Settings
 from aios.wire.errors import (
-    AccessDenied, AIOSError, ApprovalDenied, AuthError, BackendError, ConfigError, Conflict, DeadlineExceeded, InvalidSyscall, InvalidToolArguments,
-    KernelBusy, KernelUnavailable, NotFound, PayloadTooLarge, QuotaExceeded, SyscallTimeout, ToolError, UnknownTool,
+    AccessDenied,
+    AIOSError,
+    ApprovalDenied,
+    AuthError,
+    BackendError,
+    ConfigError,
+    Conflict,
+    DeadlineExceeded,
+    InvalidSyscall,
+    InvalidToolArguments,
+    KernelBusy,
+    KernelUnavailable,
+    NotFound,
+    PayloadTooLarge,
+    QuotaExceeded,
+    SyscallTimeout,
+    ToolError,
+    UnknownTool,
 )
 from aios.wire.syscalls import ChatMessage, LLMSyscall, MemorySyscall, Response, StorageSyscall, ToolSpec, ToolSyscall
 

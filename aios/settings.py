@@ -366,7 +366,7 @@ class Settings(BaseModel):
         if "AIOS_LLM_API_KEY" not in env and env.get("OPENAI_API_KEY"):
             env["AIOS_LLM_API_KEY"] = env["OPENAI_API_KEY"]
         try:
-            given = _env_model()(_env=env).model_dump(exclude_unset=True)  # type: ignore[call-arg]
+            given = _env_model()(_env=env).model_dump(exclude_unset=True)
             return cls(**given)
         except ValidationError as exc:
             raise ConfigError(_explain(exc)) from None
@@ -525,7 +525,7 @@ def env_defaults() -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, (group, name) in FLAT.items():
         field = Settings.model_fields[group].annotation.model_fields[name]  # type: ignore[union-attr]
-        out[f"AIOS_{key.upper()}"] = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+        out[f"AIOS_{key.upper()}"] = field.default_factory() if field.default_factory else field.default
     return out
 
 

@@ -22,23 +22,24 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from aios_bench.common import consoles, machine, print_targets, progress_bars, save, target
-from aios.sdk.client import Kernel
 from aios.ops.embedded import LocalKernel
-from aios.wire.errors import ConfigError
 from aios.policy.identity import Credentials
+from aios.sdk.client import Kernel
 from aios.services.llm.service import default_model_path
-from aios.settings import Settings
 from aios.services.tools.service import calculate
+from aios.settings import Settings
+from aios.wire.errors import ConfigError
+from aios_bench.common import Bound, consoles, machine, print_targets, progress_bars, save, target
 
 CONTENDERS = ("baseline", "fifo", "rr", "batching")
 SYSTEM = "You are a helpful assistant."
@@ -122,7 +123,8 @@ class Baseline:
         # repeat_penalty 1.0: greedy like the kernel's engine, so both generate the same tokens
         resp = client.chat.completions.create(model="smollm2", messages=messages(step), max_tokens=step.max_tokens,
                                               temperature=0.0, extra_body={"repeat_penalty": 1.0})
-        return resp.usage.completion_tokens
+        tokens: int = resp.usage.completion_tokens
+        return tokens
 
     def tool(self, client: Any, step: Step) -> None:
         calculate(step.expression)
@@ -217,7 +219,7 @@ def run_agents(contender: Any, n: int, steps: int, short: int, long: int, progre
             "errors": rec.errors}
 
 
-TARGETS = {"speedup_total_time_n32": (2.1, "min"), "rr_p90_wait_vs_fifo": (1.0, "max")}
+TARGETS: dict[str, tuple[float, Bound]] = {"speedup_total_time_n32": (2.1, "min"), "rr_p90_wait_vs_fifo": (1.0, "max")}
 
 
 def targets(results: dict[str, dict[int, dict[str, Any]]], ns: list[int]) -> dict[str, dict[str, Any]]:
@@ -268,7 +270,7 @@ def plot(path: Path, result: dict[str, Any]) -> None:
     ns = result["params"]["agents"]
     fig, axes = plt.subplots(1, 4, figsize=(17, 4))
     for ax, key, label in zip(axes, ("total_time_s", "avg_wait_s", "p90_wait_s", "tokens_per_s"),
-                              ("total time (s)", "average wait (s)", "p90 wait (s)", "tokens/s")):
+                              ("total time (s)", "average wait (s)", "p90 wait (s)", "tokens/s"), strict=True):
         for name in result["params"]["contenders"]:
             ax.plot(ns, [result["results"][name][str(n)][key] for n in ns], marker="o", label=name)
         ax.set_xlabel("concurrent agents")

@@ -12,6 +12,7 @@ from aios.ops.cli_access import _fail
 from aios.settings import get_settings
 from aios.wire.errors import AIOSError
 
+
 @click.group()
 def bench() -> None:
     """Benchmarks: each runs its contenders side by side and reports ratios."""

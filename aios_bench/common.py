@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                           TimeElapsedColumn)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 
 
 def consoles() -> tuple[Console, Console]:
@@ -29,7 +29,11 @@ def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "platform": platform.platform()}
 
 
-def target(value: float | None, goal: float, bound: Literal["min", "max"]) -> dict[str, Any]:
+Bound = Literal["min", "max"]
+"""How a target's goal bounds its value: at least (``min``) or at most (``max``)."""
+
+
+def target(value: float | None, goal: float, bound: Bound) -> dict[str, Any]:
     """A target as ``--json`` reports it: met when ``value`` is at least (``min``) or at most (``max``) ``goal``;
     ``None`` (the run did not measure it) is not met."""
     met = value is not None and (value >= goal if bound == "min" else value <= goal)

@@ -20,11 +20,11 @@ from typing import Any
 from rich.progress import Progress
 from rich.table import Table
 
-from aios_bench.common import consoles, machine, progress_bars, save
 from aios.services.llm.engine import BatchEngine, Request
-from aios.wire.errors import ConfigError
 from aios.services.llm.service import default_model_path
 from aios.services.llm.weights import load_llama
+from aios.wire.errors import ConfigError
+from aios_bench.common import consoles, machine, progress_bars, save
 
 TOPICS = ("a cat", "the sea", "a robot", "Paris", "a dragon", "the moon", "a train", "a lost map")
 FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_1": "LLAMA_FTYPE_MOSTLY_Q4_1",
@@ -83,7 +83,7 @@ def measure(label: str, path: Path, sizes: list[int], tokens: int, threads: int,
         out[str(b)] = {"alone_s": t_alone, "together_s": t_together, "alone_tokens_per_s": n_alone / t_alone,
                        "together_tokens_per_s": n_together / t_together,
                        "speedup": (n_together / t_together) / (n_alone / t_alone),
-                       "identical": sum(a == t for a, t in zip(alone, together)), "sequences": b,
+                       "identical": sum(a == t for a, t in zip(alone, together, strict=True)), "sequences": b,
                        "tokens": n_together}
     return out
 

@@ -22,26 +22,27 @@ import os
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from rich.console import Console
 from rich.progress import TextColumn
 from rich.table import Table
 
-from aios_bench.common import consoles, machine, print_targets, progress_bars, save, target
-from aios.sdk.client import Kernel
 from aios.ops.embedded import LocalKernel
-from aios.wire.errors import ConfigError
 from aios.policy.identity import Credentials
 from aios.policy.scheduler import jain_index
+from aios.sdk.client import Kernel
 from aios.settings import Settings
+from aios.wire.errors import ConfigError
+from aios_bench.common import Bound, consoles, machine, print_targets, progress_bars, save, target
 
 SHARE_SLEEP_S = 0.02
 FLOOD_SLEEP_S = 0.05
 WARMUP_S = 1.0
-TARGETS = {"jain_index": (0.95, "min"), "high_priority_p99_wait": (2.0, "max")}
+TARGETS: dict[str, tuple[float, Bound]] = {"jain_index": (0.95, "min"), "high_priority_p99_wait": (2.0, "max")}
 
 
 def _kernel(settings: Settings, agent: str, priority: int = 5) -> Kernel:
@@ -81,7 +82,7 @@ def run_share(settings: Settings, policy: str, demands: list[int], seconds: floa
             return record
 
         threads = [threading.Thread(target=_closed_loop, args=(k, d, seconds, recorder(k.agent_id), stop,
-                                                               SHARE_SLEEP_S)) for k, d in zip(clients, demands)]
+                                                               SHARE_SLEEP_S)) for k, d in zip(clients, demands, strict=True)]
         for t in threads:
             t.start()
         time.sleep(WARMUP_S)  # every agent has its syscalls queued before measuring starts
@@ -115,7 +116,7 @@ def run_priority(settings: Settings, policy: str, urgent: int, tick: Callable[[f
         time.sleep(WARMUP_S)
         start = time.time()
         with _kernel(lk.settings, "urgent", priority=9) as k:
-            for i in range(urgent):
+            for _ in range(urgent):
                 response = k.wait_response(k.submit(k.tool_syscall("sleep", {"seconds": FLOOD_SLEEP_S})))
                 assert response.timing is not None
                 waits.append(response.timing.queue_wait_s)
@@ -149,7 +150,7 @@ def plot(path: Path, result: dict[str, Any]) -> None:
         bars = ax_share.bar(x + (i - 0.5) * 0.38, run["service_s"], 0.38, color=colour,
                             label=f"{name} (Jain {run['jain']:.3f})")
         ax_share.bar_label(bars, fmt="%.2f", fontsize=8)
-    ax_share.set_xticks(x, [f"{a.split('-')[0]}\n{d} in flight" for a, d in zip(agents, share['fifo']['demands'])])
+    ax_share.set_xticks(x, [f"{a.split('-')[0]}\n{d} in flight" for a, d in zip(agents, share['fifo']['demands'], strict=True)])
     ax_share.set_ylabel(f"service received in {share['fifo']['seconds']:g} s (s)")
     ax_share.set_title("share of one worker among unequal demands")
     ax_share.legend()
@@ -188,15 +189,16 @@ def run_fairness(settings: Settings, *, seconds: float = 8.0, demands: tuple[int
     with progress_bars(err, 24, TextColumn("{task.fields[what]}")) as progress:
         for policy in ("fifo", "fair"):
             task = progress.add_task(f"share: {policy}", total=seconds, what="")
-            result["share"][policy] = run_share(
-                base, policy, list(demands), seconds,
-                lambda e, t=task: progress.update(t, completed=e, what=f"{e:.0f}/{seconds:g} s"))
+
+            def share_tick(e: float, t: Any = task) -> None:
+                progress.update(t, completed=e, what=f"{e:.0f}/{seconds:g} s")
+            result["share"][policy] = run_share(base, policy, list(demands), seconds, share_tick)
             progress.update(task, completed=seconds, what=f"Jain {result['share'][policy]['jain']:.3f}")
         for policy in ("fifo", "priority"):
             task = progress.add_task(f"priority: {policy}", total=urgent, what="")
             count = [0]
 
-            def tick(_: float, t: Any = task) -> None:
+            def tick(_: float, t: Any = task, count: list[int] = count) -> None:
                 count[0] += 1
                 progress.update(t, completed=count[0], what=f"{count[0]}/{urgent} urgent syscalls")
             result["priority"][policy] = run_priority(base, policy, urgent, tick)

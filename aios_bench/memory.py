@@ -30,13 +30,13 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from aios_bench.common import consoles, machine, progress_bars, save
 from aios.ops.embedded import LocalKernel
 from aios.services.storage.embeddings import HashEmbedderFake
-from aios.wire.errors import ConfigError
-from aios.settings import Settings
 from aios.services.storage.service import StorageService
+from aios.settings import Settings
+from aios.wire.errors import ConfigError
 from aios.wire.syscalls import MemorySyscall
+from aios_bench.common import consoles, machine, progress_bars, save
 
 AGENT = "bench"
 SUBJECTS = ["the cat", "our team", "the server", "my sister", "the robot", "a farmer", "the museum", "the train",
@@ -177,12 +177,12 @@ def run_search(base: Settings, workdir: Path, *, size: int, n_queries: int, embe
     queries = [f"{SUBJECTS[q % 15]} {VERBS[(q * 7) % 15]} something {PLACES[(q * 5) % 12]}" for q in range(n_queries)]
     qvecs = embedder.embed(queries)
     end_to_end, vector_only = [], []
-    for q, v in zip(queries[:5], qvecs[:5]):  # warm-up
+    for q, v in zip(queries[:5], qvecs[:5], strict=True):  # warm-up
         svc.memory.search(AGENT, q, 5)
         vectors.search_memory(AGENT, v, 5)
     task = progress.add_task(f"search {size:,}: queries", total=n_queries)
     clock = time.perf_counter
-    for q, v in zip(queries, qvecs):
+    for q, v in zip(queries, qvecs, strict=True):
         t0 = clock()
         hits = svc.memory.search(AGENT, q, 5)["results"]
         end_to_end.append(clock() - t0)
@@ -237,8 +237,8 @@ def plot(path: Path, result: dict[str, Any]) -> None:
     ax_hit.set_ylim(0, 1)
     ax_hit.set_ylabel("fast-tier hit rate")
     ax_hit.set_title(f"hit rate, same budget (LRU-K/LRU {result['ratios']['lruk_hit_rate_vs_lru']:.2f}x)")
-    for n, label, color in zip(names, labels, ["tab:orange", "tab:blue"]):
-        steps, held = zip(*ev[n]["fast_bytes_timeline"])
+    for n, label, color in zip(names, labels, ["tab:orange", "tab:blue"], strict=True):
+        steps, held = zip(*ev[n]["fast_bytes_timeline"], strict=True)
         ax_bytes.plot(steps, held, label=label, color=color)
     ax_bytes.axhline(ev["budget_bytes"], color="red", linestyle="--", label="budget")
     ax_bytes.set_xlabel("access")

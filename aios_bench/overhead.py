@@ -26,21 +26,21 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from aios_bench.profile import profile_pipeline
-from aios_bench.common import RAW_QUEUE, RAW_TASK, consoles, machine, print_targets, progress_bars, save, target
 from aios.broker.app import make_app
-from aios.sdk.client import Kernel
 from aios.ops.embedded import LocalKernel
-from aios.wire.errors import ConfigError
 from aios.policy.identity import Credentials
-from aios.wire.priority import DEFAULT_PRIORITY, is_redis_url, to_broker
+from aios.sdk.client import Kernel
 from aios.settings import Settings
+from aios.wire.errors import ConfigError
+from aios.wire.priority import DEFAULT_PRIORITY, is_redis_url, to_broker
+from aios_bench.common import RAW_QUEUE, RAW_TASK, Bound, consoles, machine, print_targets, progress_bars, save, target
+from aios_bench.profile import profile_pipeline
 
 WARMUP = 200
 TIMEOUT_S = 30.0
 WORKER_CONCURRENCY = 1
 PROFILE_SYSCALLS = 2000
-TARGETS: dict[str, tuple[str, float, str]] = {
+TARGETS: dict[str, tuple[str, float, Bound]] = {
     # name: (ratio it reads, goal, how the goal bounds it)
     "kernel_p50_vs_celery": ("p50", 1.2, "max"),
     "kernel_throughput_vs_celery": ("throughput", 0.9, "min"),
@@ -106,7 +106,7 @@ class Samples:
     redis_commands: dict[str, int] = field(default_factory=dict)
     """Commands the kernel's Redis served during this contender's throughput blocks, by command."""
 
-    def summary(self) -> dict[str, float | int]:
+    def summary(self) -> dict[str, float | int | dict[str, float]]:
         ms = np.asarray(self.latencies_s) * 1000.0
         return {
             "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
@@ -130,7 +130,7 @@ def describe_broker(lk: LocalKernel) -> dict[str, str]:
             "state_redis": maybe_sanitize_url(lk.settings.state_redis_url())}
 
 
-def command_counts(client: "redis.Redis[bytes] | None") -> dict[str, int]:
+def command_counts(client: redis.Redis | None) -> dict[str, int]:
     """Calls per command served so far (``INFO commandstats``), or nothing without a Redis to ask."""
     if client is None:
         return {}
@@ -138,7 +138,7 @@ def command_counts(client: "redis.Redis[bytes] | None") -> dict[str, int]:
 
 
 def measure(contenders: list[Contender], n_latency: int, n_throughput: int, rounds: int,
-            progress: Progress, state: "redis.Redis[bytes] | None" = None) -> dict[str, Samples]:
+            progress: Progress, state: redis.Redis | None = None) -> dict[str, Samples]:
     samples = {c.name: Samples() for c in contenders}
     warm = progress.add_task("warm-up", total=WARMUP * len(contenders))
     lat = progress.add_task("latency (sequential)", total=n_latency * len(contenders))
@@ -149,7 +149,7 @@ def measure(contenders: list[Contender], n_latency: int, n_throughput: int, roun
             progress.advance(warm)
         c.batch(WARMUP)
     clock = time.perf_counter
-    for i, (n_lat, n_thr) in enumerate(zip(split(n_latency, rounds), split(n_throughput, rounds))):
+    for i, (n_lat, n_thr) in enumerate(zip(split(n_latency, rounds), split(n_throughput, rounds), strict=True)):
         order = contenders if i % 2 == 0 else contenders[::-1]
         for c in order:
             sink = samples[c.name].latencies_s

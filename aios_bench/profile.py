@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import redis
 
@@ -26,7 +27,7 @@ class _Counter:
 def _counting(cls: type[Any], counter: _Counter) -> type[Any]:
     """A redis-py connection class that counts each packed send (one per command, or one per pipeline)."""
 
-    class Counting(cls):  # type: ignore[misc, valid-type]
+    class Counting(cls):  # type: ignore[misc]  # a subclass of a class known only at run time
         def send_packed_command(self, command: Any, check_health: bool = True) -> None:
             counter.round_trips += 1
             counter.bytes_sent += len(command) if isinstance(command, (bytes, str)) else sum(map(len, command))
@@ -35,7 +36,7 @@ def _counting(cls: type[Any], counter: _Counter) -> type[Any]:
     return Counting
 
 
-def counting_client(url: str) -> tuple["redis.Redis[bytes]", _Counter]:
+def counting_client(url: str) -> tuple[redis.Redis, _Counter]:
     counter = _Counter()
     base = redis.Redis.from_url(url)
     pool = base.connection_pool

@@ -24,27 +24,28 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from aios_bench.common import consoles, machine, print_targets, progress_bars, save, target
-from aios_bench.emulator import DEFAULT_MODEL, EmulatorProcess, prompt_tokens
-from aios.sdk.client import Kernel
 from aios.ops.embedded import LocalKernel
-from aios.wire.errors import ConfigError
 from aios.policy.identity import Credentials
+from aios.sdk.client import Kernel
 from aios.settings import Settings
+from aios.wire.errors import ConfigError
+from aios_bench.common import Bound, consoles, machine, print_targets, progress_bars, save, target
+from aios_bench.emulator import DEFAULT_MODEL, EmulatorProcess, prompt_tokens
 
 PROMPT = ("You are one of many agents sharing a rate-limited LLM provider. Summarise in a few words why "
           "a kernel should pace calls to a provider instead of letting every agent retry on its own.")
 LLM_WORKER_THREADS = 16
-TARGETS: dict[str, tuple[float, str]] = {"zero_429": (0, "max"), "zero_failed_agents": (0, "max"),
-                                         "throughput_vs_limit": (0.95, "min")}
+TARGETS: dict[str, tuple[float, Bound]] = {"zero_429": (0, "max"), "zero_failed_agents": (0, "max"),
+                                           "throughput_vs_limit": (0.95, "min")}
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ class ContenderRun:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def run_agents(name: str, params: RateParams, make_call: Callable[[int], Callable[[], None]],
+def run_agents(name: str, params: RateParams, make_call: Callable[[int], Callable[[], object]],
                progress: Progress) -> tuple[list[AgentOutcome], float]:
     """``params.agents`` threads, each making ``params.calls`` calls; returns their outcomes and the wall time."""
     bar = progress.add_task(name, total=params.agents * params.calls)
@@ -151,7 +152,7 @@ def run_direct(params: RateParams, progress: Progress) -> ContenderRun:
                          service_s=params.service_ms / 1000) as emu:
         clients: list[Any] = []
 
-        def make_call(i: int) -> Callable[[], None]:
+        def make_call(i: int) -> Callable[[], object]:
             client = openai.OpenAI(base_url=f"{emu.url}/v1", api_key="emulated", max_retries=2)
             clients.append(client)
             return lambda: client.chat.completions.create(
@@ -188,7 +189,7 @@ def run_kernel(settings: Settings, params: RateParams, progress: Progress, log: 
             creds = Credentials(lk.settings)
             kernels: list[Kernel] = []
 
-            def make_call(i: int) -> Callable[[], None]:
+            def make_call(i: int) -> Callable[[], object]:
                 agent_id = f"bench-agent-{i:03d}"
                 secret = creds.create(agent_id, write_file=False).secret
                 k = Kernel(agent_id, settings=lk.settings, timeout_s=timeout_s, credential=secret)
@@ -217,7 +218,7 @@ def steady_throughput(admitted_at: list[float], tokens: list[int], window_s: flo
     if k < 1:
         return {"windows": 0, "requests_per_window": None, "tokens_per_window": None, "from_s": None, "to_s": None}
     lo, hi = t0 + window_s, t0 + (k + 1) * window_s
-    inside = [(t, n) for t, n in zip(admitted_at, tokens) if lo <= t < hi]
+    inside = [(t, n) for t, n in zip(admitted_at, tokens, strict=True) if lo <= t < hi]
     return {"windows": k, "from_s": lo, "to_s": hi, "requests_per_window": len(inside) / k,
             "tokens_per_window": sum(n for _, n in inside) / k}
 
@@ -316,7 +317,7 @@ def plot(path: Path, runs: list[ContenderRun], result: dict[str, Any]) -> None:
     ratios = [result[n]["throughput_vs_limit"] or 0.0 for n in names]
     bars = ax_bar.bar(names, ratios, color=[colors[n] for n in names])
     ax_bar.bar_label(bars, labels=[f"{v:.2f}\n429s {result[n]['provider_429']}, failed {result[n]['failed_agents']}"
-                                   for n, v in zip(names, ratios)], fontsize=8)
+                                   for n, v in zip(names, ratios, strict=True)], fontsize=8)
     ax_bar.axhline(0.95, color="green", ls=":", label="goal 0.95")
     ax_bar.set_ylim(0, max(1.2, max(ratios) * 1.25))
     ax_bar.set_ylabel("steady throughput / limit")

@@ -16,22 +16,23 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from aios.ops.embedded import LocalKernel
+from aios.policy.identity import Credentials
+from aios.sdk.client import Kernel
+from aios.settings import Settings
+from aios.wire.errors import ConfigError
 from aios_bench.common import consoles, machine, progress_bars, save, target
 from aios_bench.emulator import EmulatorProcess
 from aios_bench.ratelimit import PROMPT, kernel_settings
-from aios.sdk.client import Kernel
-from aios.ops.embedded import LocalKernel
-from aios.wire.errors import ConfigError
-from aios.policy.identity import Credentials
-from aios.settings import Settings
 
 TARGET = ("linear_scaling_4_workers", 0.9)
 WARMUP_PER_WORKER = 2
@@ -160,7 +161,7 @@ def plot(path: Path, result: dict[str, Any]) -> None:
     ideal = 1000.0 / result["params"]["service_ms"]
     fig, ax = plt.subplots(figsize=(7, 4.4))
     ax.plot(ns, thr, "o-", color="tab:orange", label="measured (kernel)")
-    for n, v, c in zip(ns, thr, configs):
+    for n, v, c in zip(ns, thr, configs, strict=True):
         ax.annotate(f"{v:.1f}/s ({c['vs_linear']:.2f}x linear)", (n, v), textcoords="offset points", xytext=(6, -12),
                     fontsize=8)
     ax.plot(ns, [n * base for n in ns], "--", color="gray", label="linear from 1 worker")

@@ -14,20 +14,21 @@ import socket
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import redis
 from kombu import Connection, Exchange, Producer, Queue
 
 from aios.broker.app import make_app
-from aios.sdk.client import Kernel
 from aios.ops.embedded import LocalKernel
 from aios.policy.identity import Credentials
+from aios.sdk.client import Kernel
+from aios.settings import QUEUES, Settings
 from aios.wire.errors import ConfigError
 from aios.wire.priority import DEFAULT_PRIORITY, MAX_PRIORITY, to_broker
-from aios.settings import QUEUES, Settings
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672//"

@@ -13,13 +13,13 @@ import click
 import pytest
 from click.testing import CliRunner
 
+from aios.ops.embedded import LocalKernel
 from aios.policy.access import AccessManager, decide
 from aios.policy.audit import AuditLog
-from aios.sdk.client import AsyncKernel, Kernel
-from aios.ops.embedded import LocalKernel
-from aios.wire.errors import AccessDenied, KernelUnavailable
 from aios.policy.identity import Credentials
+from aios.sdk.client import AsyncKernel, Kernel
 from aios.settings import Settings, get_settings
+from aios.wire.errors import AccessDenied, KernelUnavailable
 from aios.wire.syscalls import MemorySyscall, StorageSyscall
 from tests.conftest import authorized, storage_service
 

@@ -6,18 +6,18 @@ import json
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from aios import AccessDenied, ApprovalDenied, Kernel, NotFound
-from aios.policy.approvals import Approvals, irreversible_reason
 from aios.ops.embedded import LocalKernel
-from aios.wire.syscalls import MemorySyscall, StorageSyscall, ToolSyscall
+from aios.policy.approvals import Approvals, irreversible_reason
 from aios.services.storage.service import StorageService
 from aios.services.tools.service import Tool, ToolRegistry, ToolService
 from aios.settings import Settings
+from aios.wire.syscalls import MemorySyscall, StorageSyscall, ToolSyscall
 from tests.conftest import authorized, base_settings, run_aios
 
 

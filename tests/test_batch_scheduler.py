@@ -3,12 +3,22 @@ budget, time slices and preemption, the prefix-cache decision, snapshots; each t
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
-from aios.services.llm.batch_scheduler import (MIN_PREFIX, Admit, BatchScheduler, Budget, CacheCopy, Move,
-                                               Request, Sampled, StepPlan, Status)
+from aios.services.llm.batch_scheduler import (
+    MIN_PREFIX,
+    Admit,
+    BatchScheduler,
+    Budget,
+    CacheCopy,
+    Move,
+    Request,
+    Sampled,
+    Status,
+    StepPlan,
+)
 
 EOG = -1
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from aios.wire.errors import ConfigError
 from aios_bench.overhead import run_overhead
 from aios_bench.ratelimit import RateParams, run_ratelimit, steady_throughput
 from aios_bench.scale import ScaleParams, run_scale
-from aios.wire.errors import ConfigError
 from tests.conftest import base_settings
 
 

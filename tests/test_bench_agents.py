@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from aios.wire.errors import ConfigError
 from aios_bench.agents import ratios, script, targets
 from aios_bench.engine import run_engine_bench
-from aios.wire.errors import ConfigError
 
 
 def test_scripts_are_fixed_and_mix_short_and_long_llm_steps() -> None:

@@ -8,16 +8,16 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import redis
 
 from agents.react import agent as react
 from aios import Kernel
-from aios.state import keys
 from aios.ops.embedded import LocalKernel, kernel_file
+from aios.state import keys
 from tests.conftest import authorized, base_settings
 
 pytestmark = pytest.mark.integration

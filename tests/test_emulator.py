@@ -17,9 +17,13 @@ import openai
 import pytest
 
 from aios_bench.emulator import (
-    Emulator, EmulatorProcess, EmulatorThread, SlidingWindowLimiter, completion_text, prompt_tokens,
+    Emulator,
+    EmulatorProcess,
+    EmulatorThread,
+    SlidingWindowLimiter,
+    completion_text,
+    prompt_tokens,
 )
-
 
 # -- the limiter, on a fake clock ------------------------------------------------------------------------------
 

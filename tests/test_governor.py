@@ -5,17 +5,18 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import redis
 
-from aios.state import keys
 from aios.ops.embedded import LocalKernel
-from aios.wire.errors import KernelBusy, QuotaExceeded
 from aios.policy.governor import Ager, Governor, priority_lists
 from aios.settings import Settings
+from aios.state import keys
+from aios.wire.errors import KernelBusy, QuotaExceeded
 from aios.wire.syscalls import ChatMessage, LLMSyscall, Response, Status, Timing, ToolSyscall
 from tests.conftest import authorized, base_settings
 

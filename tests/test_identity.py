@@ -7,17 +7,18 @@ import json
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import redis
 
 from aios import AuthError, Kernel
-from aios.state import keys
 from aios.ops.embedded import LocalKernel
 from aios.policy.identity import Credentials, sign
 from aios.settings import QUEUES
+from aios.state import keys
 from aios.wire.syscalls import Response
 from tests.conftest import authorized, base_settings, publish_raw, run_aios
 

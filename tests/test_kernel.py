@@ -11,12 +11,11 @@ import uuid
 import pytest
 import redis
 
-from aios import AsyncKernel, InvalidToolArguments, Kernel, NotFound, PayloadTooLarge, SyscallTimeout
-from aios import AccessDenied
-from aios.state import keys
+from aios import AccessDenied, AsyncKernel, InvalidToolArguments, Kernel, NotFound, PayloadTooLarge, SyscallTimeout
 from aios.ops.embedded import LocalKernel
-from aios.wire.syscalls import Response, Status, ToolSyscall
 from aios.policy.identity import Credentials, sign
+from aios.state import keys
+from aios.wire.syscalls import Response, Status, ToolSyscall
 from tests.conftest import authorized, publish_raw
 
 pytestmark = pytest.mark.integration
@@ -84,7 +83,7 @@ def test_sync_gather_runs_concurrently(sdk: Kernel) -> None:
     assert [o["slept_s"] for o in out] == [0.3] * 4
     pendings = [sdk.submit(sdk.tool_syscall("sleep", {"seconds": 0.3})) for _ in range(4)]
     spans = sorted((r.timing.started_at, r.timing.finished_at) for r in map(sdk.wait_response, pendings))
-    assert any(b_start < a_end for (_, a_end), (b_start, _) in zip(spans, spans[1:])), spans
+    assert any(b_start < a_end for (_, a_end), (b_start, _) in zip(spans, spans[1:], strict=False)), spans
 
 
 def test_timeout_raises_typed_error_that_says_what_to_do(sdk: Kernel) -> None:

@@ -8,22 +8,33 @@ import json
 import socket
 import subprocess
 import sys
-import time
 import threading
+import time
 import urllib.request
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterator
+from typing import Any
 
 import jsonschema
 import pytest
 
 from aios.services.llm import service as llm
-from aios.wire.errors import BackendError, ConfigError, InvalidSyscall
 from aios.services.llm.service import (
-    LLMService, LlamaCppBackend, OpenAIBackend, build_messages, check_schema, check_tool_call, default_model_path,
-    make_result, parse_json_output, parse_tool_output, tool_call_schema, tool_instruction,
+    LlamaCppBackend,
+    LLMService,
+    OpenAIBackend,
+    build_messages,
+    check_schema,
+    check_tool_call,
+    default_model_path,
+    make_result,
+    parse_json_output,
+    parse_tool_output,
+    tool_call_schema,
+    tool_instruction,
 )
 from aios.settings import Settings
+from aios.wire.errors import BackendError, ConfigError, InvalidSyscall
 from aios.wire.syscalls import ChatMessage, LLMSyscall, MemorySyscall, ToolSpec
 
 CITY_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}

@@ -3,17 +3,18 @@ the same with several suspensions per syscall as without, on both backends and t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import redis
 
-from aios.state import keys
-from aios.state.context import Preempted, Snapshot
 from aios.ops.embedded import LocalKernel
 from aios.services.llm.service import LlamaCppBackend, OpenAIBackend, default_model_path
 from aios.settings import Settings
+from aios.state import keys
+from aios.state.context import Preempted, Snapshot
 from aios.wire.syscalls import ChatMessage, LLMSyscall
 from tests.conftest import authorized, base_settings
 from tests.test_llm_backends import CALC, CITY_SCHEMA, llama_server, syscall  # noqa: F401 - fixture reused
@@ -57,7 +58,7 @@ def test_batched_greedy_output_equals_alone(engine_backend: LlamaCppBackend) -> 
     with ThreadPoolExecutor(len(calls)) as pool:
         together = list(pool.map(engine_backend.chat, calls))
     assert engine_backend.engine.max_active == 4, "the engine should have decoded four sequences at once"
-    for a, b in zip(alone, together):
+    for a, b in zip(alone, together, strict=True):
         assert (a["content"], a["json"], a["tool_calls"]) == (b["content"], b["json"], b["tool_calls"])
     assert together[4]["json"]["city"] and together[5]["tool_calls"][0]["name"] == "calculator"
 
@@ -65,7 +66,7 @@ def test_batched_greedy_output_equals_alone(engine_backend: LlamaCppBackend) -> 
 def test_slots_stay_consecutive_and_moved_sequences_generate_the_same(engine_backend: LlamaCppBackend) -> None:
     """Short syscalls end first; the sequences left are moved down to consecutive slots (llama.cpp batches only
     consecutive ones together) and still generate what they generate alone."""
-    calls = [syscall(p, max_tokens=n) for p, n in zip(PROMPTS, (4, 40, 8, 40))]
+    calls = [syscall(p, max_tokens=n) for p, n in zip(PROMPTS, (4, 40, 8, 40), strict=True)]
     calls += [syscall(p, max_tokens=30) for p in PROMPTS[:2]]  # wait for a free slot, join mid-way
     alone = [engine_backend.chat(c) for c in calls]
     engine = engine_backend.engine
@@ -106,7 +107,7 @@ def test_local_preemption_resumes_token_for_token(kv: bool, engine_backend: Llam
     engine_backend.others_waiting = lambda: True  # a fake "others wait": every quantum ends in a suspension
     restored = engine_backend.engine.restored
     try:
-        for call, want, quantum in zip((plain, constrained), expected, (6, 2)):
+        for call, want, quantum in zip((plain, constrained), expected, (6, 2), strict=True):
             engine_backend.quantum = quantum
             got, slices = run_sliced(engine_backend, call)
             assert slices >= 3

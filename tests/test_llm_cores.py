@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from aios_bench.emulator import EmulatorProcess
 from aios.ops.embedded import LocalKernel
-from aios.wire.errors import ConfigError
-from aios.settings import Settings, all_queues, for_llm_core, llm_queue, worker_queue
 from aios.ops.status import queue_depths
+from aios.settings import Settings, all_queues, for_llm_core, llm_queue, worker_queue
+from aios.wire.errors import ConfigError
+from aios_bench.emulator import EmulatorProcess
 from tests.conftest import authorized, base_settings
 
 EMU = {"backend": "openai", "model": "emulated", "api_key": "x"}

@@ -3,14 +3,14 @@ LLM worker on the openai backend in front of a scripted OpenAI-compatible server
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import redis
 
-from aios.state import keys
 from aios.ops.embedded import LocalKernel
+from aios.state import keys
 from aios.wire.errors import BackendError
 from tests.conftest import authorized, base_settings
 from tests.test_llm_backends import ScriptedServer, completion

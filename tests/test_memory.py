@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from aios.wire.errors import ConfigError, Conflict, InvalidSyscall, NotFound
 from aios.services.storage.memory import LRUK, LocalFastTier
-from aios.settings import Settings
 from aios.services.storage.service import StorageService
+from aios.settings import Settings
+from aios.wire.errors import ConfigError, Conflict, InvalidSyscall, NotFound
 from aios.wire.syscalls import MemorySyscall
 from tests.conftest import storage_service
 
@@ -151,7 +151,7 @@ def test_a_second_process_on_the_same_milvus_lite_gets_a_clear_error(tmp_path: P
     store = VectorStore(uri, dim=8)
     try:
         code = ("from aios.services.storage.vectors import VectorStore\n"
-                "try:\n    VectorStore(%r, dim=8)\nexcept Exception as e:\n    print(type(e).__name__, e)\n" % uri)
+                f"try:\n    VectorStore({uri!r}, dim=8)\nexcept Exception as e:\n    print(type(e).__name__, e)\n")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
     finally:
         store.close()

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from aios.state import keys
 from aios.ops.embedded import LocalKernel
+from aios.state import keys
 from tests.conftest import BROKERS, authorized, make_broker_settings
 
 pytestmark = pytest.mark.integration

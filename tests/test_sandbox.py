@@ -7,14 +7,15 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
-from aios.services.tools import sandbox
 from aios.ops.embedded import LocalKernel
+from aios.services.tools import sandbox
 from aios.services.tools.sandbox import UID_BASE, UID_COUNT, processes_of, run_python, run_sandboxed
 from aios.services.tools.service import builtin_registry
 from tests.conftest import authorized, base_settings

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from aios.wire.errors import ConfigError
 from aios.policy.scheduler import (
-    FairShare, Fifo, RoundRobin, StrictPriority, aged_priority, jain_index, llm_quantum, make_policy,
+    FairShare,
+    Fifo,
+    RoundRobin,
+    StrictPriority,
+    aged_priority,
+    jain_index,
+    llm_quantum,
+    make_policy,
 )
 from aios.settings import Settings
+from aios.wire.errors import ConfigError
 
 
 def test_fifo_and_round_robin_ignore_the_requested_priority() -> None:

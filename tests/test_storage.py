@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from aios.wire.errors import AccessDenied, Conflict, InvalidSyscall, NotFound
-from aios.settings import Settings
 from aios.services.storage.service import TMP_PREFIX, StorageService
+from aios.settings import Settings
+from aios.wire.errors import AccessDenied, Conflict, InvalidSyscall, NotFound
 from aios.wire.syscalls import MemorySyscall, StorageSyscall
 from tests.conftest import storage_service
 

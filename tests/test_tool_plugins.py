@@ -7,14 +7,14 @@ import os
 import signal
 import sys
 import textwrap
+from collections.abc import Iterator
 from importlib.metadata import EntryPoint
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from aios.services.tools import plugins as tool_plugins
-from aios.wire.errors import ConfigError, InvalidToolArguments, ToolError
 from aios.services.tools.plugins import (
     McpServerConfig,
     ToolSettings,
@@ -24,6 +24,7 @@ from aios.services.tools.plugins import (
 )
 from aios.services.tools.service import ToolRegistry, builtin_registry
 from aios.settings import Settings
+from aios.wire.errors import ConfigError, InvalidToolArguments, ToolError
 from tests.conftest import base_settings
 
 PLUGIN = '''

@@ -6,21 +6,13 @@ from __future__ import annotations
 import http.server
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
-from aios.wire.errors import (
-    AccessDenied,
-    InvalidToolArguments,
-    NotFound,
-    ToolError,
-    UnknownTool,
-)
-from aios.settings import Settings
-from aios.wire.syscalls import ToolSyscall
 from aios.services.tools.service import (
     Tool,
     ToolContext,
@@ -29,6 +21,15 @@ from aios.services.tools.service import (
     builtin_registry,
     calculate,
 )
+from aios.settings import Settings
+from aios.wire.errors import (
+    AccessDenied,
+    InvalidToolArguments,
+    NotFound,
+    ToolError,
+    UnknownTool,
+)
+from aios.wire.syscalls import ToolSyscall
 from tests.conftest import base_settings
 
 

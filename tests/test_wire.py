@@ -7,10 +7,10 @@ import json
 import pytest
 from pydantic import ValidationError
 
+from aios.settings import Settings
 from aios.wire import errors
 from aios.wire.errors import InvalidSyscall, PayloadTooLarge
 from aios.wire.priority import DEFAULT_PRIORITY, from_broker, to_broker
-from aios.settings import Settings
 from aios.wire.syscalls import LLMSyscall, Response, ToolSyscall, decode_syscall
 
 REDIS = "redis://127.0.0.1:6379/0"

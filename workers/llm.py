@@ -11,14 +11,14 @@ queue ``aios.llm.<name>`` instead of the default core.
 
 from celery.signals import worker_ready
 
-from aios.worker.app import create_worker_app
 from aios.services.llm.service import LLMService
 from aios.settings import for_llm_core, get_settings
+from aios.worker.app import create_worker_app
 
 settings = for_llm_core(get_settings())
 app = create_worker_app("llm", LLMService, settings=settings, concurrency=settings.llm.batch_size)
 
 
-@worker_ready.connect
+@worker_ready.connect  # type: ignore[untyped-decorator]  # celery has no type information
 def _load_model(sender: object = None, **_: object) -> None:
-    _ = app.aios_runtime.service.backend  # type: ignore[attr-defined]  # building it loads the model
+    _ = app.aios_runtime.service.backend  # building it loads the model

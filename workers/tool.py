@@ -5,10 +5,10 @@ Its registry is the built-in tools plus the plugins of :mod:`aios.services.tools
 tools act on ``AIOS_DATA_DIR``, which must be the storage worker's too.
 """
 
-from aios.worker.app import create_worker_app
-from aios.settings import Settings
 from aios.services.tools.plugins import load_plugins
 from aios.services.tools.service import ToolService, builtin_registry
+from aios.settings import Settings
+from aios.worker.app import create_worker_app
 
 
 def make_service(settings: Settings) -> ToolService:

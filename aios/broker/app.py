@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 
-from aios.wire.priority import DEFAULT_PRIORITY, MAX_PRIORITY, PRIORITY_STEPS, is_redis_url, to_broker
 from aios.settings import QUEUES, Settings, all_queues
+from aios.wire.priority import DEFAULT_PRIORITY, MAX_PRIORITY, PRIORITY_STEPS, is_redis_url, to_broker
 
 
 def kernel_queues(settings: Settings | None = None) -> list[Queue]:
     """Every kernel queue (with ``settings``: the extra LLM cores' too), with broker priorities."""
     names = all_queues(settings) if settings is not None else list(QUEUES.values())
     return [
-        Queue(name, Exchange(name, type="direct"), routing_key=name, queue_arguments={"x-max-priority": MAX_PRIORITY})
+        Queue(name, Exchange(name, type="direct"), routing_key=name,  # type: ignore[no-untyped-call]  # kombu's Queue, Exchange: unannotated
+              queue_arguments={"x-max-priority": MAX_PRIORITY})
         for name in names
     ]
 

@@ -29,7 +29,7 @@ def priority_lists(queue: str) -> list[str]:
     return [step_list(queue, MAX_PRIORITY - p) for p in range(MAX_PRIORITY + 1)]
 
 
-def redis_depth(client: "redis.Redis[bytes] | redis.client.Pipeline[bytes]", queue: str) -> int:
+def redis_depth(client: redis.Redis | redis.client.Pipeline, queue: str) -> int:
     """Messages waiting on ``queue`` on a Redis broker, all steps together (one pipelined round trip)."""
     pipe = client.pipeline(transaction=False)
     for name in step_lists(queue):
@@ -37,7 +37,7 @@ def redis_depth(client: "redis.Redis[bytes] | redis.client.Pipeline[bytes]", que
     return int(sum(pipe.execute()))
 
 
-def queue_depth(app: Any, settings: Settings, queue: str, broker_redis: "redis.Redis[bytes] | None" = None
+def queue_depth(app: Any, settings: Settings, queue: str, broker_redis: redis.Redis | None = None
                 ) -> int | None:
     """Messages waiting on one kernel queue (``None``: a RabbitMQ queue nobody declared yet)."""
     broker = settings.require_broker()

@@ -9,16 +9,17 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 import click
 
 from aios.ops.cli_access import _fail, _say
 from aios.ops.cli_access import register as register_access_commands
-from aios.wire.errors import AIOSError, ConfigError
 from aios.settings import QUEUES, Settings, get_settings
+from aios.wire.errors import AIOSError, ConfigError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -65,8 +66,8 @@ def run(agent: str, task: str, agent_id: str | None, timeout_s: float | None, ve
     With AIOS_BROKER_URL set, or an `aios up` running, the agent uses that kernel; otherwise an embedded
     Redis and the three workers start for this run and stop after it.
     """
-    from aios.sdk.client import Kernel
     from aios.ops.embedded import LocalKernel
+    from aios.sdk.client import Kernel
     from aios.settings import discover
 
     interrupts = _Interrupts()
@@ -202,8 +203,8 @@ def worker(ctx: click.Context, resource: str, core: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def status(as_json: bool) -> None:
     """Queues, workers and syscalls in flight."""
-    from aios.sdk.client import resolve_settings
     from aios.ops.status import collect
+    from aios.sdk.client import resolve_settings
 
     try:
         info = collect(resolve_settings(None))
@@ -260,8 +261,8 @@ def status(as_json: bool) -> None:
 @click.option("--address", default="127.0.0.1", show_default=True)
 def metrics(port: int, address: str) -> None:
     """Serve the kernel's metrics for Prometheus on http://ADDRESS:PORT/metrics (until Ctrl-C)."""
-    from aios.sdk.client import resolve_settings
     from aios.ops.metrics import serve
+    from aios.sdk.client import resolve_settings
 
     try:
         settings = resolve_settings(None)
@@ -285,9 +286,9 @@ def quota() -> None:
 @click.argument("agent_id")
 def quota_reset(agent_id: str) -> None:
     """Set AGENT_ID's used tokens back to zero (its token_budget starts again)."""
+    from aios.sdk.client import resolve_settings
     from aios.state import keys
     from aios.state.connections import state_client
-    from aios.sdk.client import resolve_settings
 
     try:
         r = state_client(resolve_settings(None))
@@ -302,8 +303,8 @@ def quota_reset(agent_id: str) -> None:
 @click.option("--limit", default=20, show_default=True)
 def deadletters(limit: int) -> None:
     """The most recent rejected messages, newest first, as JSON lines."""
-    from aios.sdk.client import resolve_settings
     from aios.ops.status import deadletters as read
+    from aios.sdk.client import resolve_settings
 
     try:
         for entry in read(resolve_settings(None), limit):
@@ -377,8 +378,8 @@ def agent() -> None:
 
 
 def _credentials() -> "Any":
-    from aios.sdk.client import resolve_settings
     from aios.policy.identity import Credentials
+    from aios.sdk.client import resolve_settings
 
     try:
         return Credentials(resolve_settings(None))
@@ -426,7 +427,10 @@ def agent_list(as_json: bool) -> None:
     from rich.table import Table
 
     t = Table("agent", "created", "expires", "revoked", "groups")
-    fmt = lambda ts: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "never"  # noqa: E731
+
+    def fmt(ts: float | None) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "never"
+
     for c in creds:
         t.add_row(c["agent_id"], fmt(c["created_at"]), fmt(c["expires_at"]), "yes" if c["revoked"] else "no",
                   ",".join(c["groups"]))

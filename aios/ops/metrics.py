@@ -8,7 +8,8 @@ runtimes, events); this covers the kernel's: queues, scheduling, quotas.
 from __future__ import annotations
 
 import threading
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -35,7 +36,7 @@ class KernelCollector(Collector):
         yield depth
 
         from aios.state import keys
-        from aios.state.connections import state_client
+        from aios.state.connections import as_text, state_client
 
         r = state_client(self.settings)
         try:
@@ -46,17 +47,17 @@ class KernelCollector(Collector):
         answered = CounterMetricFamily("aios_syscalls_answered", "Syscalls answered, by kind and status "
                                        "(rate() of it is the throughput)", labels=["kind", "status"])
         for k, v in done.items():
-            kind, _, status = k.decode().partition(":")
+            kind, _, status = as_text(k).partition(":")
             answered.add_metric([kind, status], float(v))
         yield answered
         refused = CounterMetricFamily("aios_syscalls_rejected", "Messages refused by a worker gate, by code",
                                       labels=["code"])
         for k, v in rejected.items():
-            refused.add_metric([k.decode()], float(v))
+            refused.add_metric([as_text(k)], float(v))
         yield refused
 
         sched = scheduling(self.settings)
-        families = {
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
             "attained": GaugeMetricFamily("aios_agent_attained_service_seconds",
                                           "Attained service per agent (what the fair policy compares)",
                                           labels=["agent", "resource"]),

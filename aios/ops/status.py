@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, cast
 
-from aios.state import keys
-from aios.state.connections import broker_client, state_client
 from aios.broker.app import make_app
 from aios.broker.queues import redis_depth
-from aios.wire.priority import is_redis_url
 from aios.settings import QUEUES, Settings, all_queues
+from aios.state import keys
+from aios.state.connections import as_text, broker_client, state_client
+from aios.wire.priority import is_redis_url
 
 
 def queue_depths(app: Any, settings: Settings) -> dict[str, int | None]:
@@ -59,8 +59,8 @@ def collect(settings: Settings, timeout_s: float = 1.0) -> dict[str, Any]:
         app.close()
     r = state_client(settings)
     try:
-        done = {k.decode(): int(v) for k, v in r.hgetall(keys.STATS_DONE).items()}
-        rejected = {k.decode(): int(v) for k, v in r.hgetall(keys.STATS_REJECTED).items()}
+        done = {as_text(k): int(v) for k, v in r.hgetall(keys.STATS_DONE).items()}
+        rejected = {as_text(k): int(v) for k, v in r.hgetall(keys.STATS_REJECTED).items()}
         deadletters = r.llen(keys.DEADLETTER)
     finally:
         r.close()
@@ -89,9 +89,10 @@ def scheduling(settings: Settings) -> dict[str, Any]:
         for resource in QUEUES:
             stats: dict[str, dict[str, float]] = {}
             for k, v in r.hgetall(keys.agent_stats(resource)).items():
-                agent, _, fld = k.decode().rpartition(":")
+                agent, _, fld = as_text(k).rpartition(":")
                 stats.setdefault(agent, {})[fld] = float(v)
-            attained = {m.decode(): score for m, score in r.zrange(keys.attained(resource), 0, -1, withscores=True)}
+            scored = cast("list[tuple[bytes, float]]", r.zrange(keys.attained(resource), 0, -1, withscores=True))
+            attained = {as_text(m): score for m, score in scored}
             for agent in sorted(stats):
                 st = stats[agent]
                 n = int(st.get("n", 0))
@@ -105,7 +106,7 @@ def scheduling(settings: Settings) -> dict[str, Any]:
                               "wait_p50_s": _percentile(waits, 0.5), "wait_p90_s": _percentile(waits, 0.9),
                               "wait_p99_s": _percentile(waits, 0.99)})
         quotas: list[dict[str, Any]] = []
-        for scope in sorted(x.decode() for x in r.smembers(keys.QUOTA_SCOPES)):
+        for scope in sorted(as_text(x) for x in r.smembers(keys.QUOTA_SCOPES)):
             pipe = r.pipeline(transaction=False)
             pipe.zcount(keys.quota(scope, "req"), now - settings.quota.window_s, "+inf")
             pipe.hget(keys.quota(scope, "tok"), "_sum")
@@ -114,7 +115,7 @@ def scheduling(settings: Settings) -> dict[str, Any]:
             spec = settings.quota.scopes.get(scope) or (settings.quota.scopes.get("agent:*") if scope.startswith("agent:") else None)
             quotas.append({"scope": scope, "requests": int(requests), "tokens": int(tokens or 0),
                            "running": int(leases), "limits": spec.model_dump(exclude_none=True) if spec else {}})
-        used = {k.decode(): int(v) for k, v in r.hgetall(keys.TOKENS_USED).items()}
+        used = {as_text(k): int(v) for k, v in r.hgetall(keys.TOKENS_USED).items()}
     finally:
         r.close()
     return {"agents": agents, "scheduling": resources, "quotas": quotas, "tokens_used": used,

@@ -29,10 +29,10 @@ from typing import Any, cast
 
 import redis
 
-from aios.state import keys
-from aios.state.connections import state_client
 from aios.policy.audit import AuditLog
 from aios.settings import Settings
+from aios.state import keys
+from aios.state.connections import state_client
 from aios.wire.syscalls import AGENT_ID_RE
 
 RESOURCES: tuple[str, ...] = ("memory", "files")
@@ -161,7 +161,7 @@ class AccessManager:
         for o in owners:
             pipe.hgetall(keys.grant(o))
         out = []
-        for o, fields in zip(owners, pipe.execute()):
+        for o, fields in zip(owners, pipe.execute(), strict=True):
             for f, mode in sorted(fields.items()):
                 grantee, _, resource = _text(f).rpartition(":")
                 out.append({"owner": o, "grantee": grantee, "resource": resource, "mode": _text(mode)})
@@ -215,10 +215,10 @@ class AccessManager:
             pipe.hget(keys.agent(a), "groups")
         replies = pipe.execute()
         via: dict[tuple[str, str], list[str]] = {}
-        for g, members in zip(names, replies[: len(names)]):
+        for g, members in zip(names, replies[: len(names)], strict=True):
             for m in members:
                 via.setdefault((g, _text(m)), []).append("group add")
-        for a, listed in zip(agents, replies[len(names):]):
+        for a, listed in zip(agents, replies[len(names):], strict=True):
             for g in _groups(listed, ()):
                 via.setdefault((g, a), []).insert(0, "credential")
         return [{"group": g, "agent": a, "via": ", ".join(v)} for (g, a), v in sorted(via.items())]
@@ -236,7 +236,7 @@ def _text(value: bytes | str) -> str:
 def _atomically(client: redis.Redis, change: Callable[[Any], Any], *watched: str) -> Any:
     """``change(pipe)`` reads the ``watched`` keys, then queues its writes after ``pipe.multi()``; it runs
     again if another client changed a watched key in between. Returns what ``change`` returned."""
-    return client.transaction(change, *watched, value_from_callable=True)  # type: ignore[arg-type]
+    return client.transaction(change, *watched, value_from_callable=True)
 
 
 def _check(value: str, allowed: tuple[str, ...], what: str) -> None:

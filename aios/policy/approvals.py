@@ -13,15 +13,15 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 
+from aios.settings import Settings
 from aios.state import keys, scripts
-from aios.state.connections import state_client
+from aios.state.connections import as_text, state_client
 from aios.state.replies import Replies
 from aios.wire.errors import AIOSError, ApprovalDenied, NotFound
-from aios.settings import Settings
 from aios.wire.syscalls import ErrorInfo, MemorySyscall, Response, Status, StorageSyscall, Syscall, Timing, ToolSyscall
 
 PENDING, APPROVED, DENIED, EXPIRED = "pending", "approved", "denied", "expired"
@@ -59,11 +59,11 @@ class Approvals:
 
     def status(self, syscall_id: str) -> str | None:
         value = self.redis.hget(keys.approval(syscall_id), "status")
-        return value.decode() if value else None
+        return as_text(value) if value else None
 
     def park(self, syscall: Syscall, payload: dict[str, Any], reason: str) -> None:
         """Keep the signed message until someone decides; a second delivery of it changes nothing."""
-        record = {
+        record: dict[str, str | float] = {
             "status": PENDING, "agent_id": syscall.agent_id, "kind": syscall.kind, "reason": reason,
             "created_at": syscall.created_at, "deadline": syscall.deadline, "payload": json.dumps(payload),
             "summary": _summary(syscall),
@@ -78,14 +78,14 @@ class Approvals:
     # -- operator side ------------------------------------------------------------------------------------
 
     def get(self, syscall_id: str) -> Request:
-        rec = {k.decode(): v.decode() for k, v in self.redis.hgetall(keys.approval(syscall_id)).items()}
+        rec = {as_text(k): as_text(v) for k, v in self.redis.hgetall(keys.approval(syscall_id)).items()}
         if not rec:
             raise NotFound(f"no approval request {syscall_id!r}; list them with `aios approvals`")
         return Request(syscall_id, rec["agent_id"], rec["kind"], rec["reason"], rec["status"],
                        float(rec["created_at"]), float(rec["deadline"]), rec.get("summary", ""))
 
     def pending(self) -> list[Request]:
-        ids = [i.decode() for i in self.redis.zrange(keys.APPROVALS_PENDING, 0, -1)]
+        ids = [as_text(i) for i in cast("list[bytes]", self.redis.zrange(keys.APPROVALS_PENDING, 0, -1))]
         out = []
         for i in ids:
             try:
@@ -107,7 +107,8 @@ class Approvals:
         """Mark approved and publish the parked message again (through the one publish path, at the priority its
         policy gives it now): the next worker to take it runs it."""
         self._transition(syscall_id, APPROVED, "approved by an operator")
-        payload = json.loads(self.redis.hget(keys.approval(syscall_id), "payload"))
+        # The transition just found the request: its payload is there.
+        payload = json.loads(cast("bytes", self.redis.hget(keys.approval(syscall_id), "payload")))
         from aios.broker.app import make_app
         from aios.broker.publish import publish_syscall
         from aios.policy.placement import Placement

@@ -38,11 +38,11 @@ from typing import Any
 
 import redis
 
-from aios.state import keys, scripts
-from aios.wire.errors import QuotaExceeded
 from aios.broker.queues import priority_lists
 from aios.policy.scheduler import make_policy
 from aios.settings import QuotaSpec, Settings
+from aios.state import keys, scripts
+from aios.wire.errors import QuotaExceeded
 from aios.wire.syscalls import LLMSyscall, Response, Syscall, ToolSyscall
 
 log = logging.getLogger("aios.governor")

@@ -21,14 +21,14 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 
-from aios.state import keys
-from aios.state.connections import state_client
-from aios.wire.errors import AuthError, ConfigError
 from aios.settings import Settings
+from aios.state import keys
+from aios.state.connections import as_text, state_client
+from aios.wire.errors import AuthError, ConfigError
 
 SIG_FIELD = "sig"
 
@@ -128,7 +128,8 @@ class Credentials:
         return cred
 
     def get(self, agent_id: str) -> Credential | None:
-        return Credential.from_redis(agent_id, self.redis.hgetall(keys.agent(agent_id)))
+        # The state client does not decode responses: the hash's fields and values are bytes.
+        return Credential.from_redis(agent_id, cast("dict[bytes, bytes]", self.redis.hgetall(keys.agent(agent_id))))
 
     def revoke(self, agent_id: str) -> bool:
         if not self.redis.exists(keys.agent(agent_id)):
@@ -137,7 +138,7 @@ class Credentials:
         return True
 
     def list(self) -> list[Credential]:
-        ids = sorted(m.decode() for m in self.redis.smembers(keys.AGENTS))
+        ids = sorted(as_text(m) for m in self.redis.smembers(keys.AGENTS))
         found = (self.get(i) for i in ids)
         return [c for c in found if c is not None]
 

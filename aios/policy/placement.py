@@ -7,7 +7,7 @@ preempted or retried syscall, an operator approving a parked one.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import redis
 
@@ -21,7 +21,7 @@ from aios.wire.syscalls import LLMSyscall, Syscall
 class Placement:
     """Routes syscalls; ``state`` (the kernel's Redis) is opened only if a ``fair`` policy needs it."""
 
-    def __init__(self, settings: Settings, state: Callable[[], "redis.Redis[bytes]"]) -> None:
+    def __init__(self, settings: Settings, state: Callable[[], redis.Redis]) -> None:
         self.settings = settings
         self._state = state
         self._policies: dict[str, Policy] = {r: make_policy(settings, r) for r in QUEUES}

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import math
 
-from aios.wire.priority import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 from aios.settings import PolicyName, Settings, policy_name
+from aios.wire.priority import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 
 
 class Policy:
@@ -42,7 +42,7 @@ class Policy:
 
 
 class Fifo(Policy):
-    name = "fifo"
+    name: PolicyName = "fifo"
 
     def priority(self, requested: int, attained_s: float = 0.0) -> int:
         return DEFAULT_PRIORITY

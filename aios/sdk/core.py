@@ -25,11 +25,25 @@ from aios.policy.placement import Placement
 from aios.settings import KIND_TO_RESOURCE, Settings, discover, get_settings
 from aios.state.connections import broker_client, state_client
 from aios.wire.errors import (
-    ApprovalDenied, ConfigError, KernelBusy, KernelUnavailable, PayloadTooLarge, SyscallTimeout, from_code,
+    ApprovalDenied,
+    ConfigError,
+    KernelBusy,
+    KernelUnavailable,
+    PayloadTooLarge,
+    SyscallTimeout,
+    from_code,
 )
 from aios.wire.priority import DEFAULT_PRIORITY, check, is_redis_url
 from aios.wire.syscalls import (
-    ChatMessage, LLMSyscall, MemorySyscall, Response, Status, StorageSyscall, Syscall, ToolSpec, ToolSyscall,
+    ChatMessage,
+    LLMSyscall,
+    MemorySyscall,
+    Response,
+    Status,
+    StorageSyscall,
+    Syscall,
+    ToolSpec,
+    ToolSyscall,
 )
 
 Messages = str | Sequence[ChatMessage | dict[str, str]]

@@ -94,7 +94,7 @@ class Operation(Generic[P, T]):
         bound.__qualname__ = f"{type(client).__name__}.{self.__name__}"
         bound.__doc__ = self.__doc__
         bound.__module__ = type(client).__module__
-        setattr(bound, "__signature__", self.signature)
+        bound.__signature__ = self.signature  # type: ignore[attr-defined]  # inspect reads it; typeshed omits it
         return bound
 
     @overload

@@ -8,7 +8,8 @@ whether other syscalls wait (a preemptible service suspends a generation only th
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 from aios.state.context import Snapshot
 from aios.wire.syscalls import Syscall

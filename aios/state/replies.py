@@ -17,7 +17,7 @@ WAITS_KEPT = 2000
 class Replies:
     """Answers syscalls on one connection to the kernel's state (the script is registered once)."""
 
-    def __init__(self, client: "redis.Redis[Any]", ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
         self.client = client
         self.ttl_s = ttl_s
         self._script = register(client, "reply")

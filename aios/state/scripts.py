@@ -6,9 +6,8 @@ atomic across workers live in these scripts (or in MULTI transactions), never in
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from importlib import resources
-from typing import Any
 
 import redis
 from redis.commands.core import Script
@@ -16,7 +15,7 @@ from redis.commands.core import Script
 LUA_PACKAGE = "aios.state.lua"
 
 
-@lru_cache(maxsize=None)
+@cache
 def source(name: str) -> str:
     """The text of ``lua/<name>.lua``."""
     return resources.files(LUA_PACKAGE).joinpath(f"{name}.lua").read_text(encoding="utf-8")
@@ -26,6 +25,6 @@ def names() -> list[str]:
     return sorted(p.name[:-4] for p in resources.files(LUA_PACKAGE).iterdir() if p.name.endswith(".lua"))
 
 
-def register(client: "redis.Redis[Any]", name: str) -> Script:
+def register(client: redis.Redis, name: str) -> Script:
     """``lua/<name>.lua`` registered on ``client`` (EVALSHA, loaded on first use)."""
     return client.register_script(source(name))

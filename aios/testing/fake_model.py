@@ -31,7 +31,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from aios.services.llm.service import LLMService, build_messages, finish, prepare
+from aios.services.llm.output import build_messages, finish, prepare
+from aios.services.llm.service import LLMService
 from aios.settings import Settings
 from aios.state.context import Preempted, Snapshot
 from aios.wire.errors import ConfigError

@@ -46,7 +46,8 @@ class EmbeddedRedis:
     """A real Redis server for a test session (about 0.3 s to start); :meth:`flush` it between tests."""
 
     def __init__(self, run_dir: Path) -> None:
-        self._kernel = LocalKernel(Settings(data_dir=run_dir, broker_url=None, redis_url=None), resources=())
+        flat: dict[str, Any] = {"broker_url": None, "redis_url": None}  # flat names: the constructor takes them too
+        self._kernel = LocalKernel(Settings(data_dir=run_dir, **flat), resources=())
         self.broker_url = self._kernel.broker_url
         self.redis_url = self._kernel.settings.state_redis_url()
         self._client: redis.Redis | None = None
@@ -79,7 +80,8 @@ class EmbeddedRedis:
 
     def settings(self, **overrides: Any) -> Settings:
         """Settings with this server as broker and state; any other field from ``overrides`` (validated)."""
-        return Settings(broker_url=self.broker_url, redis_url=self.redis_url, **overrides)
+        flat: dict[str, Any] = {"broker_url": self.broker_url, "redis_url": self.redis_url}
+        return Settings(**flat, **overrides)
 
 
 @dataclass(frozen=True)
@@ -137,9 +139,12 @@ class Harness:
                  app: bool = False, steps: Callable[[Runtime], list[Step]] | None = None,
                  worker: str = DEFAULT_WORKER, credential: str | None = None) -> None:
         if isinstance(service, type) or not isinstance(service, Service):
-            factory: Callable[[Settings], Service] = service  # type: ignore[assignment]
+            factory: Callable[[Settings], Service] = service
         else:
-            factory = lambda _settings: service
+            instance = service
+
+            def factory(_settings: Settings) -> Service:
+                return instance
         self.settings = settings
         self.resource = resource
         self.worker = worker
@@ -163,7 +168,7 @@ class Harness:
         """``syscall`` signed as the SDK signs it: with this harness's agent's secret (``True``), another one
         (a string), or unsigned (``None``/``False``)."""
         key = self.secret if secret is True else (secret or None)
-        return signed(syscall, key)  # type: ignore[arg-type]
+        return signed(syscall, key)
 
     # -- running ----------------------------------------------------------------------------------------
 

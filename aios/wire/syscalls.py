@@ -12,14 +12,14 @@ import re
 import time
 import uuid
 from enum import Enum
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from aios.wire.errors import InvalidSyscall, PayloadTooLarge
 from aios.wire.priority import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 
-WIRE_VERSION = 1
+WIRE_VERSION: Final = 1
 AGENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 
@@ -189,12 +189,13 @@ class StorageSyscall(SyscallBase):
         return self
 
 
-Syscall = Annotated[Union[LLMSyscall, ToolSyscall, MemorySyscall, StorageSyscall], Field(discriminator="kind")]
+Syscall = Annotated[LLMSyscall | ToolSyscall | MemorySyscall | StorageSyscall, Field(discriminator="kind")]
 SYSCALL_ADAPTER: TypeAdapter[Syscall] = TypeAdapter(Syscall)
 KINDS = ("llm", "tool", "memory", "storage")
 
 
-class Status(str, Enum):
+# StrEnum would change str()/format() of a member ('ok', not 'Status.OK') on a public wire type.
+class Status(str, Enum):  # noqa: UP042
     OK = "ok"
     ERROR = "error"
 

@@ -4,7 +4,8 @@ Background parts start and stop as Celery bootsteps (the ager), not from signals
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from celery import Celery, bootsteps
 
@@ -37,7 +38,7 @@ def create_worker_app(resource: str, service_factory: Callable[[Settings], Servi
     app = make_app(settings, name=f"aios-{resource}")
     runtime = Runtime(settings, resource, service_factory)
     runtime.app = app
-    app.aios_runtime = runtime  # type: ignore[attr-defined]
+    app.aios_runtime = runtime
     # Only its own queue, so that a bare `celery -A workers.<resource> worker` consumes the right one.
     app.conf.task_queues = [q for q in app.conf.task_queues if q.name == runtime.queue]
     app.conf.task_default_queue = runtime.queue
@@ -48,7 +49,7 @@ def create_worker_app(resource: str, service_factory: Callable[[Settings], Servi
     app.conf.worker_consumer = "aios.worker.gate:KernelConsumer"
     app.steps["worker"].add(AgerStep)
 
-    @app.task(name=runtime.task_name, bind=True, ignore_result=True, typing=False)
+    @app.task(name=runtime.task_name, bind=True, ignore_result=True, typing=False)  # type: ignore[untyped-decorator]  # celery has no type information
     def syscall(task: Any, *args: Any, **kwargs: Any) -> None:
         runtime.execute(task.request.id, args, kwargs, worker=task.request.hostname or resource)
 

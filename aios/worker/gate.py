@@ -4,7 +4,8 @@ the caller). Pickle and other serializers are never even decoded."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from celery.worker.consumer import Consumer
 

@@ -8,7 +8,7 @@ Each step has ``before(call)``, run in order, and ``after(call)``, run in revers
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 from aios.worker.call import Call
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import redis
 from celery import Celery
@@ -37,7 +38,7 @@ log = logging.getLogger("aios.worker")
 class Runtime:
     def __init__(self, settings: Settings, resource: str, service_factory: Callable[[Settings], Service],
                  steps: Callable[["Runtime"], list[Step]] | None = None,
-                 state: "redis.Redis[bytes] | None" = None) -> None:
+                 state: redis.Redis | None = None) -> None:
         """``steps``: the pipeline (default :func:`aios.worker.steps.default_steps`); ``state``: a connection to
         the kernel's Redis to use instead of a new one (tests, the overhead benchmark's profile)."""
         from aios.worker.steps import default_steps
@@ -48,7 +49,7 @@ class Runtime:
         self.queue = worker_queue(settings, resource)
         """The queue this worker serves: its resource's (an LLM worker: its core's, ``aios.llm.<core>``)."""
         self.redis = state if state is not None else state_client(settings)
-        self.broker_redis: redis.Redis[bytes] | None = (
+        self.broker_redis: redis.Redis | None = (
             broker_client(settings) if is_redis_url(settings.require_broker()) else None)
         self.governor = Governor(settings, self.redis, resource)
         self.placement = Placement(settings, lambda: self.redis)

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterable
+from typing import Any
 
 MIN_PREFIX = 16
 """Shortest shared prompt prefix worth copying from the prefix cache: a copy moves a whole KV stream

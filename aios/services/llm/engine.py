@@ -31,8 +31,18 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from aios.services.llm.batch_scheduler import (MIN_PREFIX, Admit, BatchScheduler, Budget, Chunk, Finished,
-                                               Request, Sampled, Status, StepPlan)
+from aios.services.llm.batch_scheduler import (
+    MIN_PREFIX,
+    Admit,
+    BatchScheduler,
+    Budget,
+    Chunk,
+    Finished,
+    Request,
+    Sampled,
+    Status,
+    StepPlan,
+)
 from aios.wire.errors import BackendError
 
 __all__ = ["MIN_PREFIX", "BatchEngine", "Generation", "Request", "token_seed"]

@@ -14,20 +14,33 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
+from aios.policy.scheduler import llm_quantum
 from aios.services.base import BaseService
-from aios.state.context import Preempted, Snapshot
 from aios.services.llm.engine import BatchEngine, Request
 from aios.services.llm.output import (  # noqa: F401  (re-exported: the backends' shared prompt and output rules)
-    Message, _unusable, build_messages, check_schema, check_tool_call, finish, make_result, parse_json_output,
-    parse_tool_output, prepare, schema_error, schema_instruction, tool_call_schema, tool_instruction,
+    Message,
+    _unusable,
+    build_messages,
+    check_schema,
+    check_tool_call,
+    finish,
+    make_result,
+    parse_json_output,
+    parse_tool_output,
+    prepare,
+    schema_error,
+    schema_instruction,
+    tool_call_schema,
+    tool_instruction,
 )
 from aios.services.llm.weights import load_llama
-from aios.wire.errors import AIOSError, BackendError, ConfigError, InvalidSyscall
-from aios.policy.scheduler import llm_quantum
 from aios.settings import Settings
+from aios.state.context import Preempted, Snapshot
+from aios.wire.errors import AIOSError, BackendError, ConfigError, InvalidSyscall
 from aios.wire.syscalls import LLMSyscall, Syscall
 
 SEED = 42
@@ -263,7 +276,7 @@ class OpenAIBackend:
                 used["completion_tokens"] += resp.usage.completion_tokens or 0
             if choice.finish_reason != "length" or used["completion_tokens"] >= syscall.max_tokens:
                 return make_result(content=snap.text, finish_reason=choice.finish_reason, model=resp.model or model,
-                                   **used)
+                                   prompt_tokens=used["prompt_tokens"], completion_tokens=used["completion_tokens"])
             if self.others_waiting is not None and self.others_waiting():
                 snap.usage, snap.slices = used, snap.slices + 1
                 raise Preempted(snap)

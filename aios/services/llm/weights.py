@@ -40,7 +40,7 @@ def extra_buffers_safe(flags: set[str] | None = None) -> bool:
 def load_llama(path: Path, *, repack: Repack = "auto", **kwargs: Any) -> Any:
     """``llama_cpp.Llama(model_path=path, **kwargs)``, with llama.cpp's weight repacking as ``repack`` says."""
     import llama_cpp
-    from llama_cpp import llama as llama_module
+    import llama_cpp.llama_cpp as bindings  # the module llama_cpp.llama calls the C functions through
 
     use_extra = repack == "on" or (repack == "auto" and extra_buffers_safe())
     if use_extra:
@@ -48,7 +48,7 @@ def load_llama(path: Path, *, repack: Repack = "auto", **kwargs: Any) -> Any:
     if repack == "auto":
         log.warning("this CPU reports AMX under a hypervisor: loading %s without llama.cpp's repacked (AMX) kernels, "
                     "which crash there (AIOS_LLM_CPU_REPACK=on to use them anyway)", path.name)
-    default = llama_module.llama_cpp.llama_model_default_params
+    default = bindings.llama_model_default_params
 
     def without_extra_buffers() -> Any:
         params = default()
@@ -58,8 +58,8 @@ def load_llama(path: Path, *, repack: Repack = "auto", **kwargs: Any) -> Any:
     # Llama() takes no such argument: its model parameters start from llama_model_default_params(), swapped for
     # the duration of this one load (under a lock, so another load in this process is not affected).
     with _LOAD_LOCK:
-        llama_module.llama_cpp.llama_model_default_params = without_extra_buffers
+        bindings.llama_model_default_params = without_extra_buffers
         try:
             return llama_cpp.Llama(model_path=str(path), **kwargs)
         finally:
-            llama_module.llama_cpp.llama_model_default_params = default
+            bindings.llama_model_default_params = default

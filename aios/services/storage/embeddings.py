@@ -17,14 +17,20 @@ import json
 import math
 import threading
 import zlib
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from aios.wire.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tokenizers import Encoding
+
+    from aios.settings import Settings
 
 MINILM_DIM = 384
 MAX_TOKENS = 256  # the model's max_seq_length; longer text is truncated (files are embedded in chunks)
@@ -69,11 +75,13 @@ def load_safetensors(path: Path) -> dict[str, np.ndarray]:
 def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     mu = x.mean(-1, keepdims=True)
     var = ((x - mu) ** 2).mean(-1, keepdims=True)
-    return (x - mu) / np.sqrt(var + eps) * w + b
+    out: np.ndarray = (x - mu) / np.sqrt(var + eps) * w + b
+    return out
 
 
 def _gelu(x: np.ndarray) -> np.ndarray:  # exact (erf) GELU, as BERT's "gelu"
-    return 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+    out: np.ndarray = 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))
+    return out
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
@@ -83,7 +91,8 @@ def _erf(x: np.ndarray) -> np.ndarray:
     t = 1.0 / (1.0 + 0.3275911 * a)
     y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t \
         * np.exp(-a * a)
-    return s * y
+    out: np.ndarray = s * y
+    return out
 
 
 class MiniLM:
@@ -127,7 +136,7 @@ class MiniLM:
         with threadpool_limits(1):
             return self._forward(encs)
 
-    def _forward(self, encs: list) -> np.ndarray:
+    def _forward(self, encs: list[Encoding]) -> np.ndarray:
         n = max(len(e.ids) for e in encs)
         ids = np.zeros((len(encs), n), np.int64)
         mask = np.zeros((len(encs), n), np.float32)
@@ -143,8 +152,9 @@ class MiniLM:
         for layer in range(self.layers):
             p = f"encoder.layer.{layer}."
 
-            def lin(h: np.ndarray, name: str) -> np.ndarray:
-                return h @ w[p + name + ".weight"].T + w[p + name + ".bias"]
+            def lin(h: np.ndarray, name: str, p: str = p) -> np.ndarray:
+                out: np.ndarray = h @ w[p + name + ".weight"].T + w[p + name + ".bias"]
+                return out
 
             def split(h: np.ndarray) -> np.ndarray:
                 return h.reshape(b, n, self.heads, hd).transpose(0, 2, 1, 3)
@@ -203,25 +213,27 @@ class HashEmbedderFake:
 
 def _normalize(v: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(v, axis=1, keepdims=True)
-    return (v / np.maximum(norms, 1e-12)).astype(np.float32)
+    out: np.ndarray = (v / np.maximum(norms, 1e-12)).astype(np.float32)
+    return out
 
 
 _cache: dict[tuple[str, ...], Embedder] = {}
 _cache_lock = threading.Lock()
 
 
-def get_embedder(settings: "object") -> Embedder:
+def get_embedder(settings: Settings) -> Embedder:
     """The embedder the settings name, loaded once per process."""
     backend = getattr(settings, "embedding_backend", "local")
+    key: tuple[str, ...]
     if backend == "openai":
-        key = (backend, str(settings.storage.embedding_base_url), str(settings.storage.embedding_model))  # type: ignore[attr-defined]
+        key = (backend, str(settings.storage.embedding_base_url), str(settings.storage.embedding_model))
     else:
         key = (backend,)
     with _cache_lock:
         if key not in _cache:
             if backend == "openai":
-                _cache[key] = OpenAIEmbedder(settings.storage.embedding_base_url, settings.storage.embedding_model or "",  # type: ignore
-                                             settings.storage.embedding_dim, settings.storage.embedding_api_key)  # type: ignore
+                _cache[key] = OpenAIEmbedder(settings.storage.embedding_base_url, settings.storage.embedding_model or "",
+                                             settings.storage.embedding_dim, settings.storage.embedding_api_key)
             else:
                 _cache[key] = MiniLM()
         return _cache[key]

@@ -24,10 +24,12 @@ import threading
 import time
 import uuid
 from collections import deque
-from typing import Any, Callable, Iterable, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 import redis
 
+from aios.state.connections import as_text
 from aios.state.keys import memfast
 from aios.wire.errors import Conflict, InvalidSyscall, NotFound
 
@@ -147,7 +149,7 @@ class RedisFastTier:
 
     def get(self, agent: str, key: str) -> str | None:
         raw = self.redis.hget(self._name(agent), key)
-        return None if raw is None else raw.decode("utf-8")
+        return None if raw is None else as_text(raw)
 
     def set(self, agent: str, key: str, value: str) -> None:
         self.redis.hset(self._name(agent), key, value)

@@ -28,19 +28,19 @@ import time
 import uuid
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import redis
 
 from aios.policy.access import KIND_RESOURCE, OP_NEED, AccessManager
-from aios.wire.errors import AccessDenied, AIOSError, ConfigError, Conflict, InvalidSyscall, KernelUnavailable, NotFound
-from aios.services.storage.memory import LocalFastTier, MemoryManager, RedisFastTier
-from aios.settings import Settings
 from aios.services.base import BaseService
+from aios.services.storage.memory import LocalFastTier, MemoryManager, RedisFastTier
+from aios.services.storage.vectors import MilvusException
+from aios.settings import Settings
 from aios.state.connections import state_client
 from aios.state.context import Snapshot
+from aios.wire.errors import AccessDenied, AIOSError, ConfigError, Conflict, InvalidSyscall, KernelUnavailable, NotFound
 from aios.wire.syscalls import AGENT_ID_RE, MemorySyscall, StorageSyscall, Syscall
-from aios.services.storage.vectors import MilvusException
 
 TMP_PREFIX = ".aios-tmp-"  # in-flight writes: hidden from list and reserved, so no agent sees or names one
 CONNECTIONS_PER_THREAD = 8  # least recently used closed beyond this, so file handles stay bounded
@@ -138,6 +138,7 @@ class StorageService(BaseService):
         agent = owner  # from here on, every path and message is about the owner's data
         try:
             if owner != syscall.agent_id:
+                assert isinstance(syscall, (MemorySyscall, StorageSyscall))  # only they name an owner
                 self._authorize(syscall, owner)
             if isinstance(syscall, MemorySyscall):
                 return self._memory(agent, syscall)
@@ -223,7 +224,14 @@ class StorageService(BaseService):
         conns: OrderedDict[str, sqlite3.Connection] = local.conns
         return conns
 
+    @overload
+    def _db(self, agent: str, create: Literal[True]) -> sqlite3.Connection: ...
+    @overload
+    def _db(self, agent: str, create: bool) -> sqlite3.Connection | None: ...
+
     def _db(self, agent: str, create: bool) -> sqlite3.Connection | None:
+        """The agent's memory database; ``None`` only without ``create``, when the agent has no storage yet
+        (``create`` makes the folders, so it always has one or raises)."""
         conns = self._connections()
         if agent in conns:
             conns.move_to_end(agent)

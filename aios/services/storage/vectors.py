@@ -25,8 +25,9 @@ import hashlib
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 # Before grpc is first imported (pymilvus imports it): gRPC's fork handlers, on by default, restart its poller
 # threads in a forked child, which then aborts (SIGABRT) when the parent has gRPC threads running -- and Milvus
@@ -35,7 +36,7 @@ from typing import Any, Sequence
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import numpy as np  # noqa: E402
-from pymilvus.exceptions import MilvusException  # noqa: E402,F401  (re-exported for aios.storage)
+from pymilvus.exceptions import MilvusException as MilvusException  # noqa: E402  (re-exported for aios.storage)
 
 from aios.wire.errors import AIOSError, ConfigError  # noqa: E402
 from aios.wire.syscalls import AGENT_ID_RE
@@ -182,4 +183,5 @@ class VectorStore:
 
 
 def _vec(v: np.ndarray) -> list[float]:
-    return np.asarray(v, np.float32).tolist()
+    out: list[float] = np.asarray(v, np.float32).tolist()
+    return out

@@ -25,12 +25,13 @@ import logging
 import re
 import sys
 import threading
+from collections.abc import Callable, Coroutine
 from importlib.metadata import entry_points
-from typing import Any, Callable, Coroutine, TypeVar
+from typing import Any, TypeVar
 
-from aios.wire.errors import ConfigError, ToolError
 from aios.services.tools.service import Tool, ToolRegistry
 from aios.settings import McpServerConfig, ToolSettings
+from aios.wire.errors import ConfigError, ToolError
 
 __all__ = ["McpServerConfig", "ToolSettings", "load_plugins", "register_mcp_server"]
 

@@ -203,7 +203,7 @@ def _read_status(fd: int) -> dict[str, Any]:
 def _read_capped(f: Any) -> str:
     f.seek(0)
     data = f.read(MAX_OUTPUT_BYTES + 1)
-    text = data[:MAX_OUTPUT_BYTES].decode("utf-8", errors="replace")
+    text: str = data[:MAX_OUTPUT_BYTES].decode("utf-8", errors="replace")
     if len(data) > MAX_OUTPUT_BYTES:
         f.seek(0, os.SEEK_END)
         text += f"\n[sandbox: output cut at {MAX_OUTPUT_BYTES} of {f.tell()} bytes]"

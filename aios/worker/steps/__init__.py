@@ -16,8 +16,8 @@ def default_steps(rt: "Runtime") -> list[Step]:
     from aios.worker.steps.approval import ApprovalStep
     from aios.worker.steps.deadline import DeadlineStep
     from aios.worker.steps.decode import DecodeStep
-    from aios.worker.steps.identity import IdentityStep
     from aios.worker.steps.idempotency import IdempotencyStep
+    from aios.worker.steps.identity import IdentityStep
     from aios.worker.steps.load import LoadStep
     from aios.worker.steps.quota import QuotaStep
     from aios.worker.steps.reply import ReplyStep
