@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from aios.wire.errors import ConfigError
 from aios.wire.priority import is_redis_url
@@ -366,7 +366,7 @@ class Settings(BaseModel):
         if "AIOS_LLM_API_KEY" not in env and env.get("OPENAI_API_KEY"):
             env["AIOS_LLM_API_KEY"] = env["OPENAI_API_KEY"]
         try:
-            given = _env_model()(_env=env).model_dump(exclude_unset=True)
+            given = _from_environment(env)
             return cls(**given)
         except ValidationError as exc:
             raise ConfigError(_explain(exc)) from None
@@ -483,20 +483,39 @@ FLAT: dict[str, tuple[str, str]] = {
 GROUP_NAMES = frozenset(group for group, _ in FLAT.values())
 
 
-@lru_cache(maxsize=1)
-def _env_model() -> type[BaseSettings]:
-    """A flat pydantic-settings model of every ``AIOS_*`` variable, with the groups' types (so JSON values decode
-    as they always did) and no defaults of its own (the groups hold them)."""
-    fields: dict[str, Any] = {"data_dir": (Path | None, None)}
+def _is_json(annotation: Any) -> bool:
+    """Whether a setting's environment value is JSON (mappings, lists, models), as they were always read."""
+    for arg in (annotation, *get_args(annotation)):
+        origin = get_origin(arg) or arg
+        if origin in (dict, list) or (isinstance(origin, type) and issubclass(origin, BaseModel)):
+            return True
+    return False
+
+
+def _from_environment(env: Mapping[str, str]) -> dict[str, Any]:
+    """The flat settings the ``AIOS_*`` variables of ``env`` give, as raw values for :class:`Settings`."""
+    out: dict[str, Any] = {}
+    if env.get("AIOS_DATA_DIR"):
+        out["data_dir"] = env["AIOS_DATA_DIR"]
     for key, (group, name) in FLAT.items():
-        annotation = Settings.model_fields[group].annotation.model_fields[name].annotation  # type: ignore[union-attr]
-        fields[key] = (annotation | None, None)
-    model: type[BaseSettings] = create_model("_AiosEnvironment", __base__=_EnvBase, **fields)
-    return model
+        raw = env.get(f"AIOS_{key.upper()}")
+        if raw is None:
+            continue
+        field = _group_field(group, name)
+        if _is_json(field.annotation):
+            try:
+                out[key] = json.loads(raw)
+            except ValueError as exc:
+                raise ConfigError(f"AIOS_{key.upper()} must be JSON: {exc}") from None
+        else:
+            out[key] = raw
+    return out
 
 
-class _EnvBase(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="AIOS_", extra="ignore", frozen=True)
+def _group_field(group: str, name: str) -> Any:
+    model = Settings.model_fields[group].annotation
+    assert isinstance(model, type) and issubclass(model, BaseModel)
+    return model.model_fields[name]
 
 
 def _explain(exc: ValidationError) -> str:
@@ -524,7 +543,7 @@ def env_defaults() -> dict[str, Any]:
     """Each setting's environment variable and its default (for docs and checks)."""
     out: dict[str, Any] = {}
     for key, (group, name) in FLAT.items():
-        field = Settings.model_fields[group].annotation.model_fields[name]  # type: ignore[union-attr]
+        field = _group_field(group, name)
         out[f"AIOS_{key.upper()}"] = field.default_factory() if field.default_factory else field.default
     return out
 

@@ -223,7 +223,7 @@ _cache_lock = threading.Lock()
 
 def get_embedder(settings: Settings) -> Embedder:
     """The embedder the settings name, loaded once per process."""
-    backend = getattr(settings, "embedding_backend", "local")
+    backend = settings.storage.embedding_backend
     key: tuple[str, ...]
     if backend == "openai":
         key = (backend, str(settings.storage.embedding_base_url), str(settings.storage.embedding_model))
