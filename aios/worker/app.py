@@ -9,6 +9,7 @@ from typing import Any
 
 from celery import Celery, bootsteps
 
+from aios.broker import kombu_client
 from aios.broker.app import make_app
 from aios.policy.governor import Ager, should_age
 from aios.services.base import Service
@@ -35,6 +36,7 @@ class AgerStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery ships n
 def create_worker_app(resource: str, service_factory: Callable[[Settings], Service],
                       settings: Settings | None = None, concurrency: int | None = None) -> Celery:
     settings = settings or get_settings()
+    kombu_client.install()
     app = make_app(settings, name=f"aios-{resource}")
     runtime = Runtime(settings, resource, service_factory)
     runtime.app = app

@@ -55,6 +55,10 @@ class Tool:
     """Wall-clock limit of one call, waiting for a free slot included."""
     max_concurrency: int | None = None
     """How many calls may run at once in one worker process; ``None``: no limit beyond the worker's threads."""
+    inline: bool = False
+    """Run on the worker's own thread, with no time limit: only for built-ins that return at once whatever their
+    (validated) arguments (``noop``, ``echo``, ``word_count``, ``current_time``), where handing the call to a tool
+    thread and back cost more than the tool itself."""
     validator: Draft202012Validator = field(init=False, repr=False, compare=False)
     wants_ctx: bool = field(init=False, repr=False, compare=False)
 
@@ -151,6 +155,8 @@ class ToolRegistry:
             if ctx is None:
                 raise ToolError(f"tool {name!r} acts for the calling agent and needs its context (ctx)")
             kwargs["ctx"] = ctx
+        if tool.inline and name not in self._slots:
+            return tool.fn(**kwargs)
         deadline = time.monotonic() + tool.timeout_s
         slot = self._slots.get(name)
         if slot is not None and not slot.acquire(timeout=tool.timeout_s):
@@ -350,16 +356,16 @@ def builtin_registry() -> ToolRegistry:
     reg.register(Tool("calculator", "Evaluate an arithmetic expression, e.g. '17 * (3 + 4) / sqrt(2)'.",
                       _obj({"expression": {"type": "string", "minLength": 1}}, ("expression",)), calculate))
     reg.register(Tool("noop", "Do nothing and return null (used to measure the kernel's own overhead).",
-                      _obj({}), lambda: None))
+                      _obj({}), lambda: None, inline=True))
     reg.register(Tool("echo", "Return the given text unchanged.", _obj({"text": _TEXT}, ("text",)),
-                      lambda text: {"text": text}))
+                      lambda text: {"text": text}, inline=True))
     reg.register(Tool("word_count", "Count the words and characters of a text.", _obj({"text": _TEXT}, ("text",)),
-                      lambda text: {"words": len(text.split()), "characters": len(text)}))
+                      lambda text: {"words": len(text.split()), "characters": len(text)}, inline=True))
     reg.register(Tool("sleep", "Wait the given number of seconds (at most 10), then return them.",
                       _obj({"seconds": {"type": "number", "minimum": 0, "maximum": 10}}, ("seconds",)),
                       _sleep))
     reg.register(Tool("current_time", "The current UTC time in ISO 8601.", _obj({}),
-                      lambda: {"utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+                      lambda: {"utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, inline=True))
     reg.register(Tool(
         "python",
         f"Run Python 3 code in a sandbox and return its stdout, stderr, exit_code and timed_out. Print what you "
