@@ -26,7 +26,7 @@ def install() -> None:
             return
         from kombu.transport import redis as kombu_redis
 
-        create = kombu_redis.Channel._create_client
+        create: Any = kombu_redis.Channel._create_client  # kombu ships no type hints
 
         def _create_client(self: Any, asynchronous: bool = False) -> Any:
             if asynchronous:
@@ -37,5 +37,5 @@ def install() -> None:
                 cached = self.__dict__["_aios_sync_client"] = (pool, create(self, asynchronous=False))
             return cached[1]
 
-        kombu_redis.Channel._create_client = _create_client
+        kombu_redis.Channel._create_client = _create_client  # type: ignore[method-assign]  # the patch itself
         _installed = True
