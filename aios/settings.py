@@ -225,8 +225,8 @@ class LLMSettings(BaseModel):
     """Time slice of one LLM syscall in generated tokens; when it expires and other LLM syscalls wait, the
     generation is suspended (snapshot in Redis) and requeued at its priority. 0: never preempt."""
     cpu_repack: Literal["auto", "on", "off"] = "auto"
-    """llama.cpp: use its repacked CPU kernels (AMX and the like). ``auto``: yes, except on an AMX CPU under a
-    hypervisor, where they crash (see :mod:`aios.services.llm.weights`)."""
+    """llama.cpp: use its repacked CPU kernels (AMX and the like). ``auto``: yes, except when llama.cpp was built
+    with AMX and runs under a hypervisor, where they crash (see :mod:`aios.services.llm.weights`)."""
     prefix_cache: bool = True
     """llama.cpp: keep the KV cells of the last prompt prefilled and start a new syscall from the prefix it shares
     with it (agents share system prompts), when that is at least 16 tokens. Output is unchanged."""
