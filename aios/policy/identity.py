@@ -4,7 +4,7 @@ An agent's credential is a random secret the kernel keeps in its Redis (``aios:a
 agent once, as a file in ``<data_dir>/credentials/<id>`` (mode 600) or as ``AIOS_AGENT_SECRET``. The SDK signs
 the canonical JSON of each syscall (every field but ``sig``, keys sorted) with HMAC-SHA256; a worker recomputes
 it before acting. The signed fields include the syscall id, ``created_at`` and ``timeout_s``, so a message can
-be neither altered nor replayed: a worker refuses a syscall id it has answered already, and one whose deadline
+be neither altered nor replayed: a worker never runs a syscall id it has answered already, nor one whose deadline
 passed (the idempotency record outlives every deadline).
 
 The trust root is the kernel's Redis: whoever can write it can issue credentials. Keep it apart from the
