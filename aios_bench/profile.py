@@ -68,7 +68,7 @@ def profile_pipeline(settings: Settings, n: int = 2000, warmup: int = 200,
             setattr(step, hook, timed)
     agent = "bench-profile"
     secret = Credentials(settings).create(agent, write_file=False).secret if settings.security.auth == "required" else None
-    with Kernel(agent, settings=settings, credential=secret or "unused") as k:
+    with Kernel(agent, settings=settings, credential=secret) as k:
         calls = []
         for _ in range(n + warmup):
             syscall = k.tool_syscall("noop")

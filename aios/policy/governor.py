@@ -42,6 +42,7 @@ from aios.broker.queues import priority_lists
 from aios.policy.scheduler import make_policy
 from aios.settings import QuotaSpec, Settings
 from aios.state import keys, scripts
+from aios.state.replies import WAITS_KEPT
 from aios.wire.errors import QuotaExceeded
 from aios.wire.syscalls import LLMSyscall, Response, Syscall, ToolSyscall
 
@@ -49,8 +50,6 @@ log = logging.getLogger("aios.governor")
 
 LEASE_TTL_S = 30.0
 """A concurrency lease not renewed for this long is free again (a dead worker's slot)."""
-WAITS_KEPT = 2000
-"""Queue waits kept per resource for percentiles."""
 NONE = -1  # "no limit" in the scripts' arguments
 
 

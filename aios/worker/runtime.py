@@ -18,7 +18,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from aios.broker.queues import redis_depth
+from aios.broker.queues import queue_depth
 from aios.policy.governor import Governor
 from aios.policy.placement import Placement
 from aios.services.base import Service
@@ -92,9 +92,6 @@ class Runtime:
 
     def queue_waiting(self) -> bool:
         """Whether messages wait on this worker's queue (on Redis, every priority step), beyond those held."""
-        if self.broker_redis is not None:
-            return redis_depth(self.broker_redis, self.queue) > 0
-        if self.app is None:
+        if self.broker_redis is None and self.app is None:
             return False
-        with self.app.connection_for_read() as conn:
-            return bool(conn.default_channel.queue_declare(queue=self.queue, passive=True).message_count > 0)
+        return (queue_depth(self.app, self.settings, self.queue, self.broker_redis) or 0) > 0
