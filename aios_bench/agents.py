@@ -99,7 +99,7 @@ class Baseline:
             threads = str(settings.llm.n_threads or 2)
             # the engine's llama.cpp options: threads, flash attention, GPU layers
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()), "--port", str(port),
+                [sys.executable, "-m", "aios_bench.llama_server", "--model", str(default_model_path()), "--port", str(port),
                  "--host", "127.0.0.1", "--n_ctx", str(settings.llm.n_ctx), "--n_threads", threads,
                  "--n_threads_batch", threads, "--flash_attn", "true", "--n_gpu_layers", str(settings.llm.n_gpu_layers)],
                 stdout=out, stderr=subprocess.STDOUT)

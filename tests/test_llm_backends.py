@@ -310,7 +310,7 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log_path = tmp_path_factory.mktemp("llama_server") / "server.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(default_model_path()), "--port", str(port),
+            [sys.executable, "-m", "aios_bench.llama_server", "--model", str(default_model_path()), "--port", str(port),
              "--host", "127.0.0.1", "--n_ctx", "2048", "--n_threads", "2"],
             stdout=log, stderr=subprocess.STDOUT,
         )

@@ -50,25 +50,43 @@ def extra_buffers_safe(flags: set[str] | None = None, llama_amx: bool | None = N
     return not (_llama_has_amx() if llama_amx is None else llama_amx)
 
 
+def _uses_extra_buffers(repack: Repack) -> bool:
+    return repack == "on" or (repack == "auto" and extra_buffers_safe())
+
+
+def without_extra_buffers_in_process(repack: Repack = "auto") -> bool:
+    """For a process that loads one model through code of its own (``llama_cpp.server``): make every later load
+    in this process skip the repacked kernels where :func:`extra_buffers_safe` says so. True if it did."""
+    if _uses_extra_buffers(repack):
+        return False
+    import llama_cpp.llama_cpp as bindings
+
+    bindings.llama_model_default_params = _without_extra_buffers(bindings.llama_model_default_params)
+    return True
+
+
+def _without_extra_buffers(default: Any) -> Any:
+    def params() -> Any:
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    return params
+
+
 def load_llama(path: Path, *, repack: Repack = "auto", **kwargs: Any) -> Any:
     """``llama_cpp.Llama(model_path=path, **kwargs)``, with llama.cpp's weight repacking as ``repack`` says."""
     import llama_cpp
     import llama_cpp.llama_cpp as bindings  # the module llama_cpp.llama calls the C functions through
 
-    use_extra = repack == "on" or (repack == "auto" and extra_buffers_safe())
-    if use_extra:
+    if _uses_extra_buffers(repack):
         return llama_cpp.Llama(model_path=str(path), **kwargs)
     if repack == "auto":
         log.warning("llama.cpp was built with AMX, and this CPU runs under a hypervisor: loading %s without "
                     "llama.cpp's repacked kernels, whose AMX tiles crash there (AIOS_LLM_CPU_REPACK=on to use them "
                     "anyway; or build llama-cpp-python with CMAKE_ARGS as .ci/run does)", path.name)
     default = bindings.llama_model_default_params
-
-    def without_extra_buffers() -> Any:
-        params = default()
-        params.use_extra_bufts = False
-        return params
-
+    without_extra_buffers = _without_extra_buffers(default)
     # Llama() takes no such argument: its model parameters start from llama_model_default_params(), swapped for
     # the duration of this one load (under a lock, so another load in this process is not affected).
     with _LOAD_LOCK:
