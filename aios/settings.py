@@ -136,6 +136,14 @@ class SecuritySettings(BaseModel):
     """How far in the future a syscall's ``created_at`` may lie (clock differences between machines)."""
     agent_secret: str | None = None
     """``AIOS_AGENT_SECRET``: the SDK's credential for its agent, instead of ``<data_dir>/credentials/<agent_id>``."""
+    master_key: str | None = None
+    """``AIOS_MASTER_KEY`` (hex): the kernel's master key, from which every agent's key is derived; for workers
+    and operators only, never agents. Unset: ``<data_dir>/kernel/master.key`` (made on first use, mode 600)."""
+    broker_users: Literal["on", "off"] = "on"
+    """``on``: each agent reaches the broker as its own user ``agent-<id>`` (made by ``aios agent create``: on
+    Redis an ACL user that may only push syscalls and pop its own replies; on RabbitMQ a user that may only
+    publish to the kernel's exchanges and read its own reply queue); the SDK puts that user and its password
+    (derived from its key) into the broker URL. ``off``: every process uses the URLs as given (trusted agents)."""
 
 
 class WorkerSettings(BaseModel):
@@ -434,6 +442,8 @@ FLAT: dict[str, tuple[str, str]] = {
     "auth": ("security", "auth"),
     "approvals": ("security", "approvals"),
     "agent_secret": ("security", "agent_secret"),
+    "master_key": ("security", "master_key"),
+    "broker_users": ("security", "broker_users"),
     "worker_concurrency": ("worker", "concurrency"),
     "retry_max": ("worker", "retry_max"),
     "retry_backoff_s": ("worker", "retry_backoff_s"),
@@ -553,11 +563,23 @@ def kernel_file(settings: Settings) -> Path:
     return settings.data_dir / "kernel.json"
 
 
+def operator_file(settings: Settings) -> Path:
+    """Where a running ``aios up`` keeps its URLs with the kernel's own broker user (mode 600, for operators)."""
+    return settings.data_dir / "kernel" / "operator.json"
+
+
 def discover(settings: Settings) -> Settings | None:
-    """``settings`` pointed at a running ``aios up`` on this machine (its broker and Redis), if there is one."""
-    path = kernel_file(settings)
+    """``settings`` pointed at a running ``aios up`` on this machine (its broker and Redis), if there is one: with
+    the kernel's own broker user where this process may read it (an operator), else without credentials (an
+    agent, whose SDK adds its own broker user)."""
+    info: dict[str, Any] = {}
+    for path in (operator_file(settings), kernel_file(settings)):
+        try:
+            info = json.loads(path.read_text())
+            break
+        except (OSError, ValueError):
+            continue
     try:
-        info = json.loads(path.read_text())
         os.kill(int(info["pid"]), 0)
         return settings.updated(broker_url=str(info["broker_url"]), redis_url=str(info["redis_url"]))
     except (OSError, ValueError, KeyError):

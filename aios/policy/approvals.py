@@ -127,7 +127,8 @@ class Approvals:
         request = self.get(syscall_id)  # before the decision overwrites its reason with the operator's
         self._transition(syscall_id, DENIED, reason)
         now = time.time()
-        answer_denied(self.redis, self.settings, syscall_id, f"{request.reason}: {reason}", request.created_at, now)
+        answer_denied(self.redis, self.settings, syscall_id, request.agent_id, f"{request.reason}: {reason}",
+                      request.created_at, now)
 
     def expire(self, syscall_id: str) -> bool:
         """The caller gave up waiting: deny by default. True if it was still pending."""
@@ -138,12 +139,18 @@ class Approvals:
             return False
 
 
-def answer_denied(client: redis.Redis, settings: Settings, syscall_id: str, why: str, created: float, now: float
-                  ) -> None:
+def answer_denied(client: redis.Redis, settings: Settings, syscall_id: str, agent_id: str, why: str, created: float,
+                  now: float) -> None:
+    """Answer a parked syscall with :class:`ApprovalDenied`, sealed with its agent's key (the operator's side
+    holds the master key)."""
+    from aios.policy.identity import Credentials
+
     response = Response(id=syscall_id, status=Status.ERROR,
                         error=ErrorInfo(code=ApprovalDenied.code, message=f"not approved: {why}"),
                         timing=Timing(created_at=created, started_at=now, finished_at=now), worker="approvals")
-    Replies(client, settings.broker.result_ttl_s).write_reply(response, kind=None, once=True)
+    key = Credentials(settings, client).key(agent_id) if settings.security.auth == "required" else None
+    Replies(client, settings.broker.result_ttl_s).write_reply(response, agent_id=agent_id, key=key, kind=None,
+                                                              once=True)
 
 
 def _summary(syscall: Syscall) -> str:

@@ -19,9 +19,11 @@ from aios.wire.syscalls import LLMSyscall, Syscall
 
 
 class Placement:
-    """Routes syscalls; ``state`` (the kernel's Redis) is opened only if a ``fair`` policy needs it."""
+    """Routes syscalls; ``state`` (the kernel's Redis) is opened only if a ``fair`` policy needs it. Without it
+    (the SDK: agents do not read the kernel's state), a fair policy places a syscall as if its agent were the
+    least served, and the worker that receives it moves it to the level its agent has (:mod:`aios.worker.steps.placement`)."""
 
-    def __init__(self, settings: Settings, state: Callable[[], redis.Redis]) -> None:
+    def __init__(self, settings: Settings, state: Callable[[], redis.Redis] | None) -> None:
         self.settings = settings
         self._state = state
         self._policies: dict[str, Policy] = {r: make_policy(settings, r) for r in QUEUES}
@@ -37,7 +39,7 @@ class Placement:
         """The priority the resource's policy gives the syscall now (``fair``: by its agent's attained service)."""
         policy = self._policies[resource]
         excess = 0.0
-        if policy.needs_attained:
+        if policy.needs_attained and self._state is not None:
             if self._fair is None:
                 self._fair = FairState(self._state())
             excess = self._fair.excess(resource, syscall.agent_id, time.time(), self.settings.scheduling.fair_window_s)

@@ -20,12 +20,15 @@ from kombu.exceptions import OperationalError
 from aios.broker.app import make_app
 from aios.broker.publish import publish_syscall
 from aios.broker.queues import queue_depth
+from aios.policy.broker_users import agent_settings
 from aios.policy.identity import SIG_FIELD, credential_file, load_secret, sign
 from aios.policy.placement import Placement
 from aios.settings import KIND_TO_RESOURCE, Settings, discover, get_settings
-from aios.state.connections import broker_client, state_client
+from aios.state import keys
+from aios.state.connections import broker_client
 from aios.wire.errors import (
     ApprovalDenied,
+    AuthError,
     ConfigError,
     KernelBusy,
     KernelUnavailable,
@@ -34,6 +37,7 @@ from aios.wire.errors import (
     from_code,
 )
 from aios.wire.priority import DEFAULT_PRIORITY, check, is_redis_url
+from aios.wire.seal import open_reply
 from aios.wire.syscalls import (
     ChatMessage,
     LLMSyscall,
@@ -103,12 +107,17 @@ class _Core:
                 f"no credential for agent {agent_id!r}: run `aios agent create {agent_id}` (it writes "
                 f"{credential_file(self.settings, agent_id)}), or pass credential= / set AIOS_AGENT_SECRET"
             )
+        if self._secret is not None:  # from here on, this process holds only its agent's own broker user
+            self.settings = agent_settings(self.settings, agent_id, self._secret)
+        # Replies are sealed with the agent's key by a kernel that checks identities (AIOS_AUTH=required).
+        self._seal_key = self._secret if self.settings.security.auth == "required" else None
         self._app = make_app(self.settings, name=f"aios-sdk-{agent_id}")
         self._approvals: Any = None
-        self._state: redis.Redis | None = None  # kernel state, for the fair policy and admission control
         self._broker: redis.Redis | None = None  # a Redis broker's own lists, for admission control
-        self._placement = Placement(self.settings, self._state_redis)
+        # No kernel state here: the worker places a syscall by its policy (a fair policy's levels included).
+        self._placement = Placement(self.settings, None)
         self._depth_seen: dict[str, tuple[float, int]] = {}  # queue -> (when, depth)
+        self._forged: dict[str, AuthError] = {}  # syscall id -> a forged reply seen while waiting
         self._open_replies()
 
     def _open_replies(self) -> None:
@@ -184,18 +193,13 @@ class _Core:
             route = self._placement.route(syscall)
             self._admit(syscall, route.resource, route.queue)
             publish_syscall(self._app, payload, syscall_id=syscall.id, kind=syscall.kind, agent_id=syscall.agent_id,
-                            route=route)
+                            route=route, from_agent=True)
         except (OperationalError, redis.ConnectionError) as exc:
             raise KernelUnavailable(
                 f"cannot reach the broker at {self._broker_url}: {exc}; start the kernel with `aios up` "
                 "or check AIOS_BROKER_URL"
             ) from None
         return Pending(syscall)
-
-    def _state_redis(self) -> redis.Redis:
-        if self._state is None:
-            self._state = state_client(self.settings)
-        return self._state
 
     def _admit(self, syscall: Syscall, resource: str, queue: str) -> None:
         """Admission control: past AIOS_MAX_QUEUE_DEPTH waiting syscalls, wait for room or raise KernelBusy."""
@@ -251,9 +255,22 @@ class _Core:
             f"serving queue {self._placement.queue(s)}? Check `aios status`, or raise timeout_s"
         )
 
-    @staticmethod
-    def _response(raw: bytes | str) -> Response:
-        return Response.model_validate_json(raw)
+    def _reply_key(self, pending: Pending) -> str:
+        return keys.reply(self.agent_id, pending.id)
+
+    def _response(self, pending: Pending, raw: bytes | str) -> Response | None:
+        """The response in a reply, ``None`` for a reply the kernel did not seal for this syscall (dropped: the
+        caller goes on waiting for the real one, and is told at its deadline)."""
+        blob = raw.decode() if isinstance(raw, bytes) else raw
+        try:
+            return Response.model_validate_json(open_reply(blob, self._seal_key, pending.id))
+        except AuthError as exc:
+            self._forged[pending.id] = exc
+            return None
+
+    def _no_answer(self, pending: Pending) -> Exception:
+        forged = self._forged.pop(pending.id, None)
+        return forged or self._expired_approval(pending) or self._timeout(pending)
 
     @staticmethod
     def _unwrap(response: Response) -> Any:
@@ -266,8 +283,6 @@ class _Core:
         """Close what both clients hold (each client also closes its reply connection)."""
         if self._approvals is not None:
             self._approvals.redis.close()
-        if self._state is not None:
-            self._state.close()
         if self._broker is not None:
             self._broker.close()
         self._app.close()

@@ -9,7 +9,6 @@ import redis
 
 from aios.sdk.core import Pending
 from aios.sdk.operations import Call, Operation, Operations
-from aios.state import keys
 from aios.state.connections import state_client
 from aios.wire.errors import KernelUnavailable
 from aios.wire.syscalls import Response, Syscall
@@ -41,13 +40,16 @@ class Kernel(Operations):
     def wait_response(self, pending: Pending) -> Response:
         """The whole ``Response``, error or not. Raises only ``SyscallTimeout`` (or ``ApprovalDenied`` for an
         irreversible syscall nobody approved in time) and ``KernelUnavailable``."""
-        try:
-            got = self._redis.blpop([keys.reply(pending.id)], timeout=self._wait_s(pending))
-        except redis.ConnectionError as exc:
-            raise KernelUnavailable(f"cannot reach the kernel's Redis: {exc}; check AIOS_REDIS_URL") from None
-        if got is None:
-            raise self._expired_approval(pending) or self._timeout(pending)
-        return self._response(got[1])
+        while True:
+            try:
+                got = self._redis.blpop([self._reply_key(pending)], timeout=self._wait_s(pending))
+            except redis.ConnectionError as exc:
+                raise KernelUnavailable(f"cannot reach the kernel's Redis: {exc}; check AIOS_REDIS_URL") from None
+            if got is None:
+                raise self._no_answer(pending)
+            response = self._response(pending, got[1])
+            if response is not None:
+                return response
 
     def wait(self, pending: Pending) -> Any:
         """The raw result dict; a service error is raised as its typed error."""

@@ -16,7 +16,8 @@ AGENTS = f"{PREFIX}:agents"
 
 
 def agent(agent_id: str) -> str:
-    """Hash: an agent's credential (secret, created_at, expires_at, revoked, groups)."""
+    """Hash: the public part of an agent's credential (gen, created_at, expires_at, revoked, groups,
+    max_priority); the key itself is derived from the kernel's master key and stored nowhere."""
     return f"{PREFIX}:agent:{agent_id}"
 
 
@@ -34,9 +35,15 @@ def result(syscall_id: str) -> str:
     return f"{PREFIX}:result:{syscall_id}"
 
 
-def reply(syscall_id: str) -> str:
-    """A one-element list the caller BLPOPs for its answer."""
-    return f"{PREFIX}:reply:{syscall_id}"
+def reply(agent_id: str, syscall_id: str) -> str:
+    """A one-element list the caller BLPOPs for its sealed answer; under its agent's name, so that a broker ACL
+    gives each agent its own replies and nobody else's (``aios:reply:<agent>:*``)."""
+    return f"{PREFIX}:reply:{agent_id}:{syscall_id}"
+
+
+def reply_pattern(agent_id: str) -> str:
+    """The ACL key pattern of :func:`reply` for one agent."""
+    return f"{PREFIX}:reply:{agent_id}:*"
 
 
 def context(syscall_id: str) -> str:

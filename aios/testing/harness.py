@@ -33,7 +33,9 @@ from aios.sdk.client import Kernel
 from aios.services.base import BaseService, Service
 from aios.settings import Settings
 from aios.state import keys
+from aios.state.connections import as_text
 from aios.state.context import Snapshot, load_from
+from aios.wire.seal import open_reply
 from aios.wire.syscalls import Response, Syscall
 from aios.worker.pipeline import Step
 from aios.worker.runtime import Runtime
@@ -208,13 +210,21 @@ class Harness:
 
     # -- what the pipeline left behind ------------------------------------------------------------------
 
-    def replies(self, syscall_id: str) -> list[Response]:
-        """Every answer handed to the caller of ``syscall_id`` (unread: the caller BLPOPs the first)."""
-        return [Response.model_validate_json(r) for r in self.redis.lrange(keys.reply(syscall_id), 0, -1)]
+    def sealed_replies(self, syscall_id: str, agent_id: str | None = None) -> list[str]:
+        """The answers handed to the caller of ``syscall_id`` as they travel (sealed with the agent's key)."""
+        return [as_text(r) for r in self.redis.lrange(keys.reply(agent_id or self.agent_id, syscall_id), 0, -1)]
 
-    def reply(self, syscall_id: str) -> Response | None:
+    def replies(self, syscall_id: str, agent_id: str | None = None) -> list[Response]:
+        """Every answer handed to the caller of ``syscall_id`` (unread: the caller BLPOPs the first), of this
+        harness's agent or ``agent_id``; each checked against the agent's key when it is this harness's."""
+        mine = agent_id is None or agent_id == self.agent_id
+        key = self.secret if mine and self.settings.security.auth == "required" else None
+        return [Response.model_validate_json(open_reply(r, key, syscall_id))
+                for r in self.sealed_replies(syscall_id, agent_id)]
+
+    def reply(self, syscall_id: str, agent_id: str | None = None) -> Response | None:
         """The first answer handed to the caller of ``syscall_id``, or None."""
-        got = self.replies(syscall_id)
+        got = self.replies(syscall_id, agent_id)
         return got[0] if got else None
 
     def stored(self, syscall_id: str) -> Response | None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aios.policy.governor import Admission
+from aios.policy.identity import Credential
 from aios.state.context import Snapshot
 from aios.wire.errors import AIOSError
 from aios.wire.syscalls import ErrorInfo, Response, Status, Syscall, Timing
@@ -29,6 +30,13 @@ class Call:
     """The kernel's state holds an answer for this id already (read by the decode step's state read)."""
     agent_record: dict[bytes, bytes] = field(default_factory=dict)
     """The agent's credential record (read in the same round trip)."""
+    credential: Credential | None = None
+    """The agent's credential, once the identity step verified the syscall's signature."""
+    agent_key: str | None = None
+    """The agent's key, once verified: every answer to this syscall is sealed with it. ``None``: not verified
+    (nobody is answered) or a kernel without identities (answered unsealed)."""
+    verified: bool = False
+    """The identity step accepted the sender (signature checked, or identities off): only then is it answered."""
     snapshot: Snapshot | None = None
     """A suspended generation to continue."""
     admission: Admission | None = None

@@ -12,6 +12,7 @@ from aios.state import keys
 from aios.wire.syscalls import ErrorInfo, Response, Status, Timing
 
 if TYPE_CHECKING:
+    from aios.worker.call import Call
     from aios.worker.runtime import Runtime
 
 log = logging.getLogger("aios.worker")
@@ -25,7 +26,10 @@ class Refusals:
         self.rt = rt
 
     def reject(self, code: str, message: str, syscall_id: str | None, raw: Any, *, started: float | None = None,
-               meta: dict[str, Any] | None = None) -> None:
+               meta: dict[str, Any] | None = None, answer: "Call | None" = None) -> None:
+        """Count and dead-letter a refused message; tell its caller only when ``answer`` is given: a call whose
+        sender the identity step verified. Whoever else names a syscall id (a forged or replayed message, junk)
+        is never answered, so a message cannot make another agent's call fail."""
         settings = self.rt.settings
         now = time.time()
         log.warning("refused message %s (%s): %s", syscall_id, code, message)
@@ -45,9 +49,9 @@ class Refusals:
         pipe.ltrim(keys.DEADLETTER, 0, settings.broker.deadletter_max - 1)
         pipe.hincrby(keys.STATS_REJECTED, code, 1)
         pipe.execute()
-        if syscall_id:
+        if answer is not None and answer.syscall is not None:
             t = started or now
             self.rt.replies.write_reply(
-                Response(id=syscall_id, status=Status.ERROR, error=ErrorInfo(code=code, message=message),
+                Response(id=answer.syscall.id, status=Status.ERROR, error=ErrorInfo(code=code, message=message),
                          timing=Timing(created_at=t, started_at=t, finished_at=time.time()), worker=self.rt.resource),
-                kind=None, once=False)
+                agent_id=answer.syscall.agent_id, key=answer.agent_key, kind=None, once=False)

@@ -20,6 +20,7 @@ from celery import Celery
 
 from aios.broker.queues import queue_depth
 from aios.policy.governor import Governor
+from aios.policy.identity import KeyRing
 from aios.policy.placement import Placement
 from aios.services.base import Service
 from aios.settings import Settings, worker_queue
@@ -51,6 +52,8 @@ class Runtime:
         self.redis = state if state is not None else state_client(settings)
         self.broker_redis: redis.Redis | None = (
             broker_client(settings) if is_redis_url(settings.require_broker()) else None)
+        self.keyring: KeyRing | None = KeyRing(settings) if settings.security.auth == "required" else None
+        """Agents' keys, derived from the kernel's master key: to check signatures and seal replies."""
         self.governor = Governor(settings, self.redis, resource)
         self.placement = Placement(settings, lambda: self.redis)
         self.replies = Replies(self.redis, settings.broker.result_ttl_s)
@@ -79,16 +82,18 @@ class Runtime:
         try:
             self.pipeline.run(call)
         except Refuse as refusal:
-            self.refusals.reject(refusal.exc.code, refusal.exc.message, message_id, call.raw, started=call.started)
+            self.refusals.reject(refusal.exc.code, refusal.exc.message, message_id, call.raw, started=call.started,
+                                 answer=call if call.verified else None)
         except Done:
             pass
         except Exception as exc:  # a step's own failure (a kernel bug, the state Redis gone): say so, if we can
             log.exception("the pipeline failed on syscall %s", message_id)
-            if call.syscall is None:
+            if call.syscall is None or not call.verified:
                 raise
             response = call.error(AIOSError(f"the {self.resource} worker failed: {type(exc).__name__}: {exc}; "
                                             "see the worker log"))
-            self.replies.write_reply(response, kind=call.syscall.kind, once=True)  # raises if Redis is gone
+            self.replies.write_reply(response, agent_id=call.syscall.agent_id, key=call.agent_key,
+                                     kind=call.syscall.kind, once=True)  # raises if Redis is gone
 
     def queue_waiting(self) -> bool:
         """Whether messages wait on this worker's queue (on Redis, every priority step), beyond those held."""

@@ -1,5 +1,6 @@
 """DecodeStep: a message is one signed syscall object, naming its own message id, on the right worker's queue.
-What it refuses is dead-lettered, counted, and its caller told (unstored); the service never sees it."""
+What it refuses is dead-lettered and counted; nobody is answered (its sender is not verified yet, so a message
+naming another agent's syscall id cannot make that call fail); the service never sees it."""
 
 from __future__ import annotations
 
@@ -15,14 +16,13 @@ from tests.unit.conftest import MakeHarness, MakeSettings
 
 
 def refused(h: Harness, message_id: str, code: str) -> str:
-    """Assert the refusal's traces (unstored reply, counter, dead letter); return its message."""
-    reply = h.reply(message_id)
-    assert reply is not None and reply.status.value == "error" and reply.error.code == code
-    assert h.stored(message_id) is None  # told, not stored: a forged copy must not pre-empt the real answer
+    """Assert the refusal's traces (no reply, nothing stored, counter, dead letter); return its message."""
+    assert h.reply(message_id) is None  # an unverified sender is never answered
+    assert h.stored(message_id) is None
     assert h.count(keys.STATS_REJECTED, code) == 1
     dead = h.deadletters()
     assert dead[0]["code"] == code and dead[0]["syscall_id"] == message_id and dead[0]["worker_resource"] == h.resource
-    return reply.error.message
+    return str(dead[0]["error"])
 
 
 def test_a_message_naming_another_id_is_refused(harness: MakeHarness) -> None:

@@ -1,5 +1,6 @@
 """IdentityStep: with AIOS_AUTH=required a worker acts only on syscalls signed with their agent's credential.
-A refusal is told to the caller but never stored, so a forged copy cannot pre-empt the genuine answer."""
+A refusal is counted and dead-lettered but neither stored nor answered (its sender is not who it claims), so a
+forged copy can neither pre-empt nor spoil the genuine answer."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from tests.unit.conftest import MakeHarness, MakeSettings
 
 
 def refused_as(h: Harness, syscall_id: str, code: str) -> str:
-    reply = h.reply(syscall_id)
-    assert reply is not None and reply.error is not None and reply.error.code == code, reply
-    assert h.stored(syscall_id) is None
+    assert h.sealed_replies(syscall_id) == [] and h.stored(syscall_id) is None
     assert h.count(keys.STATS_REJECTED, code) == 1
-    return reply.error.message
+    dead = h.deadletters()[0]
+    assert dead["code"] == code and dead["syscall_id"] == syscall_id
+    return str(dead["error"])
 
 
 @pytest.fixture
@@ -92,7 +93,7 @@ def test_a_forged_copy_does_not_preempt_the_genuine_answer(h: Harness, service: 
     h.execute(syscall)
     answer = h.stored(syscall.id)
     assert answer is not None and answer.status.value == "ok" and len(service.calls) == 1
-    assert [r.status.value for r in h.replies(syscall.id)] == ["error", "ok"]
+    assert [r.status.value for r in h.replies(syscall.id)] == ["ok"]
 
 
 def test_with_auth_off_unsigned_runs(harness: MakeHarness, make_settings: MakeSettings) -> None:
@@ -100,4 +101,24 @@ def test_with_auth_off_unsigned_runs(harness: MakeHarness, make_settings: MakeSe
     h = harness("tool", service, settings=make_settings(auth="off"))
     syscall = ToolSyscall(agent_id="anyone", tool="noop")
     h.execute(h.payload(syscall, secret=None))
-    assert h.reply(syscall.id).status.value == "ok"  # type: ignore[union-attr]
+    assert h.reply(syscall.id, "anyone").status.value == "ok"  # type: ignore[union-attr]
+
+
+def test_every_answer_is_sealed_with_the_agents_key(h: Harness) -> None:
+    from aios.wire.errors import AuthError
+    from aios.wire.seal import open_reply
+
+    syscall = h.sdk.tool_syscall("noop")
+    h.execute(syscall)
+    [sealed] = h.sealed_replies(syscall.id)
+    assert open_reply(sealed, h.secret, syscall.id)  # the agent's key opens it
+    with pytest.raises(AuthError):
+        open_reply(sealed, h.credential("mallory"), syscall.id)  # another agent's key does not
+    with pytest.raises(AuthError):
+        open_reply(sealed, h.secret, "another-id")  # nor is it an answer to another syscall
+
+
+def test_no_key_is_stored_in_the_kernels_state(h: Harness) -> None:
+    record = h.redis.hgetall(keys.agent(h.agent_id))
+    assert h.secret.encode() not in b"".join([*record.keys(), *record.values()])
+    assert all(h.secret.encode() not in (h.redis.dump(k) or b"") for k in h.redis.scan_iter())

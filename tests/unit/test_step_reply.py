@@ -16,6 +16,7 @@ def answered_call(h: Harness, *, ran: bool) -> Call:
     syscall = h.sdk.tool_syscall("noop")
     call = Call(message_id=syscall.id, args=(h.payload(syscall),), kwargs={}, worker="w")
     call.syscall = syscall
+    call.verified, call.agent_key = True, h.secret
     for flag in ("ran", "counted"):  # what makes the reply account it: Call.ran, called Call.counted on main
         if hasattr(call, flag):
             setattr(call, flag, ran)
@@ -29,7 +30,7 @@ def test_an_answer_is_stored_handed_over_counted_and_accounted(harness: MakeHarn
     ReplyStep(h.runtime).after(call)
     sid = call.message_id
     assert h.stored(sid) == call.response and h.replies(sid) == [call.response]
-    assert h.redis.ttl(keys.result(sid)) > 0 and h.redis.ttl(keys.reply(sid)) > 0
+    assert h.redis.ttl(keys.result(sid)) > 0 and h.redis.ttl(keys.reply(h.agent_id, sid)) > 0
     assert h.count(keys.STATS_DONE, "tool:ok") == 1
     stats = h.redis.hgetall(keys.agent_stats("tool"))
     assert stats[f"{h.agent_id}:n".encode()] == b"1"

@@ -2,31 +2,34 @@
 -- Mode 'once': store the answer (the idempotency record) and hand it to the waiting caller, unless an answer is
 -- stored already; drop the syscall's snapshot and retry count; count it; add its service and wait to its agent's
 -- record. Two copies of a requeued syscall never both answer.
--- Mode 'notify': hand an answer to the caller without storing it (a refusal: a forged or replayed message
--- naming a real syscall id must neither overwrite nor pre-empt that syscall's own answer).
--- KEYS[1] result key   KEYS[2] reply list (the caller BLPOPs it)   KEYS[3] answered-syscalls counter hash
--- KEYS[4] snapshot hash   KEYS[5] retry-attempts counter
+-- Mode 'notify': hand an answer to the caller without storing it (a refusal of a verified caller's message that
+-- must neither overwrite nor pre-empt that syscall's own answer).
+-- KEYS[1] result key   KEYS[2] reply list of the caller (aios:reply:<agent>:<id>, the caller BLPOPs it)
+-- KEYS[3] answered-syscalls counter hash   KEYS[4] snapshot hash   KEYS[5] retry-attempts counter
 -- KEYS[6] attained-service zset   KEYS[7] per-agent stats hash   KEYS[8] recent-waits list
--- ARGV[1] mode ('once' | 'notify')   ARGV[2] response JSON   ARGV[3] TTL seconds
--- ARGV[4] counter field ('<kind>:<status>', '' for none)
--- ARGV[5] agent id ('' for no accounting)   ARGV[6] service seconds   ARGV[7] wait seconds   ARGV[8] waits kept
+-- ARGV[1] mode ('once' | 'notify')   ARGV[2] response JSON (stored)   ARGV[3] the answer handed over (the
+-- response sealed with the agent's key; '' to hand nothing over here)   ARGV[4] TTL seconds
+-- ARGV[5] counter field ('<kind>:<status>', '' for none)
+-- ARGV[6] agent id ('' for no accounting)   ARGV[7] service seconds   ARGV[8] wait seconds   ARGV[9] waits kept
 -- Returns 1 if this call answered, 0 if an answer was stored already.
-local mode, body, ttl, field = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local mode, body, sealed, ttl, field = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if mode == 'once' then
   if not redis.call('SET', KEYS[1], body, 'NX', 'EX', ttl) then return 0 end
   redis.call('DEL', KEYS[4], KEYS[5])
 end
-redis.call('RPUSH', KEYS[2], body)
-redis.call('EXPIRE', KEYS[2], ttl)
+if sealed ~= '' then
+  redis.call('RPUSH', KEYS[2], sealed)
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
 if field ~= '' then redis.call('HINCRBY', KEYS[3], field, 1) end
-local agent = ARGV[5]
+local agent = ARGV[6]
 if agent ~= '' then
-  local service, wait = tonumber(ARGV[6]), tonumber(ARGV[7])
+  local service, wait = tonumber(ARGV[7]), tonumber(ARGV[8])
   redis.call('ZINCRBY', KEYS[6], service, agent)
   redis.call('HINCRBY', KEYS[7], agent .. ':n', 1)
   redis.call('HINCRBYFLOAT', KEYS[7], agent .. ':wait_s', wait)
   redis.call('HINCRBYFLOAT', KEYS[7], agent .. ':service_s', service)
   redis.call('LPUSH', KEYS[8], string.format('%.6f', wait))
-  redis.call('LTRIM', KEYS[8], 0, tonumber(ARGV[8]) - 1)
+  redis.call('LTRIM', KEYS[8], 0, tonumber(ARGV[9]) - 1)
 end
 return 1

@@ -20,7 +20,8 @@ class ReplyStep(Step):
         self.resource = rt.resource
 
     def after(self, call: Call) -> None:
-        if call.response is None or call.syscall is None:
+        if call.response is None or call.syscall is None or not call.verified:
             return
-        self.replies.write_reply(call.response, kind=call.syscall.kind, once=True,
+        self.replies.write_reply(call.response, agent_id=call.syscall.agent_id, key=call.agent_key,
+                                 kind=call.syscall.kind, once=True,
                                  account=(self.resource, call.syscall) if call.counted else None)

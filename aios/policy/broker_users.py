@@ -1,0 +1,201 @@
+"""Per-agent broker users: what an agent's own broker connection may do (``AIOS_BROKER_USERS=on``).
+
+An agent reaches the broker as ``agent-<id>`` with a password derived from its key
+(:func:`aios.policy.identity.broker_password`); workers and operator commands use the kernel's user.
+
+- **Redis / Valkey** (ACL selectors, Redis 7 or Valkey 8): the agent may LPUSH onto the kernel's queue lists of
+  the priorities it is granted (kombu's per-priority lists, up to its ``max_priority``), LLEN any of them
+  (admission control), and pop its own replies (``aios:reply:<id>:*``). Nothing else: no read of a queue's
+  contents, no other key, no ACL, no CONFIG, no pub/sub.
+- **RabbitMQ**: the agent may write to the kernel's exchanges (one per queue), and configure and read only its
+  own reply queue ``aios.reply.<id>``; the kernel publishes with ``user_id`` checked by the broker.
+
+Made by :meth:`BrokerUsers.create` (``aios agent create``), removed by :meth:`BrokerUsers.revoke`, all made again
+from the credential records by :meth:`BrokerUsers.sync` (``aios up`` at start, ``aios agent sync``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+import redis
+
+from aios.broker.queues import step_list
+from aios.settings import Settings, all_queues, broker_to_redis_py
+from aios.state import keys
+from aios.wire.errors import ConfigError
+from aios.wire.priority import MAX_PRIORITY, is_redis_url
+
+AGENT_COMMANDS = ("+lpush", "+blpop", "+lpop", "+ping", "+hello", "+client|setinfo", "+client|setname", "+select",
+                  "+echo")
+"""The commands an agent's Redis user may run (the SDK's publish, reply wait and the connection's handshake)."""
+
+
+def reply_queue(agent_id: str) -> str:
+    """An agent's RabbitMQ reply queue."""
+    return f"aios.reply.{agent_id}"
+
+
+def with_user(url: str, user: str, password: str) -> str:
+    """``url`` with ``user:password`` as its credentials (replacing any)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def without_user(url: str) -> str:
+    """``url`` without its credentials (to show, or to hand to agents that add their own)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
+def agent_settings(settings: Settings, agent_id: str, key: str) -> Settings:
+    """``settings`` as agent ``agent_id``'s process uses them: its own broker user in every URL."""
+    from aios.policy.identity import broker_password, broker_user
+
+    if settings.security.broker_users == "off":
+        return settings
+    user, password = broker_user(agent_id), broker_password(key)
+    broker = settings.require_broker()
+    updates: dict[str, str | None] = {"broker_url": with_user(broker, user, password)}
+    if settings.broker.redis_url or is_redis_url(broker):
+        updates["redis_url"] = with_user(settings.state_redis_url(), user, password)
+    return settings.updated(**updates)
+
+
+def redis_agent_rules(settings: Settings, agent_id: str, max_priority: int) -> list[str]:
+    """The ``ACL SETUSER`` rules of an agent (after its name), password excluded."""
+    lanes = [f"%W~{step_list(q, MAX_PRIORITY - p)}" for q in all_queues(settings) for p in range(max_priority + 1)]
+    depth = "(" + " ".join(f"%R~{q}*" for q in all_queues(settings)) + " +llen)"
+    return ["resetkeys", "resetchannels", "-@all", *AGENT_COMMANDS, *lanes, f"%RW~{keys.reply_pattern(agent_id)}",
+            depth]
+
+
+class BrokerUsers:
+    """Make, remove and re-make agents' broker users (kernel side: runs with the kernel's own broker user)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.on = settings.security.broker_users == "on"
+
+    # -- Redis --------------------------------------------------------------------------------------------
+
+    def _redis_servers(self) -> list[redis.Redis]:
+        """The Redis servers agents reach (the broker's, and the state's when it is another server)."""
+        urls = []
+        broker = self.settings.require_broker()
+        if is_redis_url(broker):
+            urls.append(broker_to_redis_py(broker))
+        state = self.settings.state_redis_url() if (self.settings.broker.redis_url or is_redis_url(broker)) else None
+        if state is not None and not any(_same_server(state, u) for u in urls):
+            urls.append(state)
+        return [redis.Redis.from_url(u, socket_timeout=10, socket_connect_timeout=10) for u in urls]
+
+    def _redis_create(self, agent_id: str, password: str, max_priority: int) -> None:
+        from aios.policy.identity import broker_user
+
+        digest = hashlib.sha256(password.encode()).hexdigest()
+        for client in self._redis_servers():
+            try:
+                client.execute_command("ACL", "SETUSER", broker_user(agent_id), "reset", "on", f"#{digest}",
+                                       *redis_agent_rules(self.settings, agent_id, max_priority))
+            except redis.ResponseError as exc:
+                raise ConfigError(
+                    f"cannot make the broker user of agent {agent_id!r} on Redis: {exc}. Broker users need Redis 7 "
+                    "or Valkey 8 (ACL selectors) and a kernel user allowed to run ACL; or set "
+                    "AIOS_BROKER_USERS=off for trusted agents") from None
+            finally:
+                client.close()
+
+    def _redis_revoke(self, agent_id: str) -> None:
+        from aios.policy.identity import broker_user
+
+        for client in self._redis_servers():
+            try:
+                client.execute_command("ACL", "DELUSER", broker_user(agent_id))
+                client.execute_command("CLIENT", "KILL", "USER", broker_user(agent_id))
+            except redis.ResponseError:  # no such user, or no connection of it
+                pass
+            finally:
+                client.close()
+
+    # -- RabbitMQ -----------------------------------------------------------------------------------------
+
+    def _rabbitmqctl(self, *args: str, check: bool = True) -> None:
+        ctl = shutil.which("rabbitmqctl")
+        if ctl is None:
+            raise ConfigError("cannot make RabbitMQ users: `rabbitmqctl` is not on this machine's PATH; run `aios agent "
+                              "create` on the RabbitMQ host, or set AIOS_BROKER_USERS=off for trusted agents")
+        done = subprocess.run([ctl, "-q", *args], capture_output=True, text=True, timeout=60)
+        if check and done.returncode != 0:
+            raise ConfigError(f"rabbitmqctl {args[0]} failed: {(done.stderr or done.stdout).strip()}")
+
+    def _vhost(self) -> str:
+        path = urlsplit(self.settings.require_broker()).path
+        return unquote(path[1:]) if len(path) > 1 else "/"
+
+    def _rabbit_create(self, agent_id: str, password: str) -> None:
+        from aios.policy.identity import broker_user
+
+        user = broker_user(agent_id)
+        own = re.escape(reply_queue(agent_id))
+        kernel = "|".join(re.escape(q) for q in all_queues(self.settings))
+        self._rabbitmqctl("delete_user", user, check=False)
+        self._rabbitmqctl("add_user", user, password)
+        self._rabbitmqctl("set_permissions", "-p", self._vhost(), user, f"^{own}$", f"^({kernel})$", f"^{own}$")
+
+    # -- both ---------------------------------------------------------------------------------------------
+
+    def create(self, agent_id: str, password: str, max_priority: int = MAX_PRIORITY) -> None:
+        if not self.on:
+            return
+        if is_redis_url(self.settings.require_broker()):
+            self._redis_create(agent_id, password, max_priority)
+        else:
+            self._rabbit_create(agent_id, password)
+            if self.settings.broker.redis_url:  # the replies' Redis, until replies travel over RabbitMQ
+                self._redis_create(agent_id, password, max_priority)
+
+    def revoke(self, agent_id: str) -> None:
+        if not self.on:
+            return
+        from aios.policy.identity import broker_user
+
+        if is_redis_url(self.settings.require_broker()):
+            self._redis_revoke(agent_id)
+        else:
+            self._rabbitmqctl("delete_user", broker_user(agent_id), check=False)
+            if self.settings.broker.redis_url:
+                self._redis_revoke(agent_id)
+
+    def sync(self) -> int:
+        """Make every agent's broker user again from its credential record (a restarted broker forgets them):
+        the valid ones made, the revoked ones removed. Returns how many were made."""
+        from aios.policy.identity import Credentials, broker_password
+
+        if not self.on:
+            return 0
+        creds = Credentials(self.settings)
+        made = 0
+        try:
+            for cred in creds.list():
+                if cred.revoked:
+                    self.revoke(cred.agent_id)
+                    continue
+                self.create(cred.agent_id, broker_password(creds.ring.key(cred)), cred.max_priority)
+                made += 1
+        finally:
+            creds.redis.close()
+        return made
+
+
+def _same_server(a: str, b: str) -> bool:
+    pa, pb = urlsplit(a), urlsplit(b)
+    return (pa.scheme, pa.hostname, pa.port, pa.path if pa.scheme == "unix" else "") == (
+        pb.scheme, pb.hostname, pb.port, pb.path if pb.scheme == "unix" else "")
