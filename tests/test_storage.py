@@ -127,6 +127,7 @@ def test_concurrent_writers_lose_nothing(svc: StorageService) -> None:
     assert len(keys) == 400
     assert keys == sorted(f"t{t}-k{i:02d}" for t in range(8) for i in range(50))
     assert mem(svc, "get", "t7-k49")["value"] == {"t": 7, "i": 49}  # type: ignore[index]
+    _used(svc)  # the quota's running total is the recount, after 8 threads wrote at once
 
 
 def test_connections_per_thread_stay_bounded(svc: StorageService) -> None:
@@ -394,6 +395,7 @@ def test_cas_writers_in_threads_lose_nothing(svc: StorageService) -> None:
     assert fs(svc, "read", "counter")["content"] == "60"  # type: ignore[index]
     versions = svc.handle(StorageSyscall(agent_id="a1", op="versions", path="counter"))["versions"]
     assert [v["version"] for v in versions] == list(range(42, 62))  # dense; the oldest pruned (20 kept)
+    assert _used(svc) == sum(len(str(n)) for n in range(41, 61))
 
 
 def test_delete_removes_versions_and_rollback_names_what_exists(svc: StorageService) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import stat
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ def read_without_grant(arena: Arena) -> Outcome:
     arena.victim.write_file("grantless/secret.txt", secret)
     arena.victim.memory_put("grantless-secret", secret)
     k = arena.attacker
-    probes = {
+    probes: dict[str, Callable[[], Any]] = {
         "read_file": lambda: k.read_file("grantless/secret.txt", owner="alice"),
         "list_files": lambda: k.list_files("grantless", owner="alice"),
         "file_versions": lambda: k.file_versions("grantless/secret.txt", owner="alice"),
