@@ -274,6 +274,13 @@ class StorageSettings(BaseModel):
     file_max_chunks: int = Field(default=16, ge=1)
     """Semantic retrieval over files embeds each written file in chunks of this many characters, the first
     ``file_max_chunks`` of them (the rest of a long file is stored and versioned, but not searched)."""
+    quota_bytes: int = Field(default=1_073_741_824, ge=0)
+    """Per agent: the most bytes its stored data may hold, counted as the content of every kept version of every
+    file plus every memory value (its JSON). A write that would pass it is refused with ``QuotaExceeded``
+    (nothing stored is lost); writes that shrink the data are always allowed."""
+    max_versions: int = Field(default=20, ge=1)
+    """Per file: the most versions kept (the current one included); a write past it prunes the oldest, whose
+    bytes leave the quota."""
 
 
 
@@ -467,6 +474,8 @@ FLAT: dict[str, tuple[str, str]] = {
     "embedding_dim": ("storage", "embedding_dim"),
     "file_chunk_chars": ("storage", "file_chunk_chars"),
     "file_max_chunks": ("storage", "file_max_chunks"),
+    "storage_quota_bytes": ("storage", "quota_bytes"),
+    "storage_max_versions": ("storage", "max_versions"),
     "tool_modules": ("tools", "modules"),
     "mcp_servers": ("tools", "mcp_servers"),
     "http_allow": ("tools", "http_allow"),

@@ -109,7 +109,9 @@ def need_server(name: str, available: bool) -> None:
 
 def base_settings(tmp: Path, **overrides: Any) -> Settings:
     # Approvals are off here, so that tests of other things may delete and overwrite; test_approvals turns them on.
-    values: dict[str, Any] = {"data_dir": tmp, "default_timeout_s": 30.0, "worker_concurrency": 2, "approvals": "off"}
+    # A small storage quota, so that the attack suite (aios_bench.attacks.storage) can fill one in a few syscalls.
+    values: dict[str, Any] = {"data_dir": tmp, "default_timeout_s": 30.0, "worker_concurrency": 2, "approvals": "off",
+                              "storage_quota_bytes": 4_000_000}
     values.update(overrides)
     return Settings(**values)
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import stat
 import threading
+import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,7 @@ import pytest
 
 from aios.services.storage.service import TMP_PREFIX, StorageService
 from aios.settings import Settings
-from aios.wire.errors import AccessDenied, Conflict, InvalidSyscall, NotFound
+from aios.wire.errors import AccessDenied, Conflict, InvalidSyscall, NotFound, QuotaExceeded
 from aios.wire.syscalls import MemorySyscall, StorageSyscall
 from tests.conftest import storage_service
 
@@ -124,6 +127,7 @@ def test_concurrent_writers_lose_nothing(svc: StorageService) -> None:
     assert len(keys) == 400
     assert keys == sorted(f"t{t}-k{i:02d}" for t in range(8) for i in range(50))
     assert mem(svc, "get", "t7-k49")["value"] == {"t": 7, "i": 49}  # type: ignore[index]
+    _used(svc)  # the quota's running total is the recount, after 8 threads wrote at once
 
 
 def test_connections_per_thread_stay_bounded(svc: StorageService) -> None:
@@ -390,7 +394,8 @@ def test_cas_writers_in_threads_lose_nothing(svc: StorageService) -> None:
     assert errors == []
     assert fs(svc, "read", "counter")["content"] == "60"  # type: ignore[index]
     versions = svc.handle(StorageSyscall(agent_id="a1", op="versions", path="counter"))["versions"]
-    assert [v["version"] for v in versions] == list(range(1, 62))
+    assert [v["version"] for v in versions] == list(range(42, 62))  # dense; the oldest pruned (20 kept)
+    assert _used(svc) == sum(len(str(n)) for n in range(41, 61))
 
 
 def test_delete_removes_versions_and_rollback_names_what_exists(svc: StorageService) -> None:
@@ -404,3 +409,204 @@ def test_delete_removes_versions_and_rollback_names_what_exists(svc: StorageServ
     assert fs(svc, "write", "f.txt", "again")["version"] == 1  # type: ignore[index]
     with pytest.raises(NotFound):
         svc.handle(StorageSyscall(agent_id="a1", op="versions", path="missing.txt"))
+
+
+# -- one name per file (Unicode NFC), names that mislead -----------------------------------------------------
+
+CAFE_NFC, CAFE_NFD = unicodedata.normalize("NFC", "café.txt"), unicodedata.normalize("NFD", "café.txt")
+
+
+def test_nfc_and_nfd_spellings_are_one_file(svc: StorageService, tmp_path: Path) -> None:
+    assert CAFE_NFC != CAFE_NFD
+    assert fs(svc, "write", f"notes/{CAFE_NFC}", "one")["path"] == f"notes/{CAFE_NFC}"  # type: ignore[index]
+    assert fs(svc, "write", f"notes/{CAFE_NFD}", "two") == {"path": f"notes/{CAFE_NFC}", "bytes": 3, "version": 2}
+    assert fs(svc, "list", "notes")["entries"] == [{"name": CAFE_NFC, "type": "file", "bytes": 3}]  # type: ignore[index]
+    assert os.listdir(tmp_path / "agents" / "a1" / "files" / "notes") == [CAFE_NFC]
+    assert fs(svc, "read", f"notes/{CAFE_NFC}")["content"] == fs(svc, "read", f"notes/{CAFE_NFD}")["content"] == "two"  # type: ignore[index]
+    decomposed_folder = unicodedata.normalize("NFD", "résumés")
+    fs(svc, "write", f"{decomposed_folder}/{CAFE_NFD}", "x")
+    assert fs(svc, "read", f"résumés/{CAFE_NFC}")["content"] == "x"  # type: ignore[index]
+    versions = svc.handle(StorageSyscall(agent_id="a1", op="versions", path=f"notes/{CAFE_NFD}"))
+    assert [v["version"] for v in versions["versions"]] == [1, 2]
+    delete = StorageSyscall(agent_id="a1", op="delete", path=f"notes/{CAFE_NFD}")
+    assert svc.irreversible(delete) == f"deletes 'notes/{CAFE_NFC}' of agent 'a1'"  # what the operator approves
+    assert svc.handle(delete) == {"path": f"notes/{CAFE_NFC}", "deleted": True}
+    assert fs(svc, "list", "notes")["entries"] == []  # type: ignore[index]
+
+
+def test_a_share_names_the_file_in_either_spelling(svc: StorageService) -> None:
+    from aios.services.storage.service import _normal
+
+    fs(svc, "write", CAFE_NFD, "shared", agent="alice")
+    svc.handle(StorageSyscall(agent_id="alice", op="share", path=CAFE_NFD, with_agent="bob"))
+    assert svc._shared_mode("alice", CAFE_NFC, "bob") == "read"
+    assert _normal(f"./{CAFE_NFD}/") == CAFE_NFC
+
+
+@pytest.mark.parametrize("path", ["a\nb.txt", "report\u202etxt.exe", "zero\u200bwidth", "\x1b[31mred", "tab\there",
+                                  "bom\ufeff"])
+def test_control_and_invisible_characters_refused(svc: StorageService, path: str) -> None:
+    with pytest.raises(InvalidSyscall, match="control or invisible character U\\+"):
+        fs(svc, "write", path, "x")
+    assert fs(svc, "list") == {"path": "", "entries": []}
+
+
+def test_trailing_slashes_and_dots_normalise_and_case_is_kept(svc: StorageService) -> None:
+    fs(svc, "write", "d/f.txt/", "one")
+    assert fs(svc, "read", "./d//f.txt")["content"] == "one"  # type: ignore[index]
+    fs(svc, "write", "d/F.txt", "two")  # as on Linux: two files, and both are listed, so neither hides
+    assert [e["name"] for e in fs(svc, "list", "d")["entries"]] == ["F.txt", "f.txt"]  # type: ignore[index]
+
+
+# -- the storage quota -------------------------------------------------------------------------------------
+
+
+def _used(svc: StorageService, agent: str = "a1") -> int:
+    from aios.services.storage import quota
+
+    db = svc._db(agent, create=True)
+    counted = db.execute("SELECT (SELECT coalesce(sum(length(CAST(content AS BLOB))), 0) FROM file_versions) + "
+                         "(SELECT coalesce(sum(length(CAST(value AS BLOB))), 0) FROM memory)").fetchone()[0]
+    assert quota.used(db) == counted  # the running total is the truth
+    return int(counted)
+
+
+def test_a_write_past_the_quota_is_refused_and_loses_nothing(tmp_path: Path, vectors: Any) -> None:
+    svc = storage_service(Settings(data_dir=tmp_path, storage_quota_bytes=100), vectors)
+    fs(svc, "write", "keep.txt", "k" * 60)
+    with pytest.raises(QuotaExceeded, match=r"writing 'big.txt' \(50 bytes\) needs 50 more bytes, and 60 of its "
+                                            r"100 bytes are used \(AIOS_STORAGE_QUOTA_BYTES"):
+        fs(svc, "write", "big.txt", "b" * 50)
+    assert fs(svc, "read", "keep.txt")["content"] == "k" * 60  # type: ignore[index]
+    with pytest.raises(NotFound):
+        fs(svc, "read", "big.txt")
+    with pytest.raises(QuotaExceeded):  # every kept version counts: overwriting does not free
+        fs(svc, "write", "keep.txt", "k" * 50)
+    with pytest.raises(QuotaExceeded):  # memory values count too
+        mem(svc, "put", "m", "v" * 50)
+    assert mem(svc, "list") == {"keys": []}
+    assert _used(svc) == 60
+    fs(svc, "write", "small.txt", "s" * 40)  # up to the limit exactly
+    assert _used(svc) == 100
+    fs(svc, "delete", "small.txt")  # a delete frees its versions
+    mem(svc, "put", "m", "v" * 20)  # '"vvv..."': 22 bytes of JSON
+    mem(svc, "put", "m", "v" * 2)  # a smaller value frees the difference
+    assert _used(svc) == 64
+    mem(svc, "delete", "m")
+    assert _used(svc) == 60
+
+
+def test_pruned_versions_leave_the_quota(tmp_path: Path, vectors: Any) -> None:
+    svc = storage_service(Settings(data_dir=tmp_path, storage_quota_bytes=100, storage_max_versions=2), vectors)
+    for _ in range(10):  # 2 versions of 40 kept: always within 100
+        fs(svc, "write", "f.txt", "x" * 40)
+    assert _used(svc) == 80
+    with pytest.raises(QuotaExceeded):  # 80 - 40 pruned + 61
+        fs(svc, "write", "f.txt", "x" * 61)
+    fs(svc, "write", "f.txt", "")
+    assert _used(svc) == 40
+
+
+def test_a_database_from_before_the_quota_is_counted_once(tmp_path: Path, vectors: Any) -> None:
+    svc = storage_service(Settings(data_dir=tmp_path, storage_quota_bytes=100), vectors)
+    fs(svc, "write", "f.txt", "x" * 30)
+    mem(svc, "put", "k", "y" * 28)  # 30 bytes of JSON
+    db = svc._db("a1", create=True)
+    db.execute("DROP TABLE usage")  # as a database made before the quota has it
+    svc.close()
+    svc = storage_service(Settings(data_dir=tmp_path, storage_quota_bytes=100), vectors)
+    with pytest.raises(QuotaExceeded, match="60 of its 100 bytes"):
+        fs(svc, "write", "g.txt", "z" * 41)
+    assert _used(svc) == 60
+
+
+def test_a_file_found_on_disk_counts_but_is_never_refused(tmp_path: Path, vectors: Any) -> None:
+    svc = storage_service(Settings(data_dir=tmp_path, storage_quota_bytes=10), vectors)
+    folder = tmp_path / "agents" / "a1" / "files"
+    folder.mkdir(parents=True)
+    (folder / "found.txt").write_text("f" * 20)
+    read = svc.handle(StorageSyscall(agent_id="a1", op="read", path="found.txt", with_version=True))
+    assert read["version"] == 1 and _used(svc) == 20
+    with pytest.raises(QuotaExceeded):
+        fs(svc, "write", "more.txt", "m")
+    fs(svc, "delete", "found.txt")
+    assert _used(svc) == 0
+
+
+# -- the version cap ---------------------------------------------------------------------------------------
+
+
+def test_only_the_newest_versions_are_kept_and_a_pruned_one_says_so(tmp_path: Path, vectors: Any) -> None:
+    svc = storage_service(Settings(data_dir=tmp_path, storage_max_versions=3), vectors)
+    times = []
+    for i in range(1, 6):
+        fs(svc, "write", "f.txt", f"v{i}")
+        times.append(time.time())
+        time.sleep(0.01)
+    versions = svc.handle(StorageSyscall(agent_id="a1", op="versions", path="f.txt"))["versions"]
+    assert [v["version"] for v in versions] == [3, 4, 5]
+    with pytest.raises(NotFound, match=r"has no version 1 \(versions before 3 were pruned: at most 3 are kept, "
+                                       r"AIOS_STORAGE_MAX_VERSIONS\); its versions are \[3, 4, 5\]"):
+        svc.handle(StorageSyscall(agent_id="a1", op="rollback", path="f.txt", version=1))
+    with pytest.raises(NotFound, match="were pruned"):  # the version current then is gone
+        svc.handle(StorageSyscall(agent_id="a1", op="rollback", path="f.txt", at=times[0]))
+    with pytest.raises(NotFound, match=r"has no version 9; its versions"):  # never written: not "pruned"
+        svc.handle(StorageSyscall(agent_id="a1", op="rollback", path="f.txt", version=9))
+    assert svc.handle(StorageSyscall(agent_id="a1", op="rollback", path="f.txt", version=4))["restored"] == 4
+    assert fs(svc, "read", "f.txt")["content"] == "v4"  # type: ignore[index]
+    # Version 3 was pruned by that rollback (itself a version); the version current after the 4th write is kept.
+    assert svc.handle(StorageSyscall(agent_id="a1", op="rollback", path="f.txt", at=times[3]))["restored"] == 4
+    assert fs(svc, "read", "f.txt")["content"] == "v4"  # type: ignore[index]
+    versions = svc.handle(StorageSyscall(agent_id="a1", op="versions", path="f.txt"))["versions"]
+    assert [v["version"] for v in versions] == [5, 6, 7]
+
+
+# -- data at rest ------------------------------------------------------------------------------------------
+
+
+def _loose(top: Path) -> list[str]:
+    out = []
+    for path in (top, *top.rglob("*")):
+        mode = path.lstat().st_mode
+        want = 0o700 if stat.S_ISDIR(mode) else 0o600
+        if stat.S_IMODE(mode) != want:
+            out.append(f"{path.relative_to(top)} {oct(stat.S_IMODE(mode))}")
+    return out
+
+
+def test_storage_files_are_private_whatever_the_umask(tmp_path: Path, vectors: Any) -> None:
+    old = os.umask(0o022)
+    try:
+        svc = storage_service(Settings(data_dir=tmp_path / "data"), vectors)
+        fs(svc, "write", "deep/er/f.txt", "x")
+        mem(svc, "put", "k", "v")
+        svc.handle(StorageSyscall(agent_id="a1", op="read", path="deep/er/f.txt", with_version=True))
+    finally:
+        os.umask(old)
+    assert _loose(tmp_path / "data" / "agents") == []
+
+
+def test_existing_storage_is_tightened(tmp_path: Path, vectors: Any) -> None:
+    agents = tmp_path / "agents"
+    (agents / "a1").mkdir(parents=True, mode=0o755)
+    os.chmod(agents, 0o755)
+    os.chmod(agents / "a1", 0o755)
+    db = agents / "a1" / "memory.sqlite3"
+    db.touch(mode=0o644)
+    svc = storage_service(Settings(data_dir=tmp_path), vectors)
+    mem(svc, "put", "k", "v")
+    assert stat.S_IMODE(agents.stat().st_mode) == 0o700 and stat.S_IMODE(db.stat().st_mode) == 0o600
+
+
+def test_the_vector_store_folder_is_private(tmp_path: Path) -> None:
+    from aios.services.storage.vectors import VectorStore
+
+    old = os.umask(0o022)
+    try:
+        store = VectorStore(str(tmp_path / "vectors" / "milvus.db"), 8)
+    finally:
+        os.umask(old)
+    try:
+        assert _loose(tmp_path / "vectors") == []
+    finally:
+        store.close()

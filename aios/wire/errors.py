@@ -112,7 +112,8 @@ class KernelUnavailable(AIOSError):
 
 class QuotaExceeded(AIOSError):
     """A rate limit, concurrency limit or token budget stopped the syscall (``AIOS_QUOTA_MODE=fail``, a budget
-    that is spent, or a limit still reached at the syscall's deadline); the message names the limit."""
+    that is spent, or a limit still reached at the syscall's deadline), or a storage write would pass the agent's
+    ``AIOS_STORAGE_QUOTA_BYTES`` (nothing was written); the message names the limit and what is used."""
 
     code = "quota_exceeded"
 

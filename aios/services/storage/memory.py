@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import redis
 
+from aios.services.storage import quota
 from aios.state.connections import as_text
 from aios.state.keys import memfast
 from aios.wire.errors import Conflict, InvalidSyscall, NotFound
@@ -216,11 +217,12 @@ class MemoryManager:
     """Per-agent memory over the durable tier (``db``), the fast tier and the vector index.
 
     ``db(agent, create)`` gives the agent's SQLite connection (or None); ``vectors()`` and ``embed(texts)``
-    are called lazily, so that get/list/delete never load a model."""
+    are called lazily, so that get/list/delete never load a model. ``quota_bytes``: the agent's storage quota
+    (:mod:`aios.services.storage.quota`), which its memory values count against with its files; ``None``: none."""
 
     def __init__(self, fast: FastTier, budget_bytes: int, k: int, db: Callable[[str, bool], Any],
-                 vectors: Callable[[], Any], embed: Callable[[list[str]], Any]) -> None:
-        self.fast, self.budget, self.k = fast, budget_bytes, k
+                 vectors: Callable[[], Any], embed: Callable[[list[str]], Any], quota_bytes: int | None = None) -> None:
+        self.fast, self.budget, self.k, self.quota = fast, budget_bytes, k, quota_bytes
         self._db, self._vectors, self._embed = db, vectors, embed
         self._agents: dict[str, _Agent] = {}
         self._agents_lock = threading.Lock()
@@ -264,12 +266,16 @@ class MemoryManager:
         now = time.time()
         with state.lock, db:  # IMMEDIATE takes the write lock first, so "created" is decided under it
             db.execute("BEGIN IMMEDIATE")
-            created = db.execute("SELECT 1 FROM memory WHERE key = ?", (key,)).fetchone() is None
+            old = db.execute("SELECT length(CAST(value AS BLOB)) FROM memory WHERE key = ?", (key,)).fetchone()
+            created = old is None
             if mode == "create" and not created:
                 raise Conflict(f"memory key '{key}' already exists for agent '{agent}'; use update_memory to "
                            "change it")
             if mode == "update" and created:
                 raise self._missing(agent, key)
+            size = len(text.encode("utf-8"))
+            quota.charge(db, agent, size - (0 if old is None else int(old[0])), self.quota,
+                         f"memory item '{key}' ({size} bytes)")
             db.execute("INSERT INTO memory VALUES (?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
                        "value = excluded.value, updated_at = excluded.updated_at", (key, text, now, now))
             self._vectors().put_memory(agent, [(key, vector)])
@@ -309,8 +315,13 @@ class MemoryManager:
         if db is None:
             return {"key": key, "deleted": False}
         state = self._agent(agent)
-        with state.lock:
-            deleted = db.execute("DELETE FROM memory WHERE key = ?", (key,)).rowcount > 0
+        with state.lock, db:
+            db.execute("BEGIN IMMEDIATE")
+            old = db.execute("SELECT length(CAST(value AS BLOB)) FROM memory WHERE key = ?", (key,)).fetchone()
+            deleted = old is not None
+            if deleted:
+                db.execute("DELETE FROM memory WHERE key = ?", (key,))
+                quota.charge(db, agent, -int(old[0]), None, f"deleting memory item '{key}'")
             state.policy.remove(key)
             self._fast(state, self.fast.drop, agent, [key])
         if deleted:

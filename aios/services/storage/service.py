@@ -25,6 +25,7 @@ import sqlite3
 import stat
 import threading
 import time
+import unicodedata
 import uuid
 from collections import OrderedDict
 from pathlib import Path
@@ -34,11 +35,13 @@ import redis
 
 from aios.policy.access import KIND_RESOURCE, OP_NEED, AccessManager
 from aios.services.base import BaseService
+from aios.services.storage import quota
 from aios.services.storage.memory import LocalFastTier, MemoryManager, RedisFastTier
 from aios.services.storage.vectors import MilvusException
 from aios.settings import Settings
 from aios.state.connections import state_client
 from aios.state.context import Snapshot
+from aios.state.private_files import DIR_MODE, FILE_MODE, open_private, private_dir
 from aios.wire.errors import AccessDenied, AIOSError, ConfigError, Conflict, InvalidSyscall, KernelUnavailable, NotFound
 from aios.wire.syscalls import AGENT_ID_RE, MemorySyscall, StorageSyscall, Syscall
 
@@ -56,6 +59,7 @@ _SCHEMA = (
     "created_at REAL NOT NULL, note TEXT NOT NULL DEFAULT '', PRIMARY KEY (path, version))",
     "CREATE TABLE IF NOT EXISTS shares (path TEXT NOT NULL, grantee TEXT NOT NULL, mode TEXT NOT NULL, "
     "created_at REAL NOT NULL, PRIMARY KEY (path, grantee))",
+    quota.SCHEMA,
 )
 
 
@@ -75,8 +79,10 @@ class StorageService(BaseService):
         self._vectors: Any = None
         self._embedder: Any = embedder  # None: the one the settings name, loaded on first use
         self._lazy_lock = threading.Lock()
-        self.memory = MemoryManager(self._fast_tier(settings), settings.storage.memory_budget_bytes, settings.storage.memory_lru_k,
-                                    db=self._db, vectors=self.vectors, embed=self.embed)
+        self._private = False  # agents_dir made or tightened to 0700 by this service
+        self.memory = MemoryManager(self._fast_tier(settings), settings.storage.memory_budget_bytes,
+                                    settings.storage.memory_lru_k, db=self._db, vectors=self.vectors, embed=self.embed,
+                                    quota_bytes=settings.storage.quota_bytes)
 
     @staticmethod
     def _fast_tier(settings: Settings) -> Any:
@@ -120,12 +126,12 @@ class StorageService(BaseService):
         owner = getattr(syscall, "owner", None) or syscall.agent_id
         if isinstance(syscall, MemorySyscall) and syscall.op == "delete":
             return f"deletes memory item {syscall.key!r} of agent {owner!r}"
-        if isinstance(syscall, StorageSyscall):
+        if isinstance(syscall, StorageSyscall):  # the path as it will be served, so the operator sees that file
             if syscall.op == "delete":
-                return f"deletes {syscall.path!r} of agent {owner!r}"
+                return f"deletes {_normal(syscall.path)!r} of agent {owner!r}"
             if syscall.op == "share":
-                return (f"gives agent {syscall.with_agent!r} {syscall.mode} access to {syscall.path!r} of agent "
-                        f"{owner!r}")
+                return (f"gives agent {syscall.with_agent!r} {syscall.mode} access to {_normal(syscall.path)!r} of "
+                        f"agent {owner!r}")
             # Overwriting a file is not irreversible: every write keeps a version (op='rollback').
         return None
 
@@ -164,7 +170,7 @@ class StorageService(BaseService):
     def _authorize(self, syscall: MemorySyscall | StorageSyscall, owner: str) -> None:
         """Raise :class:`AccessDenied` unless the caller may do this op on ``owner``'s data (audited either way)."""
         resource = KIND_RESOURCE[syscall.kind]
-        target = (syscall.key or "") if isinstance(syscall, MemorySyscall) else syscall.path
+        target = (syscall.key or "") if isinstance(syscall, MemorySyscall) else _normal(syscall.path)
         if isinstance(syscall, StorageSyscall) and syscall.op in _SHARE_OPS:
             mode = self._shared_mode(owner, syscall.path, syscall.agent_id)
             if mode is not None and (mode == "write" or OP_NEED[syscall.op] == "read"):
@@ -247,6 +253,7 @@ class StorageService(BaseService):
         except FileNotFoundError:
             if not create:
                 return None
+        open_private(path, "ab").close()  # 0600 before SQLite opens it: its -wal and -shm files take its mode
         conns[agent] = conn = _connect(path)
         if len(conns) > CONNECTIONS_PER_THREAD:
             conns.popitem(last=False)[1].close()
@@ -256,8 +263,9 @@ class StorageService(BaseService):
 
     def _open(self, agent: str, parts: list[str] | None, create: bool) -> int:
         """An fd on the agent's folder (``parts`` None) or on its ``files/<parts>``, never through a symlink."""
-        if create:
-            os.makedirs(self.agents_dir, mode=0o700, exist_ok=True)
+        if create and (not self._private or not self.agents_dir.is_dir()):
+            private_dir(self.agents_dir)
+            self._private = True
         try:  # data_dir is the operator's and may be a symlink; only what lies under agents/ is the agents'
             fd = os.open(self.agents_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -362,6 +370,12 @@ class StorageService(BaseService):
                     raise Conflict(f"file '{path}' is at version {current if exists else 0}, not {if_version}: "
                                    "it changed since you read it; read it again and retry")
                 version = current + 1
+                oldest = version - self.settings.storage.max_versions  # this one and older are pruned
+                pruned = db.execute("SELECT coalesce(sum(length(CAST(content AS BLOB))), 0) FROM file_versions "
+                                    "WHERE path = ? AND version <= ?", (path, oldest)).fetchone()[0]
+                quota.charge(db, agent, len(data) - pruned, self.settings.storage.quota_bytes,
+                             f"writing '{path}' ({len(data)} bytes)")
+                db.execute("DELETE FROM file_versions WHERE path = ? AND version <= ?", (path, oldest))
                 db.execute("INSERT INTO file_versions VALUES (?, ?, ?, ?, ?)",
                            (path, version, content, time.time(), note))
                 if vectors is not None:  # before the file: a failure here leaves file and versions as they were
@@ -381,6 +395,9 @@ class StorageService(BaseService):
         with db:
             db.execute("BEGIN IMMEDIATE")
             unlink()
+            freed = db.execute("SELECT coalesce(sum(length(CAST(content AS BLOB))), 0) FROM file_versions "
+                               "WHERE path = ?", (path,)).fetchone()[0]
+            quota.charge(db, agent, -freed, None, f"deleting '{path}'")
             db.execute("DELETE FROM file_versions WHERE path = ?", (path,))
             db.execute("DELETE FROM shares WHERE path = ?", (path,))
         if self.index_files:
@@ -419,7 +436,11 @@ class StorageService(BaseService):
             known = [r[0] for r in db.execute("SELECT version FROM file_versions WHERE path = ? ORDER BY version",
                                               (path,))]
             wanted = f"version {sc.version}" if sc.version is not None else f"version written at or before {sc.at}"
-            raise NotFound(f"file '{path}' has no {wanted}; its versions are {known or 'none'} "
+            pruned = ""
+            if known and known[0] > 1 and (sc.version is None or sc.version < known[0]):
+                pruned = (f" (versions before {known[0]} were pruned: at most {self.settings.storage.max_versions} "
+                          "are kept, AIOS_STORAGE_MAX_VERSIONS)")
+            raise NotFound(f"file '{path}' has no {wanted}{pruned}; its versions are {known or 'none'} "
                            "(see op='versions')")
         result = self._write(agent, parts, row[1], None, create_only=False, note=f"rollback to {row[0]}")
         return {**result, "restored": row[0]}
@@ -445,8 +466,11 @@ class StorageService(BaseService):
 
 
 def _adopt(db: sqlite3.Connection, d: int, name: str, path: str) -> int:
-    """A file written before versioning (or behind the kernel's back) gets its content as version 1."""
-    db.execute("INSERT INTO file_versions VALUES (?, 1, ?, ?, 'found')", (path, _read_at(d, name, path), time.time()))
+    """A file written before versioning (or behind the kernel's back) gets its content as version 1 (counted in
+    the quota, never refused by it: it is there already)."""
+    content = _read_at(d, name, path)
+    quota.charge(db, "", len(content.encode("utf-8")), None, f"adopting '{path}'")
+    db.execute("INSERT INTO file_versions VALUES (?, 1, ?, ?, 'found')", (path, content, time.time()))
     return 1
 
 
@@ -455,8 +479,16 @@ def _current_version(db: sqlite3.Connection, path: str) -> int:
 
 
 def _split(path: str) -> list[str]:
+    """A path as its folder names: in Unicode NFC, so that a name typed composed or decomposed is one file (the
+    disk compares bytes); '.', empty parts and a trailing '/' dropped; everything that could leave the agent's
+    folder, hide in a listing or is reserved refused. Case is kept: 'A' and 'a' are two files, as on Linux."""
     if "\x00" in path:
         raise AccessDenied("path contains a NUL byte")
+    path = unicodedata.normalize("NFC", path)
+    hidden = next((c for c in path if unicodedata.category(c) in ("Cc", "Cf")), None)
+    if hidden is not None:  # newlines, escapes, bidi overrides, zero-width characters: names that mislead
+        raise InvalidSyscall(f"path {path!r} holds the control or invisible character U+{ord(hidden):04X}; "
+                             "file names must be visible text")
     if "\\" in path:
         raise AccessDenied(f"path {path!r} contains a backslash; separate folders with '/'")
     if path.startswith("/"):
@@ -467,6 +499,14 @@ def _split(path: str) -> list[str]:
     if any(p.startswith(TMP_PREFIX) for p in parts):
         raise InvalidSyscall(f"path {path!r}: names starting with {TMP_PREFIX!r} are reserved")
     return parts
+
+
+def _normal(path: str) -> str:
+    """``path`` as storage serves it (see :func:`_split`), or as given if it would be refused."""
+    try:
+        return "/".join(_split(path))
+    except AIOSError:
+        return path
 
 
 def _refusal(dir_fd: int, name: str, shown: str) -> AIOSError:
@@ -499,8 +539,10 @@ def _walk(fd: int, parts: list[str], create: bool, visible: int) -> int:
                     if exc.errno != errno.ENOENT or not create or attempt:
                         raise _refusal(fd, name, shown) from None
                 with contextlib.suppress(FileExistsError):  # another thread or worker made it first
-                    os.mkdir(name, 0o700, dir_fd=fd)
+                    os.mkdir(name, DIR_MODE, dir_fd=fd)
                 os.fsync(fd)  # the new folder must survive a crash as surely as the file written into it
+            if attempt:  # made just now: 0700 whatever the umask
+                os.fchmod(nxt, DIR_MODE)
             os.close(fd)
             fd = nxt
         return fd
@@ -550,9 +592,10 @@ def _write_at(d: int, name: str, data: bytes, shown: str) -> None:
     # Readers see the old content or the new, never a torn file; and rename replaces a symlink swapped in
     # since the check above instead of writing through it.
     tmp = TMP_PREFIX + uuid.uuid4().hex
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=d)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE, dir_fd=d)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), FILE_MODE)  # 0600 whatever the umask
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

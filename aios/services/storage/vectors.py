@@ -38,6 +38,7 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 import numpy as np  # noqa: E402
 from pymilvus.exceptions import MilvusException as MilvusException  # noqa: E402  (re-exported for aios.storage)
 
+from aios.state.private_files import private_dir, private_tree  # noqa: E402
 from aios.wire.errors import AIOSError, ConfigError  # noqa: E402
 from aios.wire.syscalls import AGENT_ID_RE
 
@@ -65,8 +66,8 @@ class VectorStore:
         from pymilvus import MilvusClient
 
         self.uri, self.dim = uri, dim
-        if "://" not in uri:
-            Path(uri).parent.mkdir(parents=True, exist_ok=True)
+        if "://" not in uri:  # Milvus Lite: its folder 0700 (what it writes there has the process umask)
+            private_dir(Path(uri).parent)
         try:
             self.client = MilvusClient(uri=uri, token=token or "")
         except Exception as exc:  # pymilvus raises several types; all mean the store cannot be opened
@@ -78,6 +79,8 @@ class VectorStore:
         self.memory = f"aios_memory_d{dim}"
         self.files = f"aios_files_d{dim}"
         self._create()
+        if "://" not in uri:
+            private_tree(Path(uri).parent)  # what it made, now and before, under the process umask: 0700 / 0600
 
     def _create(self) -> None:
         from pymilvus import DataType
