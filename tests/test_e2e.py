@@ -66,15 +66,16 @@ def test_every_worker_type_refuses_pickle_and_keeps_serving(resource: str, full_
     import pickle
 
     from aios.settings import QUEUES
-    from aios.wire.syscalls import Response
     from tests.conftest import publish_raw
 
-    sid = publish_raw(full_kernel.settings, pickle.dumps(([{}], {}, {})), content_type="application/x-python-serialize",
-                      task=f"aios.{resource}", queue=QUEUES[resource])
-    got = redis.Redis.from_url(full_kernel.settings.state_redis_url()).blpop([keys.reply(sid)], timeout=30)
-    assert got is not None
-    response = Response.model_validate_json(got[1])
-    assert response.error is not None and response.error.code == "content_type"
+    state = redis.Redis.from_url(full_kernel.settings.state_redis_url())
+    before = int(state.hget(keys.STATS_REJECTED, "content_type") or 0)
+    publish_raw(full_kernel.settings, pickle.dumps(([{}], {}, {})), content_type="application/x-python-serialize",
+                task=f"aios.{resource}", queue=QUEUES[resource])
+    deadline = time.time() + 30
+    while int(state.hget(keys.STATS_REJECTED, "content_type") or 0) == before:  # refused, never decoded
+        assert time.time() < deadline, "the pickle message was never refused"
+        time.sleep(0.05)
     with authorized(full_kernel.settings, "after-pickle") as k:
         assert k.memory_list() == [] and isinstance(k.llm_chat("Hi", max_tokens=4), str)
 

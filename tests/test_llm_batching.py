@@ -200,4 +200,4 @@ def test_kernel_round_robin_answers_each_syscall_once_and_unchanged(sliced_kerne
         assert int(state.hget(keys.STATS_DONE, "llm:preempted") or 0) >= 3
         assert int(state.hget(keys.STATS_DONE, "llm:ok") or 0) == 3
         for p in pending:  # answered once: one reply, and the snapshot is gone
-            assert state.llen(keys.reply(p.id)) == 0 and not state.exists(keys.context(p.id))
+            assert state.llen(keys.reply("rr-agent", p.id)) == 0 and not state.exists(keys.context(p.id))

@@ -46,7 +46,7 @@ def test_transient_failures_are_retried_with_backoff_and_answered_once(server: S
         call = k.llm_syscall("hi", "text", max_tokens=4)
         assert k.call(call)["content"] == "fine"
         assert int(state.hget(keys.STATS_DONE, "llm:retried") or 0) == 2
-        assert state.llen(keys.reply(call.id)) == 0 and not state.exists(keys.attempts(call.id))
+        assert state.llen(keys.reply("retry-agent", call.id)) == 0 and not state.exists(keys.attempts(call.id))
         # Retries spent: the third failure is the answer, and it says how often it was tried.
         server.replies[:] = [BUSY, BUSY, BUSY, (200, completion({"content": "too late"}))]
         with pytest.raises(BackendError, match=r"answered 503.*after 3 attempts"):

@@ -46,5 +46,5 @@ def test_tool_worker_killed_during_long_syscall_redelivers(broker: str, tmp_path
         response = k.wait_response(pending)
         assert response.result == {"slept_s": 2.5}
         time.sleep(0.5)
-        assert state.llen(keys.reply(pending.id)) == 0
+        assert state.llen(keys.reply(k.agent_id, pending.id)) == 0
         assert int(state.hget(keys.STATS_DONE, "tool:ok") or 0) == 1  # run to completion exactly once

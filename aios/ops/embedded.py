@@ -30,6 +30,7 @@ import redis
 
 from aios.settings import FLAT, QUEUES, Settings, kernel_file, llm_queue, operator_file
 from aios.state.connections import state_client
+from aios.state.private_files import open_private, private_dir, write_private
 from aios.wire.errors import ConfigError, KernelUnavailable
 
 log = logging.getLogger("aios.embedded")
@@ -103,6 +104,7 @@ class LocalKernel:
 
     def start(self) -> None:
         try:
+            private_dir(self.settings.data_dir)  # memory, files, logs, keys: the kernel's user only
             if self.embedded:
                 self._start_redis()
             names = list(self.resources)
@@ -129,7 +131,7 @@ class LocalKernel:
 
     def _spawn(self, argv: list[str], log_name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         private_dir(self.log_dir)  # logs hold prompts and file contents: the kernel's eyes only
-        out = os.fdopen(os.open(self.log_dir / f"{log_name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
+        out = open_private(self.log_dir / f"{log_name}.log", "ab")
         try:
             return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                     preexec_fn=_die_with_parent, start_new_session=True)
@@ -151,9 +153,7 @@ class LocalKernel:
         else:
             conf += [f"dir {self.run_dir}", "appendonly no"]
         conf_file = self.run_dir / "valkey.conf"  # the run dir is 0700: the kernel's password hash stays private
-        fd = os.open(conf_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write("\n".join(conf) + "\n")
+        write_private(conf_file, ("\n".join(conf) + "\n").encode())
         self._redis_proc = self._spawn([redis_server_binary(), str(conf_file)], "redis")
         client = state_client(self.settings)  # unix://<this socket>
         deadline = time.monotonic() + 15
@@ -302,9 +302,7 @@ class LocalKernel:
                                     "redis_url": without_user(state)}))
         own = operator_file(self.settings)
         private_dir(own.parent)
-        fd = os.open(own, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps({"pid": os.getpid(), "broker_url": self.broker_url, "redis_url": state}))
+        write_private(own, json.dumps({"pid": os.getpid(), "broker_url": self.broker_url, "redis_url": state}).encode())
         return path
 
     def withdraw_discovery(self) -> None:
@@ -314,13 +312,6 @@ class LocalKernel:
                     path.unlink()
             except (OSError, ValueError):
                 pass
-
-
-def private_dir(path: Path) -> Path:
-    """``path`` made (with its parents) and set to mode 700."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path, 0o700)
-    return path
 
 
 def _wait_or_kill(proc: subprocess.Popen[bytes], deadline: float) -> None:

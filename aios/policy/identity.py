@@ -164,10 +164,10 @@ class KeyRing:
         return got
 
 
-def verify(payload: dict[str, Any], credential: Credential | None, ring: KeyRing, *, now: float,
-           clock_skew_s: float) -> str:
-    """Check that ``payload`` is validly signed by its agent; return the agent's key (to seal the reply with).
-    Raises :class:`AuthError` (its code names the reason)."""
+def authenticate(payload: dict[str, Any], credential: Credential | None, ring: KeyRing, *, now: float,
+                 clock_skew_s: float) -> str:
+    """Check that ``payload`` is signed with its agent's key; return the key (to seal the answer with). Raises
+    :class:`AuthError` (its code names the reason) for a sender who is not that agent: it is never answered."""
     agent = payload.get("agent_id")
     sig = payload.get(SIG_FIELD)
     if not isinstance(sig, str) or not sig:
@@ -175,12 +175,6 @@ def verify(payload: dict[str, Any], credential: Credential | None, ring: KeyRing
                         "credential (`aios agent create <id>`)", code="unsigned")
     if credential is None:
         raise AuthError(f"agent {agent!r} has no credential: `aios agent create {agent}`", code="unknown_agent")
-    if credential.revoked:
-        raise AuthError(f"the credential of agent {agent!r} was revoked: issue a new one with "
-                        f"`aios agent create {agent}`", code="revoked")
-    if credential.expires_at is not None and now > credential.expires_at:
-        raise AuthError(f"the credential of agent {agent!r} expired; issue a new one with `aios agent create "
-                        f"{agent}`", code="credential_expired")
     key = ring.key(credential)
     if not hmac.compare_digest(sign(payload, key), sig):
         raise AuthError(f"bad signature on a syscall of agent {agent!r}: it was altered or signed with another "
@@ -189,6 +183,26 @@ def verify(payload: dict[str, Any], credential: Credential | None, ring: KeyRing
     if isinstance(created, (int, float)) and created > now + clock_skew_s:
         raise AuthError(f"syscall of agent {agent!r} claims to be made {created - now:.0f}s in the future; check "
                         "the clocks (AIOS_CLOCK_SKEW_S)", code="forged")
+    return key
+
+
+def authorize(credential: Credential, *, now: float) -> None:
+    """Raise :class:`AuthError` if an authentic sender's credential may no longer act (revoked, expired)."""
+    agent = credential.agent_id
+    if credential.revoked:
+        raise AuthError(f"the credential of agent {agent!r} was revoked: issue a new one with "
+                        f"`aios agent create {agent}`", code="revoked")
+    if credential.expires_at is not None and now > credential.expires_at:
+        raise AuthError(f"the credential of agent {agent!r} expired; issue a new one with `aios agent create "
+                        f"{agent}`", code="credential_expired")
+
+
+def verify(payload: dict[str, Any], credential: Credential | None, ring: KeyRing, *, now: float,
+           clock_skew_s: float) -> str:
+    """:func:`authenticate` then :func:`authorize`; the agent's key."""
+    key = authenticate(payload, credential, ring, now=now, clock_skew_s=clock_skew_s)
+    assert credential is not None
+    authorize(credential, now=now)
     return key
 
 
@@ -288,5 +302,5 @@ def load_secret(settings: Settings, agent_id: str) -> str | None:
 
 
 __all__ = ["SIG_FIELD", "canonical", "open_reply", "seal_reply", "sign", "Credential", "Credentials", "Issued",
-           "KeyRing", "verify", "master_key", "agent_key", "broker_user", "broker_password", "kernel_password",
+           "KeyRing", "authenticate", "authorize", "verify", "master_key", "agent_key", "broker_user", "broker_password", "kernel_password",
            "credential_file", "load_secret", "KERNEL_USER"]

@@ -42,7 +42,7 @@ class AsyncKernel(Operations):
             except aredis.ConnectionError as exc:
                 raise KernelUnavailable(f"cannot reach the kernel's Redis: {exc}; check AIOS_REDIS_URL") from None
             if got is None:
-                raise await asyncio.to_thread(self._no_answer, pending)
+                raise self._no_answer(pending)
             response = self._response(pending, got[1])
             if response is not None:
                 return response

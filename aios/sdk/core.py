@@ -20,14 +20,13 @@ from kombu.exceptions import OperationalError
 from aios.broker.app import make_app
 from aios.broker.publish import publish_syscall
 from aios.broker.queues import queue_depth
-from aios.policy.broker_users import agent_settings
+from aios.policy.broker_users import agent_settings, without_user
 from aios.policy.identity import SIG_FIELD, credential_file, load_secret, sign
 from aios.policy.placement import Placement
 from aios.settings import KIND_TO_RESOURCE, Settings, discover, get_settings
 from aios.state import keys
 from aios.state.connections import broker_client
 from aios.wire.errors import (
-    ApprovalDenied,
     AuthError,
     ConfigError,
     KernelBusy,
@@ -90,6 +89,13 @@ def resolve_settings(settings: Settings | None) -> Settings:
     return settings
 
 
+def _refused_by_broker(exc: BaseException) -> bool:
+    """Whether the broker refused this agent's user (a wrong password, a deleted user, a forbidden key)."""
+    text = str(exc)
+    return any(mark in text for mark in ("WRONGPASS", "NOPERM", "invalid username-password", "ACCESS_REFUSED",
+                                         "No permissions", "NOAUTH", "ACCESS-REFUSED", "403"))
+
+
 class _Core:
     """One agent's connection to the kernel, minus the waiting: see :class:`aios.sdk.Kernel` for the arguments."""
 
@@ -100,7 +106,7 @@ class _Core:
         self.priority = check(priority)
         self.timeout_s = timeout_s or self.settings.syscalls.default_timeout_s
         ToolSyscall(agent_id=agent_id, tool="noop")  # raises a clear ValidationError for a bad agent id
-        self._broker_url = self.settings.require_broker()
+        self._broker_url = without_user(self.settings.require_broker())  # for messages: no password in them
         self._secret = credential or load_secret(self.settings, agent_id)
         if self._secret is None and self.settings.security.auth == "required":
             raise ConfigError(
@@ -112,7 +118,6 @@ class _Core:
         # Replies are sealed with the agent's key by a kernel that checks identities (AIOS_AUTH=required).
         self._seal_key = self._secret if self.settings.security.auth == "required" else None
         self._app = make_app(self.settings, name=f"aios-sdk-{agent_id}")
-        self._approvals: Any = None
         self._broker: redis.Redis | None = None  # a Redis broker's own lists, for admission control
         # No kernel state here: the worker places a syscall by its policy (a fair policy's levels included).
         self._placement = Placement(self.settings, None)
@@ -194,7 +199,12 @@ class _Core:
             self._admit(syscall, route.resource, route.queue)
             publish_syscall(self._app, payload, syscall_id=syscall.id, kind=syscall.kind, agent_id=syscall.agent_id,
                             route=route, from_agent=True)
-        except (OperationalError, redis.ConnectionError) as exc:
+        except (OperationalError, redis.ConnectionError, redis.ResponseError) as exc:
+            if _refused_by_broker(exc):
+                raise AuthError(
+                    f"the broker refused agent {self.agent_id!r}'s own user ({exc}): its credential was revoked or "
+                    f"replaced; an operator issues a new one with `aios agent create {self.agent_id}`",
+                    code="broker_refused") from None
             raise KernelUnavailable(
                 f"cannot reach the broker at {self._broker_url}: {exc}; start the kernel with `aios up` "
                 "or check AIOS_BROKER_URL"
@@ -233,20 +243,6 @@ class _Core:
     def _wait_s(self, pending: Pending) -> float:
         return max(0.01, pending.syscall.deadline - time.time() + REPLY_GRACE_S)
 
-    def _expired_approval(self, pending: Pending) -> ApprovalDenied | None:
-        """If the syscall was parked for approval, deny it now (the caller stops waiting) and say so."""
-        from aios.policy.approvals import Approvals
-
-        if self._approvals is None:
-            self._approvals = Approvals(self.settings)
-        if not self._approvals.expire(pending.id):
-            return None
-        return ApprovalDenied(
-            f"{pending.syscall.kind} syscall {pending.id} is irreversible and was not approved within its timeout of "
-            f"{pending.syscall.timeout_s}s: denied, nothing ran. An operator approves with `aios approve {pending.id}`"
-            " while it waits; raise timeout_s to give them time"
-        )
-
     def _timeout(self, pending: Pending) -> SyscallTimeout:
         s = pending.syscall
         resource = KIND_TO_RESOURCE[s.kind]
@@ -270,7 +266,7 @@ class _Core:
 
     def _no_answer(self, pending: Pending) -> Exception:
         forged = self._forged.pop(pending.id, None)
-        return forged or self._expired_approval(pending) or self._timeout(pending)
+        return forged or self._timeout(pending)
 
     @staticmethod
     def _unwrap(response: Response) -> Any:
@@ -281,8 +277,6 @@ class _Core:
 
     def _close_shared(self) -> None:
         """Close what both clients hold (each client also closes its reply connection)."""
-        if self._approvals is not None:
-            self._approvals.redis.close()
         if self._broker is not None:
             self._broker.close()
         self._app.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from aios.policy.identity import Credential, KeyRing, verify
+from aios.policy.identity import Credential, KeyRing, authenticate, authorize
 from aios.wire.errors import AuthError
 from aios.worker.call import Call, Refuse
 from aios.worker.pipeline import Step
@@ -30,9 +30,14 @@ class IdentityStep(Step):
         assert call.payload is not None and self.ring is not None
         credential = Credential.from_redis(syscall.agent_id, call.agent_record)
         try:
-            call.agent_key = verify(call.payload, credential, self.ring, now=call.started,
-                                    clock_skew_s=self.clock_skew_s)
+            call.agent_key = authenticate(call.payload, credential, self.ring, now=call.started,
+                                          clock_skew_s=self.clock_skew_s)
+        except AuthError as exc:
+            raise Refuse(exc) from None  # not its agent: never answered
+        assert credential is not None
+        call.credential = credential
+        call.verified = True  # its agent sent it: from here on, it is answered, refusals included
+        try:
+            authorize(credential, now=call.started)
         except AuthError as exc:
             raise Refuse(exc) from None
-        call.credential = credential
-        call.verified = True
