@@ -8,6 +8,11 @@ the channel's connection pool, safe to share between threads, so a kernel worker
 one when the channel's pool is replaced, after a fork or a reconnect). :func:`install` patches kombu's Redis
 channel in the calling process: the kernel's worker processes call it (aios.worker.app); the SDK and the
 benchmarks' raw-Celery contenders run stock kombu.
+
+It also records the Redis list each message was popped from (``delivery_info["aios_lane"]``): on Redis the list
+*is* the priority a message was served at, whatever priority its publisher wrote into it, and the worker checks
+that lane against what the syscall's signed fields and its agent's grant entitle it to
+(:mod:`aios.worker.steps.placement`).
 """
 
 from __future__ import annotations
@@ -38,4 +43,41 @@ def install() -> None:
             return cached[1]
 
         kombu_redis.Channel._create_client = _create_client  # type: ignore[method-assign]  # the patch itself
+        kombu_redis.Channel._brpop_read = _brpop_read  # type: ignore[method-assign]
         _installed = True
+
+
+LANE = "aios_lane"
+"""The key of ``delivery_info`` that names the Redis list a message was popped from."""
+
+
+def _brpop_read(self: Any, **options: Any) -> bool:
+    """kombu's ``Channel._brpop_read`` (5.x), plus the list's name in the message's ``delivery_info``."""
+    from kombu.transport.virtual import Empty  # type: ignore[attr-defined]
+    from kombu.utils.encoding import bytes_to_str
+    from kombu.utils.json import loads
+
+    try:
+        try:
+            dest__item = self.client.parse_response(self.client.connection, "BRPOP", **options)
+        except self.connection_errors:
+            self.client.connection.disconnect()
+            raise
+        if not dest__item:
+            raise Empty()
+        dest, item = dest__item
+        lane = bytes_to_str(dest)
+        queue = lane.rsplit(self.sep, 1)[0]
+        self._queue_cycle.rotate(queue)
+        message = loads(bytes_to_str(item))
+        if isinstance(message, dict) and isinstance(message.get("properties"), dict):
+            info = message["properties"].setdefault("delivery_info", {})
+            if isinstance(info, dict):
+                info[LANE] = lane
+        self.connection._deliver(message, queue)
+        return True
+    finally:
+        self._in_poll = None
+        flush = getattr(self, "_flush_brpop_reauth", None)
+        if flush is not None:
+            flush()

@@ -13,7 +13,7 @@ import redis
 
 from aios.broker.publish import Route
 from aios.policy.governor import FairState
-from aios.policy.scheduler import Policy, make_policy
+from aios.policy.scheduler import Policy, aged_priority, make_policy
 from aios.settings import KIND_TO_RESOURCE, QUEUES, Settings, llm_queue
 from aios.wire.syscalls import LLMSyscall, Syscall
 
@@ -44,6 +44,16 @@ class Placement:
                 self._fair = FairState(self._state())
             excess = self._fair.excess(resource, syscall.agent_id, time.time(), self.settings.scheduling.fair_window_s)
         return policy.priority(syscall.priority, excess)
+
+    def entitled(self, syscall: Syscall, max_priority: int, now: float) -> int:
+        """The most urgent priority the syscall may be served at now, by its signed fields alone: its requested
+        priority capped at its agent's grant, placed by its resource's policy, plus the aging it has earned
+        since it was made (``created_at`` is signed; backdating it shortens its own deadline)."""
+        resource = KIND_TO_RESOURCE[syscall.kind]
+        capped = syscall if syscall.priority <= max_priority else syscall.model_copy(update={"priority": max_priority})
+        base = self.priority(resource, capped)
+        aging_s = self._policies[resource].aging_s
+        return base if aging_s is None else aged_priority(base, now - syscall.created_at, aging_s)
 
     def route(self, syscall: Syscall) -> Route:
         resource = KIND_TO_RESOURCE[syscall.kind]

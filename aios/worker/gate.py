@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 from celery.worker.consumer import Consumer
 
+from aios.broker.kombu_client import LANE
 from aios.wire.errors import PayloadTooLarge
+from aios.wire.priority import MAX_PRIORITY, from_broker, is_redis_url
 from aios.worker.refusals import ENVELOPE_SLACK_BYTES
 
 if TYPE_CHECKING:
@@ -26,6 +28,10 @@ class KernelConsumer(Consumer):  # type: ignore[misc]  # celery ships no type hi
         def gate(message: Any) -> Any:
             refusal = check_envelope(message, runtime)
             if refusal is None:
+                served = served_priority(message, runtime.settings.require_broker())
+                headers = message.headers if isinstance(message.headers, dict) else {}
+                if served is not None and isinstance(headers.get("id"), str):
+                    runtime.arrivals[headers["id"]] = served
                 return handler(message)
             code, text = refusal
             headers = message.headers if isinstance(message.headers, dict) else {}
@@ -39,6 +45,20 @@ class KernelConsumer(Consumer):  # type: ignore[misc]  # celery ships no type hi
             return None
 
         return gate
+
+
+def served_priority(message: Any, broker_url: str) -> int | None:
+    """The kernel priority a message was served at: on Redis the list it was popped from (recorded by
+    :mod:`aios.broker.kombu_client`), on RabbitMQ the priority the broker ordered it by."""
+    info = message.delivery_info if isinstance(message.delivery_info, dict) else {}
+    lane = info.get(LANE)
+    if isinstance(lane, str):
+        suffix = lane.rsplit(":", 1)[1] if ":" in lane else ""
+        return MAX_PRIORITY - (int(suffix) if suffix.isdigit() else 0)
+    if is_redis_url(broker_url):
+        return None
+    priority = (message.properties or {}).get("priority")
+    return from_broker(min(max(priority, 0), MAX_PRIORITY), broker_url) if isinstance(priority, int) else 0
 
 
 def check_envelope(message: Any, runtime: "Runtime") -> tuple[str, str] | None:

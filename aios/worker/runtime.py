@@ -59,6 +59,8 @@ class Runtime:
         self.replies = Replies(self.redis, settings.broker.result_ttl_s)
         self.refusals = Refusals(self)
         self.requeue = Requeue(self)
+        self.arrivals: dict[str, int] = {}
+        """Message id -> the kernel priority the gate saw it served at (popped by the placement step)."""
         self.app: Celery | None = None
         """The worker's Celery app (set by :func:`aios.worker.app.create_worker_app`): requeues go through it."""
         self._service_factory = service_factory
@@ -94,6 +96,8 @@ class Runtime:
                                             "see the worker log"))
             self.replies.write_reply(response, agent_id=call.syscall.agent_id, key=call.agent_key,
                                      kind=call.syscall.kind, once=True)  # raises if Redis is gone
+        finally:
+            self.arrivals.pop(message_id, None)
 
     def queue_waiting(self) -> bool:
         """Whether messages wait on this worker's queue (on Redis, every priority step), beyond those held."""

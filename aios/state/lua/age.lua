@@ -20,6 +20,7 @@ for p = 8, 0, -1 do
     local enq = h and tonumber(h[h_enqueued])
     local base = h and tonumber(h[h_priority])
     if not enq or not base then break end
+    base = math.min(base, p)  -- a base above the list it waits in is a publisher's claim, not the kernel's
     local target = math.min(9, base + math.floor(math.max(0, now - enq) / aging))
     if target <= p then break end
     redis.call('RPOP', KEYS[p + 1])

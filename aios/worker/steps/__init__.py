@@ -11,20 +11,21 @@ if TYPE_CHECKING:
 
 
 def default_steps(rt: "Runtime") -> list[Step]:
-    """reply (its ``after`` answers, last of all), decode, state read, identity, idempotency, deadline, approval,
-    quota, run (with preemption and retries)."""
+    """reply (its ``after`` answers, last of all), decode, state read, identity, idempotency, deadline,
+    placement, approval, quota, run (with preemption and retries)."""
     from aios.worker.steps.approval import ApprovalStep
     from aios.worker.steps.deadline import DeadlineStep
     from aios.worker.steps.decode import DecodeStep
     from aios.worker.steps.idempotency import IdempotencyStep
     from aios.worker.steps.identity import IdentityStep
     from aios.worker.steps.load import LoadStep
+    from aios.worker.steps.placement import PlacementStep
     from aios.worker.steps.quota import QuotaStep
     from aios.worker.steps.reply import ReplyStep
     from aios.worker.steps.run import RunStep
 
     steps: list[Step] = [ReplyStep(rt), DecodeStep(rt), LoadStep(rt), IdentityStep(rt), IdempotencyStep(rt),
-                         DeadlineStep(rt)]
+                         DeadlineStep(rt), PlacementStep(rt)]
     if rt.settings.security.approvals == "required":
         steps.append(ApprovalStep(rt))
     steps += [QuotaStep(rt), RunStep(rt)]
