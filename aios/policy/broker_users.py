@@ -20,7 +20,7 @@ import hashlib
 import re
 import shutil
 import subprocess
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 import redis
 
@@ -42,17 +42,20 @@ def reply_queue(agent_id: str) -> str:
 
 def with_user(url: str, user: str, password: str) -> str:
     """``url`` with ``user:password`` as its credentials (replacing any)."""
-    parts = urlsplit(url)
-    host = parts.netloc.rsplit("@", 1)[-1]
-    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return _join(urlsplit(url), f"{quote(user, safe='')}:{quote(password, safe='')}@")
 
 
 def without_user(url: str) -> str:
     """``url`` without its credentials (to show, or to hand to agents that add their own)."""
-    parts = urlsplit(url)
+    return _join(urlsplit(url), "")
+
+
+def _join(parts: SplitResult, userinfo: str) -> str:
+    """A URL again, with ``userinfo`` (``user:password@`` or nothing); kept as ``scheme://`` even when it has no
+    host, as unix-socket URLs (``unix:///path``, ``redis+socket:///path``) have none."""
     host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    url = f"{parts.scheme}://{userinfo}{host}{parts.path}"
+    return url + (f"?{parts.query}" if parts.query else "") + (f"#{parts.fragment}" if parts.fragment else "")
 
 
 def agent_settings(settings: Settings, agent_id: str, key: str) -> Settings:

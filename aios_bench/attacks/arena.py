@@ -8,17 +8,20 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from aios.ops.embedded import LocalKernel
+from aios.policy.broker_users import agent_settings as own_broker_user
 from aios.policy.identity import Credentials
 from aios.sdk.client import Kernel
 from aios.settings import Settings
 from aios_bench.attacks import Arena
 
 ATTACKER, VICTIM = "mallory", "alice"
+ATTACKER_MAX_PRIORITY = 5
+"""The highest priority the arena grants mallory (its broker user may push no higher)."""
 
 
-def agent_settings(kernel_settings: Settings, agent_id: str) -> Settings:
-    """What an agent's process holds: the broker it was given, and its own credential (the file in the data dir)."""
-    return kernel_settings
+def agent_settings(kernel_settings: Settings, agent_id: str, key: str) -> Settings:
+    """What an agent's process holds: the broker's address with its own broker user, and its own key."""
+    return own_broker_user(kernel_settings, agent_id, key).updated(agent_secret=key)
 
 
 @contextmanager
@@ -31,15 +34,16 @@ def open_arena(settings: Settings, broker: str, *, resources: Sequence[str] = ("
         lk.start()
     try:
         creds = Credentials(lk.settings)
-        for agent in (ATTACKER, VICTIM):
-            creds.create(agent)
-        attacker_settings = agent_settings(lk.settings, ATTACKER)
-        victim_settings = agent_settings(lk.settings, VICTIM)
+        attacker_key = creds.create(ATTACKER, max_priority=ATTACKER_MAX_PRIORITY, write_file=False).key
+        victim_key = creds.create(VICTIM, write_file=False).key
+        attacker_settings = agent_settings(lk.settings, ATTACKER, attacker_key)
+        victim_settings = agent_settings(lk.settings, VICTIM, victim_key)
         with Kernel(ATTACKER, settings=attacker_settings) as attacker, \
                 Kernel(VICTIM, settings=victim_settings) as victim:
             yield Arena(broker=broker, operator=lk.settings, attacker_settings=attacker_settings,
                         victim_settings=victim_settings, attacker=attacker, victim=victim,
-                        workdir=Path(lk.settings.data_dir), extra={"kernel": lk})
+                        workdir=Path(lk.settings.data_dir),
+                        extra={"kernel": lk, "attacker_key": attacker_key, "victim_key": victim_key})
     finally:
         if own:
             lk.stop()
