@@ -105,9 +105,19 @@ class BrokerUsers:
 
         digest = hashlib.sha256(password.encode()).hexdigest()
         for client in self._redis_servers():
+            rules = redis_agent_rules(self.settings, agent_id, max_priority)
             try:
-                client.execute_command("ACL", "SETUSER", broker_user(agent_id), "reset", "on", f"#{digest}",
-                                       *redis_agent_rules(self.settings, agent_id, max_priority))
+                while True:
+                    try:
+                        client.execute_command("ACL", "SETUSER", broker_user(agent_id), "reset", "on", f"#{digest}",
+                                               *rules)
+                        break
+                    except redis.ResponseError as exc:
+                        # A command this server does not know (CLIENT SETINFO is Redis 7.2+): grant the rest.
+                        unknown = re.search(r"modifier '(\+[a-z|]+)': Unknown command", str(exc))
+                        if unknown is None or unknown.group(1) not in rules:
+                            raise
+                        rules.remove(unknown.group(1))
             except redis.ResponseError as exc:
                 raise ConfigError(
                     f"cannot make the broker user of agent {agent_id!r} on Redis: {exc}. Broker users need Redis 7 "

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import redis
+from amqp.exceptions import AMQPError
 from kombu.exceptions import OperationalError
 
 from aios.broker.app import make_app
@@ -93,7 +94,7 @@ def _refused_by_broker(exc: BaseException) -> bool:
     """Whether the broker refused this agent's user (a wrong password, a deleted user, a forbidden key)."""
     text = str(exc)
     return any(mark in text for mark in ("WRONGPASS", "NOPERM", "invalid username-password", "ACCESS_REFUSED",
-                                         "No permissions", "NOAUTH", "ACCESS-REFUSED", "403"))
+                                         "No permissions", "NOAUTH", "ACCESS-REFUSED", "403", "is deleted"))
 
 
 class _Core:
@@ -199,7 +200,7 @@ class _Core:
             self._admit(syscall, route.resource, route.queue)
             publish_syscall(self._app, payload, syscall_id=syscall.id, kind=syscall.kind, agent_id=syscall.agent_id,
                             route=route, from_agent=True)
-        except (OperationalError, redis.ConnectionError, redis.ResponseError) as exc:
+        except (OperationalError, redis.ConnectionError, redis.ResponseError, AMQPError, ConnectionError) as exc:
             if _refused_by_broker(exc):
                 raise AuthError(
                     f"the broker refused agent {self.agent_id!r}'s own user ({exc}): its credential was revoked or "
