@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,8 @@ from aios.services.storage.service import StorageService
 from aios.services.tools.service import Tool, ToolRegistry, ToolService
 from aios.settings import Settings
 from aios.wire.syscalls import MemorySyscall, StorageSyscall, ToolSyscall
+from aios_bench.attacks import Arena, all_attacks
+from aios_bench.attacks.arena import open_arena
 from tests.conftest import authorized, base_settings, run_aios
 
 
@@ -125,3 +128,21 @@ def test_operator_commands(lk: LocalKernel, agent: Kernel) -> None:
         agent.wait(second)
     assert agent.read_file("keep.txt") == "precious"
     assert aios("approve", "no-such-request").returncode == 1
+
+
+# -- the attack suite's approval attacks, on this kernel (the shared arena of test_attacks.py has approvals off) ----
+
+APPROVAL_ATTACKS = [a for a in all_attacks() if a.area == "approvals"]
+
+
+@pytest.fixture(scope="module")
+def arena(lk: LocalKernel) -> Iterator[Arena]:
+    with open_arena(lk.settings, "embedded", kernel=lk) as a:
+        yield a
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("attack", APPROVAL_ATTACKS, ids=[a.name for a in APPROVAL_ATTACKS])
+def test_approval_attacks_are_refused(arena: Arena, attack: Any) -> None:
+    outcome = attack.run(arena)
+    assert outcome.refused, f"attack {attack.name} succeeded ({attack.claim}): the attacker saw {outcome.saw}"
