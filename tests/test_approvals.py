@@ -118,10 +118,19 @@ def test_operator_commands(lk: LocalKernel, agent: Kernel) -> None:
     second = agent.submit(agent.storage_syscall("delete", "keep.txt"))
     _wait_parked(lk, first.id)
     _wait_parked(lk, second.id)
-    listed = json.loads(aios("approvals", "--json").stdout)
-    assert {first.id, second.id} <= {r["id"] for r in listed}
-    assert "aios approve" in aios("approvals").stdout
-    assert aios("approve", first.id).returncode == 0
+    listed = {r["id"]: r for r in json.loads(aios("approvals", "--json").stdout)}
+    assert {first.id, second.id} <= set(listed)
+    shown = listed[first.id]
+    assert shown["summary"] == f"memory delete of {agent.agent_id}:fact" and len(shown["digest"]) == 64
+    assert shown["payload"]["id"] == first.id and shown["reason"].startswith("deletes memory item")
+    table = aios("approvals").stdout
+    assert "aios approve" in table and shown["digest"][:16] in table
+    other = "0" * 16 if not shown["digest"].startswith("0") else "1" * 16
+    refused = aios("approve", first.id, "--digest", other)
+    assert refused.returncode == 1 and "digest does not start with" in refused.stderr
+    assert aios("approve", first.id, "--digest", "abc").returncode != 0  # too short to pin anything
+    approved = aios("approve", first.id, "--digest", shown["digest"][:12])
+    assert approved.returncode == 0 and shown["summary"] in approved.stderr
     assert agent.wait(first) == {"key": "fact", "deleted": True}
     assert aios("deny", second.id, "--reason", "keep it").returncode == 0
     with pytest.raises(ApprovalDenied, match="keep it"):

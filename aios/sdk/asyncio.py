@@ -35,14 +35,14 @@ class AsyncKernel(Operations):
         return await asyncio.to_thread(self._publish, syscall)
 
     async def wait_response(self, pending: Pending) -> Response:
-        """The whole ``Response``, error or not. Raises only ``SyscallTimeout`` (or ``ApprovalDenied`` for an
-        irreversible syscall nobody approved in time) and ``KernelUnavailable``."""
+        """The whole ``Response``, error or not. Raises only ``SyscallTimeout`` and ``KernelUnavailable`` (an
+        irreversible syscall nobody approved in time is answered ``ApprovalDenied`` by the kernel)."""
         try:
             got = await self._redis.blpop([keys.reply(pending.id)], timeout=self._wait_s(pending))
         except aredis.ConnectionError as exc:
             raise KernelUnavailable(f"cannot reach the kernel's Redis: {exc}; check AIOS_REDIS_URL") from None
         if got is None:
-            raise await asyncio.to_thread(self._expired_approval, pending) or self._timeout(pending)
+            raise self._timeout(pending)
         return self._response(got[1])
 
     async def wait(self, pending: Pending) -> Any:

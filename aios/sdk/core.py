@@ -25,7 +25,6 @@ from aios.policy.placement import Placement
 from aios.settings import KIND_TO_RESOURCE, Settings, discover, get_settings
 from aios.state.connections import broker_client, state_client
 from aios.wire.errors import (
-    ApprovalDenied,
     ConfigError,
     KernelBusy,
     KernelUnavailable,
@@ -104,7 +103,6 @@ class _Core:
                 f"{credential_file(self.settings, agent_id)}), or pass credential= / set AIOS_AGENT_SECRET"
             )
         self._app = make_app(self.settings, name=f"aios-sdk-{agent_id}")
-        self._approvals: Any = None
         self._state: redis.Redis | None = None  # kernel state, for the fair policy and admission control
         self._broker: redis.Redis | None = None  # a Redis broker's own lists, for admission control
         self._placement = Placement(self.settings, self._state_redis)
@@ -229,20 +227,6 @@ class _Core:
     def _wait_s(self, pending: Pending) -> float:
         return max(0.01, pending.syscall.deadline - time.time() + REPLY_GRACE_S)
 
-    def _expired_approval(self, pending: Pending) -> ApprovalDenied | None:
-        """If the syscall was parked for approval, deny it now (the caller stops waiting) and say so."""
-        from aios.policy.approvals import Approvals
-
-        if self._approvals is None:
-            self._approvals = Approvals(self.settings)
-        if not self._approvals.expire(pending.id):
-            return None
-        return ApprovalDenied(
-            f"{pending.syscall.kind} syscall {pending.id} is irreversible and was not approved within its timeout of "
-            f"{pending.syscall.timeout_s}s: denied, nothing ran. An operator approves with `aios approve {pending.id}`"
-            " while it waits; raise timeout_s to give them time"
-        )
-
     def _timeout(self, pending: Pending) -> SyscallTimeout:
         s = pending.syscall
         resource = KIND_TO_RESOURCE[s.kind]
@@ -264,8 +248,6 @@ class _Core:
 
     def _close_shared(self) -> None:
         """Close what both clients hold (each client also closes its reply connection)."""
-        if self._approvals is not None:
-            self._approvals.redis.close()
         if self._state is not None:
             self._state.close()
         if self._broker is not None:
