@@ -116,6 +116,9 @@ class Approvals:
             except NotFound:  # gone with its TTL
                 self.redis.zrem(keys.APPROVALS_PENDING, syscall_id)
                 continue
+            if request.deadline > now:  # the index is only an index (a request parked by an older kernel)
+                self.redis.zadd(keys.APPROVALS_PENDING, {syscall_id: request.deadline})
+                continue
             if self._transition(syscall_id, EXPIRED, "deadline passed without approval", raise_=False) != "ok":
                 continue  # decided meanwhile (another worker's sweep, an operator)
             timeout = request.deadline - request.created_at

@@ -180,3 +180,12 @@ def test_summaries_say_what_runs_in_printable_text() -> None:
     assert summary(MemorySyscall(agent_id="a", op="delete", key="k", owner="b")) == "memory delete of b:k"
     sneaky = summary(StorageSyscall(agent_id="m", op="delete", path="a\rstorage delete of m:/harmless\x1b[2K.txt"))
     assert "\r" not in sneaky and "\x1b" not in sneaky and "\\r" in sneaky and "\\x1b" in sneaky
+
+
+def test_the_sweep_trusts_the_deadline_not_the_index(h: Harness) -> None:
+    syscall = h.sdk.tool_syscall("send_email", timeout_s=60)
+    h.execute(syscall)
+    h.redis.zadd(keys.APPROVALS_PENDING, {syscall.id: syscall.created_at})  # as an older kernel scored it
+    approvals = Approvals(h.settings, h.redis)
+    assert approvals.expire_due(now=syscall.created_at + 1) == [] and approvals.status(syscall.id) == PENDING
+    assert h.redis.zscore(keys.APPROVALS_PENDING, syscall.id) == pytest.approx(syscall.deadline)

@@ -56,13 +56,14 @@ local function ns(s)
   return #s .. ':' .. s .. ','
 end
 
-local n = redis.call('HINCRBY', KEYS[2], 'n', 1)
-local prev = redis.call('HGET', KEYS[2], 'head') or string.rep('0', 64)
+local state = redis.call('HMGET', KEYS[2], 'n', 'head')
+local n = (tonumber(state[1]) or 0) + 1
+local prev = state[2] or string.rep('0', 64)
 local parts = {prev, ns('n'), ns(tostring(n))}
 for i = 2, #ARGV do parts[#parts + 1] = ns(ARGV[i]) end
 local hash = sha256(table.concat(parts))
 local id = redis.call('XADD', KEYS[1], '*', 'n', n, 'prev', prev, 'hash', hash, unpack(ARGV, 2))
-redis.call('HSET', KEYS[2], 'head', hash)
+redis.call('HSET', KEYS[2], 'n', n, 'head', hash)  -- only once the entry is in
 local cut = redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[1])
 if cut > 0 then redis.call('HINCRBY', KEYS[2], 'trimmed', cut) end
 return id
