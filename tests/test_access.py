@@ -19,6 +19,7 @@ from aios.policy.audit import AuditLog
 from aios.policy.identity import Credentials
 from aios.sdk.client import AsyncKernel, Kernel
 from aios.settings import Settings, get_settings
+from aios.state import keys
 from aios.wire.errors import AccessDenied, KernelUnavailable
 from aios.wire.syscalls import MemorySyscall, StorageSyscall
 from tests.conftest import authorized, storage_service
@@ -274,6 +275,8 @@ def test_cli_grants_revokes_groups_and_audit(kernel: LocalKernel, aios_cli: Any)
         assert [e["decision"] for e in denied] == ["deny"] and denied[0]["actor"] == bob
         table = aios_cli("audit", "--agent", bob, "--limit", "1")
         assert table.exit_code == 0 and "allow" in table.output and "deny" not in table.output
+        verified = aios_cli("audit", "verify")
+        assert verified.exit_code == 0 and "chain holds" in verified.output, verified.output
 
         assert aios_cli("revoke-grant", alice, bob, "memory").exit_code == 0
         with pytest.raises(AccessDenied):
@@ -286,6 +289,13 @@ def test_cli_grants_revokes_groups_and_audit(kernel: LocalKernel, aios_cli: Any)
     assert {"group": "ops", "agent": bob, "via": "group add"} in listed
     assert aios_cli("group", "remove", "ops", bob).exit_code == 0
     assert aios_cli("group", "remove", "ops", bob).exit_code == 1
+
+    log = AccessManager(kernel.settings).audit
+    kept = log.redis.xrange(keys.AUDIT)
+    log.redis.xdel(keys.AUDIT, kept[len(kept) // 2][0])  # what a writer of the kernel's Redis could do
+    broken = aios_cli("audit", "verify")
+    assert broken.exit_code == 1 and "BROKEN (missing)" in broken.output, broken.output
+    assert json.loads(aios_cli("audit", "verify", "--json").stdout)["ok"] is False
 
     for bad in (["grant", alice, alice, "memory", "read"], ["grant", alice, "../x", "files", "read"],
                 ["grant", alice, bob, "disk", "read"]):

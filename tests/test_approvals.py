@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,8 @@ from aios.services.storage.service import StorageService
 from aios.services.tools.service import Tool, ToolRegistry, ToolService
 from aios.settings import Settings
 from aios.wire.syscalls import MemorySyscall, StorageSyscall, ToolSyscall
+from aios_bench.attacks import Arena, all_attacks
+from aios_bench.attacks.arena import open_arena
 from tests.conftest import authorized, base_settings, run_aios
 
 
@@ -115,13 +118,40 @@ def test_operator_commands(lk: LocalKernel, agent: Kernel) -> None:
     second = agent.submit(agent.storage_syscall("delete", "keep.txt"))
     _wait_parked(lk, first.id)
     _wait_parked(lk, second.id)
-    listed = json.loads(aios("approvals", "--json").stdout)
-    assert {first.id, second.id} <= {r["id"] for r in listed}
-    assert "aios approve" in aios("approvals").stdout
-    assert aios("approve", first.id).returncode == 0
+    listed = {r["id"]: r for r in json.loads(aios("approvals", "--json").stdout)}
+    assert {first.id, second.id} <= set(listed)
+    shown = listed[first.id]
+    assert shown["summary"] == f"memory delete of {agent.agent_id}:fact" and len(shown["digest"]) == 64
+    assert shown["payload"]["id"] == first.id and shown["reason"].startswith("deletes memory item")
+    table = aios("approvals").stdout
+    assert "aios approve" in table and shown["digest"][:16] in table
+    other = "0" * 16 if not shown["digest"].startswith("0") else "1" * 16
+    refused = aios("approve", first.id, "--digest", other)
+    assert refused.returncode == 1 and "digest does not start with" in refused.stderr
+    assert aios("approve", first.id, "--digest", "abc").returncode != 0  # too short to pin anything
+    approved = aios("approve", first.id, "--digest", shown["digest"][:12])
+    assert approved.returncode == 0 and shown["summary"] in approved.stderr
     assert agent.wait(first) == {"key": "fact", "deleted": True}
     assert aios("deny", second.id, "--reason", "keep it").returncode == 0
     with pytest.raises(ApprovalDenied, match="keep it"):
         agent.wait(second)
     assert agent.read_file("keep.txt") == "precious"
     assert aios("approve", "no-such-request").returncode == 1
+
+
+# -- the attack suite's approval attacks, on this kernel (the shared arena of test_attacks.py has approvals off) ----
+
+APPROVAL_ATTACKS = [a for a in all_attacks() if a.area == "approvals"]
+
+
+@pytest.fixture(scope="module")
+def arena(lk: LocalKernel) -> Iterator[Arena]:
+    with open_arena(lk.settings, "embedded", kernel=lk) as a:
+        yield a
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("attack", APPROVAL_ATTACKS, ids=[a.name for a in APPROVAL_ATTACKS])
+def test_approval_attacks_are_refused(arena: Arena, attack: Any) -> None:
+    outcome = attack.run(arena)
+    assert outcome.refused, f"attack {attack.name} succeeded ({attack.claim}): the attacker saw {outcome.saw}"

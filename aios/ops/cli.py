@@ -326,9 +326,10 @@ def _approvals() -> "Any":
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON, with each request's full signed payload.")
 def approvals(as_json: bool) -> None:
-    """Irreversible syscalls waiting for an operator, oldest first."""
+    """Irreversible syscalls waiting for an operator, the nearest deadline first: what each would do (its summary),
+    the digest of exactly that payload, and why it needs approval."""
     pending = [r.public() for r in _approvals().pending()]
     if as_json:
         click.echo(json.dumps(pending, indent=2))
@@ -336,31 +337,36 @@ def approvals(as_json: bool) -> None:
     if not pending:
         click.echo("no syscall waits for approval")
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table("id", "agent", "what", "why", "time left")
-    for r in pending:
+    for r in pending:  # one block each: the digest and the summary must not be cut or wrapped away
         left = r["deadline"] - time.time()
-        t.add_row(r["id"], r["agent_id"], r["summary"], r["reason"], f"{left:.0f}s" if left > 0 else "expired")
-    Console().print(t)
-    click.echo("approve with `aios approve <id>`, deny with `aios deny <id>`")
+        click.secho(f"{r['id']}  agent {r['agent_id']}, {f'{left:.0f}s left' if left > 0 else 'expired'}", bold=True)
+        click.echo(f"  what:    {r['summary']}\n  digest:  {r['digest']}\n  why:     {r['reason']}")
+    click.echo("approve with `aios approve <id> [--digest <prefix>]`, deny with `aios deny <id>`")
+
+
+def _hex_prefix(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and not (8 <= len(value) <= 64 and all(c in "0123456789abcdefABCDEF" for c in value)):
+        raise click.BadParameter("8 to 64 hex digits of the digest `aios approvals` shows")
+    return value
 
 
 @main.command()
 @click.argument("syscall_id")
-def approve(syscall_id: str) -> None:
-    """Let a waiting irreversible syscall run."""
+@click.option("--digest", "digest_prefix", default=None, callback=_hex_prefix,
+              help="Approve only if the parked payload's digest starts with this (what you read in `aios approvals`).")
+def approve(syscall_id: str, digest_prefix: str | None) -> None:
+    """Let a waiting irreversible syscall run: exactly the payload parked under SYSCALL_ID."""
     try:
-        _approvals().approve(syscall_id)
+        request = _approvals().approve(syscall_id, digest_prefix=digest_prefix or "")
     except AIOSError as exc:
         _fail(exc)
-    _say(f"approved {syscall_id}: it runs on the next free worker")
+    _say(f"approved {syscall_id} ({request.summary}; digest {request.digest[:16]}): it runs on the next free worker")
 
 
 @main.command()
 @click.argument("syscall_id")
-@click.option("--reason", default="denied by an operator", show_default=True)
+@click.option("--reason", default="denied by an operator", show_default=True,
+              help="Your note: the agent gets it with the kernel's own reason.")
 def deny(syscall_id: str, reason: str) -> None:
     """Refuse a waiting irreversible syscall: the agent gets an error, nothing runs."""
     try:

@@ -9,6 +9,7 @@ import getpass
 import json
 import sys
 import time
+from dataclasses import asdict
 from typing import Any, NoReturn
 
 import click
@@ -139,13 +140,17 @@ def register(main: click.Group) -> None:
             return
         _table(["group", "agent", "via"], [[g["group"], g["agent"], g["via"]] for g in found], "no groups")
 
-    @main.command("audit")
+    @main.group("audit", invoke_without_command=True)
     @click.option("--agent", default=None, help="Only entries where this agent is the actor, owner or target.")
     @click.option("--denied", is_flag=True, help="Only denied accesses.")
     @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
     @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-    def audit(agent: str | None, denied: bool, limit: int, as_json: bool) -> None:
-        """The audit log, newest first: cross-agent access decisions and grant and group changes."""
+    @click.pass_context
+    def audit(ctx: click.Context, agent: str | None, denied: bool, limit: int, as_json: bool) -> None:
+        """The audit log, newest first: cross-agent access decisions and grant and group changes.
+        `aios audit verify` checks its hash chain."""
+        if ctx.invoked_subcommand is not None:
+            return
         entries: list[dict[str, Any]] = _run(
             lambda m: m.audit.query(agent=agent, decision="deny" if denied else None, limit=limit))
         if as_json:
@@ -156,3 +161,23 @@ def register(main: click.Group) -> None:
             [time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["ts"])), e["decision"], e["actor"], e["op"],
              e["owner"], e["resource"], e["target"], e["reason"]] for e in entries
         ], "no audit entries", styles=[colour.get(e["decision"], "") for e in entries])
+
+    @audit.command("verify")
+    @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+    def audit_verify(as_json: bool) -> None:
+        """Check the audit log's hash chain: every break (a deleted, altered or forged entry); exit status 1 if any.
+        Note the head it prints somewhere else: a later check shows whether the log still extends it."""
+        result = _run(lambda m: m.audit.verify())
+        if as_json:
+            click.echo(json.dumps(asdict(result) | {"ok": result.ok}, indent=2))
+        else:
+            span = f"positions {result.first}..{result.n}" if result.checked else "no chained entries"
+            old = f", {result.unchained} older unchained entries before them" if result.unchained else ""
+            click.echo(f"{result.checked} entries checked ({span}{old}); head {result.head}")
+            for b in result.breaks:
+                click.secho(f"BROKEN ({b.kind}): {b.detail}", fg="red")
+        if not result.ok:
+            _fail(f"the audit log's chain is broken in {len(result.breaks)} place(s): the first is "
+                  f"{result.breaks[0].detail}")
+        if not as_json:
+            _say("the audit log's chain holds")

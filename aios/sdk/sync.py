@@ -38,8 +38,9 @@ class Kernel(Operations):
         return self._publish(syscall)
 
     def wait_response(self, pending: Pending) -> Response:
-        """The whole ``Response``, error or not. Raises only ``SyscallTimeout`` (or ``ApprovalDenied`` for an
-        irreversible syscall nobody approved in time) and ``KernelUnavailable``."""
+        """The whole ``Response``, error or not. Raises only ``SyscallTimeout``, ``KernelUnavailable`` and
+        ``AuthError`` (only forged replies came); an irreversible syscall nobody approved in time is answered
+        ``ApprovalDenied`` by the kernel."""
         while True:
             try:
                 got = self._redis.blpop([self._reply_key(pending)], timeout=self._wait_s(pending))

@@ -22,11 +22,12 @@ def agent(agent_id: str) -> str:
 
 
 APPROVALS_PENDING = f"{PREFIX}:approvals"
-"""Sorted set of syscall ids waiting for an operator, by creation time."""
+"""Sorted set of syscall ids waiting for an operator, by deadline (the workers' expiry sweep reads the due ones)."""
 
 
 def approval(syscall_id: str) -> str:
-    """Hash: an approval request (status, reason, the parked signed payload, deadline...)."""
+    """Hash: an approval request (status, the parked signed payload and its digest, summary, reason, note,
+    deadline...)."""
     return f"{PREFIX}:approval:{syscall_id}"
 
 
@@ -59,7 +60,9 @@ def attempts(syscall_id: str) -> str:
 # -- access control (aios/policy/access.py, aios/policy/audit.py) ---------------------------------------------------------
 
 AUDIT = f"{PREFIX}:audit"
-"""Stream: the append-only audit log of access decisions and policy changes (XADD, approximately capped)."""
+"""Stream: the append-only audit log of access decisions and policy changes (hash-chained, approximately capped)."""
+AUDIT_CHAIN = f"{PREFIX}:audit:chain"
+"""Hash: the audit log's chain state: ``n`` (entries appended), ``head`` (the last one's hash), ``trimmed``."""
 GRANT_OWNERS = f"{PREFIX}:grant-owners"
 """Set of agent ids that have (or had) granted access, so ``aios grants`` lists them without a SCAN."""
 GROUPS = f"{PREFIX}:groups"

@@ -1,6 +1,6 @@
 """The Celery app of one resource worker: ``celery -A workers.<resource> worker -Q aios.<resource>``.
 
-Background parts start and stop as Celery bootsteps (the ager), not from signals."""
+Background parts start and stop as Celery bootsteps (the ager, the approval expiry), not from signals."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from celery import Celery, bootsteps
 
 from aios.broker import kombu_client
 from aios.broker.app import make_app
+from aios.policy.approvals import Approvals, Expirer
 from aios.policy.governor import Ager, should_age
 from aios.services.base import Service
 from aios.settings import Settings, get_settings
@@ -33,6 +34,22 @@ class AgerStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery ships n
             self.ager.stop()
 
 
+class ApprovalExpiryStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery ships no type hints
+    """Denies parked syscalls past their deadline and answers their callers (``AIOS_APPROVALS=required``)."""
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        self.expirer: Expirer | None = None
+
+    def start(self, worker: Any) -> None:
+        runtime: Runtime = worker.app.aios_runtime
+        if runtime.settings.security.approvals == "required":
+            self.expirer = Expirer(Approvals(runtime.settings, runtime.redis)).start()
+
+    def stop(self, worker: Any) -> None:
+        if self.expirer is not None:
+            self.expirer.stop()
+
+
 def create_worker_app(resource: str, service_factory: Callable[[Settings], Service],
                       settings: Settings | None = None, concurrency: int | None = None) -> Celery:
     settings = settings or get_settings()
@@ -50,6 +67,7 @@ def create_worker_app(resource: str, service_factory: Callable[[Settings], Servi
     app.conf.worker_concurrency = concurrency or settings.worker.concurrency or app.conf.worker_concurrency
     app.conf.worker_consumer = "aios.worker.gate:KernelConsumer"
     app.steps["worker"].add(AgerStep)
+    app.steps["worker"].add(ApprovalExpiryStep)
 
     @app.task(name=runtime.task_name, bind=True, ignore_result=True, typing=False)  # type: ignore[untyped-decorator]  # celery has no type information
     def syscall(task: Any, *args: Any, **kwargs: Any) -> None:
