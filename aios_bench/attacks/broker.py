@@ -87,7 +87,7 @@ def escalate(arena: Arena) -> Outcome:
     for what, fn in (("ACL SETUSER +@all", lambda: r.execute_command("ACL", "SETUSER", broker_user("mallory"), "+@all",
                                                                        "~*")),
                      ("CONFIG SET", lambda: r.config_set("appendonly", "no")),
-                     ("EVAL", lambda: r.eval("return redis.call('KEYS','*')", 0)),
+                     ("EVAL", lambda: r.eval("return 1", 0)),
                      ("PUBLISH", lambda: r.publish("aios:events", "x")),
                      ("SUBSCRIBE", lambda: _subscribe(r, "__keyspace@0__:*"))):
         got = attempt(what, fn)

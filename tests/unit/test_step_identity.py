@@ -14,8 +14,14 @@ from aios.wire.syscalls import ToolSyscall
 from tests.unit.conftest import MakeHarness, MakeSettings
 
 
-def refused_as(h: Harness, syscall_id: str, code: str) -> str:
-    assert h.sealed_replies(syscall_id) == [] and h.stored(syscall_id) is None
+def refused_as(h: Harness, syscall_id: str, code: str, *, answered: bool = False) -> str:
+    """Refused (counted, dead-lettered, nothing stored); answered, sealed, only when its own agent sent it."""
+    if answered:
+        reply = h.reply(syscall_id)
+        assert reply is not None and reply.error is not None and reply.error.code == code, reply
+    else:
+        assert h.sealed_replies(syscall_id) == []
+    assert h.stored(syscall_id) is None
     assert h.count(keys.STATS_REJECTED, code) == 1
     dead = h.deadletters()[0]
     assert dead["code"] == code and dead["syscall_id"] == syscall_id
@@ -77,14 +83,14 @@ def test_a_revoked_credential_is_refused(h: Harness) -> None:
     h.redis.hset(keys.agent(h.agent_id), "revoked", 1)
     syscall = h.sdk.tool_syscall("noop")
     h.execute(syscall)
-    refused_as(h, syscall.id, "revoked")
+    refused_as(h, syscall.id, "revoked", answered=True)  # the signature holds: its agent is told why
 
 
 def test_an_expired_credential_is_refused(h: Harness) -> None:
     h.redis.hset(keys.agent(h.agent_id), "expires_at", time.time() - 1)
     syscall = h.sdk.tool_syscall("noop")
     h.execute(syscall)
-    refused_as(h, syscall.id, "credential_expired")
+    refused_as(h, syscall.id, "credential_expired", answered=True)
 
 
 def test_a_forged_copy_does_not_preempt_the_genuine_answer(h: Harness, service: StubService) -> None:
