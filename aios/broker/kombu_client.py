@@ -53,9 +53,11 @@ LANE = "aios_lane"
 
 def _brpop_read(self: Any, **options: Any) -> bool:
     """kombu's ``Channel._brpop_read`` (5.x), plus the list's name in the message's ``delivery_info``."""
-    from kombu.transport.virtual import Empty  # type: ignore[attr-defined]
-    from kombu.utils.encoding import bytes_to_str
-    from kombu.utils.json import loads
+    from kombu.transport.virtual import Empty
+    from kombu.utils import encoding, json
+
+    bytes_to_str: Any = encoding.bytes_to_str  # kombu ships no type hints
+    loads: Any = json.loads
 
     try:
         try:

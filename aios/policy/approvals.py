@@ -25,11 +25,11 @@ from typing import Any, cast
 
 import redis
 
+from aios.broker.reply_queues import replies_for
 from aios.policy.identity import canonical
 from aios.settings import Settings
 from aios.state import keys, scripts
 from aios.state.connections import as_text, state_client
-from aios.state.replies import Replies
 from aios.wire.errors import ApprovalDenied, NotFound
 from aios.wire.syscalls import ErrorInfo, MemorySyscall, Response, Status, StorageSyscall, Syscall, Timing, ToolSyscall
 
@@ -87,7 +87,7 @@ class Approvals:
         self.redis = client or state_client(settings)
         self._park = scripts.register(self.redis, "approval_park")  # park once, or compare with what is parked
         self._decide = scripts.register(self.redis, "approval_decide")  # pending -> decided, once
-        self._replies = Replies(self.redis, settings.broker.result_ttl_s)
+        self._replies = replies_for(self.redis, settings)
 
     # -- worker side --------------------------------------------------------------------------------------
 

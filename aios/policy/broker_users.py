@@ -20,24 +20,24 @@ import hashlib
 import re
 import shutil
 import subprocess
+from typing import Any
 from urllib.parse import SplitResult, quote, unquote, urlsplit
 
+import kombu
 import redis
 
 from aios.broker.queues import step_list
+from aios.broker.reply_queues import reply_queue_name
 from aios.settings import Settings, all_queues, broker_to_redis_py
 from aios.state import keys
 from aios.wire.errors import ConfigError
 from aios.wire.priority import MAX_PRIORITY, is_redis_url
 
+KOMBU: Any = kombu  # kombu ships no type hints
+
 AGENT_COMMANDS = ("+lpush", "+blpop", "+lpop", "+ping", "+hello", "+client|setinfo", "+client|setname", "+select",
                   "+echo")
 """The commands an agent's Redis user may run (the SDK's publish, reply wait and the connection's handshake)."""
-
-
-def reply_queue(agent_id: str) -> str:
-    """An agent's RabbitMQ reply queue."""
-    return f"aios.reply.{agent_id}"
 
 
 def with_user(url: str, user: str, password: str) -> str:
@@ -66,10 +66,10 @@ def agent_settings(settings: Settings, agent_id: str, key: str) -> Settings:
         return settings
     user, password = broker_user(agent_id), broker_password(key)
     broker = settings.require_broker()
-    updates: dict[str, str | None] = {"broker_url": with_user(broker, user, password)}
-    if settings.broker.redis_url or is_redis_url(broker):
-        updates["redis_url"] = with_user(settings.state_redis_url(), user, password)
-    return settings.updated(**updates)
+    if not is_redis_url(broker):  # replies come over RabbitMQ: an agent there holds no Redis address at all
+        return settings.updated(broker_url=with_user(broker, user, password), redis_url=None)
+    return settings.updated(broker_url=with_user(broker, user, password),
+                            redis_url=with_user(settings.state_redis_url(), user, password))
 
 
 def redis_agent_rules(settings: Settings, agent_id: str, max_priority: int) -> list[str]:
@@ -100,11 +100,15 @@ class BrokerUsers:
             urls.append(state)
         return [redis.Redis.from_url(u, socket_timeout=10, socket_connect_timeout=10) for u in urls]
 
+    def _servers(self) -> list[Any]:
+        """:meth:`_redis_servers` for raw commands (redis-py types ``execute_command`` loosely)."""
+        return list(self._redis_servers())
+
     def _redis_create(self, agent_id: str, password: str, max_priority: int) -> None:
         from aios.policy.identity import broker_user
 
         digest = hashlib.sha256(password.encode()).hexdigest()
-        for client in self._redis_servers():
+        for client in self._servers():
             rules = redis_agent_rules(self.settings, agent_id, max_priority)
             try:
                 while True:
@@ -129,7 +133,7 @@ class BrokerUsers:
     def _redis_revoke(self, agent_id: str) -> None:
         from aios.policy.identity import broker_user
 
-        for client in self._redis_servers():
+        for client in self._servers():
             try:
                 client.execute_command("ACL", "DELUSER", broker_user(agent_id))
                 client.execute_command("CLIENT", "KILL", "USER", broker_user(agent_id))
@@ -157,11 +161,16 @@ class BrokerUsers:
         from aios.policy.identity import broker_user
 
         user = broker_user(agent_id)
-        own = re.escape(reply_queue(agent_id))
+        own = re.escape(reply_queue_name(agent_id))
         kernel = "|".join(re.escape(q) for q in all_queues(self.settings))
         self._rabbitmqctl("delete_user", user, check=False)
         self._rabbitmqctl("add_user", user, password)
         self._rabbitmqctl("set_permissions", "-p", self._vhost(), user, f"^{own}$", f"^({kernel})$", f"^{own}$")
+
+        from aios.broker.reply_queues import reply_queue
+
+        with KOMBU.Connection(self.settings.require_broker(), connect_timeout=10) as conn:  # the kernel's user
+            reply_queue(agent_id)(conn.default_channel).declare()
 
     # -- both ---------------------------------------------------------------------------------------------
 
@@ -170,10 +179,8 @@ class BrokerUsers:
             return
         if is_redis_url(self.settings.require_broker()):
             self._redis_create(agent_id, password, max_priority)
-        else:
+        else:  # replies travel over RabbitMQ: the agent gets no Redis user
             self._rabbit_create(agent_id, password)
-            if self.settings.broker.redis_url:  # the replies' Redis, until replies travel over RabbitMQ
-                self._redis_create(agent_id, password, max_priority)
 
     def revoke(self, agent_id: str) -> None:
         if not self.on:
@@ -184,8 +191,6 @@ class BrokerUsers:
             self._redis_revoke(agent_id)
         else:
             self._rabbitmqctl("delete_user", broker_user(agent_id), check=False)
-            if self.settings.broker.redis_url:
-                self._redis_revoke(agent_id)
 
     def sync(self) -> int:
         """Make every agent's broker user again from its credential record (a restarted broker forgets them):

@@ -8,6 +8,7 @@ from typing import Any, ParamSpec, Self, TypeVar
 
 import redis.asyncio as aredis
 
+from aios.broker.reply_queues import ReplyInbox
 from aios.sdk.core import Pending
 from aios.sdk.operations import Call, Operation, Operations
 from aios.state.connections import async_state_client
@@ -23,10 +24,21 @@ class AsyncKernel(Operations):
     The same calls, arguments and values as :class:`~aios.sdk.Kernel`. An async context manager (:meth:`aclose`).
     """
 
-    _redis: aredis.Redis
+    _redis: aredis.Redis | None = None
+    _inbox: ReplyInbox | None = None
 
     def _open_replies(self) -> None:
-        self._redis = async_state_client(self.settings)
+        if self._amqp_replies:
+            self._inbox = ReplyInbox(self.settings.require_broker(), self.agent_id)
+        else:
+            self._redis = async_state_client(self.settings)
+
+    async def _next_reply(self, pending: Pending) -> bytes | str | None:
+        if self._inbox is not None:
+            return await self._inbox.aget(pending.id, self._wait_s(pending))
+        assert self._redis is not None
+        got = await self._redis.blpop([self._reply_key(pending)], timeout=self._wait_s(pending))
+        return None if got is None else got[1]
 
     async def submit(self, syscall: Syscall) -> Pending:
         """Publish ``syscall`` and return at once; :meth:`wait` for its answer."""
@@ -39,12 +51,12 @@ class AsyncKernel(Operations):
         ``ApprovalDenied`` by the kernel."""
         while True:
             try:
-                got = await self._redis.blpop([self._reply_key(pending)], timeout=self._wait_s(pending))
+                got = await self._next_reply(pending)
             except aredis.ConnectionError as exc:
                 raise KernelUnavailable(f"cannot reach the kernel's Redis: {exc}; check AIOS_REDIS_URL") from None
             if got is None:
                 raise self._no_answer(pending)
-            response = self._response(pending, got[1])
+            response = self._response(pending, got)
             if response is not None:
                 return response
 
@@ -69,7 +81,10 @@ class AsyncKernel(Operations):
         return op.dress(self, bound)
 
     async def aclose(self) -> None:
-        await self._redis.aclose()
+        if self._redis is not None:
+            await self._redis.aclose()
+        if self._inbox is not None:
+            self._inbox.close()
         self._close_shared()
 
     async def __aenter__(self) -> Self:

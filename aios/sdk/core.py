@@ -116,6 +116,8 @@ class _Core:
             )
         if self._secret is not None:  # from here on, this process holds only its agent's own broker user
             self.settings = agent_settings(self.settings, agent_id, self._secret)
+        self._amqp_replies = not is_redis_url(self.settings.require_broker())
+        """On RabbitMQ, replies come on the agent's own reply queue (no Redis at all)."""
         # Replies are sealed with the agent's key by a kernel that checks identities (AIOS_AUTH=required).
         self._seal_key = self._secret if self.settings.security.auth == "required" else None
         self._app = make_app(self.settings, name=f"aios-sdk-{agent_id}")

@@ -7,6 +7,7 @@ from typing import Any, ParamSpec, Self, TypeVar
 
 import redis
 
+from aios.broker.reply_queues import ReplyInbox
 from aios.sdk.core import Pending
 from aios.sdk.operations import Call, Operation, Operations
 from aios.state.connections import state_client
@@ -27,11 +28,22 @@ class Kernel(Operations):
     ``AIOS_AGENT_SECRET``, else the file ``aios agent create <agent_id>`` wrote).
     """
 
-    _redis: redis.Redis
+    _redis: redis.Redis | None = None
+    _inbox: ReplyInbox | None = None
 
     def _open_replies(self) -> None:
-        # No socket timeout: BLPOP waits as long as the syscall may take (redis-py's default would cut it at 5 s).
-        self._redis = state_client(self.settings, socket_timeout_s=None)
+        if self._amqp_replies:
+            self._inbox = ReplyInbox(self.settings.require_broker(), self.agent_id)
+        else:
+            # No socket timeout: BLPOP waits as long as the syscall may take (redis-py's default would cut it at 5 s).
+            self._redis = state_client(self.settings, socket_timeout_s=None)
+
+    def _next_reply(self, pending: Pending) -> bytes | str | None:
+        if self._inbox is not None:
+            return self._inbox.get(pending.id, self._wait_s(pending))
+        assert self._redis is not None
+        got = self._redis.blpop([self._reply_key(pending)], timeout=self._wait_s(pending))
+        return None if got is None else got[1]
 
     def submit(self, syscall: Syscall) -> Pending:
         """Publish ``syscall`` and return at once; :meth:`wait` for its answer."""
@@ -43,12 +55,12 @@ class Kernel(Operations):
         ``ApprovalDenied`` by the kernel."""
         while True:
             try:
-                got = self._redis.blpop([self._reply_key(pending)], timeout=self._wait_s(pending))
+                got = self._next_reply(pending)
             except redis.ConnectionError as exc:
                 raise KernelUnavailable(f"cannot reach the kernel's Redis: {exc}; check AIOS_REDIS_URL") from None
             if got is None:
                 raise self._no_answer(pending)
-            response = self._response(pending, got[1])
+            response = self._response(pending, got)
             if response is not None:
                 return response
 
@@ -82,7 +94,10 @@ class Kernel(Operations):
         return op.dress(self, bound)
 
     def close(self) -> None:
-        self._redis.close()
+        if self._redis is not None:
+            self._redis.close()
+        if self._inbox is not None:
+            self._inbox.close()
         self._close_shared()
 
     def __enter__(self) -> Self:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -15,32 +16,56 @@ WAITS_KEPT = 2000
 """Queue waits kept per resource for percentiles (``aios status``, metrics)."""
 
 
-class Replies:
-    """Answers syscalls on one connection to the kernel's state (the script is registered once)."""
+Deliver = Callable[[str, str, str], None]
+"""``deliver(agent_id, syscall_id, sealed_reply)``: hand an answer over on another channel than the reply lists
+(a RabbitMQ reply queue: :mod:`aios.broker.reply_queues`)."""
 
-    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+
+class Replies:
+    """Answers syscalls on one connection to the kernel's state (the script is registered once). ``deliver``:
+    hand answers over through it instead of the Redis reply lists (build one with
+    :func:`aios.broker.reply_queues.replies_for`)."""
+
+    def __init__(self, client: redis.Redis, ttl_s: int, deliver: Deliver | None = None) -> None:
         self.client = client
         self.ttl_s = ttl_s
+        self.deliver = deliver
         self._script = register(client, "reply")
 
     def write_reply(self, response: Response, *, agent_id: str, key: str | None, kind: str | None,
-                    once: bool = True, account: tuple[str, Syscall] | None = None, push: bool = True) -> bool:
+                    once: bool = True, account: tuple[str, Syscall] | None = None) -> bool:
         """Answer ``response.id`` of ``agent_id``: stored once and handed to its caller (``once``), or only handed
         over (a refusal, ``once=False``). The answer handed over is sealed with the agent's ``key`` (``None``: a
         kernel without identities, ``AIOS_AUTH=off``), so the caller accepts only what the kernel made for this
         syscall. ``kind`` counts it in ``aios:stats:done``; ``account=(resource, syscall)`` adds its service and
-        wait to its agent's record, in the same atomic step. ``push=False``: store and count only (the caller is
-        answered on another channel: a RabbitMQ reply queue). True if this call answered."""
+        wait to its agent's record, in the same atomic step. True if this call answered."""
         sid = response.id
         resource, syscall = account if account is not None else ("", None)
         t = response.timing
         accounted = syscall.agent_id if syscall is not None and t is not None else ""
         body = response.model_dump_json()
+        sealed = seal_reply(body, key, sid) if key else body
         argv: list[Any] = [
-            "once" if once else "notify", body, (seal_reply(body, key, sid) if key else body) if push else "",
+            "once" if once else "notify", body, "" if self.deliver is not None else sealed,
             self.ttl_s, f"{kind}:{response.status.value}" if kind is not None else "",
             accounted, t.service_s if accounted and t else 0, t.queue_wait_s if accounted and t else 0, WAITS_KEPT,
         ]
         key_list = [keys.result(sid), keys.reply(agent_id, sid), keys.STATS_DONE, keys.context(sid),
                     keys.attempts(sid), keys.attained(resource), keys.agent_stats(resource), keys.waits(resource)]
-        return bool(self._script(keys=key_list, args=argv))
+        answered = bool(self._script(keys=key_list, args=argv))
+        if answered and self.deliver is not None:
+            self.deliver(agent_id, sid, sealed)
+        return answered
+
+    def hand_over_again(self, agent_id: str, syscall_id: str, key: str | None) -> bool:
+        """Hand a stored answer over once more (a redelivered syscall whose answer may never have left: on
+        RabbitMQ the answer is stored, then published). The SDK takes the first answer to an id and ignores the
+        rest. True if there was one to hand over."""
+        if self.deliver is None:
+            return False
+        stored = self.client.get(keys.result(syscall_id))
+        if stored is None:
+            return False
+        body = stored.decode() if isinstance(stored, bytes) else str(stored)
+        self.deliver(agent_id, syscall_id, seal_reply(body, key, syscall_id) if key else body)
+        return True

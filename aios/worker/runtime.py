@@ -19,13 +19,13 @@ import redis
 from celery import Celery
 
 from aios.broker.queues import queue_depth
+from aios.broker.reply_queues import replies_for
 from aios.policy.governor import Governor
 from aios.policy.identity import KeyRing
 from aios.policy.placement import Placement
 from aios.services.base import Service
 from aios.settings import Settings, worker_queue
 from aios.state.connections import broker_client, state_client
-from aios.state.replies import Replies
 from aios.wire.errors import AIOSError
 from aios.wire.priority import is_redis_url
 from aios.worker.call import Call, Done, Refuse
@@ -56,7 +56,7 @@ class Runtime:
         """Agents' keys, derived from the kernel's master key: to check signatures and seal replies."""
         self.governor = Governor(settings, self.redis, resource)
         self.placement = Placement(settings, lambda: self.redis)
-        self.replies = Replies(self.redis, settings.broker.result_ttl_s)
+        self.replies = replies_for(self.redis, settings)
         self.refusals = Refusals(self)
         self.requeue = Requeue(self)
         self.arrivals: dict[str, int] = {}

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from typing import Any
 
+import kombu
 import redis
 
 from aios.broker.queues import step_list
@@ -24,6 +26,8 @@ from aios_bench.attacks.common import (
     operator_state,
     refused_by_broker,
 )
+
+KOMBU: Any = kombu  # kombu ships no type hints
 
 REDIS = ("embedded", "redis")
 CLAIM_STATE = "An agent's broker user reaches no kernel state: credentials, grants, approvals, audit, quotas."
@@ -83,7 +87,7 @@ def reset_quota(arena: Arena) -> Outcome:
 
 @attack("escalate-broker-user", area="broker", claim="An agent's broker user cannot change users or the server.")
 def escalate(arena: Arena) -> Outcome:
-    r = attacker_state(arena)
+    r: Any = attacker_state(arena)
     for what, fn in (("ACL SETUSER +@all", lambda: r.execute_command("ACL", "SETUSER", broker_user("mallory"), "+@all",
                                                                        "~*")),
                      ("CONFIG SET", lambda: r.config_set("appendonly", "no")),
@@ -96,7 +100,7 @@ def escalate(arena: Arena) -> Outcome:
     return Outcome(True, "ACL SETUSER, CONFIG SET, EVAL and SUBSCRIBE: NOPERM")
 
 
-def _subscribe(r: redis.Redis, channel: str) -> object:
+def _subscribe(r: Any, channel: str) -> object:
     p = r.pubsub()
     p.subscribe(channel)
     return p.get_message(timeout=2)  # the server's answer to SUBSCRIBE: an error for a user without channels
@@ -181,9 +185,8 @@ def jump_the_queue(arena: Arena) -> Outcome:
 
 @attack("rabbitmq-consume-kernel-queue", area="broker", brokers=("rabbitmq",), claim=CLAIM_QUEUES)
 def rabbit_consume(arena: Arena) -> Outcome:
-    from kombu import Connection
 
-    with Connection(arena.attacker_settings.require_broker(), connect_timeout=5) as conn:
+    with KOMBU.Connection(arena.attacker_settings.require_broker(), connect_timeout=5) as conn:
         try:
             ch = conn.channel()
             got = ch.basic_get(QUEUES["tool"], no_ack=False)
@@ -194,9 +197,8 @@ def rabbit_consume(arena: Arena) -> Outcome:
 
 @attack("rabbitmq-bind-own-queue", area="broker", brokers=("rabbitmq",), claim=CLAIM_QUEUES)
 def rabbit_bind(arena: Arena) -> Outcome:
-    from kombu import Connection
 
-    with Connection(arena.attacker_settings.require_broker(), connect_timeout=5) as conn:
+    with KOMBU.Connection(arena.attacker_settings.require_broker(), connect_timeout=5) as conn:
         try:
             ch = conn.channel()
             ch.queue_declare("mallory-tap", auto_delete=True)
@@ -209,11 +211,10 @@ def rabbit_bind(arena: Arena) -> Outcome:
 @attack("rabbitmq-forge-user-id", area="broker", brokers=("rabbitmq",),
         claim="On RabbitMQ the broker vouches for the sender: a message's user_id must be the connection's user.")
 def rabbit_user_id(arena: Arena) -> Outcome:
-    from kombu import Connection, Producer
 
-    with Connection(arena.attacker_settings.require_broker(), connect_timeout=5) as conn:
+    with KOMBU.Connection(arena.attacker_settings.require_broker(), connect_timeout=5) as conn:
         try:
-            Producer(conn.channel()).publish(json.dumps({}), exchange=QUEUES["tool"], routing_key=QUEUES["tool"],
+            KOMBU.Producer(conn.channel()).publish(json.dumps({}), exchange=QUEUES["tool"], routing_key=QUEUES["tool"],
                                              user_id=broker_user(VICTIM), declare=[])
             conn.drain_events(timeout=1)
             return Outcome(False, "published as alice's broker user")

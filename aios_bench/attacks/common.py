@@ -6,12 +6,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import kombu
 import redis
 
 from aios.settings import broker_to_redis_py
 from aios.state import keys
 from aios.wire.priority import is_redis_url
 from aios_bench.attacks import Arena, Outcome
+
+KOMBU: Any = kombu  # kombu ships no type hints
 
 REFUSALS = ("NOPERM", "No permissions", "WRONGPASS", "NOAUTH", "invalid username-password", "ACCESS_REFUSED",
             "ACCESS-REFUSED", "PRECONDITION_FAILED", "PRECONDITION-FAILED", "NOT_ALLOWED", "403", "406")
@@ -70,8 +73,6 @@ def publish_as_attacker(arena: Arena, body: bytes, *, content_type: str = "appli
     """Publish raw bytes on a kernel queue through the attacker's own broker connection (as its code can)."""
     import uuid
 
-    from kombu import Producer
-
     from aios.broker.app import make_app
 
     message_id = message_id or uuid.uuid4().hex
@@ -80,7 +81,7 @@ def publish_as_attacker(arena: Arena, body: bytes, *, content_type: str = "appli
     app = make_app(settings, name="attacker")
     try:
         with app.connection_for_write() as conn:
-            Producer(conn.default_channel).publish(
+            KOMBU.Producer(conn.default_channel).publish(
                 body, exchange="" if redis_broker else queue, routing_key=queue, declare=[],
                 content_type=content_type,
                 content_encoding="binary" if content_type != "application/json" else "utf-8",

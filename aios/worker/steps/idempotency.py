@@ -22,11 +22,14 @@ class IdempotencyStep(Step):
 
     def __init__(self, rt: "Runtime") -> None:
         self.redis = rt.redis
+        self.replies = rt.replies
 
     def before(self, call: Call) -> None:
         if not call.answered:
             return
         syscall = call.need()
         log.info("syscall %s was answered already: this delivery is dropped, not run again", syscall.id)
+        if call.verified:  # on RabbitMQ the stored answer may not have left before a crash: hand it over again
+            self.replies.hand_over_again(syscall.agent_id, syscall.id, call.agent_key)
         self.redis.hincrby(keys.STATS_DONE, f"{syscall.kind}:duplicate", 1)
         raise Done()
