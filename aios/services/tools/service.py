@@ -374,8 +374,9 @@ def builtin_registry() -> ToolRegistry:
         _obj({"code": {"type": "string", "minLength": 1, "maxLength": 20_000},
               "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": sandbox.MAX_TIMEOUT_S,
                             "description": f"wall-clock limit, default {sandbox.TIMEOUT_S:g}"}}, ("code",)),
-        lambda code, timeout_s=sandbox.TIMEOUT_S: sandbox.run_python(
-            code, timeout_s=timeout_s, memory_mb=sandbox.MEMORY_MB, cpu_s=sandbox.CPU_S),
+        lambda code, ctx, timeout_s=sandbox.TIMEOUT_S: sandbox.run_python(
+            code, timeout_s=timeout_s, memory_mb=sandbox.MEMORY_MB, cpu_s=sandbox.CPU_S,
+            allow_degraded=ctx.settings.tools.sandbox_degraded),
         timeout_s=sandbox.MAX_TIMEOUT_S + 10, max_concurrency=max(2, os.cpu_count() or 2),
     ))
     reg.register(Tool("read_file", "Read a text file from your own storage.", _obj({"path": _PATH}, ("path",)),
