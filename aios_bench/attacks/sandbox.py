@@ -89,6 +89,16 @@ def pidfd_worker(arena: Arena) -> Outcome:
     return _signal(arena, "signal.pidfd_send_signal(os.pidfd_open(worker), 0)")
 
 
+@attack("sandbox-pidfd-fresh-module", area="sandbox",
+        claim="code in the python tool cannot signal the tool worker through fresh copies of posix and _signal "
+              "(_imp.create_builtin gets round the hook's replacements; the sandbox's own uid must refuse)")
+def pidfd_fresh_module(arena: Arena) -> Outcome:
+    return _signal(arena, "import _imp, importlib.machinery as m\n"
+                          "p, s = (_imp.create_builtin(m.ModuleSpec(n, None)) for n in ('posix', '_signal'))\n"
+                          "_imp.exec_builtin(p); _imp.exec_builtin(s)\n"
+                          "s.pidfd_send_signal(p.pidfd_open(worker), 0)")
+
+
 @attack("sandbox-hook-tamper", area="sandbox",
         claim="code in the python tool cannot change the audit hook's rules (reached through the frames of "
               "a refusal's traceback)")
