@@ -83,6 +83,9 @@ class McpServerConfig(BaseModel):
     cwd: str | None = None
     timeout_s: float = Field(default=30.0, gt=0, le=600)
     """Time limit of one tool call."""
+    irreversible: list[str] = Field(default_factory=list)
+    """The server's tools (their MCP names) that need an operator's approval before they run, as built-in
+    ``delete_file`` does (``AIOS_APPROVALS``); ``["*"]``: every tool of the server."""
 
 
 class BrokerSettings(BaseModel):
@@ -285,7 +288,8 @@ class StorageSettings(BaseModel):
 
 
 class ToolSettings(BaseModel):
-    """The tool worker's plugins and allow-list (``AIOS_TOOL_MODULES``, ``AIOS_MCP_SERVERS``, ``AIOS_HTTP_ALLOW``)."""
+    """The tool worker's plugins, allow-list and limits (``AIOS_TOOL_MODULES``, ``AIOS_MCP_SERVERS``,
+    ``AIOS_HTTP_ALLOW``, ``AIOS_MAX_RESULT_BYTES``, ``AIOS_SANDBOX_DEGRADED``)."""
 
     model_config = _GROUP
 
@@ -298,6 +302,14 @@ class ToolSettings(BaseModel):
     http_allow: str = ""
     """``AIOS_HTTP_ALLOW``: comma-separated hosts ``http_fetch`` may GET: ``example.org`` (any port) or
     ``127.0.0.1:8080`` (that port only). Empty (the default): nothing is allowed."""
+    max_result_bytes: int = Field(default=2_000_000, ge=1024)
+    """``AIOS_MAX_RESULT_BYTES``: the largest tool result (compact JSON) the tool worker replies with; a larger
+    one is refused with a ``ToolError`` and neither stored nor sent. Above every built-in's largest result
+    (``http_fetch``'s 1 MB body, escaped), below what would crowd the kernel's Redis."""
+    sandbox_degraded: bool = False
+    """``AIOS_SANDBOX_DEGRADED``: let the ``python`` tool run without its own uid and namespaces (a tool worker
+    that is not root, or lacks ``CAP_SYS_ADMIN``), with only the audit hook and rlimits. Off (the default): it
+    refuses to run there, and says what the worker needs."""
 
     def http_allow_list(self) -> list[str]:
         return [h.strip() for h in self.http_allow.split(",") if h.strip()]
@@ -479,6 +491,8 @@ FLAT: dict[str, tuple[str, str]] = {
     "tool_modules": ("tools", "modules"),
     "mcp_servers": ("tools", "mcp_servers"),
     "http_allow": ("tools", "http_allow"),
+    "max_result_bytes": ("tools", "max_result_bytes"),
+    "sandbox_degraded": ("tools", "sandbox_degraded"),
     "llm_models": ("llm", "models"),
     "llm_core": ("llm", "core"),
     "llm_backend": ("llm", "backend"),

@@ -17,7 +17,9 @@ import pytest
 from aios.ops.embedded import LocalKernel
 from aios.services.tools import sandbox
 from aios.services.tools.sandbox import UID_BASE, UID_COUNT, processes_of, run_python, run_sandboxed
-from aios.services.tools.service import builtin_registry
+from aios.services.tools.service import ToolContext, builtin_registry
+from aios.settings import Settings
+from aios.wire.errors import ToolError
 from tests.conftest import authorized, base_settings
 
 ROOT = os.geteuid() == 0
@@ -62,11 +64,65 @@ def test_errors_come_back_with_the_codes_traceback() -> None:
     assert run_python("import sys; sys.exit(3)")["exit_code"] == 3
 
 
+def test_ordinary_file_work_still_runs() -> None:
+    """Directory descriptors inside the scratch folder, fd-based walks and removals, temporary folders."""
+    code = """
+import os, pathlib, shutil, tempfile
+os.makedirs('t/u/v'); pathlib.Path('t/u/v/f').touch(); open('t/g', 'w').write('g')
+top = os.open('t', os.O_RDONLY)
+print(sorted(os.listdir(top)), open(os.open('g', os.O_RDONLY, dir_fd=top)).read())
+print([sorted(files) for _, _, files, _ in os.fwalk('t')])
+with tempfile.TemporaryDirectory() as d:
+    open(os.path.join(d, 'x'), 'w').write('x')
+shutil.rmtree('t'); print(os.listdir('.'), os.path.exists(d))
+"""
+    got = run_python(code)
+    assert got["stdout"] == "['g', 'u'] g\n[['g'], [], ['f']]\n[] False\n", got
+
+
+# A directory descriptor inside the scratch folder and a current directory five levels below it: a relative path
+# that stays inside the scratch folder from the current directory climbs to / from the descriptor.
+CLIMB = "import os; os.makedirs('a/b/c/d/e'); top = os.open('.', os.O_RDONLY); os.chdir('a/b/c/d/e'); "
+TAMPER = """
+try:
+    open('/etc/passwd')
+except PermissionError as e:
+    tb = e.__traceback__
+while tb is not None:  # the hook's frames: a set found there would be the hook's own
+    for v in list(tb.tb_frame.f_locals.values()):
+        for x in [v] + [c.cell_contents for c in (getattr(v, '__closure__', None) or ())]:
+            if isinstance(x, set):
+                x.add('/etc/passwd')
+    tb = tb.tb_next
+print(open('/etc/passwd').read())
+"""
 SECRET = "/etc/shadow"
 ESCAPES = {
     "read /etc/shadow": (f"print(open({SECRET!r}).read())", "opening of '/etc/shadow' is outside the scratch"),
     "list /root": ("import os; print(os.listdir('/root'))", "os.listdir of '/root' is outside the scratch"),
-    "climb out with ..": ("print(open('../../../etc/passwd').read())", "is outside the scratch directory"),
+    "climb out with ..": ("print(open('../../../etc/passwd').read())", "a relative path may not contain '..'"),
+    "climb out with absolute ..": ("import os; print(open(os.getcwd() + '/../../../etc/passwd').read())",
+                                   "is outside the scratch directory"),
+    "dir_fd climb": (CLIMB + "print(os.read(os.open('../../../../../etc/passwd', os.O_RDONLY, dir_fd=top), 99))",
+                     "a relative path may not contain '..'"),
+    "dir_fd unlink climb": (CLIMB + "os.unlink('../../../../../tmp/x', dir_fd=top)",
+                            "a relative path may not contain '..'"),
+    "open a directory": ("import os, sys; print(os.listdir(os.open(sys.path[0], os.O_RDONLY)))",
+                         "opening the directory .* is not allowed outside the scratch"),
+    "open / for a dir_fd": ("import os; print(os.open('etc/passwd', os.O_RDONLY, dir_fd=os.open('/', os.O_RDONLY)))",
+                            "opening of '/' is outside the scratch"),
+    "hook tamper": (TAMPER, "opening of '/etc/passwd' is outside the scratch"),
+    "kill the worker": ("import os; os.kill(os.getppid(), 0)", "os.kill is not allowed"),
+    "killpg the worker": ("import os; os.killpg(os.getpgid(os.getppid()), 0)", "os.killpg is not allowed"),
+    "pthread_kill": ("import signal, threading; signal.pthread_kill(threading.get_ident(), 0)",
+                     "signal.pthread_kill is not allowed"),
+    "pidfd signal": ("import os, signal; signal.pidfd_send_signal(os.pidfd_open(os.getppid()), 0)",
+                     "signalling processes is not allowed"),
+    "prlimit the worker": ("import os, resource; resource.prlimit(os.getppid(), resource.RLIMIT_NOFILE, (0, 0))",
+                           "resource.prlimit is not allowed"),
+    "re-import posix": ("import sys; del sys.modules['posix']; import posix", "module posix is not available"),
+    "sqlite attach": ("import sqlite3; sqlite3.connect(':memory:').execute(\"attach '/tmp/x.db' as x\")",
+                      "module _sqlite3 is not available"),
     "symlink out": ("import os; os.symlink('/etc/shadow', 'x'); print(open('x').read())", "os.symlink is not allowed"),
     "write outside": ("open('/tmp/aios-escape-{tag}', 'w').write('x')", "opening for writing of '/tmp/aios-escape"),
     "chdir out": ("import os; os.chdir('/'); print(open('etc/shadow').read())", "os.chdir of '/' is outside"),
@@ -136,6 +192,8 @@ def test_full_isolation_here() -> None:
     ("import os\nwhile True: os.fork()", "BlockingIOError: [Errno 11]"),  # RLIMIT_NPROC = 1
     ("import os; os.setuid(0)", "PermissionError: [Errno 1] Operation not permitted"),
     ("import os; os.kill(1, 9)", "PermissionError: [Errno 1] Operation not permitted"),
+    ("import os; os.kill(os.getppid(), 0)", "PermissionError: [Errno 1] Operation not permitted"),  # the worker
+    ("import os; os.killpg(os.getpgid(os.getppid()), 0)", "PermissionError: [Errno 1] Operation not permitted"),
 ])
 def test_each_escape_also_fails_without_the_audit_hook(code: str, expected: str) -> None:
     got = run_sandboxed(code, audit_hook=False, timeout_s=10)
@@ -154,11 +212,42 @@ def test_parallel_runs_are_apart() -> None:
         assert len({r.isolation["uid"] for r in results}) == 3  # one uid each: no run can touch another
 
 
-def test_the_python_tool_runs_in_the_sandbox() -> None:
+def test_without_its_own_uid_the_sandbox_refuses_unless_degraded_is_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sandbox, "can_switch_uid", lambda: False)  # as in a worker that is not root
+    with pytest.raises(ToolError, match=r"missing here: own uid.*as root with CAP_SYS_ADMIN.*AIOS_SANDBOX_DEGRADED=true"):
+        run_python("print(1)")
+    got = run_sandboxed("print(1)", allow_degraded=True)
+    assert got.stdout == "1\n" and got.isolation["uid"] is None
+
+
+@needs_root
+def test_without_namespaces_the_sandbox_refuses_before_running_the_code(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = tmp_path / "ran"
+    code = f"open({str(marker)!r}, 'w')"  # the audit hook would refuse it anyway: this shows nothing ran at all
+    with pytest.raises(ToolError, match="missing here: network namespace, mount namespace"):
+        run_sandboxed(code, namespaces=False, audit_hook=False)
+    assert not marker.exists()
+    # Allowed degraded: the code runs. (Not as a sandbox uid: without the mount namespace that uid may not be able
+    # to read this interpreter's standard library, e.g. under /root.)
+    monkeypatch.setattr(sandbox, "can_switch_uid", lambda: False)
+    got = run_sandboxed("print(1)", namespaces=False, allow_degraded=True)
+    assert got.stdout == "1\n" and got.isolation == {"netns": False, "mountns": False, "uid": None, "audit": True}
+
+
+def tool_ctx(**settings: Any) -> ToolContext:
+    return ToolContext(agent_id="tester", syscall_id="t1", settings=Settings(**settings))
+
+
+def test_the_python_tool_runs_in_the_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
     reg = builtin_registry()
-    assert reg.call("python", {"code": "print(6 * 7)"})["stdout"] == "42\n"
-    got = reg.call("python", {"code": "import time; time.sleep(5)", "timeout_s": 0.5})
+    assert reg.call("python", {"code": "print(6 * 7)"}, tool_ctx())["stdout"] == "42\n"
+    got = reg.call("python", {"code": "import time; time.sleep(5)", "timeout_s": 0.5}, tool_ctx())
     assert got["timed_out"]
+    monkeypatch.setattr(sandbox, "can_switch_uid", lambda: False)
+    with pytest.raises(ToolError, match="AIOS_SANDBOX_DEGRADED"):
+        reg.call("python", {"code": "print(1)"}, tool_ctx())
+    assert reg.call("python", {"code": "print(1)"}, tool_ctx(sandbox_degraded=True))["stdout"] == "1\n"
     tool = reg.get("python")
     assert tool.timeout_s > sandbox.MAX_TIMEOUT_S and tool.max_concurrency and not tool.irreversible
 

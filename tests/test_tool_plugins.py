@@ -22,9 +22,10 @@ from aios.services.tools.plugins import (
     load_plugins,
     register_mcp_server,
 )
-from aios.services.tools.service import ToolRegistry, builtin_registry
+from aios.services.tools.service import ToolContext, ToolRegistry, ToolService, builtin_registry
 from aios.settings import Settings
 from aios.wire.errors import ConfigError, InvalidToolArguments, ToolError
+from aios.wire.syscalls import ToolSyscall
 from tests.conftest import base_settings
 
 PLUGIN = '''
@@ -45,7 +46,7 @@ def register(registry):
 
 MCP_SERVER = '''
 import os
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 
 app = MCPServer("demo")
 CALLS = []
@@ -70,6 +71,17 @@ def pid() -> int:
 def fail() -> str:
     """Always fails."""
     raise ValueError("nope")
+
+@app.tool()
+def whoami(ctx: Context) -> str:
+    """Who the kernel says is calling (the request's _meta)."""
+    meta = ctx.request_context.meta or {}
+    return f"{meta.get('aios/agent_id')} {meta.get('aios/syscall_id')}"
+
+@app.tool()
+def erase() -> str:
+    """Something that cannot be undone."""
+    return "erased"
 
 if __name__ == "__main__":
     app.run()
@@ -155,21 +167,25 @@ def mcp_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ToolRegis
     server.write_text(textwrap.dedent(MCP_SERVER))
     reg = ToolRegistry()
     settings = ToolSettings(mcp_servers={"demo": McpServerConfig(command=sys.executable, args=[str(server)],
-                                                                  timeout_s=10)})
+                                                                  timeout_s=10, irreversible=["erase"])})
     load_plugins(reg, settings)
     yield reg
     close_mcp_servers()
 
 
+CTX = ToolContext(agent_id="tester", syscall_id="s-1", settings=Settings())
+
+
 def test_mcp_tools_are_registered_with_their_schemas(mcp_registry: ToolRegistry) -> None:
-    assert mcp_registry.names() == ["demo__add", "demo__calls", "demo__fail", "demo__pid"]
+    assert mcp_registry.names() == ["demo__add", "demo__calls", "demo__erase", "demo__fail", "demo__pid",
+                                    "demo__whoami"]
     spec = mcp_registry.get("demo__add").spec()
     assert spec.description == "Add two integers." and spec.parameters["required"] == ["a", "b"]
 
 
 def test_mcp_calls_work_and_invalid_arguments_never_reach_the_server(mcp_registry: ToolRegistry) -> None:
-    before = mcp_registry.call("demo__calls", {})["result"]
-    assert mcp_registry.call("demo__add", {"a": 2, "b": 3}) == {"result": 5}
+    before = mcp_registry.call("demo__calls", {}, CTX)["result"]
+    assert mcp_registry.call("demo__add", {"a": 2, "b": 3}, CTX) == {"result": 5}
     cases: list[tuple[dict[str, Any], str]] = [
         ({"a": "x", "b": 1}, r"arguments\.a: 'x' is not of type 'integer'"),
         ({"a": 1}, r"arguments: 'b' is a required property"),
@@ -177,20 +193,45 @@ def test_mcp_calls_work_and_invalid_arguments_never_reach_the_server(mcp_registr
     ]
     for args, message in cases:
         with pytest.raises(InvalidToolArguments, match=message):
-            mcp_registry.call("demo__add", args)
-    assert mcp_registry.call("demo__calls", {})["result"] == before + 1  # only the valid call ran
+            mcp_registry.call("demo__add", args, CTX)
+    assert mcp_registry.call("demo__calls", {}, CTX)["result"] == before + 1  # only the valid call ran
+
+
+def test_mcp_calls_carry_the_calling_agent_in_their_meta(mcp_registry: ToolRegistry) -> None:
+    assert mcp_registry.call("demo__whoami", {}, CTX) == {"result": "tester s-1"}
+    other = ToolContext(agent_id="mallory", syscall_id="s-2", settings=Settings())
+    assert mcp_registry.call("demo__whoami", {}, other) == {"result": "mallory s-2"}
+    with pytest.raises(ToolError, match="needs its context"):  # never a call without a verified caller
+        mcp_registry.call("demo__whoami", {})
+
+
+def test_mcp_tools_the_operator_names_are_irreversible(mcp_registry: ToolRegistry) -> None:
+    service = ToolService(mcp_registry, Settings())
+    assert service.irreversible(ToolSyscall(agent_id="a", tool="demo__erase")) == "tool 'demo__erase' is irreversible"
+    assert service.irreversible(ToolSyscall(agent_id="a", tool="demo__add")) is None
+
+
+def test_irreversible_names_must_be_the_servers_tools(tmp_path: Path) -> None:
+    server = tmp_path / "server.py"
+    server.write_text(textwrap.dedent(MCP_SERVER))
+    config = McpServerConfig(command=sys.executable, args=[str(server)], irreversible=["erase", "eras"])
+    with pytest.raises(ConfigError, match="irreversible names tools it does not have: eras"):
+        register_mcp_server(ToolRegistry(), "demo", config)
+    reg = ToolRegistry()
+    register_mcp_server(reg, "all", config.model_copy(update={"irreversible": ["*"]}))
+    assert all(reg.get(n).irreversible for n in reg.names())
 
 
 def test_an_mcp_tool_error_is_a_tool_error(mcp_registry: ToolRegistry) -> None:
     with pytest.raises(ToolError, match="MCP tool demo__fail failed"):
-        mcp_registry.call("demo__fail", {})
+        mcp_registry.call("demo__fail", {}, CTX)
 
 
 def test_an_mcp_server_that_died_is_started_again(mcp_registry: ToolRegistry) -> None:
-    pid = mcp_registry.call("demo__pid", {})["result"]
+    pid = mcp_registry.call("demo__pid", {}, CTX)["result"]
     os.kill(pid, signal.SIGKILL)
-    assert mcp_registry.call("demo__add", {"a": 1, "b": 1}) == {"result": 2}
-    assert mcp_registry.call("demo__pid", {})["result"] != pid
+    assert mcp_registry.call("demo__add", {"a": 1, "b": 1}, CTX) == {"result": 2}
+    assert mcp_registry.call("demo__pid", {}, CTX)["result"] != pid
 
 
 @pytest.mark.parametrize(("name", "config", "message"), [

@@ -4,6 +4,8 @@ the calculator, file tools in the agent's own storage, and http_fetch behind its
 from __future__ import annotations
 
 import http.server
+import math
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -49,6 +51,25 @@ def test_calculator(expr: str, value: float) -> None:
 def test_calculator_refuses_anything_but_bounded_arithmetic(expr: str) -> None:
     with pytest.raises(ToolError):
         calculate(expr)
+
+
+@pytest.mark.parametrize(("expr", "why"), [
+    ("9**4000000*9**4000000", "a power would have about 3,816,970 digits"),  # froze the tool worker for 5 s
+    ("2**10001", "a power would have about 3,010 digits"),
+    ("(2**5000)*(2**5000)", "a product"), ("factorial(1000)*factorial(1000)*factorial(1000)", "a product"),
+    ("(1<<9000)<<9000", "a shift"), ("2**9999+2**9999", "the result"), ("1e308*10", "is inf, not a finite number"),
+])
+def test_calculator_refuses_numbers_too_large_before_computing_them(expr: str, why: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(ToolError, match=re.escape(why)):
+        calculate(expr)
+    assert time.monotonic() - started < 0.1
+
+
+def test_calculator_computes_integers_up_to_its_limit() -> None:
+    assert calculate("2**9999")["value"] == 2**9999 and calculate("(2**5000)*(2**4999)")["value"] == 2**9999
+    assert len(str(calculate("10**3010")["value"])) == 3011 and calculate("1**4000000")["value"] == 1
+    assert calculate("factorial(1000)")["value"] == math.factorial(1000)
 
 
 def test_invalid_arguments_name_the_field() -> None:

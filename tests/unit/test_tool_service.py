@@ -67,6 +67,25 @@ def test_a_tool_declared_irreversible_is_parked_under_approvals(harness: MakeHar
     assert h.run(h.sdk.tool_syscall("send_email")) is None and ran == []
 
 
+def test_a_result_over_the_limit_is_refused_and_not_stored(harness: MakeHarness, make_settings: Any) -> None:
+    reg = ToolRegistry()
+    reg.register(Tool("big", "returns n bytes", {"type": "object", "properties": {"n": {"type": "integer"}}},
+                      lambda n: "x" * n))
+    h = harness("tool", ToolService(reg, make_settings(max_result_bytes=10_000)))
+    assert call(h, "big", n=9_000).result == "x" * 9_000
+    syscall = h.sdk.tool_syscall("big", {"n": 20_000})
+    answer = h.run(syscall)
+    assert answer is not None and answer.error is not None and answer.error.code == "tool_error"
+    assert "returned 20,002 bytes of JSON, more than AIOS_MAX_RESULT_BYTES (10,000)" in answer.error.message
+    stored = h.stored(syscall.id)
+    assert stored is not None and stored.result is None and "x" * 100 not in stored.model_dump_json()
+
+
+def test_a_calculator_too_large_a_number_is_refused_at_once(h: Harness) -> None:
+    error = call(h, "calculator", expression="9**4000000*9**4000000").error
+    assert error.code == "tool_error" and "a power would have about 3,816,970 digits" in error.message
+
+
 def test_the_service_refuses_other_kinds(settings: Any) -> None:
     with pytest.raises(InvalidSyscall, match="serves tool syscalls, not 'memory'"):
         tools(settings).handle(MemorySyscall(agent_id="a", op="list"))  # type: ignore[arg-type]

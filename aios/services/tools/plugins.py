@@ -8,7 +8,9 @@ validated against their JSON schema before they run, with errors naming the fiel
 - **MCP servers** in ``AIOS_MCP_SERVERS`` (stdio): each tool ``t`` of server ``s`` is registered as ``s__t``
   (model-facing tool names allow letters, digits, ``_`` and ``-`` only, so no dot). The ``mcp`` package is
   asyncio-only: one background event-loop thread per process holds every session, and worker threads submit
-  calls to it. A server that exits is started again on the next call to one of its tools.
+  calls to it. A server that exits is started again on the next call to one of its tools. Every call carries
+  the verified calling agent in the request's ``_meta`` (:data:`META_AGENT`, :data:`META_SYSCALL`), and the
+  server's tools named in its ``irreversible`` setting wait for an operator's approval like built-in ones.
 
 A plugin that cannot be loaded is a :class:`~aios.errors.ConfigError` naming the setting: a worker with a
 silently missing tool would be worse than one that says what is wrong.
@@ -29,7 +31,7 @@ from collections.abc import Callable, Coroutine
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
-from aios.services.tools.service import Tool, ToolRegistry
+from aios.services.tools.service import Tool, ToolContext, ToolRegistry
 from aios.settings import McpServerConfig, ToolSettings
 from aios.wire.errors import ConfigError, ToolError
 
@@ -40,6 +42,11 @@ T = TypeVar("T")
 ENTRY_POINT_GROUP = "aios.tools"
 SERVER_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,30}$")  # no '_': '__' separates server and tool
 CONNECT_TIMEOUT_S = 30.0
+META_AGENT = "aios/agent_id"
+"""The key of an MCP tool call's ``_meta`` that holds the calling agent's id (verified by the kernel: its
+signature was checked before the call ran)."""
+META_SYSCALL = "aios/syscall_id"
+"""The key of ``_meta`` that holds the tool syscall's id (the same on a redelivery: a key for idempotency)."""
 
 
 def load_plugins(registry: ToolRegistry, settings: ToolSettings) -> ToolRegistry:
@@ -177,14 +184,15 @@ class McpServer:
                 self.start()
             return self._session
 
-    def call(self, tool: str, arguments: dict[str, Any]) -> Any:
+    def call(self, tool: str, arguments: dict[str, Any], meta: dict[str, Any] | None = None) -> Any:
         from mcp import MCPError
         from mcp.types import CONNECTION_CLOSED
 
         session, timeout = self._live_session(), self.config.timeout_s
         for attempt in (0, 1):
             try:
-                result = self.hub.run(session.call_tool(tool, arguments, read_timeout_seconds=timeout), timeout + 1)
+                result = self.hub.run(session.call_tool(tool, arguments, read_timeout_seconds=timeout,
+                                                        meta=meta), timeout + 1)
                 break
             except concurrent.futures.TimeoutError:
                 raise ToolError(f"MCP tool {self.name}__{tool} gave no answer within {timeout:g} s") from None
@@ -229,12 +237,18 @@ def register_mcp_server(registry: ToolRegistry, name: str, config: McpServerConf
     server = McpServer(name, config)
     tools = server.start()
     _servers.append(server)
+    unknown = set(config.irreversible) - {t.name for t in tools} - {"*"}
+    if unknown:  # a misspelt name would leave a tool with side effects running unapproved
+        server.close()
+        raise ConfigError(f"AIOS_MCP_SERVERS server {name!r}: irreversible names tools it does not have: "
+                          f"{', '.join(sorted(unknown))} (its tools: {', '.join(t.name for t in tools) or 'none'})")
     names = []
     for t in tools:
         full = f"{name}__{re.sub(r'[^A-Za-z0-9_-]', '_', t.name)}"
+        irreversible = "*" in config.irreversible or t.name in config.irreversible
         try:
             registry.register(Tool(full, t.description or "", dict(t.input_schema), _caller(server, t.name),
-                                   timeout_s=config.timeout_s + 2))
+                                   irreversible=irreversible, timeout_s=config.timeout_s + 2))
         except ValueError as exc:  # a name too long, a schema jsonschema refuses, a clash
             raise ConfigError(f"AIOS_MCP_SERVERS server {name!r}: tool {t.name!r} cannot be registered: {exc}") from None
         names.append(full)
@@ -243,8 +257,8 @@ def register_mcp_server(registry: ToolRegistry, name: str, config: McpServerConf
 
 
 def _caller(server: McpServer, tool: str) -> Any:
-    def call(**arguments: Any) -> Any:
-        return server.call(tool, arguments)
+    def call(ctx: ToolContext, **arguments: Any) -> Any:
+        return server.call(tool, arguments, meta={META_AGENT: ctx.agent_id, META_SYSCALL: ctx.syscall_id})
     return call
 
 

@@ -13,13 +13,18 @@ Four layers; ``tests/test_sandbox.py`` tries each escape with all of them and ag
    is bind-mounted read-only where the sandbox user can read it. Not root but user namespaces allowed: a
    network namespace only.
 4. **Audit hook** (``sys.addaudithook``, which the code cannot remove): refuses opening files outside the
-   scratch directory (the standard library excepted, read-only), listing or changing directories elsewhere,
-   symlinks, sockets, ctypes, fork/exec/subprocess, tracing and ``gc`` introspection. This is defence in depth
-   on top of 1-3, not a jail: CPython was not designed to confine code by audit hooks.
+   scratch directory (the standard library excepted, read-only, but never a directory of it), listing or
+   changing directories elsewhere, relative paths with ``..`` where a directory descriptor could be their base
+   (so ``dir_fd`` reaches nothing outside the scratch directory), symlinks, sockets, ctypes, sqlite3 (its
+   ``ATTACH`` opens files unaudited), fork/exec/subprocess, signals (``os.kill``, ``os.killpg``,
+   ``pthread_kill``, pidfds, ``prlimit``), tracing and ``gc`` introspection. The hook is one function whose
+   state is immutable, so its frames, which a refusal's traceback holds, offer nothing to rewrite. This is
+   defence in depth on top of 1-3, not a jail: CPython was not designed to confine code by audit hooks.
 
 The wall-clock limit kills the whole process group and every process of the sandbox uid. The scratch
-directory is fresh for each run and removed afterwards. Without root and without namespaces only 2 and 4
-remain; that degradation is logged as a warning, never silent.
+directory is fresh for each run and removed afterwards. Without root, or without namespaces, only 2 and 4
+(and a network namespace) remain: the sandbox then refuses to run, unless the operator allows that degraded
+sandbox (``AIOS_SANDBOX_DEGRADED=true``, ``allow_degraded``), and then logs a warning naming what is missing.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from aios.wire.errors import ToolError
 
 log = logging.getLogger(__name__)
 
@@ -72,25 +79,51 @@ class SandboxResult:
 
 
 def run_python(code: str, *, timeout_s: float = TIMEOUT_S, memory_mb: int = MEMORY_MB, cpu_s: int = CPU_S,
-               scratch_dir: str | Path | None = None) -> dict[str, Any]:
+               scratch_dir: str | Path | None = None, allow_degraded: bool = False) -> dict[str, Any]:
     """Run ``code`` in the sandbox; ``{"stdout", "stderr", "exit_code", "timed_out"}``.
 
     ``scratch_dir`` is where the fresh per-run scratch directory is made (default: the system temp dir).
+    Without its own uid and namespaces it refuses with a :class:`ToolError` saying what the worker needs, unless
+    ``allow_degraded`` (the python tool passes ``AIOS_SANDBOX_DEGRADED``).
     """
-    return run_sandboxed(code, timeout_s=timeout_s, memory_mb=memory_mb, cpu_s=cpu_s,
-                         scratch_dir=scratch_dir).as_tool_result()
+    return run_sandboxed(code, timeout_s=timeout_s, memory_mb=memory_mb, cpu_s=cpu_s, scratch_dir=scratch_dir,
+                         allow_degraded=allow_degraded).as_tool_result()
+
+
+def can_switch_uid() -> bool:
+    """Whether this process may run the code as a fresh uid of its own (it is root)."""
+    return os.geteuid() == 0
+
+
+def missing_layers(isolation: dict[str, Any]) -> list[str]:
+    """The layers a run's isolation report lacks, in words (empty: all of them)."""
+    missing = [] if isolation.get("uid") is not None else ["own uid"]
+    return missing + [f"{k} namespace" for k, key in (("network", "netns"), ("mount", "mountns"))
+                      if not isolation.get(key)]
+
+
+def refusal(missing: list[str]) -> ToolError:
+    return ToolError(
+        f"the python sandbox does not run without its own uid and namespaces (missing here: "
+        f"{', '.join(missing)}). Run the tool worker as root with CAP_SYS_ADMIN, as compose.yaml does (it drops "
+        f"to a fresh uid for each run, in private network and mount namespaces), or, knowing that the audit hook "
+        f"and rlimits alone do not stop a determined attacker, set AIOS_SANDBOX_DEGRADED=true (docs/security.md)")
 
 
 def run_sandboxed(code: str, *, timeout_s: float = TIMEOUT_S, memory_mb: int = MEMORY_MB, cpu_s: int = CPU_S,
-                  scratch_dir: str | Path | None = None, audit_hook: bool = True) -> SandboxResult:
-    """:func:`run_python` with the isolation report; ``audit_hook=False`` only lets tests try the other layers alone."""
+                  scratch_dir: str | Path | None = None, allow_degraded: bool = False, audit_hook: bool = True,
+                  namespaces: bool = True) -> SandboxResult:
+    """:func:`run_python` with the isolation report. ``audit_hook=False`` and ``namespaces=False`` only let tests
+    try the other layers alone, and the refusal of a sandbox that lacks some."""
+    if not allow_degraded and not can_switch_uid():
+        raise refusal(["own uid", "mount namespace"])  # both need root; nothing is started
     base = tempfile.mkdtemp(prefix="aios-sandbox-", dir=scratch_dir)
     os.chmod(base, 0o711)  # the sandbox user must be able to pass through to its work folder
-    uid = _take_uid() if os.geteuid() == 0 else None
+    uid = _take_uid() if can_switch_uid() else None
     work = os.path.join(base, "work")
     config = {"code": code, "base": base, "uid": uid, "fallback_uid": FALLBACK_UID, "memory_mb": memory_mb,
               "cpu_s": max(1, int(cpu_s)), "file_mb": FILE_MB, "disk_mb": DISK_MB, "open_files": OPEN_FILES,
-              "ppid": os.getpid(), "audit": audit_hook}
+              "ppid": os.getpid(), "audit": audit_hook, "namespaces": namespaces, "require_all": not allow_degraded}
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": work, "TMPDIR": work}
     status_r, status_w = os.pipe()
     timed_out, isolation, proc = False, {}, None
@@ -130,6 +163,8 @@ def run_sandboxed(code: str, *, timeout_s: float = TIMEOUT_S, memory_mb: int = M
             _release_uid(uid)
         shutil.rmtree(base, ignore_errors=True)
     code_ = proc.returncode
+    if code_ == 74 and not allow_degraded and missing_layers(isolation):
+        raise refusal(missing_layers(isolation))  # the child stopped before running the code
     if timed_out:
         stderr += f"\n[sandbox: killed after the wall-clock limit of {timeout_s:g} s]"
     elif code_ == -signal.SIGXCPU:
@@ -211,14 +246,12 @@ def _read_capped(f: Any) -> str:
 
 
 def _warn_if_degraded(isolation: dict[str, Any]) -> None:
-    missing = [k for k in ("netns", "mountns") if not isolation.get(k)]
-    if isolation.get("uid") is None:
-        missing.append("own uid")
-    key = ",".join(missing)
+    missing = missing_layers(isolation)
+    key = ", ".join(missing)
     if missing and isolation and key not in _warned:
         _warned.add(key)
-        log.warning("python sandbox runs without: %s (all layers need a worker running as root with "
-                    "CAP_SYS_ADMIN); the audit hook and rlimits still apply", key)
+        log.warning("python sandbox runs degraded (AIOS_SANDBOX_DEGRADED), without: %s (all layers need a worker "
+                    "running as root with CAP_SYS_ADMIN); the audit hook and rlimits still apply", key)
 
 
 # The child's first code, run as root (when the worker is) in a fresh interpreter: namespaces, mounts, rlimits,
@@ -237,7 +270,7 @@ def mount(src, dst, fstype, flags, data=None):
 base = cfg["base"]; work = os.path.join(base, "work")
 ro = [os.path.realpath(p) for p in sys.path if os.path.isdir(p)]
 root = os.geteuid() == 0
-if root and libc.unshare(0x20000 | 0x40000000) == 0:  # CLONE_NEWNS | CLONE_NEWNET
+if root and cfg["namespaces"] and libc.unshare(0x20000 | 0x40000000) == 0:  # CLONE_NEWNS | CLONE_NEWNET
     st["netns"] = True
     try:
         mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing mounted here propagates to the host
@@ -265,7 +298,7 @@ if root and libc.unshare(0x20000 | 0x40000000) == 0:  # CLONE_NEWNS | CLONE_NEWN
     except OSError as exc:
         sys.stderr.write("[sandbox: mount namespace unusable: %s]\n" % exc)
         os._exit(71)
-elif not root and libc.unshare(0x10000000 | 0x40000000) == 0:  # CLONE_NEWUSER | CLONE_NEWNET
+elif not root and cfg["namespaces"] and libc.unshare(0x10000000 | 0x40000000) == 0:  # CLONE_NEWUSER | NEWNET
     st["netns"] = True
 os.mkdir(work, 0o700)
 uid = cfg["uid"]
@@ -294,6 +327,9 @@ if uid is not None:
 libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG after the uid change (which clears it)
 if os.getppid() != cfg["ppid"]:
     os._exit(73)
+if cfg["require_all"] and not (st["netns"] and st["mountns"] and st["uid"] is not None):
+    os.write(status_fd, json.dumps(st).encode())
+    os._exit(74)  # layers missing and no degraded sandbox allowed: the parent says which, and what to do
 RW = os.path.realpath(work)
 del libc, mount, ctypes
 for name in [m for m in sys.modules if m == "ctypes" or m.startswith(("ctypes.", "_ctypes"))]:
@@ -303,88 +339,113 @@ def _no_fork_exec(*args, **kwargs):
     raise PermissionError("sandbox: starting processes is not allowed")
 _posixsubprocess.fork_exec = _no_fork_exec
 
-def _make_hook(rw, ro, cwd=os.getcwd, lstat=os.lstat, readlink=os.readlink, str_=str, bytes_=bytes, int_=int,
-               type_=type, len_=len, Denied=PermissionError):
-    # Everything the hook uses is bound here: the sandboxed code can rebind module attributes and builtins,
-    # but cannot reach this closure (gc introspection and tracing are refused below).
-    deny = {"os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "subprocess.Popen",
-            "os.symlink", "os.link", "sys.settrace", "sys.setprofile", "gc.get_objects", "gc.get_referrers",
-            "gc.get_referents", "os.chroot", "sys._current_frames"}
-    deny_imports = {"ctypes", "_ctypes", "_posixsubprocess"}
-    path_events = {"os.listdir", "os.scandir", "os.mkdir", "os.rmdir", "os.remove", "os.rename", "os.chmod",
-                   "os.chown", "os.truncate", "os.utime", "os.mkfifo", "os.mknod", "os.setxattr", "os.removexattr",
-                   "os.getxattr", "os.listxattr", "os.chflags", "os.lchflags", "os.chdir", "shutil.rmtree"}
-    readers = {"os.listdir", "os.scandir", "os.getxattr", "os.listxattr"}
-    devices = {"/dev/null", "/dev/urandom"}
+import _signal, posix  # pidfd_open and pidfd_send_signal raise no audit event: replace them too
+def _no_signals(*args, **kwargs):
+    raise PermissionError("sandbox: signalling processes is not allowed")
+for _mod, _name in ((os, "pidfd_open"), (posix, "pidfd_open"), (signal, "pidfd_send_signal"),
+                    (_signal, "pidfd_send_signal")):
+    if hasattr(_mod, _name):
+        setattr(_mod, _name, _no_signals)
 
-    def real(p):
-        if type_(p) is bytes_:
-            p = p.decode("utf-8", "surrogateescape")
-        if type_(p) is not str_:
-            raise Denied("sandbox: pass file paths as str")
-        if not p.startswith("/"):
-            p = cwd() + "/" + p
-        todo, out, hops = p.split("/")[::-1], [], 0
-        while todo:
-            name = todo.pop()
-            if name in ("", "."):
-                continue
-            if name == "..":
-                if out:
-                    out.pop()
-                continue
-            cur = "/" + "/".join(out + [name])
-            try:
-                mode = lstat(cur).st_mode
-            except OSError:
-                out.append(name)
-                continue
-            if mode & 0o170000 == 0o120000:
-                hops += 1
-                if hops > 40:
-                    raise Denied("sandbox: too many symlinks")
-                target = readlink(cur)
-                if target.startswith("/"):
-                    out = []
-                todo.extend(target.split("/")[::-1])
-            else:
-                out.append(name)
-        return "/" + "/".join(out)
-
-    def under(p, roots):
-        for r in roots:
-            if p == r or p.startswith(r + "/"):
-                return True
-        return False
-
-    def check(path, write, what):
-        if path is None:
-            path = "."
-        if type_(path) is int_:  # an fd the code already opened, through this check
-            if what == "os.chdir":
-                raise Denied("sandbox: fchdir is not allowed")
-            return
-        p = real(path)
-        if under(p, (rw,)) or (not write and (p in devices or (under(p, ro)
-                                and "/site-packages" not in p and "/dist-packages" not in p))):
-            return
-        raise Denied("sandbox: %s of %r is outside the scratch directory %s" % (what, path, rw))
-
-    def hook(event, args):
+def _make_hook(rw, ro):
+    # One function, no closure: everything it uses is a default argument, bound now, and immutable (frozensets,
+    # tuples, str, builtins). A refusal's traceback holds the hook's frame, and the code can read that frame's
+    # locals; it must find nothing there to change (a set to add a path to, a helper whose closure to rebind).
+    # Neither can it rebind module attributes or builtins the hook would look up: it looks up none.
+    def hook(event, args, rw=rw, ro=ro, cwd=os.getcwd, lstat=os.lstat, readlink=os.readlink, str_=str,
+             bytes_=bytes, int_=int, type_=type, Denied=PermissionError, OSError_=OSError,
+             deny=frozenset({"os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
+                             "subprocess.Popen", "os.symlink", "os.link", "sys.settrace", "sys.setprofile",
+                             "gc.get_objects", "gc.get_referrers", "gc.get_referents", "os.chroot",
+                             "sys._current_frames", "os.kill", "os.killpg", "signal.pthread_kill",
+                             "resource.prlimit"}),
+             deny_imports=frozenset({"ctypes", "_ctypes", "_posixsubprocess", "posix", "_signal", "_sqlite3"}),
+             path_events=frozenset({"os.listdir", "os.scandir", "os.mkdir", "os.rmdir", "os.remove", "os.rename",
+                                    "os.chmod", "os.chown", "os.truncate", "os.utime", "os.mkfifo", "os.mknod",
+                                    "os.setxattr", "os.removexattr", "os.getxattr", "os.listxattr", "os.chflags",
+                                    "os.lchflags", "os.chdir", "shutil.rmtree"}),
+             readers=frozenset({"os.listdir", "os.scandir", "os.getxattr", "os.listxattr"}),
+             no_dir_fd=frozenset({"os.listdir", "os.scandir", "os.chdir"}),
+             devices=frozenset({"/dev/null", "/dev/urandom"})):
         if event == "socket.__new__" and args[1] == 1:  # AF_UNIX: socketpair() for asyncio; connect/bind refused
             return
         if event in deny or event.startswith("socket.") or event.startswith("ctypes."):
-            raise Denied("sandbox: %s is not allowed (no processes, network or native calls)" % event)
-        if event == "import" and args[0] in deny_imports:
-            raise Denied("sandbox: module %s is not available" % args[0])
+            raise Denied("sandbox: %s is not allowed (no processes, signals, network or native calls)" % event)
+        if event == "import":
+            if args[0] in deny_imports:
+                raise Denied("sandbox: module %s is not available" % args[0])
+            return
         if event == "open":
             path, mode, flags = (args + (None, None))[:3]
             write = (type_(mode) is str_ and ("w" in mode or "a" in mode or "x" in mode or "+" in mode)) or \
                     (type_(flags) is int_ and flags & 0o3103 != 0)  # O_WRONLY|O_RDWR|O_CREAT|O_TRUNC|O_APPEND
-            check(path, write, "opening" + (" for writing" if write else ""))
+            paths, what = (path,), "opening" + (" for writing" if write else "")
         elif event in path_events:
-            for a in args[:2] if event == "os.rename" else args[:1]:
-                check(a, event not in readers, event)
+            paths, write, what = (args[:2] if event == "os.rename" else args[:1]), event not in readers, event
+        else:
+            return
+        for path in paths:
+            if path is None:
+                path = "."
+            if type_(path) is int_:
+                # A descriptor: opened through this hook, so a directory's is inside the scratch directory.
+                if event == "os.chdir":
+                    raise Denied("sandbox: fchdir is not allowed")
+                continue
+            p = path.decode("utf-8", "surrogateescape") if type_(path) is bytes_ else path
+            if type_(p) is not str_:
+                raise Denied("sandbox: pass file paths as str")
+            if not p.startswith("/"):
+                # The "open" event does not say whether a dir_fd was given, so a relative path is resolved here
+                # against the current directory. That is right for every directory descriptor the code can hold
+                # (all inside the scratch directory, see below) as long as the path cannot climb out of one.
+                if event not in no_dir_fd and ".." in p.split("/"):
+                    raise Denied("sandbox: %s of %r: a relative path may not contain '..' (it could climb out "
+                                 "of a directory descriptor); give an absolute path" % (what, path))
+                p = cwd() + "/" + p
+            todo, out, hops = p.split("/")[::-1], [], 0  # resolve '..' and every symlink, as the kernel will
+            while todo:
+                name = todo.pop()
+                if name == "" or name == ".":
+                    continue
+                if name == "..":
+                    if out:
+                        out.pop()
+                    continue
+                cur = "/" + "/".join(out + [name])
+                try:
+                    st_mode = lstat(cur).st_mode
+                except OSError_:
+                    out.append(name)
+                    continue
+                if st_mode & 0o170000 == 0o120000:
+                    hops += 1
+                    if hops > 40:
+                        raise Denied("sandbox: too many symlinks")
+                    target = readlink(cur)
+                    if target.startswith("/"):
+                        out = []
+                    todo.extend(target.split("/")[::-1])
+                else:
+                    out.append(name)
+            real = "/" + "/".join(out)
+            if real == rw or real.startswith(rw + "/"):
+                continue
+            allowed = not write and real in devices
+            if not write and "/site-packages" not in real and "/dist-packages" not in real:
+                for r in ro:
+                    if real == r or real.startswith(r + "/"):
+                        allowed = True
+            if allowed and event == "open":
+                try:
+                    is_dir = lstat(real).st_mode & 0o170000 == 0o040000
+                except OSError_:
+                    is_dir = False
+                if is_dir:  # no directory descriptor outside the scratch directory: nothing to climb from
+                    raise Denied("sandbox: opening the directory %r is not allowed outside the scratch "
+                                 "directory %s" % (path, rw))
+            if not allowed:
+                raise Denied("sandbox: %s of %r is outside the scratch directory %s" % (what, path, rw))
     return hook
 
 if cfg["audit"]:

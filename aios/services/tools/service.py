@@ -8,6 +8,7 @@ Third-party and MCP tools come from :mod:`aios.services.tools.plugins` and go th
 
 from __future__ import annotations
 
+import ast
 import inspect
 import math
 import os
@@ -21,6 +22,8 @@ from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import Any
 
+import pydantic_core
+import simpleeval
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import ValidationError
@@ -204,7 +207,10 @@ class ToolService(BaseService):
         if not isinstance(syscall, ToolSyscall):
             raise InvalidSyscall(f"the tool service serves tool syscalls, not {syscall.kind!r}", code="wrong_queue")
         ctx = ToolContext(agent_id=syscall.agent_id, syscall_id=syscall.id, settings=self.settings)
-        return self.registry.call(syscall.tool, syscall.arguments, ctx=ctx)
+        result = self.registry.call(syscall.tool, syscall.arguments, ctx=ctx)
+        if result is not None:
+            _check_size(syscall.tool, result, self.settings.tools.max_result_bytes)
+        return result
 
     def irreversible(self, syscall: Syscall) -> str | None:
         if not isinstance(syscall, ToolSyscall):
@@ -222,6 +228,18 @@ class ToolService(BaseService):
             return self.registry.get(syscall.tool).max_concurrency
         except UnknownTool:
             return None
+
+
+def _check_size(tool: str, result: Any, limit: int) -> None:
+    """Refuse a result whose compact JSON (as the reply will carry it) is over ``limit`` bytes."""
+    try:
+        size = len(pydantic_core.to_json(result))
+    except Exception:  # not JSON-able: the reply step answers that, as for any result
+        return
+    if size > limit:
+        raise ToolError(f"tool {tool!r} returned {size:,} bytes of JSON, more than AIOS_MAX_RESULT_BYTES "
+                        f"({limit:,}); nothing was stored. Ask it for less (a smaller range, shorter output), "
+                        f"or the operator may raise the limit")
 
 
 # -- calculator ------------------------------------------------------------------------------------------------
@@ -242,21 +260,68 @@ def _bounded_factorial(n: int) -> int:
 
 _MATH_FUNCTIONS["factorial"] = _bounded_factorial
 _MAX_EXPRESSION_CHARS = 500
+MAX_INT_BITS = 10_000
+"""The largest integer the calculator computes, in bits (about 3000 digits): every power, product and shift is
+sized from its operands' bit lengths before it is computed, so none takes more than microseconds, and every result
+stays below Python's 4300-digit limit on turning an integer into text."""
+
+
+class _TooLarge(ValueError):
+    pass
+
+
+def _check_bits(bits: float, what: str) -> None:
+    if bits > MAX_INT_BITS:
+        raise _TooLarge(f"{what} would have about {int(bits * math.log10(2)):,} digits; the calculator computes "
+                        f"integers of at most {int(MAX_INT_BITS * math.log10(2)):,} digits ({MAX_INT_BITS} bits)")
+
+
+def _ints(*values: Any) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+
+
+def _power(a: Any, b: Any) -> Any:
+    if _ints(a, b) and b > 0 and abs(a) > 1:
+        _check_bits(b * math.log2(abs(a)), "a power")
+    return simpleeval.safe_power(a, b)
+
+
+def _product(a: Any, b: Any) -> Any:
+    if _ints(a, b):
+        _check_bits(a.bit_length() + b.bit_length() - 1, "a product")
+    return simpleeval.safe_mult(a, b)
+
+
+def _shift(a: Any, b: Any) -> Any:
+    if _ints(a, b) and a:
+        _check_bits(a.bit_length() + b, "a shift")
+    return simpleeval.safe_lshift(a, b)
+
+
+_OPERATORS = {**simpleeval.DEFAULT_OPERATORS, ast.Pow: _power, ast.Mult: _product, ast.LShift: _shift}
 
 
 def calculate(expression: str) -> dict[str, Any]:
-    """Evaluate arithmetic safely: no names but math constants, no attributes, bounded powers and strings."""
+    """Evaluate arithmetic safely: no names but math constants, no attributes, bounded powers, integers
+    (:data:`MAX_INT_BITS`) and strings."""
     if len(expression) > _MAX_EXPRESSION_CHARS:
         raise ToolError(f"expression is {len(expression)} characters; the calculator takes at most {_MAX_EXPRESSION_CHARS}")
-    evaluator = SimpleEval(functions=_MATH_FUNCTIONS, names={"pi": math.pi, "e": math.e, "tau": math.tau})
+    evaluator = SimpleEval(operators=_OPERATORS, functions=_MATH_FUNCTIONS,
+                           names={"pi": math.pi, "e": math.e, "tau": math.tau})
     try:
         value = evaluator.eval(expression.replace("^", "**"))
+        if _ints(value):  # sums of bounded terms, the one way left to grow
+            _check_bits(value.bit_length(), "the result")
     except SyntaxError as exc:
         raise ToolError(f"calculator could not parse {expression!r}: {exc.msg}; write arithmetic like '17 * (3 + 4)'") from None
+    except _TooLarge as exc:
+        raise ToolError(f"calculator refused {expression!r}: {exc}") from None
     except Exception as exc:
         raise ToolError(f"calculator could not evaluate {expression!r}: {exc}") from None
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise ToolError(f"calculator result of {expression!r} is not a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ToolError(f"calculator result of {expression!r} is {value}, not a finite number")
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         value = int(value)
     return {"expression": expression, "value": value}
@@ -374,8 +439,9 @@ def builtin_registry() -> ToolRegistry:
         _obj({"code": {"type": "string", "minLength": 1, "maxLength": 20_000},
               "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": sandbox.MAX_TIMEOUT_S,
                             "description": f"wall-clock limit, default {sandbox.TIMEOUT_S:g}"}}, ("code",)),
-        lambda code, timeout_s=sandbox.TIMEOUT_S: sandbox.run_python(
-            code, timeout_s=timeout_s, memory_mb=sandbox.MEMORY_MB, cpu_s=sandbox.CPU_S),
+        lambda code, ctx, timeout_s=sandbox.TIMEOUT_S: sandbox.run_python(
+            code, timeout_s=timeout_s, memory_mb=sandbox.MEMORY_MB, cpu_s=sandbox.CPU_S,
+            allow_degraded=ctx.settings.tools.sandbox_degraded),
         timeout_s=sandbox.MAX_TIMEOUT_S + 10, max_concurrency=max(2, os.cpu_count() or 2),
     ))
     reg.register(Tool("read_file", "Read a text file from your own storage.", _obj({"path": _PATH}, ("path",)),
