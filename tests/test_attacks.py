@@ -11,7 +11,6 @@ import pytest
 
 from aios_bench.attacks import Arena, Attack, all_attacks
 from aios_bench.attacks.arena import open_arena
-from aios_bench.attacks.sandbox import ARENA_MAX_RESULT_BYTES
 from tests.conftest import BROKERS, make_broker_settings
 
 pytestmark = pytest.mark.integration
@@ -21,9 +20,7 @@ ATTACKS = all_attacks()
 
 @pytest.fixture(scope="module", params=BROKERS)
 def arena(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Arena]:
-    # A result limit one built-in call can pass (the oversized-result attack of aios_bench.attacks.sandbox).
-    settings = make_broker_settings(request.param, tmp_path_factory.mktemp(f"arena-{request.param}"), request,
-                                    max_result_bytes=ARENA_MAX_RESULT_BYTES)
+    settings = make_broker_settings(request.param, tmp_path_factory.mktemp(f"arena-{request.param}"), request)
     with open_arena(settings, request.param) as a:
         yield a
 

@@ -21,7 +21,10 @@ def kernel_queues(settings: Settings | None = None) -> list[Queue]:
 
 def make_app(settings: Settings, name: str = "aios") -> Celery:
     broker = settings.require_broker()
-    app = Celery(name, broker=broker, backend=settings.celery_result_backend())
+    # No result backend without a Redis (an agent on RabbitMQ has none): the kernel answers through its own
+    # reply channel, never Celery's results.
+    has_redis = bool(settings.broker.redis_url) or is_redis_url(broker)
+    app = Celery(name, broker=broker, backend=settings.celery_result_backend() if has_redis else None)
     transport_options: dict[str, object] = {}
     if is_redis_url(broker):
         transport_options = {
@@ -45,7 +48,8 @@ def make_app(settings: Settings, name: str = "aios") -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         broker_transport_options=transport_options,
-        result_backend_transport_options={"visibility_timeout": settings.broker.visibility_timeout_s},
+        result_backend_transport_options={"visibility_timeout": settings.broker.visibility_timeout_s} if has_redis
+        else {},
         task_queues=kernel_queues(settings),
         task_default_queue=QUEUES["tool"],
         task_queue_max_priority=MAX_PRIORITY,

@@ -27,8 +27,22 @@ def agent_settings(kernel_settings: Settings, agent_id: str, key: str) -> Settin
 @contextmanager
 def open_arena(settings: Settings, broker: str, *, resources: Sequence[str] = ("tool", "storage"),
                kernel: LocalKernel | None = None) -> Iterator[Arena]:
-    """An arena on a new kernel (``settings`` as for :class:`LocalKernel`), or on ``kernel`` if given."""
+    """An arena on a new kernel (``settings`` as for :class:`LocalKernel`), or on ``kernel`` if given.
+
+    Its result limit is one a built-in call can pass (the oversized-result attack). On RabbitMQ its state lives
+    in a Redis of its own with the default user off, as a deployment keeps it (a shared Redis that lets anyone
+    in would be the hole, not the kernel)."""
+    from aios_bench.attacks.sandbox import ARENA_MAX_RESULT_BYTES
+
     own = kernel is None
+    state: LocalKernel | None = None
+    if own:
+        settings = settings.updated(max_result_bytes=ARENA_MAX_RESULT_BYTES)
+        if broker == "rabbitmq":
+            state = LocalKernel(settings.updated(broker_url=None, redis_url=None, data_dir=str(
+                Path(settings.data_dir) / "state")), resources=())
+            state.start()
+            settings = settings.updated(redis_url=state.settings.state_redis_url())
     lk = kernel or LocalKernel(settings, resources=resources)
     if own:
         lk.start()
@@ -47,3 +61,5 @@ def open_arena(settings: Settings, broker: str, *, resources: Sequence[str] = ("
     finally:
         if own:
             lk.stop()
+        if state is not None:
+            state.stop()

@@ -28,8 +28,14 @@ def refused_by_broker(exc: BaseException) -> bool:
 
 
 def attacker_state(arena: Arena) -> redis.Redis:
-    """The attacker's own connection to the Redis that holds replies (its broker user; no password but its own)."""
-    return redis.Redis.from_url(arena.attacker_settings.state_redis_url(), socket_timeout=10)
+    """The attacker's own connection to the kernel's Redis: with its broker user where it has one (a Redis
+    broker); on RabbitMQ, where agents hold no Redis address at all, the address learned somehow but no user."""
+    from aios.policy.broker_users import without_user
+
+    s = arena.attacker_settings
+    if s.broker.redis_url or is_redis_url(s.require_broker()):
+        return redis.Redis.from_url(s.state_redis_url(), socket_timeout=10)
+    return redis.Redis.from_url(without_user(arena.operator.state_redis_url()), socket_timeout=10)
 
 
 def attacker_broker(arena: Arena) -> redis.Redis | None:
