@@ -204,6 +204,24 @@ def authorized(settings: Settings, agent_id: str, **kwargs: Any) -> Kernel:
     return Kernel(agent_id, settings=settings, **kwargs)
 
 
+def await_reply(settings: Settings, agent_id: str, syscall_id: str, timeout_s: float = 15) -> str | None:
+    """The (sealed) answer handed to ``agent_id``'s caller of ``syscall_id``, read as the kernel's operator can:
+    its reply list on Redis, its reply queue on RabbitMQ. ``None`` if none came within ``timeout_s``."""
+    from aios.broker.reply_queues import ReplyInbox
+    from aios.state import keys
+    from aios.wire.priority import is_redis_url
+
+    if is_redis_url(settings.require_broker()):
+        got = redis.Redis.from_url(settings.state_redis_url()).blpop([keys.reply(agent_id, syscall_id)],
+                                                                     timeout=timeout_s)
+        return None if got is None else got[1].decode()
+    inbox = ReplyInbox(settings.require_broker(), agent_id)
+    try:
+        return inbox.get(syscall_id, timeout_s)
+    finally:
+        inbox.close()
+
+
 def run_aios(lk: LocalKernel, *args: str) -> "subprocess.CompletedProcess[str]":
     """The ``aios`` command as an operator runs it against ``lk`` (a subprocess with the kernel's environment)."""
     return subprocess.run([sys.executable, "-m", "aios", *args], env=lk.env(), capture_output=True, text=True,

@@ -17,7 +17,7 @@ from aios.policy.identity import Credentials, sign
 from aios.state import keys
 from aios.wire.seal import open_reply
 from aios.wire.syscalls import Response, Status, ToolSyscall
-from tests.conftest import authorized, publish_raw
+from tests.conftest import authorized, await_reply, publish_raw
 
 pytestmark = pytest.mark.integration
 
@@ -33,9 +33,9 @@ def _state(kernel: LocalKernel) -> redis.Redis:
 
 
 def _reply(kernel: LocalKernel, agent_id: str, syscall_id: str, timeout_s: float = 15) -> Response:
-    got = _state(kernel).blpop([keys.reply(agent_id, syscall_id)], timeout=timeout_s)
+    got = await_reply(kernel.settings, agent_id, syscall_id, timeout_s)
     assert got is not None, f"no reply for {syscall_id}"
-    return Response.model_validate_json(open_reply(got[1].decode(), None, syscall_id))
+    return Response.model_validate_json(open_reply(got, None, syscall_id))
 
 
 def _refused_unanswered(kernel: LocalKernel, agent_id: str, sid: str, code: str, before: int) -> dict:
@@ -46,7 +46,7 @@ def _refused_unanswered(kernel: LocalKernel, agent_id: str, sid: str, code: str,
     while int(state.hget(keys.STATS_REJECTED, code) or 0) == before:
         assert time.time() < deadline, f"the {code} refusal was never counted"
         time.sleep(0.05)
-    assert state.blpop([keys.reply(agent_id, sid)], timeout=0.3) is None
+    assert await_reply(kernel.settings, agent_id, sid, 0.3) is None
     letters = [json.loads(x) for x in state.lrange(keys.DEADLETTER, 0, 50)]
     return next(e for e in letters if e["syscall_id"] == sid and e["code"] == code)
 
