@@ -28,15 +28,16 @@ class Route:
 
 
 def publish_syscall(app: Celery, payload: dict[str, Any], *, syscall_id: str, kind: str, agent_id: str, route: Route,
-                    countdown: float | None = None, note: str = "") -> None:
-    """Publish the signed syscall ``payload`` (task id = syscall id) on ``route``.
+                    note: str = "") -> None:
+    """Publish the signed syscall ``payload`` (task id = syscall id) on ``route``, at once: no Celery ``eta`` or
+    ``countdown`` (workers refuse them; the kernel's own delays are :mod:`aios.worker.delayed`).
 
-    ``countdown``: a delay the kernel itself chooses (retries); ``note``: why it is (re)published, for logs and
-    Flower, which show a short label instead of the (possibly private) payload."""
+    ``note``: why it is (re)published, for logs and Flower, which show a short label instead of the (possibly
+    private) payload."""
     label = f"<{kind} syscall of {agent_id}{', ' + note if note else ''}>"
     app.send_task(
         route.task, args=[payload], task_id=syscall_id, queue=route.queue,
-        priority=to_broker(route.priority, app.conf.broker_url), countdown=countdown,
+        priority=to_broker(route.priority, app.conf.broker_url),
         headers={HEADER_ENQUEUED: time.time(), HEADER_PRIORITY: route.priority},
         # Replies come through the kernel's reply lists (aios.state.replies), not Celery's result backend:
         # subscribing to it for every syscall would pile unread pub/sub messages up in Redis.

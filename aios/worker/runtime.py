@@ -2,8 +2,8 @@
 
 A message reaches the service only after two gates: :mod:`aios.worker.gate` looks at the raw broker message
 before Celery decodes it (JSON only, size, envelope shape, task name); then the pipeline
-(:mod:`aios.worker.steps`) decodes the syscall against its schema, checks its signature, that it is not answered
-already, its deadline, approval and quotas, runs it, and answers. Whatever is refused gets an error reply (when the
+(:mod:`aios.worker.steps`) decodes the syscall against its schema, checks its signature, claims it (not answered,
+not running elsewhere), checks its deadline, approval and quotas, runs it, and answers. Whatever is refused gets an error reply (when the
 message names a syscall id), a count in ``aios:stats:rejected`` and a copy in the dead-letter list
 (:mod:`aios.worker.refusals`). The worker goes on serving.
 """
@@ -28,6 +28,8 @@ from aios.state.replies import Replies
 from aios.wire.errors import AIOSError
 from aios.wire.priority import is_redis_url
 from aios.worker.call import Call, Done, Refuse
+from aios.worker.claims import Claims
+from aios.worker.delayed import Delayed
 from aios.worker.pipeline import Pipeline, Step
 from aios.worker.refusals import Refusals
 from aios.worker.requeue import Requeue
@@ -55,6 +57,8 @@ class Runtime:
         self.placement = Placement(settings, lambda: self.redis)
         self.replies = Replies(self.redis, settings.broker.result_ttl_s)
         self.refusals = Refusals(self)
+        self.claims = Claims(self)
+        self.delayed = Delayed(self)
         self.requeue = Requeue(self)
         self.app: Celery | None = None
         """The worker's Celery app (set by :func:`aios.worker.app.create_worker_app`): requeues go through it."""

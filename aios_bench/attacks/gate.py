@@ -15,7 +15,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
-from kombu import Exchange, Producer, Queue
+from kombu.entity import Exchange, Queue
+from kombu.messaging import Producer
 
 from aios.broker.app import make_app
 from aios.policy.identity import SIG_FIELD, load_secret, sign
@@ -102,8 +103,8 @@ def deadletters_of(arena: Arena, ids: set[str], *, timeout_s: float = 30.0) -> l
     try:
         deadline = time.time() + timeout_s
         while True:
-            found = [raw for raw in state.lrange(keys.DEADLETTER, 0, 999)
-                     if json.loads(raw).get("syscall_id") in ids]
+            entries: list[bytes] = state.lrange(keys.DEADLETTER, 0, 999)  # type: ignore[assignment]  # redis-py: sync client
+            found = [raw for raw in entries if json.loads(raw).get("syscall_id") in ids]
             if len(found) >= len(ids) or time.time() > deadline:
                 return found
             time.sleep(0.2)
@@ -112,7 +113,8 @@ def deadletters_of(arena: Arena, ids: set[str], *, timeout_s: float = 30.0) -> l
 
 
 def noop(arena: Arena) -> Syscall:
-    return arena.attacker.tool_syscall("echo", {"text": "held?"}, timeout_s=WAIT_S)
+    syscall: Syscall = arena.attacker.tool_syscall("echo", {"text": "held?"}, timeout_s=WAIT_S)
+    return syscall
 
 
 # -- the attacks ------------------------------------------------------------------------------------------------------
