@@ -98,19 +98,23 @@ class KernelConsumer(Consumer):  # type: ignore[misc]  # celery ships no type hi
             refusal = check_envelope(message, runtime)
             if refusal is None:
                 return handler(message)
-            code, text = refusal
-            headers = message.headers if isinstance(message.headers, dict) else {}
-            syscall_id = headers.get("id")
             try:
-                runtime.refusals.reject(code, text, syscall_id if _is_id(syscall_id) else None, message.body, meta={
-                    "content_type": message.content_type, "task": headers.get("task"),
-                    "message_bytes": message_size(message),
-                })
+                refuse(message, runtime, *refusal)
             finally:
                 message.ack()
             return None
 
         return gate
+
+
+def refuse(message: Any, runtime: "Runtime", code: str, text: str) -> None:
+    """Dead-letter and count a refused message, and tell its caller if it names a syscall id (a well-formed one:
+    a message is never answered under an id that no syscall could have)."""
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    syscall_id = headers.get("id")
+    runtime.refusals.reject(code, text, syscall_id if _is_id(syscall_id) else None, message.body, meta={
+        "content_type": message.content_type, "task": headers.get("task"), "message_bytes": message_size(message),
+    })
 
 
 def _is_id(value: Any) -> bool:

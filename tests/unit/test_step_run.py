@@ -93,6 +93,7 @@ def test_a_preempted_generation_is_suspended_and_requeued(harness: MakeHarness) 
     assert h.run(syscall) is None
     assert h.snapshot(syscall.id) == snap
     assert [q.message_id for q in h.queued()] == [syscall.id]
+    assert not h.redis.exists(keys.claim(syscall.id))  # given up before the copy was published: it can run
     assert h.count(keys.STATS_DONE, "llm:preempted") == 1
     stats = h.redis.hgetall(keys.agent_stats("llm"))
     assert f"{h.agent_id}:service_s".encode() in stats and f"{h.agent_id}:n".encode() not in stats  # a slice
