@@ -116,6 +116,8 @@ BAD_INPUTS = {
     "payload_too_large": lambda sid: (_envelope(_valid_tool_syscall(id=sid, arguments={"text": "x" * 1_100_000})),
                                       "application/json", "aios.tool"),
     "unknown_task": lambda sid: (_envelope(_valid_tool_syscall(id=sid)), "application/json", "aios.rm_rf"),
+    "broker_feature": lambda sid: (_envelope(_valid_tool_syscall(id=sid)), "application/json", "aios.tool",
+                                   {"eta": "2099-01-01T00:00:00+00:00"}),
 }
 
 
@@ -126,8 +128,9 @@ def test_bad_input_gets_clear_error_is_dead_lettered_and_worker_keeps_serving(
     state = _state(kernel)
     rejected_before = int(state.hget(keys.STATS_REJECTED, code) or 0)
     sid = uuid.uuid4().hex
-    body, content_type, task = BAD_INPUTS[code](sid)
-    publish_raw(kernel.settings, body, content_type=content_type, task=task, message_id=sid)
+    body, content_type, task, *headers = BAD_INPUTS[code](sid)
+    publish_raw(kernel.settings, body, content_type=content_type, task=task, message_id=sid,
+                headers=headers[0] if headers else None)
 
     response = _reply(kernel, sid)
     assert response.status is Status.ERROR

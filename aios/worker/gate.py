@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import kombu.message
 from celery.worker.consumer import Consumer
 
 from aios.state.keys import HEADER_ENQUEUED, HEADER_PRIORITY
@@ -78,6 +79,7 @@ HEADERS: dict[str, Callable[[Any, str], bool]] = {
     "argsrepr": _text, "kwargsrepr": _text, "origin": _text, "ignore_result": _ignore_result,
     "replaced_task_nesting": _zero, "stamped_headers": _empty, "stamps": _empty,
     HEADER_ENQUEUED: _time, HEADER_PRIORITY: _priority,
+    "redelivered": lambda value, own_id: value in (None, True, False),  # kombu's Redis transport, on a redelivery
 }
 """The Celery protocol 2 headers the kernel's publish path sends, each with a test of the value it sends (the
 ids: unset, or the message's own id, as Celery sets them for a syscall republished from inside a worker task)."""
@@ -87,12 +89,24 @@ WHY_FEATURE = ("the kernel does not act on Celery's broker features (eta, countd
                "groups, chords, callbacks); publish through the aios SDK")
 
 
+def _no_decompression(body: Any, content_type: str) -> Any:
+    raise ValueError(f"compressed message bodies ({content_type}) are refused")
+
+
+def refuse_compression() -> None:
+    """kombu inflates a body whose ``compression`` header names a codec while it builds the message, before any
+    handler sees it: a small zlib bomb would become gigabytes in the worker. The kernel never compresses, so a
+    worker inflates nothing: the message keeps its compressed body, and the gate refuses its header."""
+    kombu.message.decompress = _no_decompression  # type: ignore[attr-defined]  # kombu: not in its __all__
+
+
 class KernelConsumer(Consumer):  # type: ignore[misc]  # celery ships no type hints
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], Any]:
         handler: Callable[[Any], Any] = super().create_task_handler(*args, **kwargs)
         runtime: Runtime | None = getattr(self.app, "aios_runtime", None)
         if runtime is None:  # a plain Celery app using this consumer by mistake: behave like Celery
             return handler
+        refuse_compression()
 
         def gate(message: Any) -> Any:
             refusal = check_envelope(message, runtime)
@@ -105,6 +119,20 @@ class KernelConsumer(Consumer):  # type: ignore[misc]  # celery ships no type hi
             return None
 
         return gate
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        """A message kombu could not even build (a compressed body, see :func:`refuse_compression`): refused like
+        any other, where Celery would only log it."""
+        runtime: Runtime | None = getattr(self.app, "aios_runtime", None)
+        if runtime is None:
+            super().on_decode_error(message, exc)
+            return
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        code = "broker_feature" if headers.get("compression") else "malformed"
+        try:
+            refuse(message, runtime, code, f"message refused before decoding: {short(str(exc), 200)}; {WHY_FEATURE}")
+        finally:
+            message.ack()
 
 
 def refuse(message: Any, runtime: "Runtime", code: str, text: str) -> None:

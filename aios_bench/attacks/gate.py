@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+import zlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -205,3 +206,21 @@ def deadletter_flood(arena: Arena) -> Outcome:
     saw = f"{len(kept)} of 20 refusals kept, {total} bytes; the store holds {store} bytes (cap {cap})"
     bounded = total <= 20 * DEADLETTER_ENTRY_BOUND and (cap is None or store <= cap)
     return Outcome(bounded and cap is not None, saw)
+
+
+@attack("gate_compression_bomb", area="gate", claim="no message makes a worker hold, expire or chain it: Celery's "
+                                                   "broker features are refused at the gate")
+def compression_bomb(arena: Arena) -> Outcome:
+    """A 60 KB zlib body that inflates to 60 MB: kombu inflates a body whose ``compression`` header names a codec
+    while it builds the message, before any gate looks at it (a bigger one takes the worker's memory)."""
+    syscall = noop(arena)
+    bomb = zlib.compress(b"[" + b" " * 60_000_000 + b"]", 9)
+    publish_raw(arena, bomb, message_id=syscall.id, headers={"compression": "application/x-gzip"})
+    kept = deadletters_of(arena, {syscall.id}, timeout_s=10.0)
+    inflated = [e for e in map(json.loads, kept) if int(e.get("message_bytes") or 0) > 1_000_000]
+    if inflated or not kept:
+        return Outcome(False, f"the worker inflated it: {inflated[0]['message_bytes'] if inflated else 'no'} bytes "
+                              "(or never refused it)")
+    entry = json.loads(kept[0])
+    return Outcome(entry["code"] == "broker_feature", f"{entry['code']}: {entry['error']}; kept "
+                                                     f"{entry['message_bytes']} bytes")

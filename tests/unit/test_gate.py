@@ -186,3 +186,18 @@ def test_a_refusals_text_is_cut_and_so_is_its_callers_error(h: Harness) -> None:
     assert len(entry["error"]) < 1100 and len(entry["task"]) < 300
     answer = h.reply(sid)
     assert answer is not None and answer.error is not None and len(answer.error.message) < 1100
+
+
+def test_a_compressed_body_is_never_inflated(h: Harness) -> None:
+    """kombu inflates a body naming a codec while it builds the message, before the gate: a worker refuses to."""
+    import zlib
+
+    from aios.worker.gate import refuse_compression
+
+    refuse_compression()
+    bomb = zlib.compress(b" " * 5_000_000)
+    message = Message(body=bomb, content_type="application/json", content_encoding="utf-8",
+                      headers={"task": "aios.tool", "id": uuid.uuid4().hex, "compression": "application/x-gzip"})
+    assert message.errors and message.body == bomb  # kept compressed: kombu calls the decode-error handler
+    refusal = check_envelope(message, h.runtime)
+    assert refusal is not None and refusal[0] == "broker_feature" and "'compression'" in refusal[1]
