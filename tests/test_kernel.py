@@ -7,16 +7,26 @@ import json
 import pickle
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import redis
 
-from aios import AccessDenied, AsyncKernel, InvalidToolArguments, Kernel, NotFound, PayloadTooLarge, SyscallTimeout
+from aios import (
+    AccessDenied,
+    AsyncKernel,
+    InvalidSyscall,
+    InvalidToolArguments,
+    Kernel,
+    NotFound,
+    PayloadTooLarge,
+    SyscallTimeout,
+)
 from aios.ops.embedded import LocalKernel
 from aios.policy.identity import Credentials, sign
 from aios.state import keys
 from aios.wire.syscalls import Response, Status, ToolSyscall
-from tests.conftest import authorized, publish_raw
+from tests.conftest import authorized, base_settings, publish_raw
 
 pytestmark = pytest.mark.integration
 
@@ -199,3 +209,25 @@ def test_invalid_syscall_fails_on_the_client_before_sending(sdk: Kernel) -> None
         sdk.call_tool("noop", priority=11)
     with pytest.raises(ValueError, match="agent_id"):
         Kernel("../etc", settings=sdk.settings)
+
+
+def test_a_replay_after_the_answer_expired_finds_its_deadline_passed(tmp_path: Path) -> None:
+    """The idempotency record outlives every deadline (timeout_s <= AIOS_MAX_SYSCALL_TIMEOUT_S < the visibility
+    timeout <= AIOS_RESULT_TTL_S): a captured write replayed once its answer has expired is past its deadline and
+    does not run again. Before the cap, a write signed with a long timeout_s ran a second time here."""
+    settings = base_settings(tmp_path, result_ttl_s=3, visibility_timeout_s=3, max_syscall_timeout_s=2,
+                             default_timeout_s=2)
+    with LocalKernel(settings, resources=["tool"]) as lk, authorized(lk.settings, "replayer") as k:
+        state = _state(lk)
+        write = k.tool_syscall("write_file", {"path": "r.txt", "content": "x"})
+        assert k.call(write)["version"] == 1
+        deadline = time.time() + 10
+        while state.exists(keys.result(write.id)):
+            assert time.time() < deadline, "the answer never expired"
+            time.sleep(0.1)
+        k.submit(write)  # the captured message again
+        response = _reply(lk, write.id)
+        assert response.error is not None and response.error.code == "deadline_exceeded"
+        assert k.call_tool("write_file", path="r.txt", content="y")["version"] == 2  # it did not run again
+        with pytest.raises(InvalidSyscall, match="AIOS_MAX_SYSCALL_TIMEOUT_S"):  # nor may a longer deadline
+            k.call(k.tool_syscall("noop").model_copy(update={"timeout_s": 60.0}))
