@@ -9,10 +9,9 @@ a syscall; every scope that applies must have room, and the syscall is then reco
 (all or nothing). An LLM syscall reserves ``estimated prompt tokens + max_tokens``; :meth:`Governor.release`
 corrects that to the real usage, and from then on counts the request in the window from when it ended (a
 provider counts it on arrival, after the kernel admitted it: counting from admission would free its slot
-early). Past a limit the worker waits for the turn the script names (``wait``, the
-default), a short while in its thread and then put off in the kernel's Redis (so that no thread waits long enough
-for the broker to redeliver the message), until the syscall's deadline; or it answers :class:`QuotaExceeded`
-naming the limit (``fail``). A spent
+early). Past a limit the worker waits for the turn the script names (``wait``, the default), a short while in its
+thread and then put off in the kernel's Redis (so that no thread waits long enough for the broker to redeliver the
+message), until the syscall's deadline; or it answers :class:`QuotaExceeded` naming the limit (``fail``). A spent
 token budget always fails: waiting would not help.
 
 **Leases** hold concurrency slots (a scope's ``concurrency``, and every tool that declares ``max_concurrency``,
