@@ -102,6 +102,9 @@ class BrokerSettings(BaseModel):
     """Redis only: an unacknowledged message is redelivered after this long (a worker that died mid-syscall)."""
     result_ttl_s: int = 86_400
     deadletter_max: int = 10_000
+    deadletter_max_bytes: int = Field(default=16_777_216, ge=65_536)
+    """``aios:deadletter`` holds at most this many bytes of entries (besides ``deadletter_max`` entries): the
+    oldest go first. Each entry keeps only the first 4 KB of what was refused, with its size and SHA-256."""
 
     def require(self) -> str:
         if self.url is None:
@@ -120,9 +123,10 @@ class SyscallSettings(BaseModel):
     max_payload_bytes: int = Field(default=1_000_000, ge=1024)
     default_timeout_s: float = Field(default=120.0, gt=0)
     max_syscall_timeout_s: float = Field(default=600.0, gt=0)
-    """The longest one syscall may take to run on a worker (its service time, not its wait in the queue).
-    ``visibility_timeout_s`` must be above it; on RabbitMQ it must stay below the server's ``consumer_timeout``
-    (30 min by default)."""
+    """The longest one syscall may take to run on a worker (its service time, not its wait in the queue), and
+    the largest ``timeout_s`` a worker accepts (a larger one is refused, ``invalid_syscall``), so that no deadline
+    outlives a syscall's stored answer. ``visibility_timeout_s`` must be above it; on RabbitMQ it must stay below
+    the server's ``consumer_timeout`` (30 min by default)."""
 
 
 class SecuritySettings(BaseModel):
@@ -378,6 +382,11 @@ class Settings(BaseModel):
                 f"AIOS_VISIBILITY_TIMEOUT_S ({b.visibility_timeout_s}) must be above AIOS_MAX_SYSCALL_TIMEOUT_S "
                 f"({limits.max_syscall_timeout_s}), or Redis redelivers syscalls that are still running"
             )
+        if limits.default_timeout_s > limits.max_syscall_timeout_s:
+            raise ConfigError(
+                f"AIOS_DEFAULT_TIMEOUT_S ({limits.default_timeout_s}) must not be above AIOS_MAX_SYSCALL_TIMEOUT_S "
+                f"({limits.max_syscall_timeout_s}): workers refuse a syscall whose timeout_s is above it"
+            )
         if b.result_ttl_s < b.visibility_timeout_s:
             raise ConfigError(
                 f"AIOS_RESULT_TTL_S ({b.result_ttl_s}) must be at least AIOS_VISIBILITY_TIMEOUT_S "
@@ -454,6 +463,7 @@ FLAT: dict[str, tuple[str, str]] = {
     "visibility_timeout_s": ("broker", "visibility_timeout_s"),
     "result_ttl_s": ("broker", "result_ttl_s"),
     "deadletter_max": ("broker", "deadletter_max"),
+    "deadletter_max_bytes": ("broker", "deadletter_max_bytes"),
     "max_payload_bytes": ("syscalls", "max_payload_bytes"),
     "default_timeout_s": ("syscalls", "default_timeout_s"),
     "max_syscall_timeout_s": ("syscalls", "max_syscall_timeout_s"),

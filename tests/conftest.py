@@ -229,8 +229,10 @@ def run_aios(lk: LocalKernel, *args: str) -> "subprocess.CompletedProcess[str]":
 
 
 def publish_raw(settings: Settings, body: bytes, *, content_type: str, task: str = "aios.tool",
-                queue: str = QUEUES["tool"], message_id: str | None = None) -> str:
-    """Publish bytes straight onto a kernel queue, bypassing the SDK: how a buggy or hostile client would."""
+                queue: str = QUEUES["tool"], message_id: str | None = None,
+                headers: dict[str, Any] | None = None) -> str:
+    """Publish bytes straight onto a kernel queue, bypassing the SDK: how a buggy or hostile client would
+    (``headers``: more Celery headers, an ``eta`` say)."""
     message_id = message_id or uuid.uuid4().hex
     broker = settings.require_broker()
     q = Queue(queue, Exchange(queue, type="direct"), routing_key=queue, queue_arguments={"x-max-priority": MAX_PRIORITY})
@@ -239,7 +241,7 @@ def publish_raw(settings: Settings, body: bytes, *, content_type: str, task: str
         Producer(conn.default_channel).publish(
             body, exchange=q.exchange, routing_key=queue, declare=[q], content_type=content_type,
             content_encoding="binary" if content_type != "application/json" else "utf-8",
-            headers={"task": task, "id": message_id, "lang": "py", "argsrepr": "", "kwargsrepr": ""},
+            headers={"task": task, "id": message_id, "lang": "py", "argsrepr": "", "kwargsrepr": "", **(headers or {})},
             priority=to_broker(DEFAULT_PRIORITY, broker),
         )
     app.close()

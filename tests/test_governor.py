@@ -190,6 +190,27 @@ def test_through_the_kernel_quotas_fail_with_the_limit_and_status_shows_agents(t
         assert 'aios_syscalls_answered_total{kind="tool",status="error"} 1.0' in text
 
 
+def test_through_the_kernel_a_long_quota_wait_is_put_off_the_worker_and_runs_once(tmp_path: Path) -> None:
+    """A wait longer than a worker thread may hold it: the syscall goes to the kernel's Redis until its turn, the
+    worker's timer puts it back on the queue, and it runs once; meanwhile the worker's only thread serves others."""
+    settings = base_settings(tmp_path, quotas={"agent:limited": {"rpm": 1}}, quota_window_s=4, worker_concurrency=1)
+    with LocalKernel(settings, resources=["tool"]) as lk, authorized(lk.settings, "limited") as k, \
+            authorized(lk.settings, "free") as other:
+        state = redis.Redis.from_url(lk.settings.state_redis_url())
+        k.call_tool("noop")
+        started = time.time()
+        pending = k.submit(k.tool_syscall("noop"))
+        deadline = time.time() + 10
+        while int(state.hget(keys.STATS_DONE, "tool:throttled") or 0) < 1:
+            assert time.time() < deadline, "the syscall was never put off"
+            time.sleep(0.05)
+        assert other.call_tool("echo", text="meanwhile") == {"text": "meanwhile"}  # the one thread is free
+        response = k.wait_response(pending)
+        assert response.status.value == "ok" and time.time() - started >= 3.0
+        assert response.timing.queue_wait_s >= 3.0  # the whole wait is queue wait
+        assert int(state.hget(keys.STATS_DONE, "tool:ok") or 0) == 3
+
+
 def test_fair_state_measures_excess_over_the_least_served_active_agent(holder: LocalKernel, r: redis.Redis) -> None:
     from aios.policy.governor import FairState
 

@@ -7,17 +7,27 @@ import json
 import pickle
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import redis
 
-from aios import AccessDenied, AsyncKernel, InvalidToolArguments, Kernel, NotFound, PayloadTooLarge, SyscallTimeout
+from aios import (
+    AccessDenied,
+    AsyncKernel,
+    InvalidSyscall,
+    InvalidToolArguments,
+    Kernel,
+    NotFound,
+    PayloadTooLarge,
+    SyscallTimeout,
+)
 from aios.ops.embedded import LocalKernel
 from aios.policy.identity import Credentials, sign
 from aios.state import keys
 from aios.wire.seal import open_reply
 from aios.wire.syscalls import Response, Status, ToolSyscall
-from tests.conftest import authorized, await_reply, publish_raw
+from tests.conftest import authorized, await_reply, base_settings, publish_raw
 
 pytestmark = pytest.mark.integration
 
@@ -130,6 +140,8 @@ BAD_INPUTS = {
     "payload_too_large": lambda sid: (_envelope(_valid_tool_syscall(id=sid, arguments={"text": "x" * 1_100_000})),
                                       "application/json", "aios.tool"),
     "unknown_task": lambda sid: (_envelope(_valid_tool_syscall(id=sid)), "application/json", "aios.rm_rf"),
+    "broker_feature": lambda sid: (_envelope(_valid_tool_syscall(id=sid)), "application/json", "aios.tool",
+                                   {"eta": "2099-01-01T00:00:00+00:00"}),
 }
 
 
@@ -140,8 +152,9 @@ def test_bad_input_is_refused_with_a_clear_dead_letter_and_worker_keeps_serving(
     state = _state(kernel)
     rejected_before = int(state.hget(keys.STATS_REJECTED, code) or 0)
     sid = uuid.uuid4().hex
-    body, content_type, task = BAD_INPUTS[code](sid)
-    publish_raw(kernel.settings, body, content_type=content_type, task=task, message_id=sid)
+    body, content_type, task, *headers = BAD_INPUTS[code](sid)
+    publish_raw(kernel.settings, body, content_type=content_type, task=task, message_id=sid,
+                headers=headers[0] if headers else None)
     letter = _refused_unanswered(kernel, "raw-client", sid, code, rejected_before)
     assert len(letter["error"]) > 20  # says what is wrong, not just a code
     # the worker is alive and serving
@@ -204,3 +217,25 @@ def test_invalid_syscall_fails_on_the_client_before_sending(sdk: Kernel) -> None
         sdk.call_tool("noop", priority=11)
     with pytest.raises(ValueError, match="agent_id"):
         Kernel("../etc", settings=sdk.settings)
+
+
+def test_a_replay_after_the_answer_expired_finds_its_deadline_passed(tmp_path: Path) -> None:
+    """The idempotency record outlives every deadline (timeout_s <= AIOS_MAX_SYSCALL_TIMEOUT_S < the visibility
+    timeout <= AIOS_RESULT_TTL_S): a captured write replayed once its answer has expired is past its deadline and
+    does not run again. Before the cap, a write signed with a long timeout_s ran a second time here."""
+    settings = base_settings(tmp_path, result_ttl_s=3, visibility_timeout_s=3, max_syscall_timeout_s=2,
+                             default_timeout_s=2)
+    with LocalKernel(settings, resources=["tool"]) as lk, authorized(lk.settings, "replayer") as k:
+        state = _state(lk)
+        write = k.tool_syscall("write_file", {"path": "r.txt", "content": "x"})
+        assert k.call(write)["version"] == 1
+        deadline = time.time() + 10
+        while state.exists(keys.result(write.id)):
+            assert time.time() < deadline, "the answer never expired"
+            time.sleep(0.1)
+        k.submit(write)  # the captured message again
+        response = _reply(lk, write.id)
+        assert response.error is not None and response.error.code == "deadline_exceeded"
+        assert k.call_tool("write_file", path="r.txt", content="y")["version"] == 2  # it did not run again
+        with pytest.raises(InvalidSyscall, match="AIOS_MAX_SYSCALL_TIMEOUT_S"):  # nor may a longer deadline
+            k.call(k.tool_syscall("noop").model_copy(update={"timeout_s": 60.0}))

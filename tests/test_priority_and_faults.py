@@ -10,7 +10,9 @@ import redis
 
 from aios.ops.embedded import LocalKernel
 from aios.state import keys
-from tests.conftest import BROKERS, authorized, make_broker_settings
+from aios.wire.seal import open_reply
+from aios.wire.syscalls import Response
+from tests.conftest import BROKERS, authorized, await_reply, make_broker_settings
 
 pytestmark = pytest.mark.integration
 
@@ -34,17 +36,27 @@ def test_high_priority_runs_before_queued_low_priority(broker: str, tmp_path: Pa
 @pytest.mark.parametrize("broker", BROKERS)
 def test_tool_worker_killed_during_long_syscall_redelivers(broker: str, tmp_path: Path,
                                                            request: pytest.FixtureRequest) -> None:
-    settings = make_broker_settings(broker, tmp_path, request, worker_concurrency=1, visibility_timeout_s=4,
-                                    max_syscall_timeout_s=3)
+    """The killed worker's message is redelivered and the syscall is answered once, never run twice. RabbitMQ
+    redelivers at once: the copy waits for the dead worker's claim to lapse, then runs to completion. Redis
+    redelivers after the visibility timeout, which is above AIOS_MAX_SYSCALL_TIMEOUT_S and so above every
+    timeout_s: the copy comes after its deadline and is answered deadline_exceeded without running."""
+    rabbit = broker == "rabbitmq"
+    limit = 10 if rabbit else 3  # RabbitMQ: room for the claim's lease (half the visibility timeout) to lapse
+    settings = make_broker_settings(broker, tmp_path, request, worker_concurrency=1, visibility_timeout_s=limit + 2,
+                                    max_syscall_timeout_s=limit, default_timeout_s=limit)
     with LocalKernel(settings, resources=["tool"]) as lk, authorized(lk.settings, "survivor") as k:
         state = redis.Redis.from_url(lk.settings.state_redis_url())
-        pending = k.submit(k.tool_syscall("sleep", {"seconds": 2.5}, timeout_s=60))
+        pending = k.submit(k.tool_syscall("sleep", {"seconds": 2.5}, timeout_s=limit))
         time.sleep(1.0)  # an idle worker picks it up at once: it is now 1 s into its 2.5 s
         lk.kill_worker("tool")
         assert state.exists(keys.result(pending.id)) == 0, "it must not have finished before the kill"
         lk.start_worker("tool")
-        response = k.wait_response(pending)
-        assert response.result == {"slept_s": 2.5}
-        time.sleep(0.5)
-        assert state.llen(keys.reply(k.agent_id, pending.id)) == 0
-        assert int(state.hget(keys.STATS_DONE, "tool:ok") or 0) == 1  # run to completion exactly once
+        got = await_reply(lk.settings, k.agent_id, pending.id, limit + 15)
+        assert got is not None, "the redelivered syscall was never answered"
+        response = Response.model_validate_json(open_reply(got, None, pending.id))
+        if rabbit:
+            assert response.result == {"slept_s": 2.5}
+        else:
+            assert response.error is not None and response.error.code == "deadline_exceeded"
+        assert await_reply(lk.settings, k.agent_id, pending.id, 0.5) is None  # answered once
+        assert int(state.hget(keys.STATS_DONE, "tool:ok") or 0) == (1 if rabbit else 0)  # never run twice

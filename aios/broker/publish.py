@@ -29,14 +29,15 @@ class Route:
 
 
 def publish_syscall(app: Celery, payload: dict[str, Any], *, syscall_id: str, kind: str, agent_id: str, route: Route,
-                    countdown: float | None = None, note: str = "", from_agent: bool = False) -> None:
-    """Publish the signed syscall ``payload`` (task id = syscall id) on ``route``.
+                    note: str = "", from_agent: bool = False) -> None:
+    """Publish the signed syscall ``payload`` (task id = syscall id) on ``route``, at once: no Celery ``eta`` or
+    ``countdown`` (workers refuse them; the kernel's own delays are :mod:`aios.worker.delayed`).
 
-    ``countdown``: a delay the kernel itself chooses (retries); ``note``: why it is (re)published, for logs and
-    Flower, which show a short label instead of the (possibly private) payload. ``from_agent``: published by
-    the agent's own broker user, which may neither declare nor bind anything: on Redis the message goes straight
-    onto the queue's list (kombu's default exchange), on RabbitMQ to the kernel's exchange of that queue, with
-    ``user_id`` set so that the broker vouches for the sender."""
+    ``note``: why it is (re)published, for logs and Flower, which show a short label instead of the (possibly
+    private) payload. ``from_agent``: published by the agent's own broker user, which may neither declare nor
+    bind anything: on Redis the message goes straight onto the queue's list (kombu's default exchange), on
+    RabbitMQ to the kernel's exchange of that queue, with ``user_id`` set so that the broker vouches for the
+    sender."""
     label = f"<{kind} syscall of {agent_id}{', ' + note if note else ''}>"
     extra: dict[str, Any] = {}
     if from_agent:
@@ -47,7 +48,7 @@ def publish_syscall(app: Celery, payload: dict[str, Any], *, syscall_id: str, ki
             extra["user_id"] = user
     app.send_task(
         route.task, args=[payload], task_id=syscall_id, queue=route.queue,
-        priority=to_broker(route.priority, app.conf.broker_url), countdown=countdown,
+        priority=to_broker(route.priority, app.conf.broker_url),
         headers={HEADER_ENQUEUED: time.time(), HEADER_PRIORITY: route.priority},
         # Replies come through the kernel's reply lists (aios.state.replies), not Celery's result backend:
         # subscribing to it for every syscall would pile unread pub/sub messages up in Redis.

@@ -9,8 +9,9 @@ a syscall; every scope that applies must have room, and the syscall is then reco
 (all or nothing). An LLM syscall reserves ``estimated prompt tokens + max_tokens``; :meth:`Governor.release`
 corrects that to the real usage, and from then on counts the request in the window from when it ended (a
 provider counts it on arrival, after the kernel admitted it: counting from admission would free its slot
-early). Past a limit the worker waits for the turn the script names (``wait``, the
-default) until the syscall's deadline, or answers :class:`QuotaExceeded` naming the limit (``fail``). A spent
+early). Past a limit the worker waits for the turn the script names (``wait``, the default), a short while in its
+thread and then put off in the kernel's Redis (so that no thread waits long enough for the broker to redeliver the
+message), until the syscall's deadline; or it answers :class:`QuotaExceeded` naming the limit (``fail``). A spent
 token budget always fails: waiting would not help.
 
 **Leases** hold concurrency slots (a scope's ``concurrency``, and every tool that declares ``max_concurrency``,
@@ -72,6 +73,15 @@ class Admission:
     leases: list[str] = field(default_factory=list)
 
 
+class Throttled(Exception):
+    """No room yet, and the wait would be longer than the caller of :meth:`Governor.admit` allowed."""
+
+    def __init__(self, retry_s: float, message: str) -> None:
+        super().__init__(message)
+        self.retry_s = retry_s
+        """When the window frees room (seconds from now); 0 when no time is known (a concurrency limit)."""
+
+
 def estimate_tokens(syscall: LLMSyscall) -> int:
     """An upper estimate of an LLM syscall's tokens: about 4 characters per token, plus per-message overhead,
     plus all of ``max_tokens``. It is corrected to the real usage when the syscall ends."""
@@ -127,8 +137,11 @@ class Governor:
 
     # -- admission ------------------------------------------------------------------------------------
 
-    def admit(self, syscall: Syscall, service: Any = None) -> Admission | None:
-        """Wait for room in every scope that applies (or fail, by ``AIOS_QUOTA_MODE``); ``None``: no limits."""
+    def admit(self, syscall: Syscall, service: Any = None, wait_s: float | None = None) -> Admission | None:
+        """Wait for room in every scope that applies (or fail, by ``AIOS_QUOTA_MODE``); ``None``: no limits.
+
+        ``wait_s``: wait at most this long here, then raise :class:`Throttled` (the worker puts the syscall off
+        instead of holding a thread until its deadline); ``None``: up to the deadline."""
         scopes = self.scopes(syscall, service)
         if not scopes:
             return None
@@ -156,6 +169,8 @@ class Governor:
                 raise QuotaExceeded(self._explain(scope, limit, syscall, tokens, retry, now - start))
             # The script names when the window frees room; concurrency has no such time: poll, backing off.
             delay = retry if retry > 0 else pause
+            if wait_s is not None and now + delay - start > wait_s:
+                raise Throttled(retry, f"quota {scope.name!r}: its {limit} limit is reached (waited {now - start:.1f} s)")
             pause = min(0.5, pause * 1.5)
             time.sleep(min(delay + 0.005, max(0.0, syscall.deadline - time.time())))
         adm.waited_s = time.time() - start

@@ -30,6 +30,7 @@ from aios.state.connections import broker_client
 from aios.wire.errors import (
     AuthError,
     ConfigError,
+    InvalidSyscall,
     KernelBusy,
     KernelUnavailable,
     PayloadTooLarge,
@@ -188,6 +189,10 @@ class _Core:
         if syscall.agent_id != self.agent_id:
             raise ValueError(f"this client acts for agent {self.agent_id!r}, not {syscall.agent_id!r}: "
                              "make one Kernel per agent")
+        cap = self.settings.syscalls.max_syscall_timeout_s
+        if syscall.timeout_s > cap:
+            raise InvalidSyscall(f"timeout_s {syscall.timeout_s:g} is above the kernel's limit of {cap:g}s "
+                                 "(AIOS_MAX_SYSCALL_TIMEOUT_S): lower it, or have the operator raise the limit")
         payload = syscall.model_dump(mode="json")
         if self._secret is not None:
             payload[SIG_FIELD] = sign(payload, self._secret)

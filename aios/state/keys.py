@@ -6,7 +6,10 @@ kombu's own per-priority list names for a queue are in :mod:`aios.broker.queues`
 
 PREFIX = "aios"
 DEADLETTER = f"{PREFIX}:deadletter"
-"""List of rejected messages, newest first (LPUSH), trimmed to ``AIOS_DEADLETTER_MAX``."""
+"""List of rejected messages, newest first (LPUSH), trimmed to ``AIOS_DEADLETTER_MAX`` entries and
+``AIOS_DEADLETTER_MAX_BYTES`` bytes (``lua/deadletter.lua``)."""
+DEADLETTER_BYTES = f"{PREFIX}:deadletter:bytes"
+"""The total bytes of the entries in :data:`DEADLETTER` (kept by ``lua/deadletter.lua``)."""
 STATS_REJECTED = f"{PREFIX}:stats:rejected"
 """Hash: rejection code -> count."""
 STATS_DONE = f"{PREFIX}:stats:done"
@@ -55,6 +58,22 @@ def context(syscall_id: str) -> str:
 def attempts(syscall_id: str) -> str:
     """How many times a syscall was requeued after a transient backend failure."""
     return f"{PREFIX}:attempts:{syscall_id}"
+
+
+def claim(syscall_id: str) -> str:
+    """The delivery that may start ``syscall_id`` now: its random token, a lease renewed while it runs
+    (:mod:`aios.worker.claims`)."""
+    return f"{PREFIX}:claim:{syscall_id}"
+
+
+def delayed(queue: str) -> str:
+    """Sorted set: syscall ids the kernel put off on ``queue``, by when they go back to it (:mod:`aios.worker.delayed`)."""
+    return f"{PREFIX}:delayed:{queue}"
+
+
+def delayed_messages(queue: str) -> str:
+    """Hash: syscall id -> the delayed message (its signed payload and why it was put off), for :func:`delayed`."""
+    return f"{PREFIX}:delayed-msg:{queue}"
 
 
 # -- access control (aios/policy/access.py, aios/policy/audit.py) ---------------------------------------------------------

@@ -11,13 +11,15 @@
 :class:`Harness` makes a :class:`~aios.worker.runtime.Runtime` for one resource on it, issues an agent's
 credential, builds syscalls with the real SDK's builders and signs them as the SDK does, runs a delivery
 through :meth:`Runtime.execute` as the worker's Celery task would, and reads what the pipeline left behind:
-the reply list the caller would BLPOP, the stored answer, messages requeued onto the broker's queue lists.
+the reply list the caller would BLPOP, the stored answer, messages requeued onto the broker's queue lists, and the
+syscalls the kernel put off (:meth:`Harness.delayed`, :meth:`Harness.move_delayed`).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,7 +204,10 @@ class Harness:
 
     def deliver(self, queue: str | None = None) -> Queued | None:
         """Take the next message off ``queue`` (default: this runtime's), in the order a worker would, and run it.
-        None when the queue is empty."""
+        None when the queue is empty. Put-off syscalls due by now go back onto the queue first, as a worker's timer
+        moves them (with ``app=True``)."""
+        if self.runtime.app is not None:
+            self.runtime.delayed.move_due()
         msg = self.take(queue)
         if msg is not None:
             self.runtime.execute(msg.message_id, msg.args, msg.kwargs, self.worker)
@@ -256,6 +261,16 @@ class Harness:
             if isinstance(raw, (bytes, str)):
                 return decode_message(name, raw)
         return None
+
+    def delayed(self) -> list[tuple[str, float]]:
+        """The syscalls the kernel put off on this runtime's queue (retries, quota waits, deferred copies):
+        ``(syscall id, due time)``, soonest first."""
+        return self.runtime.delayed.due()
+
+    def move_delayed(self, *, now: float | None = None) -> int:
+        """Publish the put-off syscalls due by ``now`` (default: all of them) back onto their queue, as a worker's
+        timer does (needs ``app=True``); how many. :meth:`deliver` then runs them."""
+        return self.runtime.delayed.move_due(time.time() + 1e6 if now is None else now)
 
     def count(self, hash_key: str, field: str) -> int:
         """A counter of a stats hash (``keys.STATS_DONE``, ``keys.STATS_REJECTED``), 0 when unset."""

@@ -132,7 +132,7 @@ for _cls in (
     KernelUnavailable, QuotaExceeded, KernelBusy,
 ):
     _BY_CODE[_cls.code] = _cls
-for _code in ("malformed", "unknown_kind", "content_type", "unknown_task", "wrong_queue"):
+for _code in ("malformed", "unknown_kind", "content_type", "unknown_task", "wrong_queue", "broker_feature"):
     _BY_CODE[_code] = InvalidSyscall
 for _code in ("unsigned", "forged", "replayed", "revoked", "unknown_agent", "credential_expired"):
     _BY_CODE[_code] = AuthError

@@ -1,6 +1,7 @@
 """The Celery app of one resource worker: ``celery -A workers.<resource> worker -Q aios.<resource>``.
 
-Background parts start and stop as Celery bootsteps (the ager, the approval expiry), not from signals."""
+Background parts start and stop as Celery bootsteps (the ager, the approval expiry, the mover of delayed
+syscalls), not from signals."""
 
 from __future__ import annotations
 
@@ -50,6 +51,21 @@ class ApprovalExpiryStep(bootsteps.StartStopStep):  # type: ignore[misc]  # cele
             self.expirer.stop()
 
 
+class DelayedStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery ships no type hints
+    """Moves the syscalls the kernel put off (retries, quota waits) back onto this worker's queue when due."""
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        self.runtime: Runtime | None = None
+
+    def start(self, worker: Any) -> None:
+        self.runtime = worker.app.aios_runtime
+        self.runtime.delayed.start()
+
+    def stop(self, worker: Any) -> None:
+        if self.runtime is not None:
+            self.runtime.delayed.stop()
+
+
 def create_worker_app(resource: str, service_factory: Callable[[Settings], Service],
                       settings: Settings | None = None, concurrency: int | None = None) -> Celery:
     settings = settings or get_settings()
@@ -68,6 +84,7 @@ def create_worker_app(resource: str, service_factory: Callable[[Settings], Servi
     app.conf.worker_consumer = "aios.worker.gate:KernelConsumer"
     app.steps["worker"].add(AgerStep)
     app.steps["worker"].add(ApprovalExpiryStep)
+    app.steps["worker"].add(DelayedStep)
 
     @app.task(name=runtime.task_name, bind=True, ignore_result=True, typing=False)  # type: ignore[untyped-decorator]  # celery has no type information
     def syscall(task: Any, *args: Any, **kwargs: Any) -> None:

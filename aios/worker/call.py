@@ -39,6 +39,8 @@ class Call:
     """The identity step accepted the sender (signature checked, or identities off): only then is it answered."""
     snapshot: Snapshot | None = None
     """A suspended generation to continue."""
+    claim: str | None = None
+    """This delivery's claim token while it holds the syscall's claim (:mod:`aios.worker.claims`)."""
     admission: Admission | None = None
     counted: bool = False
     """Its answer counts in its agent's record (it ran, or was refused by a quota): set by the steps that
@@ -88,4 +90,5 @@ class Answer(Outcome):
 
 
 class Done(Outcome):
-    """Nothing more to do for this delivery: parked for approval, requeued, or a duplicate already answered."""
+    """Nothing more to do for this delivery: parked for approval, requeued, or a duplicate (answered already, or
+    put off while another delivery holds its claim)."""

@@ -2,8 +2,8 @@
 
 A message reaches the service only after two gates: :mod:`aios.worker.gate` looks at the raw broker message
 before Celery decodes it (JSON only, size, envelope shape, task name); then the pipeline
-(:mod:`aios.worker.steps`) decodes the syscall against its schema, checks its signature, that it is not answered
-already, its deadline, approval and quotas, runs it, and answers. Whatever is refused gets an error reply (when the
+(:mod:`aios.worker.steps`) decodes the syscall against its schema, checks its signature, claims it (not answered,
+not running elsewhere), checks its deadline, approval and quotas, runs it, and answers. Whatever is refused gets an error reply (when the
 message names a syscall id), a count in ``aios:stats:rejected`` and a copy in the dead-letter list
 (:mod:`aios.worker.refusals`). The worker goes on serving.
 """
@@ -29,6 +29,8 @@ from aios.state.connections import broker_client, state_client
 from aios.wire.errors import AIOSError
 from aios.wire.priority import is_redis_url
 from aios.worker.call import Call, Done, Refuse
+from aios.worker.claims import Claims
+from aios.worker.delayed import Delayed
 from aios.worker.pipeline import Pipeline, Step
 from aios.worker.refusals import Refusals
 from aios.worker.requeue import Requeue
@@ -58,6 +60,8 @@ class Runtime:
         self.placement = Placement(settings, lambda: self.redis)
         self.replies = replies_for(self.redis, settings)
         self.refusals = Refusals(self)
+        self.claims = Claims(self)
+        self.delayed = Delayed(self)
         self.requeue = Requeue(self)
         self.arrivals: dict[str, int] = {}
         """Message id -> the kernel priority the gate saw it served at (popped by the placement step)."""

@@ -104,3 +104,18 @@ def envelope(payload: Any) -> bytes:
     import json
 
     return json.dumps([[payload], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]).encode()
+
+
+def more_answers(arena: Arena, syscall_id: str) -> int:
+    """How many more answers to the attacker's ``syscall_id`` wait to be read (after the one it took)."""
+    inbox = getattr(arena.attacker, "_inbox", None)
+    if inbox is not None:  # RabbitMQ: its reply queue, as its SDK consumes it
+        n = 0
+        while inbox.get(syscall_id, 0.3 if n == 0 else 0.05) is not None:
+            n += 1
+        return n
+    state = operator_state(arena)
+    try:
+        return int(state.llen(keys.reply("mallory", syscall_id)))
+    finally:
+        state.close()

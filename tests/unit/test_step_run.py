@@ -3,6 +3,8 @@ failure is requeued after a back-off; a preempted generation is suspended and re
 
 from __future__ import annotations
 
+import time
+
 from aios.broker.queues import step_lists
 from aios.state import keys
 from aios.state.context import Preempted, Snapshot
@@ -44,12 +46,19 @@ def test_a_transient_error_is_requeued_after_a_back_off(harness: MakeHarness, ma
     service = failing(BackendError("429 from the provider", transient=True))
     h = harness("llm", service, settings=make_settings(retry_backoff_s=0.5), app=True)
     syscall = h.sdk.llm_syscall("hi")
+    before = time.time()
     assert h.run(syscall) is None  # not answered: it goes round again
+    assert h.queued() == []  # put off in the kernel's Redis, not on the queue with a Celery eta
+    [(delayed_id, due)] = h.delayed()
+    assert delayed_id == syscall.id and before + 0.5 <= due <= time.time() + 0.5  # its back-off
+    assert h.move_delayed(now=before) == 0  # not due yet
+    assert h.move_delayed() == 1 and h.delayed() == []
     queued = h.queued()
     assert [q.message_id for q in queued] == [syscall.id] and queued[0].payload == h.payload(syscall)
-    assert queued[0].list_name in step_lists("aios.llm") and queued[0].headers["eta"]  # with its back-off
+    assert queued[0].list_name in step_lists("aios.llm") and queued[0].headers["eta"] is None
     assert h.redis.get(keys.attempts(syscall.id)) == b"1"
     assert h.count(keys.STATS_DONE, "llm:retried") == 1
+    assert not h.redis.exists(keys.claim(syscall.id))  # given up: the copy on the queue may run
 
 
 def test_when_the_retries_are_spent_the_error_is_the_answer(harness: MakeHarness, make_settings: MakeSettings) -> None:
@@ -84,6 +93,7 @@ def test_a_preempted_generation_is_suspended_and_requeued(harness: MakeHarness) 
     assert h.run(syscall) is None
     assert h.snapshot(syscall.id) == snap
     assert [q.message_id for q in h.queued()] == [syscall.id]
+    assert not h.redis.exists(keys.claim(syscall.id))  # given up before the copy was published: it can run
     assert h.count(keys.STATS_DONE, "llm:preempted") == 1
     stats = h.redis.hgetall(keys.agent_stats("llm"))
     assert f"{h.agent_id}:service_s".encode() in stats and f"{h.agent_id}:n".encode() not in stats  # a slice

@@ -11,8 +11,9 @@ if TYPE_CHECKING:
 
 
 def default_steps(rt: "Runtime") -> list[Step]:
-    """reply (its ``after`` answers, last of all), decode, state read, identity, idempotency, deadline,
-    placement, approval, quota, run (with preemption and retries)."""
+    """reply (its ``after`` answers, last of all), decode, state read, identity, idempotency (answered? else claim
+    it: at most one start), deadline (and the timeout_s cap), placement, approval, quota, run (with preemption and
+    retries)."""
     from aios.worker.steps.approval import ApprovalStep
     from aios.worker.steps.deadline import DeadlineStep
     from aios.worker.steps.decode import DecodeStep

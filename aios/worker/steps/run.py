@@ -34,10 +34,10 @@ class RunStep(Step):
         except Preempted as p:
             # Its time slice is up: the slice counts as the agent's service (the fair policy and status see it).
             self.rt.governor.account_slice(syscall, call.started, time.time())
-            self.rt.requeue.suspend(syscall, call.payload, p.snapshot)
+            self.rt.requeue.suspend(call, p.snapshot)
             raise Done() from None
         except AIOSError as exc:
-            if exc.transient and self.rt.requeue.retry_later(syscall, call.payload, exc):
+            if exc.transient and self.rt.requeue.retry_later(call, exc):
                 raise Done() from None
             call.response = call.error(exc)
             call.counted = True
