@@ -180,11 +180,16 @@ def test_the_byte_count_recovers_when_the_list_is_deleted(h: Harness) -> None:
 
 
 def test_a_refusals_text_is_cut_and_so_is_its_callers_error(h: Harness) -> None:
-    sid = uuid.uuid4().hex
-    h.runtime.refusals.reject("malformed", "e" * 100_000, sid, "x", meta={"task": "t" * 100_000})
+    from aios.worker.call import Call
+
+    syscall = h.sdk.tool_syscall("noop")
+    call = Call(message_id=syscall.id, args=(h.payload(syscall),), kwargs={}, worker="w")
+    call.syscall, call.verified, call.agent_key = syscall, True, h.secret  # a verified sender is answered
+    h.runtime.refusals.reject("malformed", "e" * 100_000, syscall.id, "x", meta={"task": "t" * 100_000},
+                              answer=call)
     [entry] = h.deadletters()
     assert len(entry["error"]) < 1100 and len(entry["task"]) < 300
-    answer = h.reply(sid)
+    answer = h.reply(syscall.id)
     assert answer is not None and answer.error is not None and len(answer.error.message) < 1100
 
 
