@@ -22,7 +22,7 @@ from kombu.messaging import Producer
 from aios.broker.app import make_app
 from aios.policy.identity import SIG_FIELD, load_secret, sign
 from aios.state import keys
-from aios.wire.priority import DEFAULT_PRIORITY, MAX_PRIORITY, to_broker
+from aios.wire.priority import DEFAULT_PRIORITY, MAX_PRIORITY, is_redis_url, to_broker
 from aios.wire.syscalls import Syscall
 from aios_bench.attacks import Arena, Outcome, attack
 from aios_bench.attacks.arena import ATTACKER
@@ -59,8 +59,11 @@ def publish_raw(arena: Arena, body: bytes, *, message_id: str, headers: dict[str
     app = make_app(settings, name="mallory-raw")
     try:
         with app.connection_for_write() as conn:
+            # As its own broker user may: straight onto the list on Redis, to the kernel's exchange on RabbitMQ,
+            # declaring nothing.
+            exchange = "" if is_redis_url(settings.require_broker()) else q.exchange
             Producer(conn.default_channel).publish(  # type: ignore[no-untyped-call]  # kombu: unannotated
-                body, exchange=q.exchange, routing_key=queue, declare=[q], content_type=content_type,
+                body, exchange=exchange, routing_key=queue, declare=[], content_type=content_type,
                 content_encoding="utf-8",
                 headers={"lang": "py", "task": task, "id": message_id, "argsrepr": "", "kwargsrepr": "",
                          **(headers or {})},
@@ -73,8 +76,11 @@ def send_task(arena: Arena, payload: dict[str, Any], *, queue: str = "aios.tool"
     """Publish ``payload`` with Celery's own ``send_task`` and any of its options (``countdown``, ``expires``...)."""
     app = make_app(arena.attacker_settings, name="mallory-celery")
     try:
+        exchange = "" if is_redis_url(arena.attacker_settings.require_broker()) else queue
         app.send_task(f"aios.{'storage' if queue == 'aios.storage' else 'tool'}", args=[payload],
-                      task_id=payload["id"], queue=queue, ignore_result=True, **options)
+                      task_id=payload["id"], queue=queue, ignore_result=True, exchange=exchange, routing_key=queue,
+                      declare=[], **{"priority": to_broker(DEFAULT_PRIORITY, arena.attacker_settings.require_broker()),
+                                     **options})
     finally:
         app.close()
 
