@@ -82,9 +82,9 @@ class KernelSyscalls:
 
     def __init__(self, settings: Settings, name: str = "kernel") -> None:
         self.name = name
-        if settings.security.auth == "required":
-            Credentials(settings).create("bench")
-        self.kernel = Kernel("bench", settings=settings, timeout_s=TIMEOUT_S)
+        key = Credentials(settings).create("bench", write_file=False).key if settings.security.auth == "required" \
+            else None
+        self.kernel = Kernel("bench", settings=settings, timeout_s=TIMEOUT_S, credential=key)
 
     def one(self) -> None:
         self.kernel.call_tool("noop")
@@ -265,8 +265,9 @@ def run_overhead(settings: Settings, *, n_latency: int = 1000, n_throughput: int
     with ExitStack() as stack:
         lk = stack.enter_context(LocalKernel(settings, resources=["tool"], progress=log))
         lk.start_celery_worker("raw", "aios_bench.raw_worker", RAW_QUEUE)
-        off = stack.enter_context(LocalKernel(embedded.updated(**{"auth": "off"}), resources=["tool"],
-                                              progress=log))
+        # "unsigned": the whole trust boundary off (no identities, no sealed replies, no broker users: ACLs)
+        off = stack.enter_context(LocalKernel(embedded.updated(**{"auth": "off", "broker_users": "off"}),
+                                              resources=["tool"], progress=log))
         contenders: list[Contender] = [RawCelery(lk.settings), KernelSyscalls(lk.settings),
                                        KernelSyscalls(off.settings, "unsigned")]
         if not lk.embedded:

@@ -233,9 +233,21 @@ def test_fair_policy_enters_more_served_agents_lower(tmp_path: Path) -> None:
             light.call_tool("noop")
             for _ in range(3):
                 heavy.call_tool("sleep", seconds=0.05)
-            h = heavy._placement.priority("tool", heavy.tool_syscall("noop"))
-            l_ = light._placement.priority("tool", light.tool_syscall("noop"))
+            # The policy is the kernel's: placed on the worker's side, from the kernel's own record of service.
+            from aios.policy.placement import Placement
+            from aios.state.connections import state_client
+
+            state = state_client(lk.settings)
+            placement = Placement(lk.settings, lambda: state)
+            h = placement.priority("tool", heavy.tool_syscall("noop"))
+            l_ = placement.priority("tool", light.tool_syscall("noop"))
             assert l_ == 9 and h < l_
+            # The SDK publishes at the top (it reads no kernel state); the worker demotes the heavy agent's syscall
+            # to the level the policy gives it before running it.
+            before = int(state.hget("aios:stats:done", "tool:demoted") or 0)
+            heavy.call_tool("noop")
+            assert int(state.hget("aios:stats:done", "tool:demoted") or 0) == before + 1
+            state.close()
 
 
 def test_aging_lets_a_low_priority_syscall_through_a_flood(tmp_path: Path) -> None:

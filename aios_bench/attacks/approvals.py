@@ -20,6 +20,7 @@ from aios.state import keys
 from aios.state.connections import state_client
 from aios.wire.errors import AIOSError, NotFound
 from aios_bench.attacks import Arena, Outcome, attack
+from aios_bench.attacks.arena import ATTACKER_MAX_PRIORITY
 
 WAIT_S = 20.0
 """How long an attack waits for the kernel to park, refuse or run a syscall."""
@@ -199,8 +200,10 @@ def swap_after_approve(arena: Arena) -> Outcome:
     _parked(arena, first.id)
     shown = _shown(arena, first.id)
     _approve(arena, first.id)
-    # Right behind the approval, the most urgent priority: ahead of the republished approved message if it can.
-    swap = m.storage_syscall("delete", precious, timeout_s=TIMEOUT_S, priority=9).model_copy(update={"id": first.id})
+    # Right behind the approval, the most urgent priority its grant allows: ahead of the republished approved
+    # message if it can.
+    swap = m.storage_syscall("delete", precious, timeout_s=TIMEOUT_S, priority=ATTACKER_MAX_PRIORITY).model_copy(
+        update={"id": first.id})
     for _ in range(3):
         m.submit(swap)
     answer = _answered(arena, first.id)
