@@ -35,6 +35,31 @@ def overhead(n_latency: int, n_throughput: int, rounds: int, json_path: Path | N
         _fail(exc)
 
 
+@bench.command()
+@click.option("--brokers", default="embedded", show_default=True,
+              help="Comma-separated: embedded, redis, rabbitmq (each a kernel of its own).")
+@click.option("--redis-url", default="redis://127.0.0.1:6379/15", show_default=True,
+              help="The Redis for --brokers redis: this database is FLUSHED.")
+@click.option("--rabbitmq-url", default="amqp://guest:guest@127.0.0.1:5672//", show_default=True,
+              help="The RabbitMQ for --brokers rabbitmq (the kernel's queues are purged; rabbitmqctl must be local).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def attacks(brokers: str, redis_url: str, rabbitmq_url: str, json_path: Path | None) -> None:
+    """Every attack of the suite (aios_bench.attacks), as an agent with its own credentials, on each broker."""
+    from aios_bench.attacks.bench import run_attacks
+
+    chosen = [b.strip() for b in brokers.split(",") if b.strip()]
+    unknown = set(chosen) - {"embedded", "redis", "rabbitmq"}
+    if unknown:
+        _fail(ValueError(f"unknown brokers {sorted(unknown)}: use embedded, redis, rabbitmq"))
+    try:
+        result = run_attacks(get_settings(), brokers=chosen, redis_url=redis_url, rabbitmq_url=rabbitmq_url,
+                             json_path=json_path)
+    except AIOSError as exc:
+        _fail(exc)
+    if result["succeeded"]:
+        raise SystemExit(1)
+
+
 def _params(defaults: Any, quick: Any, use_quick: bool, given: dict[str, Any]) -> Any:
     """The benchmark's parameters: its defaults (or its --quick ones), then the options given on the command line."""
     from dataclasses import replace

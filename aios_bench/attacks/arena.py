@@ -15,6 +15,8 @@ from aios.settings import Settings
 from aios_bench.attacks import Arena
 
 ATTACKER, VICTIM = "mallory", "alice"
+ARENA_QUOTA_BYTES = 4_000_000
+"""The arena's per-agent storage quota (the quota attack fills it)."""
 ATTACKER_MAX_PRIORITY = 5
 """The highest priority the arena grants mallory (its broker user may push no higher)."""
 
@@ -29,7 +31,8 @@ def open_arena(settings: Settings, broker: str, *, resources: Sequence[str] = ("
                kernel: LocalKernel | None = None) -> Iterator[Arena]:
     """An arena on a new kernel (``settings`` as for :class:`LocalKernel`), or on ``kernel`` if given.
 
-    Its result limit is one a built-in call can pass (the oversized-result attack). On RabbitMQ its state lives
+    Its result limit is one a built-in call can pass (the oversized-result attack), its storage quota one a few
+    writes fill (the quota attack). On RabbitMQ its state lives
     in a Redis of its own with the default user off, as a deployment keeps it (a shared Redis that lets anyone
     in would be the hole, not the kernel)."""
     from aios_bench.attacks.sandbox import ARENA_MAX_RESULT_BYTES
@@ -37,7 +40,8 @@ def open_arena(settings: Settings, broker: str, *, resources: Sequence[str] = ("
     own = kernel is None
     state: LocalKernel | None = None
     if own:
-        settings = settings.updated(max_result_bytes=ARENA_MAX_RESULT_BYTES)
+        # Limits an attack can reach in a few calls: a result one built-in can exceed, a quota a few writes fill.
+        settings = settings.updated(max_result_bytes=ARENA_MAX_RESULT_BYTES, storage_quota_bytes=ARENA_QUOTA_BYTES)
         if broker == "rabbitmq":
             state = LocalKernel(settings.updated(broker_url=None, redis_url=None, data_dir=str(
                 Path(settings.data_dir) / "state")), resources=())
