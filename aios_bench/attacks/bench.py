@@ -24,7 +24,7 @@ def broker_settings(broker: str, base: Settings, redis_url: str, rabbitmq_url: s
     import kombu
     import redis
 
-    connection: Any = getattr(kombu, "Connection")  # kombu ships no type hints
+    connection: Any = kombu.Connection  # kombu ships no type hints
     if broker == "embedded":
         return base.updated(broker_url=None, redis_url=None)
     if broker == "redis":
