@@ -158,8 +158,13 @@ def up(flower_port: int | None, metrics_port: int | None, loglevel: str) -> None
                 _server, url = serve(local.settings.updated(**{"redis_url": local.settings.state_redis_url()}),
                                      port=metrics_port)
                 _say(f"Prometheus metrics on {url}")
-            _say(f"kernel up: broker {local.broker_url}; logs in {local.log_dir}")
-            click.echo(f"export AIOS_BROKER_URL={local.broker_url} AIOS_REDIS_URL={local.settings.state_redis_url()}")
+            from aios.policy.broker_users import without_user
+
+            _say(f"kernel up: broker {without_user(local.broker_url)}; logs in {local.log_dir}")
+            # What agents elsewhere on this machine need (they add their own broker user); the kernel's own user is
+            # in <data_dir>/kernel/operator.json, for operators.
+            click.echo(f"export AIOS_BROKER_URL={without_user(local.broker_url)} "
+                       f"AIOS_REDIS_URL={without_user(local.settings.state_redis_url())}")
             _say("processes on this machine find this kernel without configuration; Ctrl-C stops it")
             while all(local.alive().values()):
                 time.sleep(0.5)

@@ -8,6 +8,7 @@ from typing import Any, cast
 
 from aios.broker.app import make_app
 from aios.broker.queues import redis_depth
+from aios.policy.broker_users import without_user
 from aios.settings import QUEUES, Settings, all_queues
 from aios.state import keys
 from aios.state.connections import as_text, broker_client, state_client
@@ -64,7 +65,7 @@ def collect(settings: Settings, timeout_s: float = 1.0) -> dict[str, Any]:
         deadletters = r.llen(keys.DEADLETTER)
     finally:
         r.close()
-    return {"broker": settings.broker_url, "queues": depths, "workers": workers, "in_flight": in_flight,
+    return {"broker": without_user(settings.broker_url) if settings.broker_url else None, "queues": depths, "workers": workers, "in_flight": in_flight,
             "answered": done, "rejected": rejected, "deadletters": deadletters, **scheduling(settings)}
 
 

@@ -24,7 +24,8 @@ def broker_settings(broker: str, base: Settings, redis_url: str, rabbitmq_url: s
     import kombu
     import redis
 
-    connection: Any = kombu.Connection  # kombu ships no type hints
+    kombu_any: Any = kombu  # kombu ships no type hints
+    connection = kombu_any.Connection
     if broker == "embedded":
         return base.updated(broker_url=None, redis_url=None)
     if broker == "redis":
