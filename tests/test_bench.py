@@ -108,3 +108,23 @@ def test_fairness_writes_json_with_both_targets_and_a_plot(tmp_path: Path) -> No
     assert all(len(run["service_s"]) == 2 for run in written["share"].values())
     assert all(len(run["waits_s"]) == 3 for run in written["priority"].values())
     assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+@pytest.mark.integration
+def test_attacks_writes_json_with_both_targets_and_a_plot(tmp_path: Path) -> None:
+    from aios_bench.attacks import all_attacks
+    from aios_bench.attacks.bench import run_attacks
+
+    out = tmp_path / "attacks.json"
+    result = run_attacks(base_settings(tmp_path / "k"), brokers=["embedded"], redis_url="", rabbitmq_url="",
+                         json_path=out)
+    written = json.loads(out.read_text())
+    assert written == json.loads(json.dumps(result))
+    assert set(written["targets"]) == {"attacks_tried", "attacks_succeeded"}
+    embedded = {a.name for a in all_attacks() if "embedded" in a.brokers or a.area == "approvals"}
+    assert {r["attack"] for r in written["attacks"]} == embedded
+    assert written["targets"]["attacks_tried"]["value"] == len(embedded) >= 25
+    assert written["succeeded"] == [] and written["targets"]["attacks_succeeded"] == {"value": 0, "goal": 0,
+                                                                                      "met": True}
+    assert all(r["saw"] for r in written["attacks"])
+    assert out.with_suffix(".png").stat().st_size > 10_000

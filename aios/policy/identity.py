@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import threading
@@ -74,6 +75,9 @@ def master_key(settings: Settings, *, create: bool = True) -> bytes:
         return bytes.fromhex(path.read_text().strip())
     with os.fdopen(fd, "w") as f:
         f.write(key.hex())
+    logging.getLogger("aios.identity").warning(
+        "made a new kernel master key in %s: keys issued under another master will not verify; give every worker "
+        "and operator machine the same key (AIOS_MASTER_KEY)", path)
     return key
 
 
