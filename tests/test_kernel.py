@@ -233,8 +233,7 @@ def test_a_replay_after_the_answer_expired_finds_its_deadline_passed(tmp_path: P
         while state.exists(keys.result(write.id)):
             assert time.time() < deadline, "the answer never expired"
             time.sleep(0.1)
-        k.submit(write)  # the captured message again
-        response = _reply(lk, write.id)
+        response = k.wait_response(k.submit(write))  # the captured message again
         assert response.error is not None and response.error.code == "deadline_exceeded"
         assert k.call_tool("write_file", path="r.txt", content="y")["version"] == 2  # it did not run again
         with pytest.raises(InvalidSyscall, match="AIOS_MAX_SYSCALL_TIMEOUT_S"):  # nor may a longer deadline

@@ -196,6 +196,12 @@ def huge_header(arena: Arena) -> Outcome:
                     headers={"x-pad": "A" * 2_000_000})
     except Exception as exc:  # RabbitMQ carries headers in one frame (frame_max): it may refuse to take it at all
         return Outcome(True, f"the broker would not carry it: {type(exc).__name__}: {exc}")
+    if arena.broker == "rabbitmq":  # a header larger than frame_max: RabbitMQ closes the connection, drops it
+        outcome = answer_of(arena, syscall, refused_as=("payload_too_large",), timeout_s=10)
+        if not outcome.refused and "no refusal" in outcome.saw:
+            return Outcome(True, "RabbitMQ would not carry it (a header frame over frame_max): it never reached a "
+                                 "worker, and nothing ran")
+        return outcome
     outcome = answer_of(arena, syscall, refused_as=("payload_too_large",))
     if not outcome.refused:
         return outcome
