@@ -39,6 +39,8 @@ class Call:
     """The identity step accepted the sender (signature checked, or identities off): only then is it answered."""
     snapshot: Snapshot | None = None
     """A suspended generation to continue."""
+    claimed: "tuple[str, str | float] | None" = None
+    """What the load step's claim attempt found (:meth:`aios.worker.claims.Claims.take`), for the idempotency step."""
     claim: str | None = None
     """This delivery's claim token while it holds the syscall's claim (:mod:`aios.worker.claims`)."""
     admission: Admission | None = None

@@ -41,6 +41,7 @@ class Claims:
         self.redis = rt.redis
         self.lease_s = min(CLAIM_LEASE_S, rt.settings.broker.visibility_timeout_s / 2)
         self._take = scripts.register(rt.redis, "claim")
+        self._loaded = False
         self._release = scripts.register(rt.redis, "claim_release")
         self._renew = scripts.register(rt.redis, "claim_renew")
         self._held: dict[str, str] = {}  # syscall id -> token
@@ -55,8 +56,27 @@ class Claims:
         """``(CLAIMED, token)``, ``(ANSWERED, 0)``, or ``(HELD, seconds the holder's lease still runs)``. A claim
         taken is renewed until :meth:`release` or :meth:`drop`."""
         token = secrets.token_hex(16)
-        state, ttl_ms = self._take(keys=[keys.claim(syscall_id), keys.result(syscall_id)],
-                                   args=[token, self._lease_ms])
+        return self.settle(syscall_id, token, self._take(keys=[keys.claim(syscall_id), keys.result(syscall_id)],
+                                                         args=[token, self._lease_ms]))
+
+    def take_in(self, pipe: "redis.client.Pipeline", syscall_id: str) -> str:
+        """Queue :meth:`take` on ``pipe`` (the load step's one round trip); returns the token, for :meth:`settle`
+        with the script's reply. As a bare EVALSHA: a ``Script`` in a pipeline costs a SCRIPT EXISTS round trip
+        on every execute (redis-py); the script is loaded once here, and again by :meth:`load` after a
+        ``NoScriptError`` (a restarted server)."""
+        if not self._loaded:
+            self.load()
+        token = secrets.token_hex(16)
+        pipe.evalsha(self._take.sha, 2, keys.claim(syscall_id), keys.result(syscall_id), token, self._lease_ms)
+        return token
+
+    def load(self) -> None:
+        self.redis.script_load(self._take.script)
+        self._loaded = True
+
+    def settle(self, syscall_id: str, token: str, reply: "list[int]") -> tuple[str, str | float]:
+        """What :meth:`take` returns, from the claim script's ``reply``."""
+        state, ttl_ms = reply
         if int(state) == 0:
             return ANSWERED, 0
         if int(state) == 2:

@@ -115,15 +115,19 @@ def _plot(png: Path, rows: list[dict[str, Any]]) -> None:
     areas = sorted({r["area"] for r in rows})
     fig, ax = plt.subplots(figsize=(10, 4.5))
     width = 0.8 / max(1, len(brokers))
+    colours = ["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:cyan"]
     for i, broker in enumerate(brokers):
         refused = [sum(1 for r in rows if r["broker"] == broker and r["area"] == a and r["refused"]) for a in areas]
         won = [sum(1 for r in rows if r["broker"] == broker and r["area"] == a and not r["refused"]) for a in areas]
         xs = [j + i * width for j in range(len(areas))]
-        ax.bar(xs, refused, width, label=f"{broker}: refused")
-        ax.bar(xs, won, width, bottom=refused, color="red", label=f"{broker}: succeeded" if any(won) else None)
+        ax.bar(xs, refused, width, color=colours[i % len(colours)], label=f"{broker}: refused")
+        ax.bar(xs, won, width, bottom=refused, color="black", hatch="//",
+               label=f"{broker}: succeeded" if any(won) else None)
     ax.set_xticks([j + width * (len(brokers) - 1) / 2 for j in range(len(areas))], areas, rotation=20)
     ax.set_ylabel("attacks")
-    ax.set_title("aios bench attacks: refused (colour) and succeeded (red) per area and broker")
+    ax.set_ylim(0, max((sum(1 for r in rows if r["broker"] == b and r["area"] == a) for b in brokers for a in areas),
+                       default=1) * 1.15)
+    ax.set_title("aios bench attacks: refused (colour) and succeeded (black, hatched) per area and broker")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png, dpi=110)

@@ -47,7 +47,7 @@ class IdempotencyStep(Step):
         syscall = call.need()
         if call.answered:
             self._duplicate(call, "was answered already")
-        state, got = self.claims.take(syscall.id)
+        state, got = call.claimed if call.claimed is not None else self.claims.take(syscall.id)
         if state == ANSWERED:
             self._duplicate(call, "was answered already")
         if state == HELD:
@@ -60,6 +60,7 @@ class IdempotencyStep(Step):
             raise Done()
         assert isinstance(got, str)
         call.claim = got
+        call.claimed = None
 
     def after(self, call: Call) -> None:
         if call.claim is None:
