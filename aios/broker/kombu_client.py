@@ -49,6 +49,9 @@ def install() -> None:
 
 LANE = "aios_lane"
 """The key of ``delivery_info`` that names the Redis list a message was popped from."""
+SIZE = "aios_size"
+"""The key of ``delivery_info`` that holds the size of the whole message as it was stored in that list (its body
+base64-encoded, with its headers and properties): the gate bounds it without serializing the headers again."""
 
 
 def _brpop_read(self: Any, **options: Any) -> bool:
@@ -76,6 +79,7 @@ def _brpop_read(self: Any, **options: Any) -> bool:
             info = message["properties"].setdefault("delivery_info", {})
             if isinstance(info, dict):
                 info[LANE] = lane
+                info[SIZE] = len(item)
         self.connection._deliver(message, queue)
         return True
     finally:
