@@ -31,7 +31,12 @@ def test_worker_commands_name_real_modules_and_kernel_queues() -> None:
         assert importlib.util.find_spec(module) is not None, f"{module} is not importable"
         assert cmd[cmd.index("-Q") + 1] == QUEUES[resource]
         assert "-E" in cmd, "workers must send events for Flower"
-        assert services[f"{resource}-worker"]["environment"]["AIOS_BROKER_URL"].startswith("redis://redis:")
+        env = services[f"{resource}-worker"]["environment"]
+        # The workers reach Redis as the kernel's own user (its default user is off) and hold the master key.
+        assert env["AIOS_BROKER_URL"].startswith("redis://aios-kernel:") and "@redis:6379/" in env["AIOS_BROKER_URL"]
+        assert env["AIOS_MASTER_KEY"].startswith("${AIOS_MASTER_KEY:?")
+    redis_cmd = services["redis"]["command"]
+    assert redis_cmd[redis_cmd.index("default") - 1:redis_cmd.index("default") + 2] == ["--user", "default", "off"]
     storage = services["storage-worker"]
     assert storage["environment"]["AIOS_MILVUS_URI"] == "http://milvus:19530", "storage workers share one Milvus"
     assert "milvus" in storage["depends_on"] and "redis" in storage["depends_on"]
