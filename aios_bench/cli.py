@@ -22,7 +22,8 @@ def bench() -> None:
 @click.option("--requests", "n_latency", default=1000, show_default=True, help="Sequential round trips per contender, in total, split across the rounds.")
 @click.option("--throughput-requests", "n_throughput", default=2000, show_default=True,
               help="Syscalls per contender for throughput, in total, split across the rounds.")
-@click.option("--rounds", default=5, show_default=True, help="Interleaved rounds (contenders alternate).")
+@click.option("--rounds", default=10, show_default=True,
+              help="Interleaved rounds (contenders alternate); the targets read the median of the per-round ratios.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def overhead(n_latency: int, n_throughput: int, rounds: int, json_path: Path | None) -> None:
     """Kernel no-op tool syscall vs raw Celery no-op task on the same broker; the worker pipeline profiled."""

@@ -105,8 +105,12 @@ class Samples:
     batch_wall_s: float = 0.0
     redis_commands: dict[str, int] = field(default_factory=dict)
     """Commands the kernel's Redis served during this contender's throughput blocks, by command."""
+    round_p50_s: list[float] = field(default_factory=list)
+    """The p50 latency of each round (contenders alternate within a round: ratios per round share its noise)."""
+    round_ops_s: list[float] = field(default_factory=list)
+    """The throughput of each round."""
 
-    def summary(self) -> dict[str, float | int | dict[str, float]]:
+    def summary(self) -> dict[str, float | int | dict[str, float] | list[float]]:
         ms = np.asarray(self.latencies_s) * 1000.0
         return {
             "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
@@ -115,6 +119,7 @@ class Samples:
             "throughput_ops": self.batch_ops, "throughput_wall_s": self.batch_wall_s,
             "redis_commands_per_syscall": sum(self.redis_commands.values()) / max(1, self.batch_ops),
             "redis_commands": {k: v / max(1, self.batch_ops) for k, v in sorted(self.redis_commands.items())},
+            "round_p50_ms": [x * 1000.0 for x in self.round_p50_s], "round_throughput_ops_s": self.round_ops_s,
         }
 
 
@@ -153,17 +158,21 @@ def measure(contenders: list[Contender], n_latency: int, n_throughput: int, roun
         order = contenders if i % 2 == 0 else contenders[::-1]
         for c in order:
             sink = samples[c.name].latencies_s
+            start = len(sink)
             for _ in range(n_lat):
                 t0 = clock()
                 c.one()
                 sink.append(clock() - t0)
                 progress.advance(lat)
+            samples[c.name].round_p50_s.append(float(np.percentile(sink[start:], 50)))
         for c in order:
             before = command_counts(state)
             t0 = clock()
             c.batch(n_thr)
-            samples[c.name].batch_wall_s += clock() - t0
+            wall = clock() - t0
+            samples[c.name].batch_wall_s += wall
             samples[c.name].batch_ops += n_thr
+            samples[c.name].round_ops_s.append(n_thr / wall)
             after, seen = command_counts(state), samples[c.name].redis_commands
             for cmd, calls in after.items():
                 if cmd != "info" and calls > before.get(cmd, 0):
@@ -174,14 +183,28 @@ def measure(contenders: list[Contender], n_latency: int, n_throughput: int, roun
 
 def report(raw: dict[str, Any], kern: dict[str, Any], signed: dict[str, Any], unsigned: dict[str, Any]
            ) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
-    ratios = {
-        "p50": kern["p50_ms"] / raw["p50_ms"], "p99": kern["p99_ms"] / raw["p99_ms"],
-        "mean": kern["mean_ms"] / raw["mean_ms"], "throughput": kern["throughput_ops_s"] / raw["throughput_ops_s"],
+    def per_round(a: dict[str, Any], b: dict[str, Any], key: str, minus: float = 0.0) -> list[float]:
+        return [x / y - minus for x, y in zip(a[key], b[key], strict=True)]
+
+    # Each ratio per round: the contenders of one round ran back to back, so a round's ratio shares its noise.
+    # The targets read the median over the rounds; the pooled figures and each round's are reported beside.
+    rounds = {
+        "p50": per_round(kern, raw, "round_p50_ms"),
+        "throughput": per_round(kern, raw, "round_throughput_ops_s"),
         # What the trust boundary adds to the p50 (signing in the SDK, verification and the reply's seal in the
         # worker, the broker users' ACLs), as a fraction of the p50 with all of it off.
-        "signing_p50_added": signed["p50_ms"] / unsigned["p50_ms"] - 1.0,
-        "signing_throughput": signed["throughput_ops_s"] / unsigned["throughput_ops_s"],
+        "signing_p50_added": per_round(signed, unsigned, "round_p50_ms", 1.0),
+        "signing_throughput": per_round(signed, unsigned, "round_throughput_ops_s"),
     }
+    ratios: dict[str, Any] = {name: float(np.median(values)) for name, values in rounds.items()}
+    ratios.update({
+        "p99": kern["p99_ms"] / raw["p99_ms"], "mean": kern["mean_ms"] / raw["mean_ms"],
+        "pooled": {"p50": kern["p50_ms"] / raw["p50_ms"],
+                   "throughput": kern["throughput_ops_s"] / raw["throughput_ops_s"],
+                   "signing_p50_added": signed["p50_ms"] / unsigned["p50_ms"] - 1.0},
+        "per_round": rounds,
+        "spread": {name: [float(min(v)), float(max(v))] for name, v in rounds.items()},
+    })
     targets = {name: target(ratios[ratio], goal, bound) for name, (ratio, goal, bound) in TARGETS.items()}
     return ratios, targets
 
@@ -203,6 +226,14 @@ def print_table(console: Console, result: dict[str, Any]) -> None:
                   f"{signed['p50_ms']:.2f} ms with signatures, sealed replies and broker users "
                   f"(+{ratios['signing_p50_added'] * 100:.1f}%); "
                   f"throughput ratio {ratios['signing_throughput']:.2f}", highlight=False)
+    spread = ratios["spread"]
+    console.print(f"  medians of {len(ratios['per_round']['p50'])} interleaved rounds (spread): p50 "
+                  f"{ratios['p50']:.2f} ({spread['p50'][0]:.2f}-{spread['p50'][1]:.2f}), throughput "
+                  f"{ratios['throughput']:.2f} ({spread['throughput'][0]:.2f}-{spread['throughput'][1]:.2f}), trust "
+                  f"boundary {ratios['signing_p50_added'] * 100:+.1f}% ({spread['signing_p50_added'][0] * 100:+.1f}% "
+                  f"to {spread['signing_p50_added'][1] * 100:+.1f}%); pooled: p50 {ratios['pooled']['p50']:.2f}, "
+                  f"throughput {ratios['pooled']['throughput']:.2f}, trust boundary "
+                  f"{ratios['pooled']['signing_p50_added'] * 100:+.1f}%", highlight=False)
     console.print(f"  broker {broker['url']}, one worker thread, {result['machine']['cpus']} CPUs", highlight=False)
     cmds = f"{raw.get('redis_commands_per_syscall', 0):.1f} vs {kern.get('redis_commands_per_syscall', 0):.1f}"
     console.print(f"  Redis commands per round trip (raw vs kernel, all clients): {cmds}", highlight=False)
@@ -252,7 +283,7 @@ def plot(path: Path, samples: dict[str, Samples], result: dict[str, Any]) -> Non
     plt.close(fig)
 
 
-def run_overhead(settings: Settings, *, n_latency: int = 1000, n_throughput: int = 2000, rounds: int = 5,
+def run_overhead(settings: Settings, *, n_latency: int = 1000, n_throughput: int = 2000, rounds: int = 10,
                  json_path: Path | None = None) -> dict[str, Any]:
     """Run the benchmark, print its table, write JSON (and a PNG beside it) when asked; return the figures."""
     if rounds < 1 or n_latency < rounds or n_throughput < rounds:
