@@ -51,7 +51,7 @@ class Backoff:
         self.failures += 1
         if self.crash_looping:
             return self.max_s
-        return min(self.max_s, self.initial_s * 2 ** (self.failures - 1))
+        return min(self.max_s, self.initial_s * 2.0 ** (self.failures - 1))
 
     @property
     def crash_looping(self) -> bool:
