@@ -141,6 +141,7 @@ class _Interrupts:
 def up(flower_port: int | None, metrics_port: int | None, loglevel: str) -> None:
     """Run the local kernel (embedded Redis unless AIOS_BROKER_URL is set, plus the three workers) until Ctrl-C."""
     from aios.ops.embedded import LocalKernel
+    from aios.ops.supervisor import Supervisor
 
     settings = get_settings()
     local = LocalKernel(settings, persistent=True, loglevel=loglevel, progress=_say,
@@ -165,11 +166,9 @@ def up(flower_port: int | None, metrics_port: int | None, loglevel: str) -> None
             # in <data_dir>/kernel/operator.json, for operators.
             click.echo(f"export AIOS_BROKER_URL={without_user(local.broker_url)} "
                        f"AIOS_REDIS_URL={without_user(local.settings.state_redis_url())}")
-            _say("processes on this machine find this kernel without configuration; Ctrl-C stops it")
-            while all(local.alive().values()):
-                time.sleep(0.5)
-            dead = [n for n, ok in local.alive().items() if not ok]
-            _fail(RuntimeError(f"{', '.join(dead)} exited; see the logs in {local.log_dir}; stopping the kernel"))
+            _say("processes on this machine find this kernel without configuration; Ctrl-C stops it; "
+                 "a worker that exits is started again")
+            Supervisor(local, report=_report).run()  # until Ctrl-C or SIGTERM
     except BaseException as exc:
         if not (interrupts.seen or isinstance(exc, KeyboardInterrupt)):
             if isinstance(exc, AIOSError):
@@ -179,6 +178,14 @@ def up(flower_port: int | None, metrics_port: int | None, loglevel: str) -> None
     finally:
         local.withdraw_discovery()
         local.stop()
+
+
+def _report(message: str, loud: bool) -> None:
+    """The supervisor's lines on `aios up`'s stderr: a crash loop or a failed start in red."""
+    if loud:
+        click.secho(f"[aios] {message}", fg="red", bold=True, err=True)
+    else:
+        _say(message)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -256,6 +263,12 @@ def status(as_json: bool) -> None:
         for q in info["quotas"]:
             t.add_row(q["scope"], str(q["requests"]), str(q["tokens"]), str(q["running"]),
                       ", ".join(f"{k}={v}" for k, v in q["limits"].items()))
+        console.print(t)
+    if info["restarts"]:
+        t = Table("process", "restarts", "last exit", "at")
+        for name, r in info["restarts"].items():
+            at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["last_exit_at"])) if r["last_exit_at"] else ""
+            t.add_row(name, str(r["restarts"]), r["last_exit"] or "", at)
         console.print(t)
     console.print(f"answered: {info['answered'] or '{}'}")
     console.print(f"rejected: {info['rejected'] or '{}'}; dead letters kept: {info['deadletters']} (`aios deadletters`)")

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, distribution
@@ -92,6 +93,11 @@ class LocalKernel:
         self.broker_url: str = settings.require_broker()
         self._redis_proc: subprocess.Popen[bytes] | None = None
         self._workers: dict[str, subprocess.Popen[bytes]] = {}
+        self._recipes: dict[str, Callable[[], None]] = {}
+        """How to start each worker again (for :meth:`respawn`)."""
+        self._lock = threading.RLock()
+        self.stopping = False
+        """Set by :meth:`stop`: what exits from now on was asked to, and a supervisor restarts nothing."""
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -183,6 +189,7 @@ class LocalKernel:
             env["AIOS_LLM_CORE"] = core
             queue = llm_queue(self.settings, core)
         self._spawn_celery(name, f"workers.{resource}", queue, env)
+        self._recipes[name] = lambda: self._start_worker(name, resource, core)
 
     def _spawn_celery(self, name: str, app: str, queue: str, env: dict[str, str]) -> None:
         argv = [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue,
@@ -227,6 +234,8 @@ class LocalKernel:
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """Workers first (warm shutdown), then Redis; anything that does not stop in time is killed."""
+        with self._lock:  # no respawn after this
+            self.stopping = True
         for proc in self._workers.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -257,6 +266,7 @@ class LocalKernel:
         # Bound to loopback only, so its API may answer without a login (as the UI does).
         env = {"FLOWER_UNAUTHENTICATED_API": "true", **self.env()}
         self._workers["flower"] = self._spawn(argv, "flower", env=env)
+        self._recipes["flower"] = lambda: self.start_flower(port)
 
     def start_worker(self, name: str) -> None:
         """Start (or restart, after :meth:`kill_worker`) one resource worker and wait until it answers."""
@@ -284,9 +294,37 @@ class LocalKernel:
     def stop_worker(self, name: str, timeout_s: float = 20.0) -> None:
         """Stop one worker (warm shutdown: the syscall it runs finishes first)."""
         proc = self._workers.pop(name)
+        self._recipes.pop(name, None)
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
         _wait_or_kill(proc, time.monotonic() + timeout_s)
+
+    # -- supervision (aios/ops/supervisor.py) ----------------------------------------------------------
+
+    def supervised(self) -> dict[str, subprocess.Popen[bytes]]:
+        """The processes a supervisor restarts, by name: ``redis`` (when embedded), then every worker (and
+        Flower) that was not stopped on purpose. Empty once :meth:`stop` began."""
+        with self._lock:
+            if self.stopping:
+                return {}
+            procs = {"redis": self._redis_proc} if self._redis_proc is not None else {}
+            procs.update((name, proc) for name, proc in self._workers.items() if name in self._recipes)
+            return procs
+
+    def respawn(self, name: str) -> None:
+        """Start process ``name`` of :meth:`supervised` again, as it was started, without waiting until it
+        answers (a supervisor sees it exit again, if it does). Nothing once :meth:`stop` began."""
+        with self._lock:
+            if self.stopping:
+                return
+            if name == "redis":
+                self._start_redis()
+            else:
+                self._recipes[name]()
+
+    def log_file(self, name: str) -> Path:
+        """The log of process ``name`` (``redis``, ``flower`` or a worker's name)."""
+        return self.log_dir / (f"{name}.log" if name in ("redis", "flower") else f"worker-{name}.log")
 
     # -- discovery for `aios up` ------------------------------------------------------------------------
 

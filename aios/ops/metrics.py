@@ -97,6 +97,14 @@ class KernelCollector(Collector):
             tokens.add_metric([agent], n)
         yield tokens
 
+        from aios.ops.status import restarts
+
+        restarted = CounterMetricFamily("aios_process_restarts", "Restarts of a kernel process by the `aios up` "
+                                        "supervisor since it started", labels=["process"])
+        for name, info in restarts(self.settings).items():
+            restarted.add_metric([name], info["restarts"])
+        yield restarted
+
 
 def registry(settings: Settings) -> CollectorRegistry:
     reg = CollectorRegistry()

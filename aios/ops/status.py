@@ -66,7 +66,30 @@ def collect(settings: Settings, timeout_s: float = 1.0) -> dict[str, Any]:
     finally:
         r.close()
     return {"broker": without_user(settings.broker_url) if settings.broker_url else None, "queues": depths, "workers": workers, "in_flight": in_flight,
-            "answered": done, "rejected": rejected, "deadletters": deadletters, **scheduling(settings)}
+            "answered": done, "rejected": rejected, "deadletters": deadletters, "restarts": restarts(settings),
+            **scheduling(settings)}
+
+
+def restarts(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Per process the ``aios up`` supervisor watches: its restarts, its last exit (``code 1``, ``SIGKILL``) and when
+    (unix time); empty without a supervisor."""
+    r = state_client(settings)
+    try:
+        raw = r.hgetall(keys.SUPERVISOR_RESTARTS)
+    finally:
+        r.close()
+    out: dict[str, dict[str, Any]] = {}
+    for k, v in raw.items():
+        name, _, fld = as_text(k).rpartition(":")
+        out.setdefault(name, {"restarts": 0, "last_exit": None, "last_exit_at": None})
+        value = as_text(v)
+        if fld == "restarts":
+            out[name]["restarts"] = int(value)
+        elif fld == "last_exit":
+            out[name]["last_exit"] = value or None
+        elif fld == "last_exit_at":
+            out[name]["last_exit_at"] = float(value) or None
+    return dict(sorted(out.items()))
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -16,6 +16,10 @@ STATS_DONE = f"{PREFIX}:stats:done"
 """Hash: ``<kind>:<status>`` -> count of answered syscalls."""
 AGENTS = f"{PREFIX}:agents"
 """Set of agent ids that have (or had) a credential."""
+SUPERVISOR_RESTARTS = f"{PREFIX}:supervisor:restarts"
+"""Hash: ``<process>:restarts`` -> count, ``<process>:last_exit`` -> ``code 1`` or a signal's name (``SIGKILL``),
+``<process>:last_exit_at`` -> unix time; per process of the ``aios up`` supervisor (``redis``, ``tool``, ``llm-<core>``,
+``flower``...). Written by :mod:`aios.ops.supervisor`, reset when ``aios up`` starts; read by ``aios status``."""
 
 
 def agent(agent_id: str) -> str:
