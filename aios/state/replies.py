@@ -51,7 +51,8 @@ class Replies:
             accounted, t.service_s if accounted and t else 0, t.queue_wait_s if accounted and t else 0, WAITS_KEPT,
         ]
         key_list = [keys.result(sid), keys.reply(agent_id, sid), keys.STATS_DONE, keys.context(sid),
-                    keys.attempts(sid), keys.attained(resource), keys.agent_stats(resource), keys.waits(resource)]
+                    keys.attempts(sid), keys.attained(resource), keys.agent_stats(resource), keys.waits(resource),
+                    keys.claim(sid)]
         answered = bool(self._script(keys=key_list, args=argv))
         if answered and self.deliver is not None:
             self.deliver(agent_id, sid, sealed)

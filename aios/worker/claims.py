@@ -7,8 +7,8 @@ timeout) that a thread of the worker renews while the delivery runs, so a worker
 soon after, and the broker's redelivery of its message can run (a claim held until the deadline would turn every
 worker death into a lost syscall on RabbitMQ, which redelivers at once).
 
-When the delivery ends with an answer, the claim is left to lapse: the stored answer stops every later copy from
-then on. When it ends without one (requeued by the kernel itself: a preemption, a retry, a quota wait; parked for
+When the delivery ends with an answer, the reply script deletes the claim with the answer's storing: the stored
+answer stops every later copy from then on. When it ends without one (requeued by the kernel itself: a preemption, a retry, a quota wait; parked for
 approval; refused), the claim is given up, so that the copy the kernel puts back on the queue can run.
 """
 
@@ -94,7 +94,8 @@ class Claims:
         self._release(keys=[keys.claim(syscall_id)], args=[token])
 
     def drop(self, syscall_id: str) -> None:
-        """Stop renewing the claim: it lapses one lease after its last renewal (its answer is stored by then)."""
+        """Stop renewing the claim (the reply script deleted it with the answer; else it lapses one lease after its
+        last renewal)."""
         with self._lock:
             self._held.pop(syscall_id, None)
 

@@ -88,8 +88,8 @@ def test_a_dead_holders_claim_lapses_and_its_copy_then_runs(harness: MakeHarness
     assert len(service.calls) == 1 and h.reply(syscall.id).status.value == "ok"  # type: ignore[union-attr]
 
 
-def test_a_claim_is_renewed_while_it_runs_and_left_to_lapse_after_the_answer(harness: MakeHarness,
-                                                                             make_settings: MakeSettings) -> None:
+def test_a_claim_is_renewed_while_it_runs_and_goes_with_the_answer(harness: MakeHarness,
+                                                                   make_settings: MakeSettings) -> None:
     ttls: list[int] = []
 
     def answer(syscall: Syscall) -> dict[str, str]:
@@ -103,8 +103,9 @@ def test_a_claim_is_renewed_while_it_runs_and_left_to_lapse_after_the_answer(har
     syscall = h.sdk.tool_syscall("noop")
     assert h.run(syscall).status.value == "ok"  # type: ignore[union-attr]
     assert ttls and ttls[0] > 300  # still held, well within a lease
-    assert h.redis.exists(keys.claim(syscall.id)) and h.stored(syscall.id) is not None
-    h.execute(syscall)  # the answer stops a copy before the claim does
+    # The reply script deleted the claim as it stored the answer: no key left behind per syscall.
+    assert not h.redis.exists(keys.claim(syscall.id)) and h.stored(syscall.id) is not None
+    h.execute(syscall)  # the answer stops a copy
     assert h.count(keys.STATS_DONE, "tool:duplicate") == 1
 
 

@@ -27,10 +27,12 @@ def answered_call(h: Harness, *, ran: bool) -> Call:
 def test_an_answer_is_stored_handed_over_counted_and_accounted(harness: MakeHarness) -> None:
     h = harness("tool", StubService())
     call = answered_call(h, ran=True)
+    h.redis.set(keys.claim(call.message_id), "token-of-this-delivery", px=10_000)
     ReplyStep(h.runtime).after(call)
     sid = call.message_id
     assert h.stored(sid) == call.response and h.replies(sid) == [call.response]
     assert h.redis.ttl(keys.result(sid)) > 0 and h.redis.ttl(keys.reply(h.agent_id, sid)) > 0
+    assert not h.redis.exists(keys.claim(sid))  # the answer takes the claim with it: no key left per syscall
     assert h.count(keys.STATS_DONE, "tool:ok") == 1
     stats = h.redis.hgetall(keys.agent_stats("tool"))
     assert stats[f"{h.agent_id}:n".encode()] == b"1"

@@ -1,12 +1,12 @@
 -- The kernel's one way to answer a syscall (aios.state.replies.write_reply).
 -- Mode 'once': store the answer (the idempotency record) and hand it to the waiting caller, unless an answer is
--- stored already; drop the syscall's snapshot and retry count; count it; add its service and wait to its agent's
--- record. Two copies of a requeued syscall never both answer.
+-- stored already; drop the syscall's snapshot, retry count and claim (the stored answer stops every later copy);
+-- count it; add its service and wait to its agent's record. Two copies of a requeued syscall never both answer.
 -- Mode 'notify': hand an answer to the caller without storing it (a refusal of a verified caller's message that
 -- must neither overwrite nor pre-empt that syscall's own answer).
 -- KEYS[1] result key   KEYS[2] reply list of the caller (aios:reply:<agent>:<id>, the caller BLPOPs it)
 -- KEYS[3] answered-syscalls counter hash   KEYS[4] snapshot hash   KEYS[5] retry-attempts counter
--- KEYS[6] attained-service zset   KEYS[7] per-agent stats hash   KEYS[8] recent-waits list
+-- KEYS[6] attained-service zset   KEYS[7] per-agent stats hash   KEYS[8] recent-waits list   KEYS[9] claim key
 -- ARGV[1] mode ('once' | 'notify')   ARGV[2] response JSON (stored)   ARGV[3] the answer handed over (the
 -- response sealed with the agent's key; '' to hand nothing over here)   ARGV[4] TTL seconds
 -- ARGV[5] counter field ('<kind>:<status>', '' for none)
@@ -15,7 +15,7 @@
 local mode, body, sealed, ttl, field = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if mode == 'once' then
   if not redis.call('SET', KEYS[1], body, 'NX', 'EX', ttl) then return 0 end
-  redis.call('DEL', KEYS[4], KEYS[5])
+  redis.call('DEL', KEYS[4], KEYS[5], KEYS[9])
 end
 if sealed ~= '' then
   redis.call('RPUSH', KEYS[2], sealed)

@@ -67,5 +67,5 @@ class IdempotencyStep(Step):
             return
         if call.response is None:  # no answer from this delivery (parked, refused): the next copy must run
             self.rt.requeue.release(call)
-        else:  # answered: the stored answer stops every later copy; the claim lapses on its own
+        else:  # answered: the stored answer stops every later copy; the reply script deleted the claim
             self.claims.drop(call.need().id)
