@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -30,6 +29,7 @@ from aios.policy.identity import canonical
 from aios.settings import Settings
 from aios.state import keys, scripts
 from aios.state.connections import as_text, state_client
+from aios.state.periodic import Periodic
 from aios.wire.errors import ApprovalDenied, NotFound
 from aios.wire.syscalls import ErrorInfo, MemorySyscall, Response, Status, StorageSyscall, Syscall, Timing, ToolSyscall
 
@@ -217,22 +217,18 @@ class Expirer:
 
     def __init__(self, approvals: Approvals, interval_s: float = EXPIRY_INTERVAL_S) -> None:
         self.approvals = approvals
-        self.interval_s = interval_s
-        self._stop = threading.Event()
+        self._thread = Periodic("aios-approval-expiry", interval_s, self.run_once)
+
+    def run_once(self) -> None:
+        for syscall_id in self.approvals.expire_due():
+            log.info("syscall %s was not approved before its deadline: denied", syscall_id)
 
     def start(self) -> "Expirer":
-        def loop() -> None:
-            while not self._stop.wait(self.interval_s):
-                try:
-                    for syscall_id in self.approvals.expire_due():
-                        log.info("syscall %s was not approved before its deadline: denied", syscall_id)
-                except redis.RedisError as exc:
-                    log.warning("approval expiry pass failed (retrying): %s", exc)
-        threading.Thread(target=loop, name="aios-approval-expiry", daemon=True).start()
+        self._thread.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
+        self._thread.stop()
 
 
 def summary(syscall: Syscall) -> str:

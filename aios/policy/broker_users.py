@@ -40,6 +40,21 @@ AGENT_COMMANDS = ("+lpush", "+blpop", "+lpop", "+ping", "+hello", "+client|setin
 """The commands an agent's Redis user may run (the SDK's publish, reply wait and the connection's handshake)."""
 
 
+REFUSALS = ("NOPERM", "No permissions", "WRONGPASS", "NOAUTH", "invalid username-password", "ACCESS_REFUSED",
+            "ACCESS-REFUSED", "PRECONDITION_FAILED", "PRECONDITION-FAILED", "NOT_ALLOWED", "is deleted",
+            "client already authenticated")
+"""How Redis/Valkey and RabbitMQ say no to a broker user (a wrong password, a deleted user, a forbidden key or
+command, a forged ``user_id``)."""
+
+
+def refused_by_broker(exc: BaseException) -> bool:
+    """Whether ``exc`` is the broker refusing this user, rather than the broker being away."""
+    if isinstance(exc, (redis.exceptions.NoPermissionError, redis.exceptions.AuthenticationError)):
+        return True
+    text = str(exc).lower()
+    return any(mark.lower() in text for mark in REFUSALS)
+
+
 def with_user(url: str, user: str, password: str) -> str:
     """``url`` with ``user:password`` as its credentials (replacing any)."""
     return _join(urlsplit(url), f"{quote(user, safe='')}:{quote(password, safe='')}@")

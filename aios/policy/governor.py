@@ -43,6 +43,7 @@ from aios.broker.queues import priority_lists
 from aios.policy.scheduler import make_policy
 from aios.settings import QuotaSpec, Settings
 from aios.state import keys, scripts
+from aios.state.periodic import Periodic
 from aios.state.replies import WAITS_KEPT
 from aios.wire.errors import QuotaExceeded
 from aios.wire.syscalls import LLMSyscall, Response, Syscall, ToolSyscall
@@ -291,26 +292,18 @@ class Ager:
         self.lists = priority_lists(queue)
         self.aging_s = aging_s
         self._age = scripts.register(broker, "age")
-        self._stop = threading.Event()
+        self._thread = Periodic("aios-ager", min(1.0, aging_s / 4), self.run_once)
 
     def run_once(self, now: float | None = None) -> int:
         return int(self._age(keys=self.lists, args=[now or time.time(), self.aging_s, self.MAX_MOVES,
                                                     keys.HEADER_ENQUEUED, keys.HEADER_PRIORITY]))
 
     def start(self) -> "Ager":
-        interval = min(1.0, self.aging_s / 4)
-
-        def loop() -> None:
-            while not self._stop.wait(interval):
-                try:
-                    self.run_once()
-                except redis.RedisError as exc:
-                    log.warning("aging pass failed (retrying): %s", exc)
-        threading.Thread(target=loop, name="aios-ager", daemon=True).start()
+        self._thread.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
+        self._thread.stop()
 
 
 def should_age(settings: Settings, resource: str) -> bool:

@@ -54,10 +54,7 @@ class AsyncKernel(Operations):
                 got = await self._next_reply(pending)
             except aredis.ConnectionError as exc:
                 raise KernelUnavailable(f"cannot reach the kernel's Redis: {exc}; check AIOS_REDIS_URL") from None
-            if got is None:
-                raise self._no_answer(pending)
-            response = self._response(pending, got)
-            if response is not None:
+            if (response := self._accept(pending, got)) is not None:
                 return response
 
     async def wait(self, pending: Pending) -> Any:

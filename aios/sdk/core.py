@@ -21,7 +21,7 @@ from kombu.exceptions import OperationalError
 from aios.broker.app import make_app
 from aios.broker.publish import publish_syscall
 from aios.broker.queues import queue_depth
-from aios.policy.broker_users import agent_settings, without_user
+from aios.policy.broker_users import agent_settings, refused_by_broker, without_user
 from aios.policy.identity import SIG_FIELD, credential_file, load_secret, sign
 from aios.policy.placement import Placement
 from aios.settings import KIND_TO_RESOURCE, Settings, discover, get_settings
@@ -89,13 +89,6 @@ def resolve_settings(settings: Settings | None) -> Settings:
         settings = discover(settings) or settings
     settings.require_broker()
     return settings
-
-
-def _refused_by_broker(exc: BaseException) -> bool:
-    """Whether the broker refused this agent's user (a wrong password, a deleted user, a forbidden key)."""
-    text = str(exc)
-    return any(mark in text for mark in ("WRONGPASS", "NOPERM", "invalid username-password", "ACCESS_REFUSED",
-                                         "No permissions", "NOAUTH", "ACCESS-REFUSED", "403", "is deleted"))
 
 
 class _Core:
@@ -208,7 +201,7 @@ class _Core:
             publish_syscall(self._app, payload, syscall_id=syscall.id, kind=syscall.kind, agent_id=syscall.agent_id,
                             route=route, from_agent=True)
         except (OperationalError, redis.ConnectionError, redis.ResponseError, AMQPError, ConnectionError) as exc:
-            if _refused_by_broker(exc):
+            if refused_by_broker(exc):
                 raise AuthError(
                     f"the broker refused agent {self.agent_id!r}'s own user ({exc}): its credential was revoked or "
                     f"replaced; an operator issues a new one with `aios agent create {self.agent_id}`",
@@ -271,6 +264,13 @@ class _Core:
         except AuthError as exc:
             self._forged[pending.id] = exc
             return None
+
+    def _accept(self, pending: Pending, got: bytes | str | None) -> Response | None:
+        """What one wait for a reply gave: the response, ``None`` to wait on (a reply not sealed for this syscall
+        was dropped); raises when the wait ran out (:class:`AuthError` if only forgeries came, else a timeout)."""
+        if got is None:
+            raise self._no_answer(pending)
+        return self._response(pending, got)
 
     def _no_answer(self, pending: Pending) -> Exception:
         forged = self._forged.pop(pending.id, None)

@@ -1,7 +1,7 @@
 """The Celery app of one resource worker: ``celery -A workers.<resource> worker -Q aios.<resource>``.
 
-Background parts start and stop as Celery bootsteps (the ager, the approval expiry, the mover of delayed
-syscalls), not from signals."""
+Background parts (the mover of delayed syscalls, the ager, the approval expiry) start and stop with one Celery
+bootstep, not from signals."""
 
 from __future__ import annotations
 
@@ -19,51 +19,27 @@ from aios.settings import Settings, get_settings
 from aios.worker.runtime import Runtime
 
 
-class AgerStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery ships no type hints
-    """Moves long-waiting syscalls up one priority step per ``AIOS_AGING_S`` (Redis brokers, ``priority``)."""
+class BackgroundStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery ships no type hints
+    """The worker's background passes, started and stopped with it: the mover of syscalls the kernel put off
+    (retries, quota waits), the ager (Redis brokers, ``priority`` policy) and the approval expiry
+    (``AIOS_APPROVALS=required``)."""
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
-        self.ager: Ager | None = None
+        self.passes: list[Any] = []
 
     def start(self, worker: Any) -> None:
         runtime: Runtime = worker.app.aios_runtime
+        self.passes = [runtime.delayed]
         if runtime.broker_redis is not None and should_age(runtime.settings, runtime.resource):
-            self.ager = Ager(runtime.broker_redis, runtime.queue, runtime.settings.scheduling.aging_s).start()
-
-    def stop(self, worker: Any) -> None:
-        if self.ager is not None:
-            self.ager.stop()
-
-
-class ApprovalExpiryStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery ships no type hints
-    """Denies parked syscalls past their deadline and answers their callers (``AIOS_APPROVALS=required``)."""
-
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
-        self.expirer: Expirer | None = None
-
-    def start(self, worker: Any) -> None:
-        runtime: Runtime = worker.app.aios_runtime
+            self.passes.append(Ager(runtime.broker_redis, runtime.queue, runtime.settings.scheduling.aging_s))
         if runtime.settings.security.approvals == "required":
-            self.expirer = Expirer(Approvals(runtime.settings, runtime.redis)).start()
+            self.passes.append(Expirer(Approvals(runtime.settings, runtime.redis)))
+        for background in self.passes:
+            background.start()
 
     def stop(self, worker: Any) -> None:
-        if self.expirer is not None:
-            self.expirer.stop()
-
-
-class DelayedStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery ships no type hints
-    """Moves the syscalls the kernel put off (retries, quota waits) back onto this worker's queue when due."""
-
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
-        self.runtime: Runtime | None = None
-
-    def start(self, worker: Any) -> None:
-        self.runtime = worker.app.aios_runtime
-        self.runtime.delayed.start()
-
-    def stop(self, worker: Any) -> None:
-        if self.runtime is not None:
-            self.runtime.delayed.stop()
+        for background in self.passes:
+            background.stop()
 
 
 def create_worker_app(resource: str, service_factory: Callable[[Settings], Service],
@@ -82,9 +58,7 @@ def create_worker_app(resource: str, service_factory: Callable[[Settings], Servi
     app.conf.worker_pool = "threads"
     app.conf.worker_concurrency = concurrency or settings.worker.concurrency or app.conf.worker_concurrency
     app.conf.worker_consumer = "aios.worker.gate:KernelConsumer"
-    app.steps["worker"].add(AgerStep)
-    app.steps["worker"].add(ApprovalExpiryStep)
-    app.steps["worker"].add(DelayedStep)
+    app.steps["worker"].add(BackgroundStep)
 
     @app.task(name=runtime.task_name, bind=True, ignore_result=True, typing=False)  # type: ignore[untyped-decorator]  # celery has no type information
     def syscall(task: Any, *args: Any, **kwargs: Any) -> None:

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from aios.broker.publish import publish_syscall
 from aios.state import keys, scripts
+from aios.state.periodic import Periodic
 from aios.wire.errors import AIOSError
 from aios.wire.syscalls import Syscall, decode_syscall
 
@@ -46,7 +46,7 @@ class Delayed:
         self.keys = [keys.delayed(rt.queue), keys.delayed_messages(rt.queue)]
         self._take = scripts.register(rt.redis, "delay_take")
         self._done = scripts.register(rt.redis, "delay_done")
-        self._stop = threading.Event()
+        self._thread = Periodic(f"aios-delayed-{rt.queue}", POLL_S, self.move_due)
 
     def add(self, syscall: Syscall, payload: dict[str, Any], delay_s: float, note: str) -> None:
         """Put ``syscall`` (its signed ``payload``) back on this queue in ``delay_s`` seconds."""
@@ -87,15 +87,9 @@ class Delayed:
                         route=self.rt.placement.route(syscall), note=note)
 
     def start(self) -> "Delayed":
-        def loop() -> None:
-            while not self._stop.wait(POLL_S):
-                try:
-                    self.move_due()
-                except Exception as exc:  # the broker or Redis away: what was taken is taken again later
-                    log.warning("moving delayed syscalls back to %s failed (retrying): %s", self.rt.queue, exc)
-        self._stop.clear()
-        threading.Thread(target=loop, name="aios-delayed", daemon=True).start()
+        """Move due syscalls back every :data:`POLL_S` (a failed pass is retried: what it took is taken again)."""
+        self._thread.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
+        self._thread.stop()

@@ -104,6 +104,19 @@ def _exists(kernel: Any, path: str) -> bool:
         return False
 
 
+def _park_a_scratch_delete(arena: Arena) -> tuple[Any, str, str, str]:
+    """Mallory writes a scratch file and a precious one, and asks to delete the scratch one: parked. Returns
+    the pending syscall, both names, and what the operator is shown."""
+    m = arena.attacker
+    u = uuid.uuid4().hex[:8]
+    scratch, precious = f"scratch-{u}.txt", f"precious-{u}.txt"
+    m.write_file(scratch, "nothing")
+    m.write_file(precious, "the only copy")
+    first = m.submit(m.storage_syscall("delete", scratch, timeout_s=TIMEOUT_S))
+    _parked(arena, first.id)
+    return first, scratch, precious, _shown(arena, first.id)
+
+
 def _shown(arena: Arena, syscall_id: str) -> str:
     """What `aios approvals` shows the operator about the request."""
     approvals = Approvals(arena.operator)
@@ -129,13 +142,7 @@ def repark_other_payload(arena: Arena) -> Outcome:
     if (off := _no_gate(arena)) is not None:
         return off
     m = arena.attacker
-    u = uuid.uuid4().hex[:8]
-    scratch, precious = f"scratch-{u}.txt", f"precious-{u}.txt"
-    m.write_file(scratch, "nothing")
-    m.write_file(precious, "the only copy")
-    first = m.submit(m.storage_syscall("delete", scratch, timeout_s=TIMEOUT_S))
-    _parked(arena, first.id)
-    shown = _shown(arena, first.id)
+    first, scratch, precious, shown = _park_a_scratch_delete(arena)
     before = _stored_payload(arena, first.id)
     # The same id, another payload, validly signed by the attacker, while the operator reads the first.
     second = m.storage_syscall("delete", precious, timeout_s=TIMEOUT_S).model_copy(update={"id": first.id})
@@ -192,13 +199,7 @@ def swap_after_approve(arena: Arena) -> Outcome:
     if (off := _no_gate(arena)) is not None:
         return off
     m = arena.attacker
-    u = uuid.uuid4().hex[:8]
-    scratch, precious = f"scratch-{u}.txt", f"precious-{u}.txt"
-    m.write_file(scratch, "nothing")
-    m.write_file(precious, "the only copy")
-    first = m.submit(m.storage_syscall("delete", scratch, timeout_s=TIMEOUT_S))
-    _parked(arena, first.id)
-    shown = _shown(arena, first.id)
+    first, scratch, precious, shown = _park_a_scratch_delete(arena)
     _approve(arena, first.id)
     # Right behind the approval, the most urgent priority its grant allows: ahead of the republished approved
     # message if it can.

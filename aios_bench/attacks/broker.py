@@ -12,6 +12,7 @@ import kombu
 import redis
 
 from aios.broker.queues import step_list
+from aios.policy.broker_users import refused_by_broker
 from aios.policy.identity import broker_user
 from aios.settings import QUEUES
 from aios.state import keys
@@ -24,7 +25,6 @@ from aios_bench.attacks.common import (
     attempt,
     count,
     operator_state,
-    refused_by_broker,
 )
 
 KOMBU: Any = kombu  # kombu ships no type hints

@@ -9,23 +9,13 @@ from typing import Any
 import kombu
 import redis
 
+from aios.policy.broker_users import refused_by_broker
 from aios.settings import broker_to_redis_py
 from aios.state import keys
 from aios.wire.priority import is_redis_url
 from aios_bench.attacks import Arena, Outcome
 
 KOMBU: Any = kombu  # kombu ships no type hints
-
-REFUSALS = ("NOPERM", "No permissions", "WRONGPASS", "NOAUTH", "invalid username-password", "ACCESS_REFUSED",
-            "ACCESS-REFUSED", "PRECONDITION_FAILED", "PRECONDITION-FAILED", "NOT_ALLOWED", "403", "406")
-
-
-def refused_by_broker(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return isinstance(exc, (redis.exceptions.NoPermissionError, redis.exceptions.AuthenticationError,
-                            redis.exceptions.AuthenticationWrongNumberOfArgsError)) or any(
-        m.lower() in text for m in REFUSALS)
-
 
 def attacker_state(arena: Arena) -> redis.Redis:
     """The attacker's own connection to the kernel's Redis: with its broker user where it has one (a Redis

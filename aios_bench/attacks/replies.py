@@ -73,5 +73,9 @@ def refusal_spoils(arena: Arena) -> Outcome:
     forged = victim.tool_syscall("noop").model_dump(mode="json") | {"id": pending.id, "sig": None}
     publish_as_attacker(arena, envelope(forged), message_id=pending.id)
     response = victim.wait_response(pending)
-    return Outcome(response.status is Status.OK, f"alice's call answered {response.status.value}: "
-                   f"{response.result or response.error}")
+    # The seal would make alice's SDK drop an answer to mallory's copy anyway; the claim here is that the kernel
+    # sends none: alice's client saw no answer it had to drop.
+    spoiled = victim._forged.pop(pending.id, None)
+    return Outcome(response.status is Status.OK and spoiled is None,
+                   f"alice's call answered {response.status.value}: {response.result or response.error}"
+                   + (f"; an answer to mallory's copy reached alice and was dropped: {spoiled}" if spoiled else ""))
