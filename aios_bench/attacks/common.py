@@ -90,10 +90,15 @@ def publish_as_attacker(arena: Arena, body: bytes, *, content_type: str = "appli
     return message_id
 
 
-def envelope(payload: Any) -> bytes:
+EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+"""The protocol 2 envelope's third part as the SDK sends it: no callbacks, no chain."""
+
+
+def envelope(payload: Any, embed: dict[str, Any] | None = None) -> bytes:
+    """A Celery protocol 2 body ``[args, kwargs, embed]`` around one syscall."""
     import json
 
-    return json.dumps([[payload], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]).encode()
+    return json.dumps([[payload], {}, embed if embed is not None else EMBED]).encode()
 
 
 def more_answers(arena: Arena, syscall_id: str) -> int:

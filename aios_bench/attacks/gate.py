@@ -16,18 +16,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
-from kombu.entity import Exchange, Queue
-from kombu.messaging import Producer
 
 from aios.broker.app import make_app
 from aios.policy.identity import SIG_FIELD, load_secret, sign
 from aios.state import keys
-from aios.wire.priority import DEFAULT_PRIORITY, MAX_PRIORITY, is_redis_url, to_broker
+from aios.wire.priority import DEFAULT_PRIORITY, is_redis_url, to_broker
 from aios.wire.syscalls import Syscall
 from aios_bench.attacks import Arena, Outcome, attack
 from aios_bench.attacks.arena import ATTACKER
+from aios_bench.attacks.common import EMBED, envelope, publish_as_attacker
 
-EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 WAIT_S = 4.0
 """The timeout_s of the attacks' syscalls: an answer that has not come by then (plus the SDK's grace) never will."""
 DEADLETTER_ENTRY_BOUND = 16_384
@@ -45,31 +43,11 @@ def signed(arena: Arena, syscall: Syscall) -> dict[str, Any]:
     return payload
 
 
-def envelope(payload: Any, embed: dict[str, Any] | None = None) -> bytes:
-    """A Celery protocol 2 body ``[args, kwargs, embed]`` around one syscall."""
-    return json.dumps([[payload], {}, embed if embed is not None else EMBED]).encode()
-
-
 def publish_raw(arena: Arena, body: bytes, *, message_id: str, headers: dict[str, Any] | None = None,
                 content_type: str = "application/json", queue: str = "aios.tool", task: str = "aios.tool") -> None:
-    """Publish ``body`` straight onto a kernel queue with kombu, with any headers mallory likes."""
-    settings = arena.attacker_settings
-    q = Queue(queue, Exchange(queue, type="direct"), routing_key=queue,  # type: ignore[no-untyped-call]  # kombu: unannotated
-              queue_arguments={"x-max-priority": MAX_PRIORITY})
-    app = make_app(settings, name="mallory-raw")
-    try:
-        with app.connection_for_write() as conn:
-            # As its own broker user may: straight onto the list on Redis, to the kernel's exchange on RabbitMQ,
-            # declaring nothing.
-            exchange = "" if is_redis_url(settings.require_broker()) else q.exchange
-            Producer(conn.default_channel).publish(  # type: ignore[no-untyped-call]  # kombu: unannotated
-                body, exchange=exchange, routing_key=queue, declare=[], content_type=content_type,
-                content_encoding="utf-8",
-                headers={"lang": "py", "task": task, "id": message_id, "argsrepr": "", "kwargsrepr": "",
-                         **(headers or {})},
-                priority=to_broker(DEFAULT_PRIORITY, settings.require_broker()))
-    finally:
-        app.close()
+    """Publish ``body`` straight onto a kernel queue, with any headers mallory likes, at the default priority."""
+    publish_as_attacker(arena, body, content_type=content_type, task=task, queue=queue, message_id=message_id,
+                        headers=headers, priority=to_broker(DEFAULT_PRIORITY, arena.attacker_settings.require_broker()))
 
 
 def send_task(arena: Arena, payload: dict[str, Any], *, queue: str = "aios.tool", **options: Any) -> None:
