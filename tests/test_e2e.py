@@ -199,7 +199,9 @@ def test_flower_sees_the_workers_and_their_syscalls(tmp_path: Path, monkeypatch:
                 assert time.monotonic() < deadline, "Flower never showed a syscall"
                 time.sleep(0.5)
         assert tasks[syscall_id]["name"] == "aios.tool"
-        assert tasks[syscall_id]["args"] == "<tool syscall of watched>"  # a label, not the payload
+        # Its readable name, with what it carries redacted: never the payload.
+        assert tasks[syscall_id]["args"] == "call_tool echo agent=watched arguments=[redacted 13 chars] priority=5"
+        assert tasks[syscall_id]["kwargs"] == "{}"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             assert b"flower_events_total" in r.read()
 

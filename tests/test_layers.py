@@ -21,6 +21,7 @@ ALLOWED: dict[str, set[str]] = {
     "worker": {"wire", "settings", "state", "broker", "policy", "services"},
     "testing": {"wire", "settings", "state", "broker", "policy", "services", "worker", "sdk", "ops"},
     "ops": {"wire", "settings", "state", "broker", "policy", "services", "worker", "sdk"},
+    "gateway": {"wire", "settings", "state", "broker", "policy", "sdk", "ops"},
     "__init__": {"sdk", "wire", "settings"},
     "__main__": {"ops"},
 }

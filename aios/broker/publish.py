@@ -4,6 +4,8 @@ the same headers and the priority its resource's policy gives it, however it got
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -33,12 +35,12 @@ def publish_syscall(app: Celery, payload: dict[str, Any], *, syscall_id: str, ki
     """Publish the signed syscall ``payload`` (task id = syscall id) on ``route``, at once: no Celery ``eta`` or
     ``countdown`` (workers refuse them; the kernel's own delays are :mod:`aios.worker.delayed`).
 
-    ``note``: why it is (re)published, for logs and Flower, which show a short label instead of the (possibly
-    private) payload. ``from_agent``: published by the agent's own broker user, which may neither declare nor
+    ``note``: why it is (re)published (one of :data:`NOTE_RE`), for logs and Flower, which show the readable,
+    redacted :func:`label` instead of the (possibly private) payload. ``from_agent``: published by the agent's own broker user, which may neither declare nor
     bind anything: on Redis the message goes straight onto the queue's list (kombu's default exchange), on
     RabbitMQ to the kernel's exchange of that queue, with ``user_id`` set so that the broker vouches for the
     sender."""
-    label = f"<{kind} syscall of {agent_id}{', ' + note if note else ''}>"
+    readable = label(payload, note)
     extra: dict[str, Any] = {}
     if from_agent:
         redis_broker = is_redis_url(app.conf.broker_url)
@@ -53,7 +55,7 @@ def publish_syscall(app: Celery, payload: dict[str, Any], *, syscall_id: str, ki
         # Replies come through the kernel's reply lists (aios.state.replies), not Celery's result backend:
         # subscribing to it for every syscall would pile unread pub/sub messages up in Redis.
         ignore_result=True,
-        argsrepr=label, kwargsrepr="{}", **extra,
+        argsrepr=readable, kwargsrepr="{}", **extra,
     )
 
 
@@ -61,3 +63,76 @@ def url_user(url: str) -> str | None:
     """The user named in a broker URL."""
     parts = urlsplit(url)
     return unquote(parts.username) if parts.username else None
+
+
+# -- what Flower and the worker's logs show of a syscall ---------------------------------------------------------------
+
+NOTE_RE = re.compile(r"approved|resumed|demoted|deferred|delayed|quota wait|retry \d{1,4}")
+"""Why the kernel republished a syscall (:func:`publish_syscall`'s ``note``): a closed set, so that the gate can
+tell the kernel's labels from anything else an agent writes into ``argsrepr``."""
+_NAMES = {"text": "llm_chat", "json": "llm_chat_with_json_output", "tool_call": "llm_chat_with_tool_call_output"}
+_SAFE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+def _word(value: Any) -> str:
+    """An id, name or op as it is, if it is one (letters, digits, ``_.-``); anything else shown as ``?``."""
+    return value if isinstance(value, str) and _SAFE.fullmatch(value) else "?"
+
+
+def _chars(value: Any) -> int:
+    """How many characters of text ``value`` holds (its JSON if it is not a string)."""
+    if value is None:
+        return 0
+    if isinstance(value, str):
+        return len(value)
+    try:
+        return len(json.dumps(value, separators=(",", ":")))
+    except (TypeError, ValueError):
+        return 0
+
+
+def label(payload: Any, note: str = "") -> str:
+    """The readable, redacted name of a syscall, as Flower and the workers' logs show it (Celery's ``argsrepr``):
+    the SDK call, the agent and what it touches, but never a prompt, a tool's arguments, a memory value or a file's
+    content, only their sizes: ``llm_chat agent=alice messages=2 prompt=[redacted 143 chars]``.
+
+    A pure function of the payload (and ``note``), so the gate recomputes it (:func:`shown_label`): what Flower
+    shows is what the message holds, whoever published it."""
+    p = payload if isinstance(payload, dict) else {}
+    kind = p.get("kind")
+    parts: list[str]
+    if kind == "llm":
+        messages = p.get("messages") if isinstance(p.get("messages"), list) else []
+        text = sum(_chars(m.get("content")) for m in messages if isinstance(m, dict))
+        parts = [_NAMES.get(p.get("output", "text"), "llm_chat"), f"agent={_word(p.get('agent_id'))}",
+                 f"messages={len(messages)}", f"prompt=[redacted {text} chars]"]
+        if isinstance(p.get("tools"), list) and p["tools"]:
+            parts.append(f"tools={len(p['tools'])}")
+    elif kind == "tool":
+        parts = [f"call_tool {_word(p.get('tool'))}", f"agent={_word(p.get('agent_id'))}",
+                 f"arguments=[redacted {_chars(p.get('arguments'))} chars]"]
+    elif kind in ("memory", "storage"):
+        parts = [f"{kind}_{_word(p.get('op'))}", f"agent={_word(p.get('agent_id'))}"]
+        if p.get("owner") is not None:
+            parts.append(f"owner={_word(p.get('owner'))}")
+        for name in ("key", "path", "value", "content", "query"):
+            if p.get(name) not in (None, ""):
+                parts.append(f"{name}=[redacted {_chars(p.get(name))} chars]")
+    else:
+        parts = ["unknown syscall"]
+    if isinstance(p.get("priority"), int) and not isinstance(p.get("priority"), bool):
+        parts.append(f"priority={p['priority']}")
+    text = " ".join(parts)
+    return f"{text} ({note})" if note else text
+
+
+def shown_label(argsrepr: Any, payload: Any) -> str:
+    """What a worker lets Flower and its logs show for a message: its ``argsrepr`` if that is what
+    :func:`publish_syscall` writes for ``payload`` (with one of the kernel's notes), else the label of ``payload``
+    itself. The gate puts it in the message (:mod:`aios.worker.gate`), so whatever a publisher wrote there (a
+    prompt, another agent's name, a page of text), Flower shows the kernel's own, redacted name of the syscall."""
+    base = label(payload)
+    if isinstance(argsrepr, str) and argsrepr.startswith(base + " (") and argsrepr.endswith(")") \
+            and NOTE_RE.fullmatch(argsrepr[len(base) + 2:-1]):
+        return argsrepr
+    return base

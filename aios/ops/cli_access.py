@@ -1,4 +1,5 @@
-"""``aios grant | revoke-grant | grants | group | audit``: the access manager and its audit log, for operators.
+"""``aios grant | revoke-grant | grants | group | audit | console-token``: the access manager, its audit log and the
+operator console's credential, for operators.
 
 Registered on the ``aios`` command by :func:`register`, so that this file owns its commands.
 """
@@ -161,6 +162,18 @@ def register(main: click.Group) -> None:
             [time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["ts"])), e["decision"], e["actor"], e["op"],
              e["owner"], e["resource"], e["target"], e["reason"]] for e in entries
         ], "no audit entries", styles=[colour.get(e["decision"], "") for e in entries])
+
+    @main.command("console-token")
+    @click.option("--rotate", is_flag=True, help="Issue a new token, voiding the old one.")
+    def console_token(rotate: bool) -> None:
+        """The operator console's token (never an agent's key), as the last line on stdout. Open the console at
+        http://HOST:PORT/console#token=<token>, or paste it into the page."""
+        from aios.policy.identity import console_token as make
+
+        token = _run(lambda m: make(m.settings, m.redis, rotate=rotate))
+        _say("a new console token: the old one no longer opens the console" if rotate else
+             "the operator console's token: keep it like the master key")
+        click.echo(token)
 
     @audit.command("verify")
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")

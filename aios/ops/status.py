@@ -152,3 +152,14 @@ def deadletters(settings: Settings, limit: int = 20) -> list[dict[str, Any]]:
         return [json.loads(x) for x in r.lrange(keys.DEADLETTER, 0, limit - 1)]
     finally:
         r.close()
+
+
+def recent(settings: Settings, limit: int = 100, agent: str | None = None) -> list[dict[str, Any]]:
+    """The latest answered syscalls, newest first (no payloads: who, which call, how it ended, its wait and
+    service); ``agent``: only that agent's, among the latest kept."""
+    r = state_client(settings)
+    try:
+        records = [json.loads(x) for x in r.lrange(keys.RECENT, 0, -1 if agent else limit - 1)]
+    finally:
+        r.close()
+    return [x for x in records if agent is None or x.get("agent") == agent][:limit]

@@ -104,6 +104,26 @@ def broker_password(key: str) -> str:
     return hmac.new(bytes.fromhex(key), b"aios-broker-password", hashlib.sha256).hexdigest()
 
 
+# -- the operator console's token -----------------------------------------------------------------------------
+
+CONSOLE_PREFIX = "aios-console-"
+"""Every console token starts so: it can never be mistaken for (or equal) an agent's key, which is bare hex."""
+
+
+def console_token(settings: Settings, client: redis.Redis, *, rotate: bool = False) -> str:
+    """The operator console's token (``aios console-token``): derived from the master key and a generation kept in
+    the kernel's Redis, so only a holder of the master key can make one and ``rotate`` voids the old one."""
+    generation = int(client.incr(keys.CONSOLE_GEN)) if rotate else int(client.get(keys.CONSOLE_GEN) or 0)
+    return CONSOLE_PREFIX + derive(master_key(settings), f"aios-console\0{generation}")
+
+
+def is_console_token(settings: Settings, client: redis.Redis, token: str | None) -> bool:
+    """Whether ``token`` is the console's current token (compared in constant time)."""
+    if not token or not token.startswith(CONSOLE_PREFIX):
+        return False
+    return hmac.compare_digest(token.encode(), console_token(settings, client).encode())
+
+
 # -- credentials -----------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -307,4 +327,4 @@ def load_secret(settings: Settings, agent_id: str) -> str | None:
 
 __all__ = ["SIG_FIELD", "canonical", "open_reply", "seal_reply", "sign", "Credential", "Credentials", "Issued",
            "KeyRing", "authenticate", "authorize", "verify", "master_key", "agent_key", "broker_user", "broker_password", "kernel_password",
-           "credential_file", "load_secret", "KERNEL_USER"]
+           "credential_file", "load_secret", "KERNEL_USER", "console_token", "is_console_token", "CONSOLE_PREFIX"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,8 @@ from aios.wire.syscalls import Response, Syscall
 
 WAITS_KEPT = 2000
 """Queue waits kept per resource for percentiles (``aios status``, metrics)."""
+RECENT_KEPT = 500
+"""Answered syscalls kept, all agents together, for the operator console (:data:`aios.state.keys.RECENT`)."""
 
 
 Deliver = Callable[[str, str, str], None]
@@ -49,10 +52,11 @@ class Replies:
             "once" if once else "notify", body, "" if self.deliver is not None else sealed,
             self.ttl_s, f"{kind}:{response.status.value}" if kind is not None else "",
             accounted, t.service_s if accounted and t else 0, t.queue_wait_s if accounted and t else 0, WAITS_KEPT,
+            recent_record(response, syscall) if syscall is not None else "", RECENT_KEPT,
         ]
         key_list = [keys.result(sid), keys.reply(agent_id, sid), keys.STATS_DONE, keys.context(sid),
                     keys.attempts(sid), keys.attained(resource), keys.agent_stats(resource), keys.waits(resource),
-                    keys.claim(sid)]
+                    keys.claim(sid), keys.RECENT]
         answered = bool(self._script(keys=key_list, args=argv))
         if answered and self.deliver is not None:
             self.deliver(agent_id, sid, sealed)
@@ -70,3 +74,15 @@ class Replies:
         body = stored.decode() if isinstance(stored, bytes) else str(stored)
         self.deliver(agent_id, syscall_id, seal_reply(body, key, syscall_id) if key else body)
         return True
+
+
+def recent_record(response: Response, syscall: Syscall) -> str:
+    """What the console lists of an answered syscall: who, which call, how it ended, how long it waited and ran;
+    never its payload (a prompt, arguments, content)."""
+    what = {"llm": "output", "tool": "tool", "memory": "op", "storage": "op"}[syscall.kind]
+    t = response.timing
+    return json.dumps({
+        "id": response.id, "agent": syscall.agent_id, "kind": syscall.kind, "what": getattr(syscall, what),
+        "status": response.status.value, "code": response.error.code if response.error else "",
+        "wait_s": round(t.queue_wait_s, 6), "service_s": round(t.service_s, 6),
+        "at": round(t.finished_at, 3)}, separators=(",", ":"))

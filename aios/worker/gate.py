@@ -9,7 +9,10 @@ would schedule it in the worker's memory. The kernel delays syscalls itself, in 
 
 Headers are checked against what the kernel's one publish path (:func:`aios.broker.publish.publish_syscall`,
 Celery's protocol 2) sends: every header must be one of those, with the value the kernel sends (an absent one is
-fine); anything else is refused as ``broker_feature``.
+fine); anything else is refused as ``broker_feature``. ``argsrepr`` and ``kwargsrepr``, what Flower and the
+worker's logs show of the task, are replaced in a message the gate lets through by the readable, redacted label
+that path computes from the payload (:func:`aios.broker.publish.shown_label`): whatever a publisher wrote there,
+Flower shows the kernel's name of the syscall, never a prompt, and never one agent's syscall under another's name.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import kombu.message
 from celery.worker.consumer import Consumer
 
 from aios.broker.kombu_client import LANE, SIZE
+from aios.broker.publish import shown_label
 from aios.state.keys import HEADER_ENQUEUED, HEADER_PRIORITY
 from aios.wire.errors import PayloadTooLarge
 from aios.wire.priority import MAX_PRIORITY, MIN_PRIORITY, from_broker, is_redis_url
@@ -185,7 +189,8 @@ def served_priority(message: Any, broker_url: str) -> int | None:
 
 
 def check_envelope(message: Any, runtime: "Runtime") -> tuple[str, str] | None:
-    """Return ``(code, explanation)`` for a message the kernel must refuse, ``None`` for one it accepts."""
+    """Return ``(code, explanation)`` for a message the kernel must refuse, ``None`` for one it accepts (whose
+    ``argsrepr`` and ``kwargsrepr`` headers it has just set to the kernel's label of the syscall)."""
     size = message_size(message)
     limit = runtime.settings.syscalls.max_payload_bytes
     if size > limit + ENVELOPE_SLACK_BYTES:
@@ -228,4 +233,7 @@ def check_envelope(message: Any, runtime: "Runtime") -> tuple[str, str] | None:
     for name, value in (embed or {}).items():
         if name not in EMBED_KEYS or value:
             return "broker_feature", f"envelope field {short(repr(name), 100)} refused: {WHY_FEATURE}"
+    # Accepted: what Celery will show of it (its events, Flower, its logs) is the kernel's label, not the publisher's.
+    headers["argsrepr"] = shown_label(headers.get("argsrepr"), body[0][0] if len(body[0]) == 1 else None)
+    headers["kwargsrepr"] = "{}"
     return None

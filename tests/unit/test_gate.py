@@ -206,3 +206,48 @@ def test_a_compressed_body_is_never_inflated(h: Harness) -> None:
     assert message.errors and message.body == bomb  # kept compressed: kombu calls the decode-error handler
     refusal = check_envelope(message, h.runtime)
     assert refusal is not None and refusal[0] == "broker_feature" and "'compression'" in refusal[1]
+
+
+# -- what Flower shows: the kernel's readable, redacted label (aios.broker.publish.label) ---------------------------
+
+def test_the_label_names_the_call_and_redacts_what_it_carries() -> None:
+    from aios.broker.publish import label
+    from aios.wire.syscalls import ChatMessage, LLMSyscall, MemorySyscall, ToolSyscall
+
+    prompt = LLMSyscall(agent_id="alice", messages=(ChatMessage(role="system", content="be brief"),
+                                                    ChatMessage(role="user", content="my card is 4111 1111")))
+    shown = label(prompt.model_dump(mode="json"))
+    assert shown == "llm_chat agent=alice messages=2 prompt=[redacted 28 chars] priority=5"
+    json_call = prompt.model_copy(update={"output": "json", "json_schema": {"type": "object"}})
+    assert label(json_call.model_dump(mode="json")).startswith("llm_chat_with_json_output agent=alice")
+    tool = ToolSyscall(agent_id="bob", tool="python", arguments={"code": "print('secret')"}, priority=7)
+    assert label(tool.model_dump(mode="json"), "approved") == (
+        'call_tool python agent=bob arguments=[redacted 25 chars] priority=7 (approved)')
+    memory = MemorySyscall(agent_id="bob", op="put", key="diary", value="dear diary", owner="carol")
+    assert label(memory.model_dump(mode="json")) == (
+        "memory_put agent=bob owner=carol key=[redacted 5 chars] value=[redacted 10 chars] priority=5")
+    # Whatever the payload holds, the label is short, one line, and made of the kernel's words.
+    odd = {"kind": "tool", "agent_id": "<b>eve</b>\n", "tool": "x" * 5000, "arguments": "a" * 9999}
+    assert label(odd) == "call_tool ? agent=? arguments=[redacted 9999 chars]"
+    assert label(["not", "a", "syscall"]) == "unknown syscall"
+
+
+def test_the_gate_shows_the_kernels_label_whatever_the_publisher_wrote(h: Harness) -> None:
+    from aios.broker.publish import label
+
+    payload = h.payload(h.sdk.tool_syscall("echo", {"text": "a private note"}))
+    message = send(h, payload, argsrepr="llm_chat agent=alice (the admin)", kwargsrepr="{'text': 'a private note'}")
+    assert check_envelope(message, h.runtime) is None
+    assert message.headers["argsrepr"] == label(payload) == (
+        f"call_tool echo agent={payload['agent_id']} arguments=[redacted 25 chars] priority=5")
+    assert message.headers["kwargsrepr"] == "{}"
+    # The kernel's own label with one of its notes is kept as it is; an invented note is not.
+    kept = send(h, payload, argsrepr=label(payload, "retry 2"))
+    assert check_envelope(kept, h.runtime) is None and kept.headers["argsrepr"] == label(payload, "retry 2")
+    invented = send(h, payload, argsrepr=label(payload, "approved by the CEO"))
+    assert check_envelope(invented, h.runtime) is None and invented.headers["argsrepr"] == label(payload)
+    # What the SDK publishes carries the label already, and no part of the payload.
+    h.submit(h.sdk.tool_syscall("echo", {"text": "a private note"}))
+    sdk_message = taken(h)
+    assert "private" not in sdk_message.headers["argsrepr"] and sdk_message.headers["argsrepr"].startswith(
+        "call_tool echo agent=")

@@ -131,6 +131,11 @@ class ToolRegistry:
     def specs(self) -> list[ToolSpec]:
         return [self._tools[n].spec() for n in self.names()]
 
+    def catalog(self) -> list[dict[str, Any]]:
+        """Every tool as JSON: its spec and whether it needs an operator's approval (``irreversible``)."""
+        return [{**self._tools[n].spec().model_dump(), "irreversible": self._tools[n].irreversible}
+                for n in self.names()]
+
     def validate(self, name: str, arguments: dict[str, Any]) -> Tool:
         tool = self.get(name)
         errors = sorted(tool.validator.iter_errors(arguments), key=lambda e: list(e.absolute_path))
@@ -456,6 +461,10 @@ def builtin_registry() -> ToolRegistry:
     reg.register(Tool("delete_file", "Delete a file or an empty folder from your own storage.",
                       _obj({"path": _PATH}, ("path",)), lambda path, ctx: _storage(ctx, "delete", path),
                       irreversible=True))
+    # The registry itself, plugins included (they join this same object later): what the MCP endpoint lists.
+    reg.register(Tool("list_tools", "List the tools this kernel offers: name, description, the JSON schema of "
+                      "their arguments, and whether a call needs an operator's approval.", _obj({}),
+                      lambda: {"tools": reg.catalog()}, inline=True))
     reg.register(Tool(
         "http_fetch", "GET an http(s) URL and return its status and text (at most 1 MB). Only hosts the "
                       "operator allowed in AIOS_HTTP_ALLOW can be fetched.",

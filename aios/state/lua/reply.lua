@@ -7,10 +7,12 @@
 -- KEYS[1] result key   KEYS[2] reply list of the caller (aios:reply:<agent>:<id>, the caller BLPOPs it)
 -- KEYS[3] answered-syscalls counter hash   KEYS[4] snapshot hash   KEYS[5] retry-attempts counter
 -- KEYS[6] attained-service zset   KEYS[7] per-agent stats hash   KEYS[8] recent-waits list   KEYS[9] claim key
+-- KEYS[10] recent-syscalls list (the operator console's)
 -- ARGV[1] mode ('once' | 'notify')   ARGV[2] response JSON (stored)   ARGV[3] the answer handed over (the
 -- response sealed with the agent's key; '' to hand nothing over here)   ARGV[4] TTL seconds
 -- ARGV[5] counter field ('<kind>:<status>', '' for none)
 -- ARGV[6] agent id ('' for no accounting)   ARGV[7] service seconds   ARGV[8] wait seconds   ARGV[9] waits kept
+-- ARGV[10] the syscall's record for the recent-syscalls list (JSON, no payload)   ARGV[11] records kept
 -- Returns 1 if this call answered, 0 if an answer was stored already.
 local mode, body, sealed, ttl, field = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if mode == 'once' then
@@ -31,5 +33,7 @@ if agent ~= '' then
   redis.call('HINCRBYFLOAT', KEYS[7], agent .. ':service_s', service)
   redis.call('LPUSH', KEYS[8], string.format('%.6f', wait))
   redis.call('LTRIM', KEYS[8], 0, tonumber(ARGV[9]) - 1)
+  redis.call('LPUSH', KEYS[10], ARGV[10])
+  redis.call('LTRIM', KEYS[10], 0, tonumber(ARGV[11]) - 1)
 end
 return 1
