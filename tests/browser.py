@@ -99,15 +99,13 @@ class Browser:
             raise RuntimeError(f"script failed: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    def wait_for(self, expression: str, timeout_s: float = 30) -> Any:
-        """The first truthy value of ``expression``, evaluated every 100 ms."""
+    def wait_for(self, expression: str, timeout_s: float = 30) -> None:
+        """Until ``expression`` is truthy in the page (evaluated every 100 ms; an element counts as true)."""
         deadline = time.monotonic() + timeout_s
-        while True:
-            value = self.evaluate(expression)
-            if value:
-                return value
+        while not self.evaluate(f"Boolean({expression})"):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"never true in the page: {expression}")
+                text = self.evaluate("document.body ? document.body.innerText.slice(0, 2000) : ''")
+                raise TimeoutError(f"never true in the page: {expression}; the page shows: {text}")
             time.sleep(0.1)
 
     def screenshot(self, path: Path) -> Path:

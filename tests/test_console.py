@@ -134,18 +134,21 @@ def test_the_page_in_chromium_approves_a_parked_syscall(gateway: tuple[str, Loca
             assert shown["digest"] == requests[wanted.id].digest
             assert shown["payload"] == requests[wanted.id].payload
             # The hostile path is shown as text: no element made of it, no script run.
-            assert XSS_PATH in browser.evaluate(
+            hostile_text = browser.evaluate(
                 f"document.querySelector('tr[data-approval=\"{hostile.id}\"] .summary').textContent")
+            assert hostile_text == requests[hostile.id].summary and "<img src=x onerror=" in hostile_text
             assert browser.evaluate("document.querySelectorAll('img').length") == 0
             assert browser.evaluate("document.title") == "AIOS operator console"
             assert browser.evaluate("location.hash") == ""  # the token left the address bar
             assert k.call_tool("read_file", path="notes.txt")["content"] == "old notes"  # nothing ran yet
+            before = browser.screenshot(tmp_path / "console-approval-queue.png")
             browser.evaluate(f"{row}.querySelector('button.approve').click()")
             assert k.wait(wanted) == {"path": "notes.txt", "deleted": True}
             browser.wait_for(f"!{row} && document.getElementById('message').textContent.startsWith('approved')")
             browser.evaluate(f"document.querySelector('tr[data-approval=\"{hostile.id}\"] button.deny').click()")
             with pytest.raises(ApprovalDenied):
                 k.wait(hostile)
+            browser.wait_for(f"!document.querySelector('tr[data-approval=\"{hostile.id}\"]')")
             browser.wait_for(f"document.querySelector('tr[data-syscall=\"{wanted.id}\"]')")  # in recent syscalls
             browser.wait_for(f"document.querySelector('tr[data-agent=\"{k.agent_id}\"]')")
             shot = browser.screenshot(tmp_path / "console.png")
@@ -153,8 +156,8 @@ def test_the_page_in_chromium_approves_a_parked_syscall(gateway: tuple[str, Loca
             browser.close()
         with pytest.raises(NotFound):
             k.call_tool("read_file", path="notes.txt")
-    assert shot.stat().st_size > 10_000
-    print(f"\nconsole screenshot: {shot}")
+    assert shot.stat().st_size > 10_000 and before.stat().st_size > 10_000
+    print(f"\nconsole screenshots: {before} (two requests waiting), {shot} (after approve and deny)")
 
 
 def test_a_bad_token_in_the_page_shows_the_login_form(gateway: tuple[str, LocalKernel]) -> None:

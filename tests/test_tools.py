@@ -307,3 +307,15 @@ def test_http_fetch_refuses_hosts_not_allowed(allow: str, path_or_url: str, mess
     url = path_or_url.format(port=http_port) if "//" in path_or_url else f"http://127.0.0.1:{http_port}{path_or_url}"
     with pytest.raises(ToolError, match=message):
         builtin_registry().call("http_fetch", {"url": url}, ctx=env_ctx())
+
+
+def test_list_tools_lists_the_registry_with_what_needs_approval() -> None:
+    reg = builtin_registry()
+    reg.register(Tool("later", "a plugin, registered after the built-ins", {"type": "object"}, lambda: None,
+                      irreversible=True))
+    listed = {t["name"]: t for t in reg.call("list_tools", {})["tools"]}
+    assert set(listed) == set(reg.names())
+    assert listed["later"]["irreversible"] is True and listed["delete_file"]["irreversible"] is True
+    assert listed["calculator"]["irreversible"] is False
+    assert listed["calculator"]["parameters"]["required"] == ["expression"]
+    assert listed["later"]["description"] == "a plugin, registered after the built-ins"

@@ -63,6 +63,7 @@ class Console:
         self.ctx = ctx
         self.settings = ctx.settings
         self._redis: Any = None
+        self._approvals: Any = None
 
     @property
     def redis(self) -> Any:
@@ -71,6 +72,14 @@ class Console:
 
             self._redis = state_client(self.settings)
         return self._redis
+
+    @property
+    def approvals(self) -> Any:
+        if self._approvals is None:  # its scripts registered once, its reply writer (RabbitMQ's too) kept
+            from aios.policy.approvals import Approvals
+
+            self._approvals = Approvals(self.settings, self.redis)
+        return self._approvals
 
     # -- the page -------------------------------------------------------------------------------------------
 
@@ -104,7 +113,6 @@ class Console:
 
     def _overview(self) -> dict[str, Any]:
         from aios.ops.status import collect, recent
-        from aios.policy.approvals import Approvals
         from aios.policy.audit import AuditLog
         from aios.policy.identity import Credentials
 
@@ -113,7 +121,7 @@ class Console:
             "status": collect(self.settings, timeout_s=STATUS_TIMEOUT_S),
             "credentials": [c.public() for c in Credentials(self.settings, self.redis).list()],
             "recent": recent(self.settings, RECENT_SHOWN),
-            "approvals": [r.public() for r in Approvals(self.settings, self.redis).pending()],
+            "approvals": [r.public() for r in self.approvals.pending()],
             "audit": AuditLog(self.redis).query(limit=AUDIT_SHOWN),
         }
 
@@ -145,9 +153,7 @@ class Console:
         return JSONResponse(result, headers=HEADERS)
 
     def _decide(self, syscall_id: str, action: str, data: dict[str, Any]) -> dict[str, Any]:
-        from aios.policy.approvals import Approvals
-
-        approvals = Approvals(self.settings, self.redis)
+        approvals = self.approvals
         if action == "approve":
             digest = data.get("digest")
             if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):

@@ -222,7 +222,7 @@ def test_the_label_names_the_call_and_redacts_what_it_carries() -> None:
     assert label(json_call.model_dump(mode="json")).startswith("llm_chat_with_json_output agent=alice")
     tool = ToolSyscall(agent_id="bob", tool="python", arguments={"code": "print('secret')"}, priority=7)
     assert label(tool.model_dump(mode="json"), "approved") == (
-        'call_tool python agent=bob arguments=[redacted 25 chars] priority=7 (approved)')
+        'call_tool python agent=bob arguments=[redacted 26 chars] priority=7 (approved)')
     memory = MemorySyscall(agent_id="bob", op="put", key="diary", value="dear diary", owner="carol")
     assert label(memory.model_dump(mode="json")) == (
         "memory_put agent=bob owner=carol key=[redacted 5 chars] value=[redacted 10 chars] priority=5")

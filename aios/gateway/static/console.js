@@ -5,6 +5,7 @@
 const REFRESH_MS = 3000;
 let token = null;
 let timer = null;
+let latest = 0;  // the newest refresh started: an older one that answers late must not draw over it
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -113,8 +114,10 @@ function renderAudit(list) {
 }
 
 async function refresh() {
+  const mine = ++latest;
   try {
     const data = await api("/console/api/overview");
+    if (mine !== latest) return;
     renderApprovals(data.approvals, data.now);
     renderAgents(data);
     renderRecent(data.recent);
