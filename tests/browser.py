@@ -102,7 +102,8 @@ class Browser:
     def wait_for(self, expression: str, timeout_s: float = 30) -> None:
         """Until ``expression`` is truthy in the page (evaluated every 100 ms; an element counts as true)."""
         deadline = time.monotonic() + timeout_s
-        while not self.evaluate(f"Boolean({expression})"):
+        # Until the page has loaded, the expression may throw (an element not there yet): that counts as false.
+        while not self.evaluate(f"(() => {{ try {{ return Boolean({expression}); }} catch (e) {{ return false; }} }})()"):
             if time.monotonic() > deadline:
                 text = self.evaluate("document.body ? document.body.innerText.slice(0, 2000) : ''")
                 raise TimeoutError(f"never true in the page: {expression}; the page shows: {text}")

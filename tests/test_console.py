@@ -23,7 +23,7 @@ from aios.state.connections import state_client
 from aios_bench.attacks import Arena, all_attacks
 from aios_bench.attacks.arena import open_arena
 from tests.browser import Browser, chromium_path
-from tests.conftest import IN_CI, authorized, base_settings, run_aios
+from tests.conftest import BROKERS, IN_CI, authorized, make_broker_settings, run_aios
 from tests.gateway_harness import serve
 
 pytestmark = pytest.mark.integration
@@ -31,9 +31,11 @@ pytestmark = pytest.mark.integration
 XSS_PATH = '<img src=x onerror="document.title=\'pwned\'">.txt'
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, LocalKernel]]:
-    settings = base_settings(tmp_path_factory.mktemp("console"), approvals="required")
+@pytest.fixture(scope="module", params=BROKERS)
+def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[tuple[str, LocalKernel]]:
+    settings = make_broker_settings(request.param, tmp_path_factory.mktemp(f"console-{request.param}"), request,
+                                    approvals="required")
     with LocalKernel(settings, resources=["tool"]) as lk, \
             serve(lk.settings, console.routes, mcp_server.routes) as (url, _ctx):
         yield url, lk
@@ -192,7 +194,8 @@ GATEWAY_ATTACKS = [a for a in all_attacks() if a.area == "gateway"]
 @pytest.fixture(scope="module")
 def arena(gateway: tuple[str, LocalKernel]) -> Iterator[Arena]:
     url, lk = gateway
-    with open_arena(lk.settings, "embedded", kernel=lk) as a:
+    broker = "rabbitmq" if not lk.settings.require_broker().startswith("redis") else "redis"
+    with open_arena(lk.settings, broker, kernel=lk) as a:
         a.extra["gateway"] = url
         yield a
 

@@ -98,14 +98,14 @@ def label(payload: Any, note: str = "") -> str:
 
     A pure function of the payload (and ``note``), so the gate recomputes it (:func:`shown_label`): what Flower
     shows is what the message holds, whoever published it."""
-    p = payload if isinstance(payload, dict) else {}
+    p: dict[str, Any] = payload if isinstance(payload, dict) else {}
     kind = p.get("kind")
     parts: list[str]
     if kind == "llm":
-        messages = p.get("messages") if isinstance(p.get("messages"), list) else []
-        text = sum(_chars(m.get("content")) for m in messages if isinstance(m, dict))
+        messages: list[Any] = p["messages"] if isinstance(p.get("messages"), list) else []
+        chars = sum(_chars(m.get("content")) for m in messages if isinstance(m, dict))
         parts = [_NAMES.get(p.get("output", "text"), "llm_chat"), f"agent={_word(p.get('agent_id'))}",
-                 f"messages={len(messages)}", f"prompt=[redacted {text} chars]"]
+                 f"messages={len(messages)}", f"prompt=[redacted {chars} chars]"]
         if isinstance(p.get("tools"), list) and p["tools"]:
             parts.append(f"tools={len(p['tools'])}")
     elif kind == "tool":

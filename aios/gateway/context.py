@@ -35,7 +35,7 @@ class GatewayContext(Protocol):
 async def resolve(value: T | Awaitable[T]) -> T:
     """``value``, awaited if it is awaitable (the context's methods may be sync or async)."""
     if inspect.isawaitable(value):
-        return await value  # type: ignore[no-any-return]
+        return await value
     return value
 
 

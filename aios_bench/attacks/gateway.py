@@ -106,8 +106,8 @@ def mcp_as_victim(arena: Arena) -> Outcome:
                 streamable_http_client(f"{base}/mcp", http_client=http) as (read, write), \
                 ClientSession(read, write) as s:
             await s.initialize()
-            return await s.call_tool("read_file", {"path": "secret.txt"},
-                                     meta={"aios/agent_id": "alice", "agent_id": "alice"})
+            meta: Any = {"aios/agent_id": "alice", "agent_id": "alice"}  # an open map (RequestParamsMeta)
+            return await s.call_tool("read_file", {"path": "secret.txt"}, meta=meta)
 
     result = asyncio.run(steal())
     text = " ".join(getattr(b, "text", "") for b in result.content)
