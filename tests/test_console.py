@@ -68,6 +68,16 @@ def parked(lk: LocalKernel, agent: str, count: int = 1) -> list[Any]:
     return found
 
 
+def need_chromium() -> str:
+    """Chromium's path; skipped where it is missing, failed in CI (``.ci/run`` installs it)."""
+    executable = chromium_path()
+    if executable is None:
+        if IN_CI:
+            pytest.fail("Chromium is missing: .ci/run installs the Debian package chromium")
+        pytest.skip("no Chromium here: apt-get install -y chromium")
+    return executable
+
+
 def test_only_the_console_token_opens_the_api(gateway: tuple[str, LocalKernel]) -> None:
     url, lk = gateway
     agent = f"nosy-{uuid.uuid4().hex[:6]}"
@@ -113,11 +123,7 @@ def test_approving_needs_the_digest_that_was_shown(gateway: tuple[str, LocalKern
 
 
 def test_the_page_in_chromium_approves_a_parked_syscall(gateway: tuple[str, LocalKernel], tmp_path: Path) -> None:
-    executable = chromium_path()
-    if executable is None:
-        if IN_CI:
-            pytest.fail("Chromium is missing: .ci/run installs the Debian package chromium")
-        pytest.skip("no Chromium here: apt-get install -y chromium")
+    executable = need_chromium()
     url, lk = gateway
     with authorized(lk.settings, f"page-{uuid.uuid4().hex[:6]}", timeout_s=90) as k:
         k.call_tool("write_file", path="notes.txt", content="old notes")
@@ -163,9 +169,7 @@ def test_the_page_in_chromium_approves_a_parked_syscall(gateway: tuple[str, Loca
 
 
 def test_a_bad_token_in_the_page_shows_the_login_form(gateway: tuple[str, LocalKernel]) -> None:
-    executable = chromium_path()
-    if executable is None:
-        pytest.skip("no Chromium here")
+    executable = need_chromium()
     url, lk = gateway
     agent_key = Credentials(lk.settings).create(f"page-nosy-{uuid.uuid4().hex[:6]}", write_file=False).key
     browser = Browser(executable)
