@@ -24,7 +24,8 @@ def json_step(kernel: Kernel, messages: Any, schema: dict[str, Any], steps: Step
     """The model's next step as JSON valid against ``schema`` (greedy, grammar-constrained), recorded in ``steps``.
 
     A small model can run out of tokens mid-object: such a reply is a ``BackendError``, recorded, and asked again,
-    at most ``tries`` times in all. ``None`` if no try gave a valid object.
+    at most ``tries`` times in all. ``None`` if no try gave a valid object. Give ``max_tokens`` room for every
+    string at its ``maxLength``: under a grammar a rambling model fills them, at about 2 characters a token.
     """
     for _ in range(tries):
         try:

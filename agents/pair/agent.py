@@ -26,7 +26,7 @@ PEERS = ("reviewer",)
 DRAFT_TOKENS = 128
 REVIEW_SCHEMA = {
     "type": "object",
-    "properties": {"comments": {"type": "string", "maxLength": 200}, "revised": {"type": "string", "maxLength": 600}},
+    "properties": {"comments": {"type": "string", "maxLength": 200}, "revised": {"type": "string", "maxLength": 500}},
     "required": ["comments", "revised"],
 }
 NOTES = "\n\n---\nReview by "  # where the reviewer's comments start in the shared file
@@ -85,7 +85,7 @@ def _review(reviewer: Kernel, owner: str, path: str, steps: Steps) -> str:
     review: dict[str, Any] | None = json_step(
         reviewer, [{"role": "system", "content": "You review a draft. Reply with JSON: short comments, and the "
                                                  "revised draft."},
-                   {"role": "user", "content": text}], REVIEW_SCHEMA, steps, kind="review", max_tokens=320)
+                   {"role": "user", "content": text}], REVIEW_SCHEMA, steps, kind="review", max_tokens=384)
     comments = str(review["comments"]) if review else "no review could be read from the model"
     revised = (str(review["revised"]).strip() if review else "") or text
     edited = f"{revised}{NOTES}{reviewer.agent_id}: {comments}\n"

@@ -31,7 +31,7 @@ PLAN_SCHEMA = {
             "type": "array", "minItems": 1, "maxItems": MAX_STEPS,
             "items": {
                 "type": "object",
-                "properties": {"tool": {"enum": list(TOOLS)}, "input": {"type": "string", "maxLength": 120}},
+                "properties": {"tool": {"enum": list(TOOLS)}, "input": {"type": "string", "maxLength": 80}},
                 "required": ["tool", "input"],
             },
         },
@@ -42,8 +42,8 @@ PLANNER = (
     "You make a plan for a task: a JSON object with a list of steps, each with a tool and its input.\n"
     "Tools: " + "; ".join(f"{name} (input: {arg}; {doc})" for name, (arg, doc) in TOOLS.items()) + ".\n"
     "A step's input may use the result of an earlier step: {1} is the result of step 1.\n"
-    'Example: task "Add 2 to 6 * 7" -> {"steps": [{"tool": "calculator", "input": "6 * 7"}, '
-    '{"tool": "calculator", "input": "{1} + 2"}]}'
+    'Example: task "Add the number of words in \'a b c\' to 6 * 7" -> {"steps": [{"tool": "word_count", '
+    '"input": "a b c"}, {"tool": "calculator", "input": "6 * 7"}, {"tool": "calculator", "input": "{1} + {2}"}]}'
 )
 _REFERENCE = re.compile(r"\{(\d+)\}")
 
@@ -70,7 +70,8 @@ def run(kernel: Kernel, task: str, *, verbose: bool = False) -> str:
         version = kernel.write_file(path, json.dumps(record), if_version=version)["version"]
         if verbose:
             print(f"  step {number}: {step['tool']}({arg!r}) -> {result}")
-    done = "\n".join(f"Step {i} ({s['tool']} {s['input']!r}): {r}" for i, (s, r) in enumerate(zip(planned, results), 1))
+    done = "\n".join(f"Step {i} ({s['tool']} {s['input']!r}): {r}"
+                     for i, (s, r) in enumerate(zip(planned, results, strict=True), 1))
     answer = kernel.llm_chat([{"role": "system", "content": "Answer the task in one short sentence, using the results "
                                                             "of the steps that were run."},
                               {"role": "user", "content": f"Task: {task}\n{done}"}], max_tokens=64).strip()

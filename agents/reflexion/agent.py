@@ -18,15 +18,15 @@ from aios import AIOSError, Kernel, NotFound
 
 MAX_TRIALS = 3
 KEPT_REFLECTIONS = 5  # the newest lessons kept per task: enough to steer, few enough for a small context
-ANSWER_TOKENS = 64
+ANSWER_TOKENS = 48
 VERDICT_SCHEMA = {
     "type": "object",
-    "properties": {"correct": {"type": "boolean"}, "critique": {"type": "string", "maxLength": 160}},
+    "properties": {"correct": {"type": "boolean"}, "critique": {"type": "string", "maxLength": 80}},
     "required": ["correct", "critique"],
 }
 REFLECTION_SCHEMA = {
     "type": "object",
-    "properties": {"mistake": {"type": "string", "maxLength": 120}, "next_time": {"type": "string", "maxLength": 120}},
+    "properties": {"mistake": {"type": "string", "maxLength": 64}, "next_time": {"type": "string", "maxLength": 64}},
     "required": ["mistake", "next_time"],
 }
 
@@ -96,7 +96,7 @@ def _evaluate(kernel: Kernel, task: str, answer: str, expected: float | None,
                                             "critique."},
               {"role": "user", "content": f"Task: {task}\nAnswer: {answer}\nIs the answer correct?"}]
     verdict: dict[str, Any] | None = json_step(kernel, prompt, VERDICT_SCHEMA, steps, kind="self_evaluation",
-                                               max_tokens=96)
+                                               max_tokens=80)
     if verdict is None:
         return False, "no verdict could be read", "self"
     return bool(verdict["correct"]), str(verdict["critique"]), "self"
