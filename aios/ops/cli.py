@@ -87,11 +87,8 @@ def run(agent: str, task: str, agent_id: str | None, timeout_s: float | None, ve
             if settings.security.auth == "required":
                 from aios.policy.identity import Credentials
 
-                credentials = Credentials(settings)
-                # Who runs `aios run` may act as the agents it starts: this one, and the peers it names
-                # (agents/pair works with `<agent id>-reviewer`, an agent of its own).
                 for who in (agent_id, *(f"{agent_id}-{role}" for role in getattr(module, "PEERS", ()))):
-                    credentials.ensure(who)
+                    Credentials(settings).ensure(who)  # who runs `aios run` may act as the agents it starts
             try:
                 with Kernel(agent_id, settings=settings, timeout_s=timeout_s) as kernel:
                     extra = {"verbose": True} if verbose and _accepts(module.run, "verbose") else {}
