@@ -173,15 +173,15 @@ def test_coder_passes_when_its_code_and_tests_hold(lk: LocalKernel) -> None:
     assert syscalls(lk.settings, "coder-e2e-2")["tool"] == len(attempts)
 
 
-def _approve_shares(settings: Settings, writer: str, reviewer: str, seen: list[dict[str, Any]],
-                    stop: threading.Event) -> None:
-    """The operator: approves the share the writer asks for once it reads what it would do."""
+def _operator(settings: Settings, writer: str, approve: bool, seen: list[dict[str, Any]],
+              stop: threading.Event) -> None:
+    """The operator: reads what the writer's pending request would do, then approves or denies it."""
     approvals = Approvals(settings)
     while not stop.wait(0.2):
         for request in approvals.pending():
             if request.agent_id == writer:
                 seen.append(request.public())
-                approvals.approve(request.id)
+                approvals.approve(request.id) if approve else approvals.deny(request.id, "not this one")
 
 
 def test_pair_writer_and_reviewer_work_on_one_shared_file_as_two_agents(pair_kernel: LocalKernel) -> None:
@@ -190,7 +190,7 @@ def test_pair_writer_and_reviewer_work_on_one_shared_file_as_two_agents(pair_ker
     Credentials(lk.settings).create(reviewer)  # as `aios run pair` does for the peers the agent names
     seen: list[dict[str, Any]] = []
     stop = threading.Event()
-    operator = threading.Thread(target=_approve_shares, args=(lk.settings, writer, reviewer, seen, stop), daemon=True)
+    operator = threading.Thread(target=_operator, args=(lk.settings, writer, True, seen, stop), daemon=True)
     operator.start()
     try:
         with authorized(lk.settings, writer) as k:
@@ -227,6 +227,30 @@ def test_pair_writer_and_reviewer_work_on_one_shared_file_as_two_agents(pair_ker
         with pytest.raises(AccessDenied):
             r.read_file(own_transcript, owner=writer)
         assert r.list_files(f"reviews/{writer}")["entries"][0]["name"] == f"{path.rsplit('/', 1)[-1]}.json"
+
+
+def test_pair_stops_at_the_draft_when_the_operator_denies_the_share(lk: LocalKernel) -> None:
+    writer, reviewer = "pair-denied", "pair-denied-reviewer"
+    Credentials(lk.settings).create(reviewer)
+    seen: list[dict[str, Any]] = []
+    stop = threading.Event()
+    operator = threading.Thread(target=_operator, args=(lk.settings, writer, False, seen, stop), daemon=True)
+    operator.start()
+    try:
+        with authorized(lk.settings, writer) as k:
+            answer = pair.run(k, "One line about tea.")
+            counted = {who: syscalls(lk.settings, who) for who in (writer, reviewer)}
+            record = transcript(k)
+            versions = k.file_versions(record["draft_file"])
+    finally:
+        stop.set()
+        operator.join(timeout=5)
+    assert len(seen) == 1 and answer == record["answer"]
+    assert [s["kind"] for s in record["steps"]] == ["draft", "share"] and "denied" in record["steps"][1]["error"]
+    assert [v["version"] for v in versions] == [1]  # nobody but the writer touched it
+    # The reviewer made no syscall at all. The writer: its draft (LLM, file) and its transcript (file, memory); the
+    # share was answered by the operator's denial, not served by a worker, so no worker counted it.
+    assert counted == {writer: {"llm": 1, "tool": 0, "storage": 3}, reviewer: {"llm": 0, "tool": 0, "storage": 0}}
 
 
 def test_aios_run_pair_issues_the_reviewer_its_own_identity(tmp_path: Path) -> None:
