@@ -121,7 +121,7 @@ def test_aios_run_starts_the_embedded_kernel_answers_and_leaves_nothing_behind(t
 def test_aios_run_unknown_agent_says_which_exist(tmp_path: Path) -> None:
     done = subprocess.run(_aios("run", "nosuch", "x"), env=_env(tmp_path), capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
-    assert "known agents: react" in done.stderr
+    assert "known agents: coder, pair, plan_execute, react, reflexion" in done.stderr
 
 
 def test_aios_up_serves_other_processes_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:

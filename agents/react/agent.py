@@ -2,17 +2,15 @@
 
 The model's step is JSON-constrained (``thought``, ``action``, ``input``), so even a tiny model produces a
 well-formed step; what it decides is its own business. The agent remembers its last answer per task in
-its memory, and keeps a transcript of each run in its files (a new file each time).
+its memory, and keeps a transcript of each run in its files (a new file each time: agents/common.py).
 """
 
 from __future__ import annotations
 
 import json
-import re
-import time
-import uuid
 from typing import Any
 
+from agents.common import Steps, arithmetic_in, json_step, save_transcript
 from aios import AIOSError, Kernel
 
 MAX_STEPS = 4
@@ -36,21 +34,18 @@ SYSTEM = (
     'Example: task "What is 6 * 7?" -> {"thought": "I should multiply", "action": "calculator", "input": "6 * 7"}'
     ' then, after "Observation: 42" -> {"thought": "done", "action": "finish", "input": "42"}'
 )
-_ARITHMETIC = re.compile(r"[-+*/().\d\s^%]{3,}")
 
 
 def run(kernel: Kernel, task: str, *, max_steps: int = MAX_STEPS, verbose: bool = False) -> str:
     messages: list[dict[str, str]] = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Task: {task}"}]
-    transcript: list[dict[str, Any]] = []
+    transcript: Steps = []
     answer: str | None = None
     last_observation: str | None = None
     for _ in range(max_steps):
-        try:
-            step = kernel.llm_chat_with_json_output(messages, json_schema=STEP_SCHEMA, max_tokens=200)
-        except AIOSError as exc:  # e.g. the model ran out of tokens mid-JSON: note it and try again
-            transcript.append({"error": str(exc)})
+        # One try per step: a reply cut off mid-JSON is noted and costs the step.
+        step = json_step(kernel, messages, STEP_SCHEMA, transcript, kind="step", max_tokens=200, tries=1)
+        if step is None:
             continue
-        transcript.append(step)
         if verbose:
             print(f"  step: {json.dumps(step)}")
         action, arg = step.get("action"), str(step.get("input", ""))
@@ -59,14 +54,14 @@ def run(kernel: Kernel, task: str, *, max_steps: int = MAX_STEPS, verbose: bool 
             break
         observation = _act(kernel, action, arg, task)
         last_observation = observation
-        transcript.append({"observation": observation})
+        transcript.append({"kind": "observation", "value": observation})
         if verbose:
             print(f"  observation: {observation}")
         messages.append({"role": "assistant", "content": json.dumps(step)})
         messages.append({"role": "user", "content": f"Observation: {observation}"})
     if not answer:
         answer = last_observation or kernel.llm_chat(f"Answer briefly: {task}", max_tokens=64).strip()
-    _remember(kernel, task, answer, transcript)
+    save_transcript(kernel, task, answer, transcript)
     return answer
 
 
@@ -76,20 +71,13 @@ def _act(kernel: Kernel, action: Any, arg: str, task: str) -> str:
             return str(kernel.call_tool("calculator", expression=arg)["value"])
         except AIOSError as first:
             # Small models often wrap the arithmetic in words; retry with the arithmetic found in the task.
-            found = _ARITHMETIC.search(task)
+            found = arithmetic_in(task)
             if found:
                 try:
-                    return str(kernel.call_tool("calculator", expression=found.group().strip())["value"])
+                    return str(kernel.call_tool("calculator", expression=found)["value"])
                 except AIOSError:
                     pass
             return f"error: {first}"
     if action == "word_count":
         return str(kernel.call_tool("word_count", text=arg)["words"])
     return f"error: unknown action {action!r}"
-
-
-def _remember(kernel: Kernel, task: str, answer: str, transcript: list[dict[str, Any]]) -> None:
-    # A new file per run: overwriting one would be an irreversible operation that waits for an operator.
-    path = f"transcripts/{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.json"
-    kernel.write_file(path, json.dumps({"task": task, "answer": answer, "steps": transcript}))
-    kernel.memory_put("last_answer", {"task": task, "answer": answer, "transcript": path})

@@ -87,7 +87,8 @@ def run(agent: str, task: str, agent_id: str | None, timeout_s: float | None, ve
             if settings.security.auth == "required":
                 from aios.policy.identity import Credentials
 
-                Credentials(settings).ensure(agent_id)  # who runs `aios run` may act as the agent it starts
+                for who in (agent_id, *(f"{agent_id}-{role}" for role in getattr(module, "PEERS", ()))):
+                    Credentials(settings).ensure(who)  # who runs `aios run` may act as the agents it starts
             try:
                 with Kernel(agent_id, settings=settings, timeout_s=timeout_s) as kernel:
                     extra = {"verbose": True} if verbose and _accepts(module.run, "verbose") else {}
