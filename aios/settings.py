@@ -322,6 +322,21 @@ class ToolSettings(BaseModel):
         return [m.strip() for m in self.modules.split(",") if m.strip()]
 
 
+class GatewaySettings(BaseModel):
+    """The OpenAI-compatible HTTP gateway (``aios gateway``, ``aios up --gateway PORT``)."""
+
+    model_config = _GROUP
+
+    host: str = "127.0.0.1"
+    """``AIOS_GATEWAY_HOST``: the address the gateway listens on (loopback by default: put a TLS proxy in front
+    of it before exposing it)."""
+    port: int = Field(default=8088, ge=0, le=65535)
+    """``AIOS_GATEWAY_PORT``: its port (``aios gateway --port`` and ``aios up --gateway PORT`` override it)."""
+    key_refresh_s: float = Field(default=1.0, gt=0)
+    """``AIOS_GATEWAY_KEY_REFRESH_S``: an unknown bearer token reloads the agents' keys at most this often; the
+    index is also reloaded every ten times this (revocations, new keys)."""
+
+
 class Settings(BaseModel):
     """All settings, one group per component. Built by :func:`get_settings` from the environment, or directly
     (flat ``AIOS_*`` names in lower case, or groups, as keyword arguments)."""
@@ -339,6 +354,7 @@ class Settings(BaseModel):
     llm: LLMSettings = Field(default_factory=LLMSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     tools: ToolSettings = Field(default_factory=ToolSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
 
     @model_validator(mode="before")
     @classmethod
@@ -503,6 +519,9 @@ FLAT: dict[str, tuple[str, str]] = {
     "http_allow": ("tools", "http_allow"),
     "max_result_bytes": ("tools", "max_result_bytes"),
     "sandbox_degraded": ("tools", "sandbox_degraded"),
+    "gateway_host": ("gateway", "host"),
+    "gateway_port": ("gateway", "port"),
+    "gateway_key_refresh_s": ("gateway", "key_refresh_s"),
     "llm_models": ("llm", "models"),
     "llm_core": ("llm", "core"),
     "llm_backend": ("llm", "backend"),

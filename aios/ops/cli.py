@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from aios.gateway.server import gateway as gateway_command
 from aios.ops.cli_access import _fail, _say
 from aios.ops.cli_access import register as register_access_commands
 from aios.settings import QUEUES, Settings, get_settings
@@ -137,8 +138,9 @@ class _Interrupts:
 @main.command()
 @click.option("--flower", "flower_port", type=int, default=None, help="Also serve Flower on this port.")
 @click.option("--metrics-port", type=int, default=None, help="Also serve the kernel's Prometheus metrics on this port.")
+@click.option("--gateway", "gateway_port", type=int, default=None, help="Also serve the OpenAI gateway on this port.")
 @click.option("--loglevel", default="WARNING", show_default=True)
-def up(flower_port: int | None, metrics_port: int | None, loglevel: str) -> None:
+def up(flower_port: int | None, metrics_port: int | None, gateway_port: int | None, loglevel: str) -> None:
     """Run the local kernel (embedded Redis unless AIOS_BROKER_URL is set, plus the three workers) until Ctrl-C."""
     from aios.ops.embedded import LocalKernel
     from aios.ops.supervisor import Supervisor
@@ -153,14 +155,14 @@ def up(flower_port: int | None, metrics_port: int | None, loglevel: str) -> None
             local.publish_discovery()
             if flower_port:
                 local.start_flower(flower_port)
+            if gateway_port is not None:
+                local.start_gateway(gateway_port)
             if metrics_port is not None:
                 from aios.ops.metrics import serve
-
                 _server, url = serve(local.settings.updated(**{"redis_url": local.settings.state_redis_url()}),
                                      port=metrics_port)
                 _say(f"Prometheus metrics on {url}")
             from aios.policy.broker_users import without_user
-
             _say(f"kernel up: broker {without_user(local.broker_url)}; logs in {local.log_dir}")
             # What agents elsewhere on this machine need (they add their own broker user); the kernel's own user is
             # in <data_dir>/kernel/operator.json, for operators.
@@ -281,7 +283,6 @@ def metrics(port: int, address: str) -> None:
     """Serve the kernel's metrics for Prometheus on http://ADDRESS:PORT/metrics (until Ctrl-C)."""
     from aios.ops.metrics import serve
     from aios.sdk.client import resolve_settings
-
     try:
         settings = resolve_settings(None)
         server, url = serve(settings, port=port, address=address)
@@ -307,7 +308,6 @@ def quota_reset(agent_id: str) -> None:
     from aios.sdk.client import resolve_settings
     from aios.state import keys
     from aios.state.connections import state_client
-
     try:
         r = state_client(resolve_settings(None))
         used = r.hget(keys.TOKENS_USED, agent_id)
@@ -493,6 +493,8 @@ def bench(ctx: click.Context) -> None:
 
 
 register_access_commands(main)
+main.add_command(gateway_command)
 
 if __name__ == "__main__":
     main()
+

@@ -34,6 +34,7 @@ from aios.worker.delayed import Delayed
 from aios.worker.pipeline import Pipeline, Step
 from aios.worker.refusals import Refusals
 from aios.worker.requeue import Requeue
+from aios.worker.streams import Streams
 
 log = logging.getLogger("aios.worker")
 
@@ -59,6 +60,8 @@ class Runtime:
         self.governor = Governor(settings, self.redis, resource)
         self.placement = Placement(settings, lambda: self.redis)
         self.replies = replies_for(self.redis, settings)
+        self.streams = Streams(self.replies)
+        """Chunks of streamed LLM syscalls, on their way to the callers."""
         self.refusals = Refusals(self)
         self.claims = Claims(self)
         self.delayed = Delayed(self)

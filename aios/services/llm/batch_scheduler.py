@@ -42,6 +42,11 @@ class Request:
     quantum: int = 0
     """Tokens per time slice; 0: run to the end."""
     should_yield: Callable[[], bool] | None = None
+    top_p: float = 1.0
+    """Nucleus sampling (temperature > 0 only)."""
+    on_token: Callable[[int, int], None] | None = None
+    """Called on the engine's thread with ``(index, token)`` for each generated token as it is decoded (index
+    counts from the generation's start, resumed tokens included): token streaming. It must not block."""
 
 
 class Status(enum.IntEnum):

@@ -72,6 +72,7 @@ class _Live:
 
     def __init__(self, req: Request, fut: Future[Generation], sampler: Any) -> None:
         self.req, self.fut, self.sampler = req, fut, sampler
+        self.emitted = len(req.resume)  # the index of its next generated token, for on_token
 
 
 class BatchEngine:
@@ -240,6 +241,14 @@ class BatchEngine:
         self.steps += 1
         outputs = [self._sample(chunk, index) for chunk, index in sorted(sample, key=lambda ci: ci[0].slot)]
         result = self._sched.update(outputs)
+        for out in outputs:  # every token but an end-of-generation one is the sequence's next (see update)
+            live = self._live[out.rid]
+            if live.req.on_token is not None and not out.eog:
+                try:
+                    live.req.on_token(live.emitted, out.token)
+                except Exception:  # noqa: BLE001 - a failing stream must not stop the batch
+                    log.exception("the token callback failed; the generation goes on")
+            live.emitted += not out.eog
         if result.cache is not None and self._sched.cache_slot is not None:
             cache, src = self._sched.cache_slot, result.cache.slot
             self._lc.llama_memory_seq_rm(self._mem, cache, -1, -1)
@@ -314,6 +323,8 @@ class BatchEngine:
         if req.temperature <= 0:
             lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
         else:
+            if req.top_p < 1.0:
+                lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(req.top_p, 1))
             lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(req.temperature))
             lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(token_seed(req.seed, 0)))
         return chain

@@ -37,6 +37,7 @@ from aios.services.llm.output import (  # noqa: F401  (re-exported: the backends
     tool_call_schema,
     tool_instruction,
 )
+from aios.services.llm.stream import TextStream, current_emit
 from aios.services.llm.weights import load_llama
 from aios.settings import Settings
 from aios.state.context import Preempted, Snapshot
@@ -107,6 +108,9 @@ class LlamaCppBackend:
                                   n_threads=settings.llm.n_threads, prefix_cache=settings.llm.prefix_cache)
         self.engine.keep_state = settings.llm.snapshot_kv
 
+    def _detokenize(self, tokens: list[int]) -> bytes:
+        return bytes(self._llama.detokenize(tokens))
+
     def _should_yield(self) -> bool:
         return self.engine.waiting() > 0 or (self.others_waiting is not None and self.others_waiting())
 
@@ -133,18 +137,23 @@ class LlamaCppBackend:
                                f"{self.n_ctx}; shorten the messages or raise AIOS_LLM_N_CTX")
         if snapshot is not None and (snapshot.backend, snapshot.model) != (self.name, self.model_name):
             snapshot = None  # another model's snapshot: start over rather than continue someone else's text
+        stops = [*(rendered.stop or ()), *syscall.stop]
+        resumed = list(snapshot.tokens) if snapshot else []
+        emit = current_emit.get() if syscall.stream and syscall.output != "tool_call" else None
+        stream = TextStream(self._detokenize, stops, emit, resumed) if emit is not None else None
         # Sampled generations are sliced too: the engine seeds each token's draw from (seed, index), so a resumed
         # generation draws what the uninterrupted one would have.
         req = Request(prompt=prompt, max_tokens=min(syscall.max_tokens, self.n_ctx - len(prompt)),
-                      temperature=syscall.temperature, seed=SEED,
+                      temperature=syscall.temperature, seed=syscall.seed or SEED, top_p=syscall.top_p,
                       grammar=self._grammar(schema) if schema is not None else None,
-                      resume=list(snapshot.tokens) if snapshot else [], state=snapshot.state if snapshot else None,
-                      quantum=self.quantum, should_yield=self._should_yield)
+                      resume=resumed, state=snapshot.state if snapshot else None,
+                      quantum=self.quantum, should_yield=self._should_yield,
+                      on_token=stream.on_token if stream is not None else None)
         gen = self.engine.submit(req).result()
         if gen.finish_reason == "preempted":
             raise Preempted(Snapshot(self.name, self.model_name, tokens=gen.tokens, state=gen.state,
                                      slices=(snapshot.slices if snapshot else 0) + 1))
-        text = self._llama.detokenize(gen.tokens).decode("utf-8", errors="ignore")
+        text = self._detokenize(gen.tokens).decode("utf-8", errors="ignore")
         for stop in rendered.stop or ():
             if stop and stop in text:
                 text = text[:text.index(stop)]
@@ -224,6 +233,12 @@ class OpenAIBackend:
     def _create(self, model: str, messages: list[Message], syscall: LLMSyscall, *, retries: int | None = None,
                 map_errors: bool = True, **kwargs: Any) -> Any:
         client = self.client if retries is None else self.client.with_options(max_retries=retries)
+        if syscall.top_p < 1.0:
+            kwargs.setdefault("top_p", syscall.top_p)
+        if syscall.seed is not None:
+            kwargs.setdefault("seed", syscall.seed)
+        if syscall.stop:
+            kwargs.setdefault("stop", list(syscall.stop))
         try:
             return client.chat.completions.create(model=model, messages=messages,  # type: ignore[arg-type]
                                                   max_tokens=syscall.max_tokens, temperature=syscall.temperature,
@@ -285,14 +300,21 @@ class OpenAIBackend:
         model = self._model(syscall)
         if (self.quantum and self._formatter is not None and syscall.output == "text"
                 and syscall.temperature == 0):
-            return self._sliced(model, syscall, snapshot)
+            return _emit_whole(syscall, self._sliced(model, syscall, snapshot))
         schema, instruction = prepare(syscall)
         spent: list[Any] = []
         if syscall.output == "tool_call":
             tools = [{"type": "function", "function": {"name": t.name, "description": t.description,
                                                        "parameters": t.parameters}} for t in syscall.tools]
-            resp = self._create(model, build_messages(syscall), syscall, tools=tools, tool_choice="required")
+            choice_arg: Any = syscall.tool_choice or "required"
+            if choice_arg not in ("auto", "required"):
+                choice_arg = {"type": "function", "function": {"name": choice_arg}}
+            extra = {"parallel_tool_calls": True} if syscall.parallel_tool_calls else {}
+            resp = self._create(model, build_messages(syscall), syscall, tools=tools, tool_choice=choice_arg, **extra)
             choice = resp.choices[0]
+            if not choice.message.tool_calls and syscall.tool_choice == "auto":
+                return make_result(content=choice.message.content or "", finish_reason=choice.finish_reason,
+                                   **_meta([resp], model))
             if choice.message.tool_calls:
                 calls = [check_tool_call(c.function.name, _loads_args(c.function.arguments, c.function.name,
                                                                        choice.finish_reason, syscall),
@@ -306,7 +328,16 @@ class OpenAIBackend:
         else:
             spent.append(self._create(model, build_messages(syscall), syscall))
         choice = spent[-1].choices[0]
-        return finish(syscall, choice.message.content, choice.finish_reason, schema, **_meta(spent, model))
+        return _emit_whole(syscall, finish(syscall, choice.message.content, choice.finish_reason, schema,
+                                           **_meta(spent, model)))
+
+
+def _emit_whole(syscall: LLMSyscall, result: dict[str, Any]) -> dict[str, Any]:
+    """A streamed syscall on a server whose reply is not streamed to us: its text goes as one chunk."""
+    emit = current_emit.get() if syscall.stream else None
+    if emit is not None and result["content"]:
+        emit(0, result["content"])
+    return result
 
 
 def template_formatter(template: str) -> Any:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from aios.state.context import Preempted
 from aios.wire.errors import AIOSError
+from aios.wire.syscalls import LLMSyscall
 from aios.worker.call import Call, Done
 from aios.worker.pipeline import Step
 
@@ -28,7 +29,11 @@ class RunStep(Step):
         syscall = call.need()
         assert call.payload is not None
         try:
-            result = self.rt.service.handle(syscall, call.snapshot)
+            if isinstance(syscall, LLMSyscall) and syscall.stream:
+                with self.rt.streams.streaming(syscall, call.agent_key):
+                    result = self.rt.service.handle(syscall, call.snapshot)
+            else:
+                result = self.rt.service.handle(syscall, call.snapshot)
             call.response = call.ok(result)
             call.counted = True
         except Preempted as p:

@@ -1,0 +1,7 @@
+"""The HTTP face of the kernel: an OpenAI-compatible API (``/v1``) in front of the broker, for agents written
+with any framework that speaks it. Every request is a syscall of the agent whose key is the bearer token.
+
+- :mod:`aios.gateway.auth`: bearer token -> agent (the gateway is a kernel component: it holds the master key).
+- :mod:`aios.gateway.openai_api`: the ``/v1`` routes (chat completions, streaming, models, embeddings).
+- :mod:`aios.gateway.server`: the Starlette app, the context other route sets are given, ``aios gateway``.
+"""
