@@ -6,8 +6,9 @@ indexes them by the SHA-256 of the key, so a request costs one dictionary look-u
 comparison whatever the number of agents. Indexing by a hash of the key leaks nothing a timing attacker could use
 (to aim at an index entry one would need a key's hash prefix, i.e. the key), and the final comparison is
 :func:`hmac.compare_digest`. An unknown token triggers a reload of the credentials at most once per
-``AIOS_GATEWAY_KEY_REFRESH_S`` (a key issued a moment ago works at once; a flood of bad tokens costs one reload a
-second), and the index is reloaded in the background every ten of those intervals (revocations, new generations).
+``AIOS_GATEWAY_KEY_REFRESH_S`` (a key issued a moment ago works within that; a flood of bad tokens costs one reload a
+second, and each waits for it), and the index is reloaded in the background every ten of those intervals
+(revocations, new generations).
 The kernel checks every syscall again anyway (signature, revocation, expiry, broker user): the index only picks
 the agent whose key the syscall is signed with.
 """
@@ -55,6 +56,7 @@ class AgentKeys:
         self.refresh_s = settings.gateway.key_refresh_s
         self._index: dict[bytes, Agent] = {}
         self._loaded_at = 0.0  # monotonic
+        self._load_started = 0.0
         self._lock = asyncio.Lock()
         self._background: asyncio.Task[None] | None = None
         self.reloads = 0
@@ -68,6 +70,7 @@ class AgentKeys:
         return index
 
     async def reload(self) -> None:
+        self._load_started = time.monotonic()
         index = await asyncio.to_thread(self._load)
         self._index, self._loaded_at = index, time.monotonic()
         self.reloads += 1
@@ -82,11 +85,13 @@ class AgentKeys:
         digest = _digest(token)
         agent = self._index.get(digest)
         if agent is None:
-            async with self._lock:
-                agent = self._index.get(digest)
-                if agent is None and time.monotonic() - self._loaded_at >= self.refresh_s:
+            async with self._lock:  # misses queue here: one reload per refresh interval, however many come
+                if self._load_started < now:  # no reload began since this request came: one is due
+                    # Not sooner than refresh_s after the last one (a key issued a moment ago works within that;
+                    # a stream of bad tokens is slowed to it).
+                    await asyncio.sleep(max(0.0, self._loaded_at + self.refresh_s - time.monotonic()))
                     await self.reload()
-                    agent = self._index.get(digest)
+                agent = self._index.get(digest)
         if agent is None or not hmac.compare_digest(agent.key, token):
             return None
         return agent
