@@ -5,7 +5,11 @@ frameworks did (tools called with well-formed arguments, replies read), not whet
 
 from __future__ import annotations
 
-import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,29 +18,46 @@ from tests.test_gateway import Gateway, gw  # noqa: F401  (the fixture: a kernel
 pytestmark = pytest.mark.integration
 
 
-def test_openai_agents_sdk_runs_a_function_tool_through_the_kernel(gw: Gateway) -> None:  # noqa: F811
-    agents = pytest.importorskip("agents")
-    from openai import AsyncOpenAI
+AGENTS_SDK_PROGRAM = """
+import asyncio, json, sys
+from agents import (Agent, ModelSettings, OpenAIChatCompletionsModel, Runner, function_tool,
+                    set_tracing_disabled)
+from openai import AsyncOpenAI
 
-    agents.set_tracing_disabled(True)  # no traces sent to OpenAI's servers
-    called: list[tuple[int, int]] = []
+set_tracing_disabled(True)  # no traces sent to OpenAI's servers
+called = []
 
-    @agents.function_tool
-    def add(a: int, b: int) -> int:
-        """Add two integers."""
-        called.append((a, b))
-        return a + b
+@function_tool
+def add(a: int, b: int) -> int:
+    \"\"\"Add two integers.\"\"\"
+    called.append([a, b])
+    return a + b
 
-    client = AsyncOpenAI(base_url=gw.url, api_key=gw.keys["alice"], max_retries=0)
-    agent = agents.Agent(
-        name="adder", instructions="Use the add tool to answer.", tools=[add],
-        model=agents.OpenAIChatCompletionsModel(model="default", openai_client=client),
-        model_settings=agents.ModelSettings(tool_choice="required", max_tokens=64, temperature=0.0),
-        tool_use_behavior="stop_on_first_tool")
+client = AsyncOpenAI(base_url=sys.argv[1], api_key=sys.argv[2], max_retries=0)
+agent = Agent(name="adder", instructions="Use the add tool to answer.", tools=[add],
+              model=OpenAIChatCompletionsModel(model="default", openai_client=client),
+              model_settings=ModelSettings(tool_choice="required", max_tokens=64, temperature=0.0),
+              tool_use_behavior="stop_on_first_tool")
+result = asyncio.run(Runner.run(agent, "What is 2 + 3?", max_turns=2))
+print(json.dumps({"called": called, "final": str(result.final_output)}))
+"""
+
+
+def test_openai_agents_sdk_runs_a_function_tool_through_the_kernel(gw: Gateway, tmp_path: Path) -> None:  # noqa: F811
+    """An agent process of its own, as users run them. (The SDK's import name, ``agents``, is also this project's
+    agents folder: here the program runs outside the checkout, where ``agents`` is the OpenAI Agents SDK.)"""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    probe = subprocess.run([sys.executable, "-c", "import agents; agents.Runner"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"openai-agents is not installed: {probe.stderr.strip()[-200:]}")
     before = gw.calls("alice")
-    result = asyncio.run(agents.Runner.run(agent, "What is 2 + 3?", max_turns=2))
-    assert len(called) == 1 and all(isinstance(x, int) for x in called[0])
-    assert str(result.final_output) == str(sum(called[0]))  # the tool's output ends the run
+    done = subprocess.run([sys.executable, "-c", AGENTS_SDK_PROGRAM, gw.url, gw.keys["alice"]], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert len(out["called"]) == 1 and all(isinstance(x, int) for x in out["called"][0])
+    assert out["final"] == str(sum(out["called"][0]))  # the tool's output ends the run
     assert gw.calls("alice") == before + 1
 
 
