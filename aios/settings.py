@@ -27,7 +27,8 @@ from aios.wire.priority import is_redis_url
 
 QUEUES = {"llm": "aios.llm", "tool": "aios.tool", "storage": "aios.storage"}
 """One broker queue per resource (a worker type); memory and storage syscalls both go to the storage worker."""
-KIND_TO_RESOURCE = {"llm": "llm", "tool": "tool", "memory": "storage", "storage": "storage"}
+KIND_TO_RESOURCE = {"llm": "llm", "tool": "tool", "memory": "storage", "storage": "storage", "cancel": "tool"}
+"""A cancel (a control syscall) goes to the tool queue: any worker can record it, and tool syscalls are short."""
 
 
 PolicyName = Literal["fifo", "rr", "priority", "fair"]
@@ -167,6 +168,13 @@ class WorkerSettings(BaseModel):
     retry_backoff_s: float = Field(default=1.0, ge=0)
     """Delay before the first requeued attempt; doubled for each further one (at most 60 s, never past the
     syscall's deadline)."""
+    lease_s: float = Field(default=10.0, gt=0)
+    """A running syscall's lease (its claim): how long it outlives its worker's last renewal. A worker that dies
+    mid-syscall has it requeued by another worker about this long after (capped at half the visibility timeout).
+    Shorter: faster recovery; too short for a worker stalled that long (a swap storm): it runs a second time."""
+    lease_renew_s: float = Field(default=2.0, gt=0)
+    """How often a worker renews the leases of the syscalls it runs, and looks for lapsed ones to requeue (at most
+    a third of ``lease_s``). Shorter: recovery closer to ``lease_s``, a little more Redis traffic."""
 
 
 class SchedulingSettings(BaseModel):
@@ -476,6 +484,8 @@ FLAT: dict[str, tuple[str, str]] = {
     "worker_concurrency": ("worker", "concurrency"),
     "retry_max": ("worker", "retry_max"),
     "retry_backoff_s": ("worker", "retry_backoff_s"),
+    "lease_s": ("worker", "lease_s"),
+    "lease_renew_s": ("worker", "lease_renew_s"),
     "policies": ("scheduling", "policies"),
     "aging_s": ("scheduling", "aging_s"),
     "fair_quantum_s": ("scheduling", "fair_quantum_s"),

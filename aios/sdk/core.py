@@ -40,6 +40,7 @@ from aios.wire.errors import (
 from aios.wire.priority import DEFAULT_PRIORITY, check, is_redis_url
 from aios.wire.seal import open_reply
 from aios.wire.syscalls import (
+    CancelSyscall,
     ChatMessage,
     LLMSyscall,
     MemorySyscall,
@@ -175,6 +176,12 @@ class _Core:
         return StorageSyscall(op=op, path=path, content=content, owner=owner,  # type: ignore[arg-type]
                               if_version=if_version, with_version=with_version, version=version, at=at,
                               with_agent=with_agent, mode=mode, query=query, k=k, **self._common(priority, timeout_s))
+
+    def cancel_syscall(self, target: "str | Pending", *, priority: int | None = None,
+                       timeout_s: float | None = None) -> CancelSyscall:
+        """A signed request to cancel ``target`` (a syscall id of this agent's, or its :class:`Pending`)."""
+        return CancelSyscall(target=target.id if isinstance(target, Pending) else target,
+                             **self._common(priority, timeout_s))
 
     # -- the wire ----------------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, overload
 
-from aios.sdk.core import Messages, Tools, _Core
+from aios.sdk.core import Messages, Pending, Tools, _Core
 from aios.wire.syscalls import Syscall
 
 if TYPE_CHECKING:
@@ -148,6 +148,17 @@ class Operations(_Core):
         return _one(self.llm_syscall(messages, "tool_call", tools=tools, max_tokens=max_tokens,
                                      temperature=temperature, model=model, priority=priority, timeout_s=timeout_s),
                     "tool_calls")
+
+    # -- control -----------------------------------------------------------------------------------------
+
+    @operation
+    def cancel(self, syscall: str | Pending, *, priority: int | None = None,
+               timeout_s: float | None = None) -> Call[bool]:
+        """Cancel one of this agent's own syscalls (its id, or the ``Pending`` of ``submit``): a queued one never
+        starts, a running generation stops within one engine step; its caller gets ``Cancelled``. ``True`` if the
+        cancel was recorded before the syscall was answered, ``False`` if it was answered already. A cancel naming
+        another agent's syscall is recorded under this agent's name and has no effect on it."""
+        return _one(self.cancel_syscall(syscall, priority=priority, timeout_s=timeout_s), "cancelled")
 
     # -- tools -------------------------------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from aios.state.connections import broker_client, state_client
 from aios.wire.errors import AIOSError
 from aios.wire.priority import is_redis_url
 from aios.worker.call import Call, Done, Refuse
+from aios.worker.cancels import Cancels
 from aios.worker.claims import Claims
 from aios.worker.delayed import Delayed
 from aios.worker.pipeline import Pipeline, Step
@@ -61,6 +62,7 @@ class Runtime:
         self.replies = replies_for(self.redis, settings)
         self.refusals = Refusals(self)
         self.claims = Claims(self)
+        self.cancels = Cancels(self)
         self.delayed = Delayed(self)
         self.requeue = Requeue(self)
         self.arrivals: dict[str, int] = {}

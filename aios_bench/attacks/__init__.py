@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-MODULES = ("sandbox", "storage", "audit", "approvals", "gate", "idempotency", "broker", "replies", "identity")
+MODULES = ("sandbox", "storage", "audit", "approvals", "gate", "idempotency", "broker", "replies", "identity",
+           "cancel")
 """The modules of this package that hold attacks (``aios_bench.attacks.<name>``), imported by :func:`all_attacks`."""
 
 

@@ -120,6 +120,7 @@ class BatchEngine:
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._pending: deque[tuple[Request, Future[Generation]]] = deque()  # submitted, not yet in _sched
         self._live: dict[int, _Live] = {}  # by request id: in _sched (waiting or running), or being released
+        self._aborting: list[tuple[Future[Generation], Exception]] = []  # abort() asked, the engine thread ends them
         self._cond = threading.Condition()
         self._closed = False
         self.steps = 0
@@ -173,6 +174,16 @@ class BatchEngine:
             self._cond.notify()
         return fut
 
+    def abort(self, fut: "Future[Generation]", exc: Exception) -> bool:
+        """End the request of ``fut`` (submitted, waiting or generating) before the next step: its slot is freed and
+        ``fut`` fails with ``exc``. ``False`` if it is done already."""
+        with self._cond:
+            if fut.done() or self._closed:
+                return False
+            self._aborting.append((fut, exc))
+            self._cond.notify()
+        return True
+
     def waiting(self) -> int:
         """Requests submitted but not yet admitted to a sequence slot."""
         return len(self._pending) + self._sched.num_waiting
@@ -190,7 +201,7 @@ class BatchEngine:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._closed and not self._pending and not self._sched.has_work():
+                while not self._closed and not self._pending and not self._aborting and not self._sched.has_work():
                     self._cond.wait()
                 if self._closed:
                     self._fail_live(BackendError("the LLM engine shut down mid-generation"))
@@ -202,6 +213,9 @@ class BatchEngine:
                     return
                 while self._pending:
                     self._add(*self._pending.popleft())
+                aborting, self._aborting = self._aborting, []
+            for fut, exc in aborting:
+                self._abort(fut, exc)
             try:
                 self._step()
             except Exception as exc:  # noqa: BLE001 - fail the batch, keep the engine alive
@@ -336,6 +350,18 @@ class BatchEngine:
         del self._live[done.rid]
         self._lc.llama_sampler_free(live.sampler)
         live.fut.set_result(Generation(list(done.tokens), done.status.finish_reason, done.prompt_tokens, state))
+
+    def _abort(self, fut: "Future[Generation]", exc: Exception) -> None:
+        """End the request of ``fut`` now (between steps): free its slot and its sampler, fail its future."""
+        rid = next((r for r, live in self._live.items() if live.fut is fut), None)
+        if rid is None or rid not in self._sched:  # finished meanwhile (or never admitted: a failed sampler)
+            return
+        done = self._sched.finish(rid)
+        live = self._live.pop(rid)
+        if done.slot is not None and done.slot >= 0:
+            self._lc.llama_memory_seq_rm(self._mem, done.slot, -1, -1)
+        self._lc.llama_sampler_free(live.sampler)
+        fut.set_exception(exc)
 
     def _fail_live(self, exc: Exception) -> None:
         """Fail every request past admission whose future is unresolved (those of a plan half carried out

@@ -15,12 +15,13 @@ import importlib.metadata
 import json
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Protocol
 
 from aios.policy.scheduler import llm_quantum
 from aios.services.base import BaseService
-from aios.services.llm.engine import BatchEngine, Request
+from aios.services.llm.engine import BatchEngine, Generation, Request
 from aios.services.llm.output import (  # noqa: F401  (re-exported: the backends' shared prompt and output rules)
     Message,
     _unusable,
@@ -106,6 +107,11 @@ class LlamaCppBackend:
         self.engine = BatchEngine(self._llama, n_ctx=settings.llm.n_ctx, n_seq=settings.llm.batch_size,
                                   n_threads=settings.llm.n_threads, prefix_cache=settings.llm.prefix_cache)
         self.engine.keep_state = settings.llm.snapshot_kv
+        self._generating: dict[str, Future[Generation]] = {}  # syscall id -> its engine request, while it runs
+
+    def abort(self, syscall_id: str, exc: AIOSError) -> bool:
+        fut = self._generating.get(syscall_id)
+        return fut is not None and self.engine.abort(fut, exc)
 
     def _should_yield(self) -> bool:
         return self.engine.waiting() > 0 or (self.others_waiting is not None and self.others_waiting())
@@ -140,7 +146,12 @@ class LlamaCppBackend:
                       grammar=self._grammar(schema) if schema is not None else None,
                       resume=list(snapshot.tokens) if snapshot else [], state=snapshot.state if snapshot else None,
                       quantum=self.quantum, should_yield=self._should_yield)
-        gen = self.engine.submit(req).result()
+        fut = self.engine.submit(req)
+        self._generating[syscall.id] = fut
+        try:
+            gen = fut.result()
+        finally:
+            self._generating.pop(syscall.id, None)
         if gen.finish_reason == "preempted":
             raise Preempted(Snapshot(self.name, self.model_name, tokens=gen.tokens, state=gen.state,
                                      slices=(snapshot.slices if snapshot else 0) + 1))
@@ -363,6 +374,11 @@ class LLMService(BaseService):
 
     def watch_queue(self, others_waiting: Callable[[], bool]) -> None:
         self.others_waiting = others_waiting
+
+    def abort(self, syscall_id: str, exc: AIOSError) -> bool:
+        backend = self._backend
+        abort = getattr(backend, "abort", None)  # a backend that cannot stop a generation answers when it ends
+        return bool(abort(syscall_id, exc)) if abort is not None else False
 
     @property
     def backend(self) -> LLMBackend:

@@ -18,7 +18,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from concurrent.futures import Future, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,8 +144,10 @@ class ToolRegistry:
             raise InvalidToolArguments(f"invalid arguments for tool {name!r}: arguments.ctx: 'ctx' is reserved")
         return tool
 
-    def call(self, name: str, arguments: dict[str, Any], ctx: ToolContext | None = None) -> Any:
-        """Validate, then run the tool within its time limit.
+    def call(self, name: str, arguments: dict[str, Any], ctx: ToolContext | None = None,
+             stop: "Future[Any] | None" = None) -> Any:
+        """Validate, then run the tool within its time limit (``stop``: a future whose exception, once set, the
+        caller raises at once instead of waiting on: a cancel).
 
         The function runs on a daemon thread (reused between calls: :mod:`aios.services.tools.threads`) and the
         caller waits at most ``timeout_s``. A Python thread cannot
@@ -180,7 +182,11 @@ class ToolRegistry:
 
         self._threads.run(run)
         # wait(), not result(timeout): a tool that itself raises TimeoutError must not read as our time limit.
-        if not wait([future], timeout=max(0.0, deadline - time.monotonic())).done:
+        watched = [future] if stop is None else [future, stop]
+        done = wait(watched, timeout=max(0.0, deadline - time.monotonic()), return_when=FIRST_COMPLETED).done
+        if stop is not None and stop in done and future not in done:  # abandoned: its thread runs on, unanswered
+            stop.result()
+        if future not in done:
             raise ToolError(f"tool {name!r} exceeded its time limit of {tool.timeout_s:g} s")
         try:
             return future.result()
@@ -196,6 +202,7 @@ class ToolService(BaseService):
     def __init__(self, registry: ToolRegistry | None = None, settings: Settings | None = None) -> None:
         self.registry = registry or builtin_registry()
         self._settings = settings
+        self._stops: dict[str, Future[Any]] = {}  # syscall id -> what abort() sets, while its tool runs
 
     @property
     def settings(self) -> Settings:
@@ -207,10 +214,24 @@ class ToolService(BaseService):
         if not isinstance(syscall, ToolSyscall):
             raise InvalidSyscall(f"the tool service serves tool syscalls, not {syscall.kind!r}", code="wrong_queue")
         ctx = ToolContext(agent_id=syscall.agent_id, syscall_id=syscall.id, settings=self.settings)
-        result = self.registry.call(syscall.tool, syscall.arguments, ctx=ctx)
+        stop: Future[Any] = Future()
+        self._stops[syscall.id] = stop
+        try:
+            result = self.registry.call(syscall.tool, syscall.arguments, ctx=ctx, stop=stop)
+        finally:
+            self._stops.pop(syscall.id, None)
         if result is not None:
             _check_size(syscall.tool, result, self.settings.tools.max_result_bytes)
         return result
+
+    def abort(self, syscall_id: str, exc: AIOSError) -> bool:
+        """Stop waiting for the tool of ``syscall_id``: it is answered ``exc`` now; a Python thread cannot be
+        killed, so the tool's thread is abandoned (it runs to its end, its result dropped)."""
+        stop = self._stops.get(syscall_id)
+        if stop is None or stop.done():
+            return False
+        stop.set_exception(exc)
+        return True
 
     def irreversible(self, syscall: Syscall) -> str | None:
         if not isinstance(syscall, ToolSyscall):
