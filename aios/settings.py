@@ -256,6 +256,10 @@ class LLMSettings(BaseModel):
     snapshot_kv: bool = True
     """llama.cpp: store the sequence's KV state in the snapshot (resumes without recomputing; about 23 KB a
     token for SmolLM2-135M). Off: tokens only, recomputed on resume."""
+    checkpoint_tokens: int = Field(default=256, ge=0)
+    """llama.cpp: store a running generation's snapshot every this many generated tokens, so that a copy
+    redelivered after its worker died resumes from there (same output, greedy or seeded) instead of starting
+    over. 0: never. Each checkpoint copies the sequence's KV state (see ``snapshot_kv``) into Redis."""
     chat_template: str | None = None
     """openai backend, needed for preemption there: the model's Jinja chat template, or a GGUF file to read it
     from. Suspended generations resume through the completions endpoint as a continuation of the rendered
@@ -529,6 +533,7 @@ FLAT: dict[str, tuple[str, str]] = {
     "llm_quantum_tokens": ("llm", "quantum_tokens"),
     "llm_prefix_cache": ("llm", "prefix_cache"),
     "llm_snapshot_kv": ("llm", "snapshot_kv"),
+    "llm_checkpoint_tokens": ("llm", "checkpoint_tokens"),
     "llm_chat_template": ("llm", "chat_template"),
     "llm_cpu_repack": ("llm", "cpu_repack"),
 }

@@ -32,6 +32,10 @@ class Service(Protocol):
     def watch_queue(self, others_waiting: Callable[[], bool]) -> None:
         """Called once by the worker: ``others_waiting()`` says whether syscalls wait on this worker's queue."""
 
+    def keep_checkpoints(self, save: Callable[[str, Snapshot], None]) -> None:
+        """Called once by the worker: ``save(syscall_id, snapshot)`` stores a running syscall's checkpoint (an LLM
+        generation's), which the worker hands back to ``handle`` if the syscall is delivered again."""
+
     def abort(self, syscall_id: str, exc: AIOSError) -> bool:
         """Stop the running syscall ``syscall_id`` soon, its ``handle`` raising ``exc`` (a cancel, a service-time
         limit); called from another thread. ``False``: this service cannot stop it (it is answered when it returns)."""
@@ -50,6 +54,9 @@ class BaseService:
         return None
 
     def watch_queue(self, others_waiting: Callable[[], bool]) -> None:
+        return None
+
+    def keep_checkpoints(self, save: Callable[[str, Snapshot], None]) -> None:
         return None
 
     def abort(self, syscall_id: str, exc: AIOSError) -> bool:

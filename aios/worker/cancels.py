@@ -1,5 +1,6 @@
-"""Cancellation: a cancel is recorded in the kernel's Redis, a queued syscall heeds it before it starts, and a
-running one is stopped by the worker that runs it.
+"""Cancellation and service-time limits: a cancel is recorded in the kernel's Redis, a queued syscall heeds it
+before it starts, and a running one is stopped by the worker that runs it; so is one that runs past its deadline
+or ``AIOS_MAX_SYSCALL_TIMEOUT_S`` (answered ``DeadlineExceeded``).
 
 Who may cancel what. A cancel is recorded at ``aios:cancel:<id>`` (a hash) under the name of who asked: an agent's
 cancel is a signed control syscall (:class:`~aios.wire.syscalls.CancelSyscall`) that a worker verifies like any
@@ -14,7 +15,10 @@ answered :class:`~aios.wire.errors.Cancelled` instead of starting (:mod:`aios.wo
 syscall runs, this module's watch pass (every :data:`WATCH_S`, only while the worker runs something) reads the
 cancels of the syscalls this worker runs, and Celery's own revoked ids (a ``revoke`` broadcast reaches every
 worker), and asks the service to abort the syscall: the LLM engine ends the generation at its next step and
-frees its slot; the run step then answers ``Cancelled``. A Celery ``revoke`` of a message still queued is acked
+frees its slot; the tool service stops waiting for the tool (its thread is abandoned, counted); the run step then
+answers ``Cancelled``. The same pass stops a syscall at its service-time limit (its deadline, or
+``AIOS_MAX_SYSCALL_TIMEOUT_S`` after it started) the same way, answered ``DeadlineExceeded``; a service that cannot
+stop one (storage) answers it when it returns. A Celery ``revoke`` of a message still queued is acked
 by Celery itself without running the task: :func:`on_revoked` records it and answers ``Cancelled`` through the
 pipeline, so the caller is told.
 """
@@ -24,17 +28,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from aios.settings import Settings
 from aios.state import keys, scripts
 from aios.state.periodic import Periodic
-from aios.wire.errors import AIOSError, Cancelled
+from aios.wire.errors import AIOSError, Cancelled, DeadlineExceeded
 
 if TYPE_CHECKING:
     from aios.worker.runtime import Runtime
@@ -55,10 +59,17 @@ def cancelled_error(syscall_id: str, running: bool) -> Cancelled:
     return Cancelled(f"syscall {syscall_id} was cancelled {where}")
 
 
+def limit_error(syscall_id: str, ran_s: float, why: str) -> DeadlineExceeded:
+    return DeadlineExceeded(f"syscall {syscall_id} was stopped after running {ran_s:.1f} s: {why}")
+
+
 @dataclass
 class _Running:
     agent_id: str
     abort: Callable[[AIOSError], bool]
+    started: float
+    limit_at: float
+    """Unix time it must be over by: its deadline, or its start + ``AIOS_MAX_SYSCALL_TIMEOUT_S``."""
     aborted: bool = False
     told: bool = False
 
@@ -77,6 +88,7 @@ class Cancels:
     def __init__(self, rt: "Runtime") -> None:
         self.redis = rt.redis
         self.settings = rt.settings
+        self.max_run_s = rt.settings.syscalls.max_syscall_timeout_s
         self._running: dict[str, _Running] = {}
         self._lock = threading.Lock()
         self.periodic = Periodic("aios-cancel-watch", WATCH_S, self.watch)
@@ -91,20 +103,36 @@ class Cancels:
         pipe.hmget(keys.cancel(syscall_id), [agent_id, keys.CANCEL_ANY])
 
     @contextmanager
-    def running(self, syscall_id: str, agent_id: str, abort: Callable[[AIOSError], bool]) -> Iterator[None]:
-        """While the block runs, a cancel of ``syscall_id`` (by ``agent_id`` or an operator) calls ``abort``."""
+    def running(self, syscall_id: str, agent_id: str, abort: Callable[[AIOSError], bool],
+                deadline: float | None = None) -> Iterator[None]:
+        """While the block runs, a cancel of ``syscall_id`` (by ``agent_id`` or an operator), or its service-time
+        limit (``deadline``, and ``AIOS_MAX_SYSCALL_TIMEOUT_S`` from now), calls ``abort``."""
+        now = time.time()
+        limit_at = now + self.max_run_s if deadline is None else min(deadline, now + self.max_run_s)
         with self._lock:
-            self._running[syscall_id] = _Running(agent_id, abort)
+            self._running[syscall_id] = _Running(agent_id, abort, now, limit_at)
         try:
             yield
         finally:
             with self._lock:
                 self._running.pop(syscall_id, None)
 
-    def watch(self) -> None:
-        """One pass: abort the running syscalls that heed a cancel (or that Celery's ``revoke`` named)."""
+    def watch(self, now: float | None = None) -> None:
+        """One pass: stop the running syscalls past their service-time limit, and those that heed a cancel (or
+        that Celery's ``revoke`` named)."""
+        now = time.time() if now is None else now
         with self._lock:
             running = [(sid, r) for sid, r in self._running.items() if not r.aborted]
+        for sid, r in running:
+            if now >= r.limit_at:
+                why = ("past its deadline (its timeout_s)" if r.limit_at < r.started + self.max_run_s - 1e-6
+                       else f"the service-time limit of {self.max_run_s:g} s (AIOS_MAX_SYSCALL_TIMEOUT_S)")
+                r.aborted = r.abort(limit_error(sid, now - r.started, why))
+                if r.aborted or not r.told:
+                    log.warning("syscall %s ran past %s; %s", sid, why,
+                                "stopped" if r.aborted else "its service cannot stop it: answered when it returns")
+                r.told = True
+        running = [(sid, r) for sid, r in running if not r.aborted and now < r.limit_at]
         if not running:
             return
         revoked = _celery_revoked()

@@ -82,9 +82,8 @@ class LeaseSweeper:
             tags = client.zrangebyscore(channel.unacked_index_key, 0, now - self.grace_s, start=0, num=BATCH)
             if not tags:
                 return 0
-            taken = [(tag, syscall_id_of(raw)) for tag, raw in zip(tags, client.hmget(channel.unacked_key, tags),
-                                                                   strict=True)]
-            taken = [(tag, sid) for tag, sid in taken if sid is not None]
+            ids = [syscall_id_of(raw) for raw in client.hmget(channel.unacked_key, tags)]
+            taken = [(tag, sid) for tag, sid in zip(tags, ids, strict=True) if sid is not None]
             if not taken:
                 return 0
             pipe = self.rt.redis.pipeline(transaction=False)
@@ -106,8 +105,6 @@ class LeaseSweeper:
     def _restore(channel: Any, client: Any, tag: "bytes | str") -> str | None:
         """kombu's ``QoS.restore_by_tag`` (the same transaction), saying whether this call put the message back:
         the kind of the kernel task it was (``tool``...), or ``None`` when another sweeper or its ack came first."""
-        from kombu.utils.encoding import bytes_to_str
-
         done: list[str] = []
 
         def transaction(pipe: Any) -> None:
@@ -116,7 +113,7 @@ class LeaseSweeper:
             pipe.multi()
             channel.qos._remove_from_indices(tag, pipe)
             if raw:
-                message, exchange, routing_key = json.loads(bytes_to_str(raw))
+                message, exchange, routing_key = json.loads(raw)
                 channel._do_restore_message(message, exchange, routing_key, pipe, False)
                 done.append(str(message.get("headers", {}).get("task", "aios.?")).split(".", 1)[-1])
 

@@ -72,6 +72,7 @@ class _Live:
 
     def __init__(self, req: Request, fut: Future[Generation], sampler: Any) -> None:
         self.req, self.fut, self.sampler = req, fut, sampler
+        self.checkpointed = len(req.resume)  # tokens generated at its last checkpoint (or resume)
 
 
 class BatchEngine:
@@ -261,6 +262,24 @@ class BatchEngine:
             self._lc.llama_memory_seq_rm(self._mem, cache, result.cache.n_tokens, -1)
         for done in result.finished:
             self._release(done)
+        self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Hand each running request that generated ``checkpoint`` more tokens since its last checkpoint what a
+        suspension would return now (tokens, KV state), without stopping it."""
+        for rid in self._sched.running_ids():
+            live = self._live[rid]
+            every, hand = live.req.checkpoint, live.req.on_checkpoint
+            if not every or hand is None:
+                continue
+            tokens, whole = self._sched.progress(rid)
+            if not whole or len(tokens) - live.checkpointed < every:
+                continue
+            live.checkpointed = len(tokens)
+            try:
+                hand(list(tokens), self._snapshot(self._sched.slot(rid)) if self.keep_state else None)
+            except Exception:  # noqa: BLE001 - a lost checkpoint costs a recomputation, never the batch
+                log.exception("a checkpoint callback failed")
 
     def _fill(self, plan: StepPlan) -> list[tuple[Chunk, int]]:
         """Write the plan's chunks into the batch, decode tokens first; returns the chunks to sample from, each

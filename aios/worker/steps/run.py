@@ -1,6 +1,7 @@
 """Run the syscall on the service. A generation whose time slice ended is suspended and requeued; a transient
 backend failure is retried after a back-off; any other failure is the caller's answer, never a dead worker. A
-cancel recorded while it runs stops it where the service can (``Cancelled``: :mod:`aios.worker.cancels`)."""
+cancel recorded while it runs, or its service-time limit, stops it where the service can (``Cancelled``,
+``DeadlineExceeded``: :mod:`aios.worker.cancels`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from aios.state.context import Preempted
 from aios.state import keys
+from aios.state.context import Preempted
 from aios.wire.errors import AIOSError, Cancelled
 from aios.worker.call import Call, Done
 from aios.worker.pipeline import Step
@@ -30,9 +31,12 @@ class RunStep(Step):
         syscall = call.need()
         assert call.payload is not None
         service = self.rt.service
+        if call.snapshot is not None:  # continued from a suspension or a checkpoint, not started over
+            self.rt.redis.hincrby(keys.STATS_DONE, f"{syscall.kind}:resumed", 1)
         try:
-            # A cancel recorded while it runs asks the service to stop it (aios.worker.cancels' watch pass).
-            with self.rt.cancels.running(syscall.id, syscall.agent_id, lambda exc: service.abort(syscall.id, exc)):
+            # A cancel recorded while it runs, or its time limit, asks the service to stop it (the watch pass).
+            with self.rt.cancels.running(syscall.id, syscall.agent_id, lambda exc: service.abort(syscall.id, exc),
+                                         deadline=syscall.deadline):
                 result = service.handle(syscall, call.snapshot)
             call.response = call.ok(result)
             call.counted = True
