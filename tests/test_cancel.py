@@ -15,7 +15,7 @@ from aios.broker.app import make_app
 from aios.ops.cli import main
 from aios.ops.embedded import LocalKernel
 from aios.state import keys
-from aios.wire.errors import Cancelled
+from aios.wire.errors import Cancelled, DeadlineExceeded
 from aios.wire.syscalls import Status
 from tests.conftest import BROKERS, authorized, make_broker_settings
 
@@ -78,7 +78,8 @@ def test_celery_revoke_of_a_queued_syscall_answers_cancelled(broker: str, tmp_pa
 def test_a_cancelled_running_generation_frees_its_slot(broker: str, tmp_path: Path,
                                                        request: pytest.FixtureRequest) -> None:
     """One engine slot: a long generation runs, a short one waits in the queue. The agent cancels the long one:
-    it is answered Cancelled at once (not after its 1000 tokens) and the short one gets the slot."""
+    it is answered Cancelled at once (not after its 1500 tokens) and the short one gets the slot. Then a long
+    generation runs past its own deadline: it is stopped there, answered DeadlineExceeded, and frees the slot."""
     settings = make_broker_settings(broker, tmp_path, request, llm_batch_size=1, llm_n_ctx=2048,
                                     llm_n_threads=1, llm_quantum_tokens=0, visibility_timeout_s=7200)
     with LocalKernel(settings, resources=["llm", "tool"]) as lk, authorized(lk.settings, "writer") as k:
@@ -100,3 +101,12 @@ def test_a_cancelled_running_generation_frees_its_slot(broker: str, tmp_path: Pa
         assert answered.timing.started_at >= cancelled_at - 0.5  # it waited for the slot the cancel freed
         assert answered.timing.started_at - cancelled_at < 5.0
         assert _done(state, "llm:ok") == 1 and _done(state, "llm:error") == 1 and _done(state, "llm:cancelled") == 1
+        overrun = k.submit(k.llm_syscall("Write a very long story about the mountains, in many chapters.",
+                                         max_tokens=1500, timeout_s=4))
+        after = k.submit(k.llm_syscall("Say goodbye.", max_tokens=8, timeout_s=300))
+        with pytest.raises(DeadlineExceeded, match="past its deadline"):
+            k.wait(overrun)
+        stopped = time.time()
+        assert stopped - overrun.syscall.deadline < 2.0  # stopped at its deadline, answered within the SDK's grace
+        assert k.wait_response(after).status is Status.OK
+        assert _done(state, "llm:ok") == 2 and _done(state, "llm:error") == 2
