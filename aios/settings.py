@@ -27,7 +27,8 @@ from aios.wire.priority import is_redis_url
 
 QUEUES = {"llm": "aios.llm", "tool": "aios.tool", "storage": "aios.storage"}
 """One broker queue per resource (a worker type); memory and storage syscalls both go to the storage worker."""
-KIND_TO_RESOURCE = {"llm": "llm", "tool": "tool", "memory": "storage", "storage": "storage"}
+KIND_TO_RESOURCE = {"llm": "llm", "tool": "tool", "memory": "storage", "storage": "storage", "cancel": "tool"}
+"""A cancel (a control syscall) goes to the tool queue: any worker can record it, and tool syscalls are short."""
 
 
 PolicyName = Literal["fifo", "rr", "priority", "fair"]
@@ -167,6 +168,13 @@ class WorkerSettings(BaseModel):
     retry_backoff_s: float = Field(default=1.0, ge=0)
     """Delay before the first requeued attempt; doubled for each further one (at most 60 s, never past the
     syscall's deadline)."""
+    lease_s: float = Field(default=10.0, gt=0)
+    """A running syscall's lease (its claim): how long it outlives its worker's last renewal. A worker that dies
+    mid-syscall has it requeued by another worker about this long after (capped at half the visibility timeout).
+    Shorter: faster recovery; too short for a worker stalled that long (a swap storm): it runs a second time."""
+    lease_renew_s: float = Field(default=2.0, gt=0)
+    """How often a worker renews the leases of the syscalls it runs, and looks for lapsed ones to requeue (at most
+    a third of ``lease_s``). Shorter: recovery closer to ``lease_s``, a little more Redis traffic."""
 
 
 class SchedulingSettings(BaseModel):
@@ -248,6 +256,10 @@ class LLMSettings(BaseModel):
     snapshot_kv: bool = True
     """llama.cpp: store the sequence's KV state in the snapshot (resumes without recomputing; about 23 KB a
     token for SmolLM2-135M). Off: tokens only, recomputed on resume."""
+    checkpoint_tokens: int = Field(default=256, ge=0)
+    """llama.cpp: store a running generation's snapshot every this many generated tokens, so that a copy
+    redelivered after its worker died resumes from there (same output, greedy or seeded) instead of starting
+    over. 0: never. Each checkpoint copies the sequence's KV state (see ``snapshot_kv``) into Redis."""
     chat_template: str | None = None
     """openai backend, needed for preemption there: the model's Jinja chat template, or a GGUF file to read it
     from. Suspended generations resume through the completions endpoint as a continuation of the rendered
@@ -492,6 +504,8 @@ FLAT: dict[str, tuple[str, str]] = {
     "worker_concurrency": ("worker", "concurrency"),
     "retry_max": ("worker", "retry_max"),
     "retry_backoff_s": ("worker", "retry_backoff_s"),
+    "lease_s": ("worker", "lease_s"),
+    "lease_renew_s": ("worker", "lease_renew_s"),
     "policies": ("scheduling", "policies"),
     "aging_s": ("scheduling", "aging_s"),
     "fair_quantum_s": ("scheduling", "fair_quantum_s"),
@@ -538,6 +552,7 @@ FLAT: dict[str, tuple[str, str]] = {
     "llm_quantum_tokens": ("llm", "quantum_tokens"),
     "llm_prefix_cache": ("llm", "prefix_cache"),
     "llm_snapshot_kv": ("llm", "snapshot_kv"),
+    "llm_checkpoint_tokens": ("llm", "checkpoint_tokens"),
     "llm_chat_template": ("llm", "chat_template"),
     "llm_cpu_repack": ("llm", "cpu_repack"),
 }

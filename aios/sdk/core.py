@@ -41,6 +41,7 @@ from aios.wire.priority import DEFAULT_PRIORITY, check, is_redis_url
 from aios.wire.seal import open_reply
 from aios.wire.stream import Assembler
 from aios.wire.syscalls import (
+    CancelSyscall,
     ChatMessage,
     LLMSyscall,
     MemorySyscall,
@@ -179,6 +180,12 @@ class _Core:
                               if_version=if_version, with_version=with_version, version=version, at=at,
                               with_agent=with_agent, mode=mode, query=query, k=k, texts=tuple(texts),
                               **self._common(priority, timeout_s))
+
+    def cancel_syscall(self, target: "str | Pending", *, priority: int | None = None,
+                       timeout_s: float | None = None) -> CancelSyscall:
+        """A signed request to cancel ``target`` (a syscall id of this agent's, or its :class:`Pending`)."""
+        return CancelSyscall(target=target.id if isinstance(target, Pending) else target,
+                             **self._common(priority, timeout_s))
 
     # -- the wire ----------------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, overload
 
-from aios.sdk.core import Messages, Tools, _Core
+from aios.sdk.core import Messages, Pending, Tools, _Core
 from aios.wire.syscalls import Syscall
 
 if TYPE_CHECKING:
@@ -162,6 +162,17 @@ class Operations(_Core):
         """The kernel's embedding model on ``texts`` (at most 256): ``{"model", "dim", "vectors": [[float]],
         "tokens"}``, one unit-length vector per text; nothing is stored."""
         return _one(self.storage_syscall("embed", texts=texts, priority=priority, timeout_s=timeout_s))
+
+    # -- control -----------------------------------------------------------------------------------------
+
+    @operation
+    def cancel(self, syscall: str | Pending, *, priority: int | None = None,
+               timeout_s: float | None = None) -> Call[bool]:
+        """Cancel one of this agent's own syscalls (its id, or the ``Pending`` of ``submit``): a queued one never
+        starts, a running generation stops within one engine step; its caller gets ``Cancelled``. ``True`` if the
+        cancel was recorded before the syscall was answered, ``False`` if it was answered already. A cancel naming
+        another agent's syscall is recorded under this agent's name and has no effect on it."""
+        return _one(self.cancel_syscall(syscall, priority=priority, timeout_s=timeout_s), "cancelled")
 
     # -- tools -------------------------------------------------------------------------------------------
 

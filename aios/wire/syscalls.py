@@ -213,9 +213,18 @@ class StorageSyscall(SyscallBase):
         return self
 
 
-Syscall = Annotated[LLMSyscall | ToolSyscall | MemorySyscall | StorageSyscall, Field(discriminator="kind")]
+class CancelSyscall(SyscallBase):
+    """Cancel ``target``, one of this agent's own syscalls (a control syscall: signed like any other, so the worker
+    that verifies it records the cancel under the verified agent's name, and only a syscall of that agent heeds it)."""
+
+    kind: Literal["cancel"] = "cancel"
+    target: str = Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
+
+
+Syscall = Annotated[LLMSyscall | ToolSyscall | MemorySyscall | StorageSyscall | CancelSyscall,
+                    Field(discriminator="kind")]
 SYSCALL_ADAPTER: TypeAdapter[Syscall] = TypeAdapter(Syscall)
-KINDS = ("llm", "tool", "memory", "storage")
+KINDS = ("llm", "tool", "memory", "storage", "cancel")
 
 
 # StrEnum would change str()/format() of a member ('ok', not 'Status.OK') on a public wire type.

@@ -26,9 +26,11 @@ from aios.policy.placement import Placement
 from aios.services.base import Service
 from aios.settings import Settings, worker_queue
 from aios.state.connections import broker_client, state_client
+from aios.state.context import ContextStore
 from aios.wire.errors import AIOSError
 from aios.wire.priority import is_redis_url
 from aios.worker.call import Call, Done, Refuse
+from aios.worker.cancels import Cancels
 from aios.worker.claims import Claims
 from aios.worker.delayed import Delayed
 from aios.worker.pipeline import Pipeline, Step
@@ -64,6 +66,9 @@ class Runtime:
         """Chunks of streamed LLM syscalls, on their way to the callers."""
         self.refusals = Refusals(self)
         self.claims = Claims(self)
+        self.cancels = Cancels(self)
+        self.checkpoints = ContextStore(self.redis, settings.broker.result_ttl_s)
+        """Where a running generation's checkpoints go (``aios:ctx:<id>``, what a suspension stores)."""
         self.delayed = Delayed(self)
         self.requeue = Requeue(self)
         self.arrivals: dict[str, int] = {}
@@ -82,6 +87,7 @@ class Runtime:
                 if self._service is None:
                     service = self._service_factory(self.settings)
                     service.watch_queue(self.queue_waiting)
+                    service.keep_checkpoints(self.checkpoints.save)
                     self._service = service
         return self._service
 

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
 from aios.policy.scheduler import llm_quantum
 from aios.services.base import BaseService
-from aios.services.llm.engine import BatchEngine, Request
+from aios.services.llm.engine import BatchEngine, Generation, Request
 from aios.services.llm.output import (  # noqa: F401  (re-exported: the backends' shared prompt and output rules)
     Message,
     _unusable,
@@ -44,6 +46,10 @@ from aios.state.context import Preempted, Snapshot
 from aios.wire.errors import AIOSError, BackendError, ConfigError, InvalidSyscall
 from aios.wire.syscalls import LLMSyscall, Syscall
 
+log = logging.getLogger("aios.worker")
+
+CHECKPOINT_WRITE_S = 10.0
+"""How long a generation's end waits for its last checkpoint to be stored."""
 SEED = 42
 """Fixed per request so that a sampled (temperature > 0) reply does not depend on what ran before it.
 Not 0: llama-cpp-python reads ``seed=0`` as "random"."""
@@ -107,6 +113,15 @@ class LlamaCppBackend:
         self.engine = BatchEngine(self._llama, n_ctx=settings.llm.n_ctx, n_seq=settings.llm.batch_size,
                                   n_threads=settings.llm.n_threads, prefix_cache=settings.llm.prefix_cache)
         self.engine.keep_state = settings.llm.snapshot_kv
+        self._generating: dict[str, Future[Generation]] = {}  # syscall id -> its engine request, while it runs
+        self.checkpoint_tokens = settings.llm.checkpoint_tokens
+        self.checkpoint_sink: Callable[[str, Snapshot], None] | None = None
+        """Set by the worker (``LLMService.keep_checkpoints``): stores a running generation's checkpoint."""
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="aios-llm-checkpoint")
+
+    def abort(self, syscall_id: str, exc: AIOSError) -> bool:
+        fut = self._generating.get(syscall_id)
+        return fut is not None and self.engine.abort(fut, exc)
 
     def _detokenize(self, tokens: list[int]) -> bytes:
         return bytes(self._llama.detokenize(tokens))
@@ -149,7 +164,24 @@ class LlamaCppBackend:
                       resume=resumed, state=snapshot.state if snapshot else None,
                       quantum=self.quantum, should_yield=self._should_yield,
                       on_token=stream.on_token if stream is not None else None)
-        gen = self.engine.submit(req).result()
+        writes: list[Future[None]] = []
+        sink, slices = self.checkpoint_sink, (snapshot.slices if snapshot else 0)
+        if sink is not None and self.checkpoint_tokens:
+            def checkpoint(tokens: list[int], state: bytes | None) -> None:  # on the engine thread: hand it over
+                snap = Snapshot(self.name, self.model_name, tokens=tokens, state=state, slices=slices)
+                writes.append(self._writer.submit(sink, syscall.id, snap))
+            req.checkpoint, req.on_checkpoint = self.checkpoint_tokens, checkpoint
+        fut = self.engine.submit(req)
+        self._generating[syscall.id] = fut
+        try:
+            gen = fut.result()
+        finally:
+            self._generating.pop(syscall.id, None)
+            for write in list(writes):  # every checkpoint is stored before the answer (which deletes it) or a
+                try:                    # suspension (which replaces it)
+                    write.result(timeout=CHECKPOINT_WRITE_S)
+                except Exception as exc:  # noqa: BLE001 - a lost checkpoint costs a recomputation, not the answer
+                    log.warning("syscall %s: a checkpoint was not stored: %s", syscall.id, exc)
         if gen.finish_reason == "preempted":
             raise Preempted(Snapshot(self.name, self.model_name, tokens=gen.tokens, state=gen.state,
                                      slices=(snapshot.slices if snapshot else 0) + 1))
@@ -388,6 +420,7 @@ class LLMService(BaseService):
     def __init__(self, settings: Settings, backend: LLMBackend | None = None) -> None:
         self.settings = settings
         self._backend: LLMBackend | None = backend
+        self._checkpoint_sink: Callable[[str, Snapshot], None] | None = None
         self._lock = threading.Lock()
         self.others_waiting: Callable[[], bool] | None = None
         """Set by the worker's runtime: whether other LLM syscalls wait in the broker."""
@@ -395,12 +428,27 @@ class LLMService(BaseService):
     def watch_queue(self, others_waiting: Callable[[], bool]) -> None:
         self.others_waiting = others_waiting
 
+    def keep_checkpoints(self, save: Callable[[str, Snapshot], None]) -> None:
+        """Called once by the worker: ``save(syscall_id, snapshot)`` stores a running generation's checkpoint
+        (every ``AIOS_LLM_CHECKPOINT_TOKENS``), for a redelivered copy to resume from (llama.cpp backend)."""
+        self._checkpoint_sink = save
+        if isinstance(self._backend, LlamaCppBackend):
+            self._backend.checkpoint_sink = save
+
+    def abort(self, syscall_id: str, exc: AIOSError) -> bool:
+        backend = self._backend
+        abort = getattr(backend, "abort", None)  # a backend that cannot stop a generation answers when it ends
+        return bool(abort(syscall_id, exc)) if abort is not None else False
+
     @property
     def backend(self) -> LLMBackend:
         if self._backend is None:
             with self._lock:
                 if self._backend is None:
-                    self._backend = BACKENDS[self.settings.llm.backend](self.settings)
+                    backend = BACKENDS[self.settings.llm.backend](self.settings)
+                    if isinstance(backend, LlamaCppBackend):
+                        backend.checkpoint_sink = self._checkpoint_sink
+                    self._backend = backend
         return self._backend
 
     def handle(self, syscall: Syscall, snapshot: Snapshot | None = None) -> dict[str, Any]:
