@@ -72,7 +72,7 @@ def serve(settings: Settings) -> tuple[Any, str]:
 def gw(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     settings = make_broker_settings(request.param, tmp_path_factory.mktemp(f"gateway-{request.param}"), request,
                                     quotas={"agent:limited": {"rpm": 1}}, quota_mode="fail", llm_n_ctx=1024)
-    with LocalKernel(settings, resources=["llm", "storage"]) as lk:
+    with LocalKernel(settings, resources=["llm", "storage", "tool"]) as lk:  # tool: it records cancels
         creds = Credentials(lk.settings)
         issued = {a: creds.create(a, write_file=False).key for a in ("alice", "bob", "limited")}
         issued["low"] = creds.create("low", max_priority=2, write_file=False).key
@@ -236,3 +236,33 @@ def test_a_quota_in_fail_mode_is_429_with_retry_after(gw: Gateway) -> None:
         client.chat.completions.create(model="default", messages=ASK, max_tokens=4)
     assert err.value.status_code == 429 and err.value.body["code"] == "quota_exceeded"  # type: ignore[index]
     assert int(err.value.response.headers["Retry-After"]) >= 1
+
+
+def test_a_client_that_disconnects_cancels_its_syscall(gw: Gateway) -> None:
+    """The generation stops (the kernel counts it cancelled) instead of running to its max_tokens for nobody."""
+    state = redis.Redis.from_url(gw.settings.state_redis_url())
+
+    def cancelled() -> int:
+        return int(state.hget(keys.STATS_DONE, "llm:cancelled") or 0)
+
+    def wait_for(count: int) -> bool:
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            if cancelled() >= count:
+                return True
+            time.sleep(0.1)
+        return False
+
+    long = {"model": "default", "max_tokens": 600, "temperature": 0.8, "seed": 3,
+            "messages": [{"role": "user", "content": "Write a very long story about a dragon."}]}
+    headers = {"Authorization": f"Bearer {gw.keys['alice']}"}
+    before = cancelled()
+    with httpx.stream("POST", f"{gw.url}/chat/completions", json={**long, "stream": True}, headers=headers,
+                      timeout=60) as r:
+        for line in r.iter_lines():
+            if '"content":"' in line and '"content":""' not in line:
+                break  # the first piece of text: then hang up
+    assert wait_for(before + 1), "the streamed generation should have been cancelled"
+    with pytest.raises(httpx.ReadTimeout):  # a plain request whose client gives up after 1 s
+        httpx.post(f"{gw.url}/chat/completions", json=long, headers=headers, timeout=1.0)
+    assert wait_for(before + 2), "the plain request's generation should have been cancelled"

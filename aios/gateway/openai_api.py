@@ -8,7 +8,6 @@ A field this gateway cannot honour is refused with a 400 that names it, rather t
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import re
@@ -68,7 +67,7 @@ _STATUS = {"invalid_syscall": 400, "invalid_arguments": 400, "config": 400, "mal
            "quota_exceeded": 429, "kernel_busy": 429, "timeout": 504, "deadline_exceeded": 504,
            "backend_error": 502, "unavailable": 503, "broker_refused": 401, "unsigned": 401, "forged": 401,
            "revoked": 401, "unknown_agent": 401, "credential_expired": 401, "unauthenticated": 401,
-           "forged_reply": 502}
+           "forged_reply": 502, "cancelled": 409}
 _RETRY_IN = re.compile(r"retry in ([0-9.]+) s")
 
 
@@ -331,29 +330,39 @@ class OpenAIRoutes:
     async def _stream(self, request: Request, kernel: AsyncKernel, syscall: LLMSyscall, model: str,
                       include_usage: bool) -> AsyncIterator[str]:
         sid = syscall.id
+        # The client may go away while we wait for the next piece: cancel then, whether or not the server ever
+        # closes this generator (an ASGI server that reports a closed socket only on the next send may not).
+        watch = self.ctx.cancel_on_disconnect(request, kernel, sid)
+        answered = False
         try:
             yield _chunk(sid, model, {"role": "assistant", "content": ""})
-            if syscall.stream:
-                stream = await kernel.stream(syscall)
-                async for piece in stream:
-                    yield _chunk(sid, model, {"content": piece})
-                result = stream.result
-            else:  # tool calls are sent whole, once the model made them
-                result = await kernel.call(syscall)
-                calls = _tool_calls(sid, result)
-                if calls:
-                    yield _chunk(sid, model, {"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]})
-                elif result.get("content"):
-                    yield _chunk(sid, model, {"content": result["content"]})
-            yield _chunk(sid, model, {}, _finish(result))
-            if include_usage:
-                yield _chunk(sid, model, None, usage=_usage(result))
-        except AIOSError as exc:
-            yield f"data: {json.dumps(from_kernel(exc).body())}\n\n"
-        except asyncio.CancelledError:  # the client went away
-            await self.ctx.cancel(kernel, sid)
-            raise
-        yield "data: [DONE]\n\n"
+            try:
+                if syscall.stream:
+                    stream = await kernel.stream(syscall)
+                    async for piece in stream:
+                        yield _chunk(sid, model, {"content": piece})
+                    result = stream.result
+                else:  # tool calls are sent whole, once the model made them
+                    result = await kernel.call(syscall)
+                    calls = _tool_calls(sid, result)
+                    if calls:
+                        yield _chunk(sid, model, {"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]})
+                    elif result.get("content"):
+                        yield _chunk(sid, model, {"content": result["content"]})
+                answered = True
+                watch.cancel()
+                yield _chunk(sid, model, {}, _finish(result))
+                if include_usage:
+                    yield _chunk(sid, model, None, usage=_usage(result))
+            except AIOSError as exc:
+                answered = True
+                watch.cancel()
+                yield f"data: {json.dumps(from_kernel(exc).body())}\n\n"
+            yield "data: [DONE]\n\n"
+        finally:
+            if not answered and not watch.done():  # closed or cancelled before the answer: the client went away
+                watch.cancel()
+                self.ctx.cancel(kernel, sid)
 
     async def embeddings(self, request: Request) -> Response:
         body = await self._body(request)

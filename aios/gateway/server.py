@@ -54,6 +54,7 @@ class GatewayContext:
     keys: AgentKeys
     _kernels: dict[str, tuple[str, AsyncKernel]] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    _cancelling: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def authenticate(self, request: Request) -> Agent:
         """The agent whose key is the request's bearer token; raises a 401 :class:`ApiError` otherwise."""
@@ -95,9 +96,26 @@ class GatewayContext:
         out.update({core: core for core in sorted(llm.models)})
         return out
 
-    async def cancel(self, kernel: AsyncKernel, syscall_id: str) -> None:
-        """Stop a syscall whose caller went away (the caller stops waiting; see docs/security.md)."""
-        log.info("client of syscall %s disconnected", syscall_id)
+    def cancel(self, kernel: AsyncKernel, syscall_id: str) -> None:
+        """Cancel the syscall of a client that went away (as its agent: ``AsyncKernel.cancel``), in a task of its
+        own: the request's task is being cancelled itself, and nobody waits for the outcome."""
+        async def run() -> None:
+            try:
+                await kernel.cancel(syscall_id)
+            except AIOSError as exc:
+                log.warning("could not cancel syscall %s of a client that went away: %s", syscall_id, exc)
+
+        task = asyncio.create_task(run())
+        self._cancelling.add(task)
+        task.add_done_callback(self._cancelling.discard)
+
+    def cancel_on_disconnect(self, request: Request, kernel: AsyncKernel, syscall_id: str) -> asyncio.Task[None]:
+        """A task that cancels ``syscall_id`` when the client disconnects; cancel the task once it is answered."""
+        async def watch() -> None:
+            await _disconnected(request)
+            self.cancel(kernel, syscall_id)
+
+        return asyncio.create_task(watch())
 
     async def until_disconnect(self, request: Request, kernel: AsyncKernel, syscall: Syscall,
                                work: Awaitable[T]) -> T:
@@ -111,11 +129,13 @@ class GatewayContext:
             gone.cancel()
         if not task.done():
             task.cancel()
-            await self.cancel(kernel, syscall.id)
+            self.cancel(kernel, syscall.id)
             raise ClientGone(syscall.id)
         return task.result()
 
     async def aclose(self) -> None:
+        if self._cancelling:
+            await asyncio.wait(self._cancelling, timeout=5)
         for _, kernel in self._kernels.values():
             await kernel.aclose()
         self._kernels.clear()
