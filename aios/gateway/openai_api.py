@@ -13,7 +13,7 @@ import json
 import re
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from aios.sdk import AsyncKernel
-from aios.wire.errors import AIOSError, InvalidSyscall
+from aios.wire.errors import AIOSError
 from aios.wire.priority import DEFAULT_PRIORITY
 from aios.wire.syscalls import LLMSyscall
 
@@ -396,11 +396,8 @@ def _model(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "aios"}
 
 
-Handler = Callable[[Request], Awaitable[Response]]
-
-
 def routes(ctx: "GatewayContext") -> list[Route]:
     return OpenAIRoutes(ctx).routes()
 
 
-__all__ = ["ApiError", "InvalidSyscall", "chat_syscall", "completion", "from_kernel", "routes"]
+__all__ = ["ApiError", "chat_syscall", "completion", "from_kernel", "routes"]

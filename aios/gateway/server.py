@@ -196,15 +196,6 @@ def create_app(settings: Settings, *, keys: AgentKeys | None = None,
     return app
 
 
-def server(settings: Settings, host: str, port: int) -> Any:
-    """A uvicorn server of the gateway (``.run()`` it, or ``await .serve()``)."""
-    import uvicorn
-
-    config = uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning", access_log=False,
-                            lifespan="on", timeout_keep_alive=30)
-    return uvicorn.Server(config)
-
-
 @click.command("gateway")
 @click.option("--host", default=None, help="Address to listen on (default: AIOS_GATEWAY_HOST, 127.0.0.1).")
 @click.option("--port", type=click.IntRange(0, 65535), default=None,
