@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import redis
 
-from aios.policy.identity import Credential, Credentials
+from aios.policy.identity import Credential, Credentials, master_key
 from aios.settings import Settings
 
 KEY_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -51,6 +51,7 @@ class AgentKeys:
     """The index of agents' keys; :meth:`resolve` a bearer token."""
 
     def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
+        master_key(settings, create=False)  # a gateway with a master key of its own would refuse every key
         self.settings = settings
         self.credentials = Credentials(settings, client)
         self.refresh_s = settings.gateway.key_refresh_s
