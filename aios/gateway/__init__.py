@@ -3,5 +3,6 @@ with any framework that speaks it. Every request is a syscall of the agent whose
 
 - :mod:`aios.gateway.auth`: bearer token -> agent (the gateway is a kernel component: it holds the master key).
 - :mod:`aios.gateway.openai_api`: the ``/v1`` routes (chat completions, streaming, models, embeddings).
-- :mod:`aios.gateway.server`: the Starlette app, the context other route sets are given, ``aios gateway``.
+- :mod:`aios.gateway.server`: the Starlette app and the context other route sets are given.
+- :mod:`aios.gateway.command`: ``aios gateway``.
 """

@@ -5,7 +5,8 @@ each request's bearer token to an agent (:mod:`aios.gateway.auth`). It then acts
 :class:`~aios.sdk.AsyncKernel` per agent, with the agent's own key and broker user, so a request reaches the
 kernel exactly as the agent's own SDK call would (signed, at most its priority, under its quotas, audited).
 
-Route sets: :func:`create_app` mounts the routes of every module of :data:`ROUTE_SETS` that is installed, each
+The ``aios gateway`` command is :mod:`aios.gateway.command` (it imports this module only when run, so that
+the ``aios`` command starts fast). Route sets: :func:`create_app` mounts the routes of every module of :data:`ROUTE_SETS` that is installed, each
 through its ``routes(ctx) -> list[BaseRoute]`` with the one :class:`GatewayContext`.
 """
 
@@ -21,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import click
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -31,7 +31,7 @@ from starlette.routing import BaseRoute
 from aios.gateway.auth import Agent, AgentKeys
 from aios.gateway.openai_api import ApiError, from_kernel
 from aios.sdk import AsyncKernel
-from aios.settings import Settings, get_settings
+from aios.settings import Settings
 from aios.wire.errors import AIOSError
 from aios.wire.syscalls import Syscall
 
@@ -194,29 +194,3 @@ def create_app(settings: Settings, *, keys: AgentKeys | None = None,
                                         ClientGone: _client_gone})
     app.state.ctx = ctx
     return app
-
-
-@click.command("gateway")
-@click.option("--host", default=None, help="Address to listen on (default: AIOS_GATEWAY_HOST, 127.0.0.1).")
-@click.option("--port", type=click.IntRange(0, 65535), default=None,
-              help="Port (default: AIOS_GATEWAY_PORT, 8088).")
-def gateway(host: str | None, port: int | None) -> None:
-    """Serve the OpenAI-compatible API at http://HOST:PORT/v1 in front of the kernel (the running `aios up`, or
-    AIOS_BROKER_URL): every request is a syscall of the agent whose key is its bearer token."""
-    from aios.settings import discover
-
-    settings = get_settings()
-    if settings.broker_url is None:
-        settings = discover(settings) or settings
-    try:
-        settings.require_broker()
-        keys = AgentKeys(settings)  # the master key and the kernel's Redis: fail here, not on the first request
-    except AIOSError as exc:
-        raise click.ClickException(exc.message) from None
-    host = host or settings.gateway.host
-    port = settings.gateway.port if port is None else port
-    click.echo(f"aios gateway: http://{host}:{port}/v1 (Ctrl-C stops)", err=True)
-    import uvicorn
-
-    app = create_app(settings, keys=keys)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, timeout_keep_alive=30)

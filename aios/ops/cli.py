@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from aios.gateway.server import gateway as gateway_command
+from aios.gateway.command import gateway as gateway_command
 from aios.ops.cli_access import _fail, _say
 from aios.ops.cli_access import register as register_access_commands
 from aios.settings import QUEUES, Settings, get_settings
