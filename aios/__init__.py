@@ -16,6 +16,7 @@ from aios.wire.errors import (
     ApprovalDenied,
     AuthError,
     BackendError,
+    Cancelled,
     ConfigError,
     Conflict,
     DeadlineExceeded,
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 __all__ = [
-    "AIOSError", "AccessDenied", "ApprovalDenied", "AsyncKernel", "AuthError", "BackendError", "ChatMessage", "ConfigError", "Conflict", "DeadlineExceeded",
+    "AIOSError", "AccessDenied", "ApprovalDenied", "AsyncKernel", "AuthError", "BackendError", "Cancelled", "ChatMessage", "ConfigError", "Conflict", "DeadlineExceeded",
     "InvalidSyscall", "InvalidToolArguments", "Kernel", "KernelBusy", "KernelUnavailable", "LLMSyscall", "MemorySyscall",
     "NotFound", "PayloadTooLarge", "Pending", "QuotaExceeded", "Response", "Settings", "StorageSyscall", "SyscallTimeout", "ToolError",
     "ToolSpec", "ToolSyscall", "UnknownTool",

@@ -27,7 +27,8 @@ from aios.wire.priority import is_redis_url
 
 QUEUES = {"llm": "aios.llm", "tool": "aios.tool", "storage": "aios.storage"}
 """One broker queue per resource (a worker type); memory and storage syscalls both go to the storage worker."""
-KIND_TO_RESOURCE = {"llm": "llm", "tool": "tool", "memory": "storage", "storage": "storage"}
+KIND_TO_RESOURCE = {"llm": "llm", "tool": "tool", "memory": "storage", "storage": "storage", "cancel": "tool"}
+"""A cancel (a control syscall) goes to the tool queue: any worker can record it, and tool syscalls are short."""
 
 
 PolicyName = Literal["fifo", "rr", "priority", "fair"]
@@ -167,6 +168,13 @@ class WorkerSettings(BaseModel):
     retry_backoff_s: float = Field(default=1.0, ge=0)
     """Delay before the first requeued attempt; doubled for each further one (at most 60 s, never past the
     syscall's deadline)."""
+    lease_s: float = Field(default=10.0, gt=0)
+    """A running syscall's lease (its claim): how long it outlives its worker's last renewal. A worker that dies
+    mid-syscall has it requeued by another worker about this long after (capped at half the visibility timeout).
+    Shorter: faster recovery; too short for a worker stalled that long (a swap storm): it runs a second time."""
+    lease_renew_s: float = Field(default=2.0, gt=0)
+    """How often a worker renews the leases of the syscalls it runs, and looks for lapsed ones to requeue (at most
+    a third of ``lease_s``). Shorter: recovery closer to ``lease_s``, a little more Redis traffic."""
 
 
 class SchedulingSettings(BaseModel):
@@ -248,6 +256,10 @@ class LLMSettings(BaseModel):
     snapshot_kv: bool = True
     """llama.cpp: store the sequence's KV state in the snapshot (resumes without recomputing; about 23 KB a
     token for SmolLM2-135M). Off: tokens only, recomputed on resume."""
+    checkpoint_tokens: int = Field(default=256, ge=0)
+    """llama.cpp: store a running generation's snapshot every this many generated tokens, so that a copy
+    redelivered after its worker died resumes from there (same output, greedy or seeded) instead of starting
+    over. 0: never. Each checkpoint copies the sequence's KV state (see ``snapshot_kv``) into Redis."""
     chat_template: str | None = None
     """openai backend, needed for preemption there: the model's Jinja chat template, or a GGUF file to read it
     from. Suspended generations resume through the completions endpoint as a continuation of the rendered
@@ -322,6 +334,21 @@ class ToolSettings(BaseModel):
         return [m.strip() for m in self.modules.split(",") if m.strip()]
 
 
+class GatewaySettings(BaseModel):
+    """The OpenAI-compatible HTTP gateway (``aios gateway``, ``aios up --gateway PORT``)."""
+
+    model_config = _GROUP
+
+    host: str = "127.0.0.1"
+    """``AIOS_GATEWAY_HOST``: the address the gateway listens on (loopback by default: put a TLS proxy in front
+    of it before exposing it)."""
+    port: int = Field(default=8088, ge=0, le=65535)
+    """``AIOS_GATEWAY_PORT``: its port (``aios gateway --port`` and ``aios up --gateway PORT`` override it)."""
+    key_refresh_s: float = Field(default=1.0, gt=0)
+    """``AIOS_GATEWAY_KEY_REFRESH_S``: an unknown bearer token reloads the agents' keys at most this often; the
+    index is also reloaded every ten times this (revocations, new keys)."""
+
+
 class Settings(BaseModel):
     """All settings, one group per component. Built by :func:`get_settings` from the environment, or directly
     (flat ``AIOS_*`` names in lower case, or groups, as keyword arguments)."""
@@ -339,6 +366,7 @@ class Settings(BaseModel):
     llm: LLMSettings = Field(default_factory=LLMSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     tools: ToolSettings = Field(default_factory=ToolSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
 
     @model_validator(mode="before")
     @classmethod
@@ -476,6 +504,8 @@ FLAT: dict[str, tuple[str, str]] = {
     "worker_concurrency": ("worker", "concurrency"),
     "retry_max": ("worker", "retry_max"),
     "retry_backoff_s": ("worker", "retry_backoff_s"),
+    "lease_s": ("worker", "lease_s"),
+    "lease_renew_s": ("worker", "lease_renew_s"),
     "policies": ("scheduling", "policies"),
     "aging_s": ("scheduling", "aging_s"),
     "fair_quantum_s": ("scheduling", "fair_quantum_s"),
@@ -503,6 +533,9 @@ FLAT: dict[str, tuple[str, str]] = {
     "http_allow": ("tools", "http_allow"),
     "max_result_bytes": ("tools", "max_result_bytes"),
     "sandbox_degraded": ("tools", "sandbox_degraded"),
+    "gateway_host": ("gateway", "host"),
+    "gateway_port": ("gateway", "port"),
+    "gateway_key_refresh_s": ("gateway", "key_refresh_s"),
     "llm_models": ("llm", "models"),
     "llm_core": ("llm", "core"),
     "llm_backend": ("llm", "backend"),
@@ -519,6 +552,7 @@ FLAT: dict[str, tuple[str, str]] = {
     "llm_quantum_tokens": ("llm", "quantum_tokens"),
     "llm_prefix_cache": ("llm", "prefix_cache"),
     "llm_snapshot_kv": ("llm", "snapshot_kv"),
+    "llm_checkpoint_tokens": ("llm", "checkpoint_tokens"),
     "llm_chat_template": ("llm", "chat_template"),
     "llm_cpu_repack": ("llm", "cpu_repack"),
 }

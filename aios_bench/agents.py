@@ -36,7 +36,7 @@ from aios.ops.embedded import LocalKernel
 from aios.policy.identity import Credentials
 from aios.sdk.client import Kernel
 from aios.services.llm.service import default_model_path
-from aios.services.tools.service import calculate
+from aios.services.tools.calculator import calculate
 from aios.settings import Settings
 from aios.wire.errors import ConfigError
 from aios_bench.common import Bound, consoles, machine, print_targets, progress_bars, save, target

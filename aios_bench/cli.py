@@ -208,3 +208,22 @@ def agents(agents: tuple[int, ...], steps: int, short: int, long: int, batch_siz
                          json_path=json_path)
     except AIOSError as exc:
         _fail(exc)
+
+
+@bench.command()
+@click.option("--agents", callback=_int_list, default=None,
+              help="Numbers of concurrent agents, comma-separated; 256 gives gateway_streams_256_ok.  [default: 64,256]")
+@click.option("--calls", type=int, default=None, help="Calls per agent, one after the other.  [default: 3]")
+@click.option("--service-ms", type=float, default=None, help="Provider service time per request.  [default: 50]")
+@click.option("--max-tokens", type=int, default=None, help="max_tokens of every call.  [default: 32]")
+@click.option("--llm-threads", type=int, default=None, help="Threads of the kernel's LLM worker.  [default: 64]")
+@click.option("--quick", is_flag=True, help="A short run (1 call per agent).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def gateway(quick: bool, json_path: Path | None, **given: Any) -> None:
+    """OpenAI clients through the gateway vs directly at the provider vs the SDK path (64 and 256 agents)."""
+    from aios_bench.gateway import QUICK, GatewayParams, run_gateway_bench
+
+    try:
+        run_gateway_bench(get_settings(), _params(GatewayParams(), QUICK, quick, given), json_path=json_path)
+    except AIOSError as exc:
+        _fail(exc)

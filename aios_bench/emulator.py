@@ -9,7 +9,8 @@ It serves ``POST /v1/chat/completions``, ``GET /v1/models`` and ``GET /stats``:
   the window has room for it).
 - **Service**: each admitted request sleeps ``service_s`` (asyncio: any number are served at once), then answers a
   deterministic completion of exactly ``max_tokens`` tokens (one word per token) with ``usage``:
-  ``prompt_tokens = ceil(len(text of all messages) / 4)``.
+  ``prompt_tokens = ceil(len(text of all messages) / 4)``. With ``stream: true`` the same text comes as
+  server-sent chunks of four words, after the same service time (``stream_options.include_usage`` honoured).
 - **Counters** (``/stats``): admitted requests, 429s (by limit), tokens, requests in flight, and the time of every
   admission and every 429 (seconds since the emulator started), from which a benchmark measures throughput.
 
@@ -32,12 +33,13 @@ import threading
 import time
 import urllib.request
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 DEFAULT_MODEL = "emulated"
@@ -192,7 +194,7 @@ class Emulator:
     async def stats_endpoint(self, request: Request) -> JSONResponse:
         return JSONResponse(self.stats())
 
-    async def chat(self, request: Request) -> JSONResponse:
+    async def chat(self, request: Request) -> Response:
         try:
             body = await request.json()
         except ValueError:
@@ -206,9 +208,6 @@ class Emulator:
         if model != self.model:
             return openai_error(404, f"The model `{model}` does not exist; this emulator serves `{self.model}`",
                                 "invalid_request_error", "model_not_found", "model")
-        if body.get("stream"):
-            return openai_error(400, "streaming is not supported by this emulator", "invalid_request_error", None,
-                                "stream")
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         if max_tokens is None:
             max_tokens = DEFAULT_MAX_TOKENS
@@ -240,6 +239,10 @@ class Emulator:
         finally:
             c.in_flight -= 1
         self._ids += 1
+        if body.get("stream"):
+            return StreamingResponse(self._chunks(f"chatcmpl-emu-{self._ids}", max_tokens, n_prompt,
+                                                  bool((body.get("stream_options") or {}).get("include_usage"))),
+                                     media_type="text/event-stream", headers=headers)
         return JSONResponse({
             "id": f"chatcmpl-emu-{self._ids}", "object": "chat.completion", "created": int(time.time()),
             "model": self.model,
@@ -248,6 +251,24 @@ class Emulator:
             "usage": {"prompt_tokens": n_prompt, "completion_tokens": max_tokens,
                       "total_tokens": n_prompt + max_tokens},
         }, headers=headers)
+
+    async def _chunks(self, cid: str, max_tokens: int, n_prompt: int, usage: bool) -> AsyncIterator[str]:
+        """A streamed reply (after the service time, like the whole one): the text in pieces of a few words."""
+        def event(choices: list[Any], **more: Any) -> str:
+            data = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": self.model,
+                    "choices": choices, **more}
+            return f"data: {json.dumps(data)}\n\n"
+
+        yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+        words = completion_text(max_tokens).split(" ")
+        for i in range(0, len(words), 4):
+            piece = " ".join(words[i:i + 4]) + (" " if i + 4 < len(words) else "")
+            yield event([{"index": 0, "delta": {"content": piece}, "finish_reason": None}])
+        yield event([{"index": 0, "delta": {}, "finish_reason": "length"}])
+        if usage:
+            yield event([], usage={"prompt_tokens": n_prompt, "completion_tokens": max_tokens,
+                                   "total_tokens": n_prompt + max_tokens})
+        yield "data: [DONE]\n\n"
 
     def _429(self, now: float, decision: Decision, tokens: int) -> JSONResponse:
         lim = self.limiter

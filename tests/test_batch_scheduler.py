@@ -223,3 +223,21 @@ def test_status_is_ordered_and_budgets_are_checked() -> None:
         Budget(n_seq=8, n_ctx=64, n_batch=4)
     with pytest.raises(ValueError):
         Budget(n_seq=0, n_ctx=64, n_batch=4)
+
+
+def test_progress_says_when_a_checkpoint_may_be_taken() -> None:
+    """A checkpoint (tokens + KV state) is whole only once the prompt is prefilled and resumed tokens are decoded
+    again: then the cells hold every generated token but the last, as when a slice ends."""
+    s = sched(n_batch=4)
+    fresh = s.add(req(n=6))
+    resumed = s.add(req(n=2, start=300, resume=[1, 2, 3]))  # tokens only: decoded again one per step
+    s.schedule()
+    assert s.progress(fresh) == ([], False) and s.progress(resumed)[1] is False
+    s.update([])  # the first chunk of the prompts: still prefilling
+    assert s.progress(fresh)[1] is False
+    for _ in range(6):
+        step(s)
+    tokens, whole = s.progress(fresh)
+    assert whole and tokens == [7] * len(tokens) and len(tokens) >= 1
+    tokens, whole = s.progress(resumed)
+    assert whole and tokens[:3] == [1, 2, 3] and len(tokens) > 3

@@ -128,3 +128,21 @@ def test_attacks_writes_json_with_both_targets_and_a_plot(tmp_path: Path) -> Non
                                                                                       "met": True}
     assert all(r["saw"] for r in written["attacks"])
     assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+@pytest.mark.integration
+def test_gateway_writes_json_with_both_targets_and_a_plot(tmp_path: Path) -> None:
+    from aios_bench.gateway import GatewayParams, run_gateway_bench
+
+    out = tmp_path / "gateway.json"
+    params = GatewayParams(agents=(3,), calls=2, max_tokens=4, service_ms=10, llm_threads=4)
+    result = run_gateway_bench(base_settings(tmp_path / "k"), params, json_path=out)
+    written = json.loads(out.read_text())
+    assert written == json.loads(json.dumps(result))
+    assert set(written["targets"]) == {"gateway_p50_overhead_ms", "gateway_streams_256_ok"}
+    assert isinstance(written["targets"]["gateway_p50_overhead_ms"]["value"], float)
+    assert written["targets"]["gateway_streams_256_ok"]["value"] is None  # no 256-agent run: not measured
+    assert set(written["runs"]) == {f"3/{m}/{c}" for m in ("plain", "stream") for c in ("direct", "sdk", "gateway")}
+    for run in written["runs"].values():  # every call of every contender answered, with the emulator's text
+        assert (run["calls_ok"], run["calls_asked"], run["failed"], run["wrong_text"]) == (6, 6, 0, 0)
+    assert out.with_suffix(".png").stat().st_size > 10_000

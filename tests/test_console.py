@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from aios import ApprovalDenied, NotFound
-from aios.gateway import console, mcp_server
 from aios.ops.embedded import LocalKernel
 from aios.policy.approvals import Approvals
 from aios.policy.identity import Credentials, console_token
@@ -37,7 +36,7 @@ def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     settings = make_broker_settings(request.param, tmp_path_factory.mktemp(f"console-{request.param}"), request,
                                     approvals="required")
     with LocalKernel(settings, resources=["tool"]) as lk, \
-            serve(lk.settings, console.routes, mcp_server.routes) as (url, _ctx):
+            serve(lk.settings) as (url, _ctx):
         yield url, lk
 
 

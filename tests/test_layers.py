@@ -19,9 +19,9 @@ ALLOWED: dict[str, set[str]] = {
     "sdk": {"wire", "settings", "state", "broker", "policy"},
     "services": {"wire", "settings", "state", "broker", "policy"},
     "worker": {"wire", "settings", "state", "broker", "policy", "services"},
-    "testing": {"wire", "settings", "state", "broker", "policy", "services", "worker", "sdk", "ops"},
-    "ops": {"wire", "settings", "state", "broker", "policy", "services", "worker", "sdk"},
-    "gateway": {"wire", "settings", "state", "broker", "policy", "sdk", "ops"},
+    "gateway": {"wire", "settings", "state", "broker", "policy", "sdk"},
+    "testing": {"wire", "settings", "state", "broker", "policy", "services", "worker", "sdk", "ops", "gateway"},
+    "ops": {"wire", "settings", "state", "broker", "policy", "services", "worker", "sdk", "gateway"},
     "__init__": {"sdk", "wire", "settings"},
     "__main__": {"ops"},
 }

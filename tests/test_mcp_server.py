@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, LocalKernel]]:
     settings = make_broker_settings(request.param, tmp_path_factory.mktemp(f"mcp-{request.param}"), request,
                                     approvals="required")
-    with LocalKernel(settings, resources=["tool"]) as lk, serve(lk.settings, mcp_server.routes) as (url, _ctx):
+    with LocalKernel(settings, resources=["tool"]) as lk, serve(lk.settings, "aios.gateway.mcp_server") as (url, _ctx):
         yield url + mcp_server.PATH, lk
 
 

@@ -169,6 +169,11 @@ async def _every_call_but_the_llm(k: Through, me: str, friend: Through) -> None:
     assert (await k.llm_syscall("hi", max_tokens=4)).max_tokens == 4
     assert len(await k.tool_syscalls([{"name": "noop"}, {"name": "echo", "arguments": {"text": "a"}}])) == 2
     assert (await k.storage_syscall("read", "a.txt")).op == "read"
+    # control: a syscall answered already cannot be cancelled
+    done = await k.submit(c.tool_syscall("noop"))
+    await k.wait(done)
+    assert (await k.cancel_syscall(done)).target == done.id
+    assert await k.cancel(done) is False
     # tools
     assert (await k.call_tool("calculator", expression="17 * 23"))["value"] == 391
     got = await k.call_tools([{"name": "calculator", "arguments": {"expression": "1+1"}}, {"name": "nope"}])

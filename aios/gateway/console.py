@@ -62,6 +62,8 @@ class Console:
     def __init__(self, ctx: GatewayContext) -> None:
         self.ctx = ctx
         self.settings = ctx.settings
+        assert ctx.status is not None
+        self.status = ctx.status
         self._redis: Any = None
         self._approvals: Any = None
 
@@ -112,15 +114,14 @@ class Console:
         return JSONResponse(await run_in_threadpool(self._overview), headers=HEADERS)
 
     def _overview(self) -> dict[str, Any]:
-        from aios.ops.status import collect, recent
         from aios.policy.audit import AuditLog
         from aios.policy.identity import Credentials
 
         return {
             "now": time.time(),
-            "status": collect(self.settings, timeout_s=STATUS_TIMEOUT_S),
+            "status": self.status.collect(self.settings, timeout_s=STATUS_TIMEOUT_S),
             "credentials": [c.public() for c in Credentials(self.settings, self.redis).list()],
-            "recent": recent(self.settings, RECENT_SHOWN),
+            "recent": self.status.recent(self.settings, RECENT_SHOWN),
             "approvals": [r.public() for r in self.approvals.pending()],
             "audit": AuditLog(self.redis).query(limit=AUDIT_SHOWN),
         }
@@ -169,6 +170,8 @@ class Console:
 
 def routes(ctx: GatewayContext) -> list[BaseRoute]:
     """``/console`` (the page), ``/console/static/...``, and ``/console/api/...`` (operators only)."""
+    if ctx.status is None:  # an app made without the kernel's status reader serves no console
+        return []
     console = Console(ctx)
     return [
         Route(PREFIX, console.page, methods=["GET"]),

@@ -17,11 +17,23 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+class StatusSource(Protocol):
+    """What the console reads the kernel's status with: :mod:`aios.ops.status` (a layer above this one, so the
+    command that serves the gateway hands it down)."""
+
+    def collect(self, settings: Settings, *, timeout_s: float = ...) -> dict[str, Any]: ...
+
+    def recent(self, settings: Settings, limit: int = ...) -> list[dict[str, Any]]: ...
+
+
 class GatewayContext(Protocol):
     """The gateway's context, as far as :mod:`aios.gateway.console` and :mod:`aios.gateway.mcp_server` use it."""
 
     settings: Settings
     """The kernel's settings (its broker, state Redis, data dir: the master key is read from them)."""
+
+    status: StatusSource | None
+    """The kernel's status reader; ``None``: the console is not served."""
 
     def agent_for_token(self, token: str) -> Credential | None | Awaitable[Credential | None]:
         """The agent whose key ``token`` is (a bearer token), ``None`` for anything else (revoked or expired

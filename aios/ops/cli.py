@@ -18,6 +18,8 @@ import click
 
 from aios.ops.cli_access import _fail, _say
 from aios.ops.cli_access import register as register_access_commands
+from aios.ops.cli_agents import register as register_agent_commands
+from aios.ops.cli_gateway import gateway as gateway_command
 from aios.settings import QUEUES, Settings, get_settings
 from aios.wire.errors import AIOSError, ConfigError
 
@@ -138,8 +140,9 @@ class _Interrupts:
 @main.command()
 @click.option("--flower", "flower_port", type=int, default=None, help="Also serve Flower on this port.")
 @click.option("--metrics-port", type=int, default=None, help="Also serve the kernel's Prometheus metrics on this port.")
+@click.option("--gateway", "gateway_port", type=int, default=None, help="Also serve the OpenAI gateway on this port.")
 @click.option("--loglevel", default="WARNING", show_default=True)
-def up(flower_port: int | None, metrics_port: int | None, loglevel: str) -> None:
+def up(flower_port: int | None, metrics_port: int | None, gateway_port: int | None, loglevel: str) -> None:
     """Run the local kernel (embedded Redis unless AIOS_BROKER_URL is set, plus the three workers) until Ctrl-C."""
     from aios.ops.embedded import LocalKernel
     from aios.ops.supervisor import Supervisor
@@ -154,14 +157,14 @@ def up(flower_port: int | None, metrics_port: int | None, loglevel: str) -> None
             local.publish_discovery()
             if flower_port:
                 local.start_flower(flower_port)
+            if gateway_port is not None:
+                local.start_gateway(gateway_port)
             if metrics_port is not None:
                 from aios.ops.metrics import serve
-
                 _server, url = serve(local.settings.updated(**{"redis_url": local.settings.state_redis_url()}),
                                      port=metrics_port)
                 _say(f"Prometheus metrics on {url}")
             from aios.policy.broker_users import without_user
-
             _say(f"kernel up: broker {without_user(local.broker_url)}; logs in {local.log_dir}")
             # What agents elsewhere on this machine need (they add their own broker user); the kernel's own user is
             # in <data_dir>/kernel/operator.json, for operators.
@@ -282,7 +285,6 @@ def metrics(port: int, address: str) -> None:
     """Serve the kernel's metrics for Prometheus on http://ADDRESS:PORT/metrics (until Ctrl-C)."""
     from aios.ops.metrics import serve
     from aios.sdk.client import resolve_settings
-
     try:
         settings = resolve_settings(None)
         server, url = serve(settings, port=port, address=address)
@@ -308,7 +310,6 @@ def quota_reset(agent_id: str) -> None:
     from aios.sdk.client import resolve_settings
     from aios.state import keys
     from aios.state.connections import state_client
-
     try:
         r = state_client(resolve_settings(None))
         used = r.hget(keys.TOKENS_USED, agent_id)
@@ -395,90 +396,6 @@ def deny(syscall_id: str, reason: str) -> None:
     _say(f"denied {syscall_id}")
 
 
-# -- agent identities ---------------------------------------------------------------------------------------
-
-@main.group()
-def agent() -> None:
-    """Agent credentials: every syscall is signed with its agent's credential."""
-
-
-def _credentials() -> "Any":
-    from aios.policy.identity import Credentials
-    from aios.sdk.client import resolve_settings
-
-    try:
-        return Credentials(resolve_settings(None))
-    except AIOSError as exc:
-        _fail(exc)
-
-
-@agent.command("create")
-@click.argument("agent_id")
-@click.option("--group", "groups", multiple=True, help="A privilege group the agent belongs to (repeatable).")
-@click.option("--expires-in", "expires_in_s", type=float, default=None, help="Seconds until the credential expires.")
-@click.option("--max-priority", type=click.IntRange(0, 9), default=9, show_default=True,
-              help="The most urgent priority its syscalls may have (its broker user may push no higher).")
-@click.option("--print-key", "--print-secret", "print_key", is_flag=True,
-              help="Also print the agent's key, as the last line on stdout (for AIOS_AGENT_SECRET elsewhere).")
-def agent_create(agent_id: str, groups: tuple[str, ...], expires_in_s: float | None, max_priority: int,
-                 print_key: bool) -> None:
-    """Issue a key for AGENT_ID (voiding any earlier one), make its broker user, and save the key for processes on
-    this machine."""
-    from aios.policy.identity import credential_file
-
-    store = _credentials()
-    try:
-        issued = store.create(agent_id, groups=groups, expires_in_s=expires_in_s, max_priority=max_priority)
-    except AIOSError as exc:
-        _fail(exc)
-    _say(f"credential for {agent_id!r} saved in {credential_file(store.settings, agent_id)}")
-    if print_key:
-        click.echo(issued.key)
-
-
-@agent.command("sync")
-def agent_sync() -> None:
-    """Make every agent's broker user again from the kernel's records (a broker that restarted without them)."""
-    from aios.policy.broker_users import BrokerUsers
-
-    try:
-        made = BrokerUsers(_credentials().settings).sync()
-    except AIOSError as exc:
-        _fail(exc)
-    _say(f"{made} broker users made")
-
-
-@agent.command("revoke")
-@click.argument("agent_id")
-def agent_revoke(agent_id: str) -> None:
-    """Revoke AGENT_ID's credential: workers refuse its syscalls from now on."""
-    if not _credentials().revoke(agent_id):
-        _fail(ValueError(f"no agent {agent_id!r}; see `aios agent list`"))
-    _say(f"credential of {agent_id!r} revoked")
-
-
-@agent.command("list")
-@click.option("--json", "as_json", is_flag=True)
-def agent_list(as_json: bool) -> None:
-    """Agents with credentials."""
-    creds = [c.public() for c in _credentials().list()]
-    if as_json:
-        click.echo(json.dumps(creds, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table("agent", "created", "expires", "revoked", "groups")
-
-    def fmt(ts: float | None) -> str:
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "never"
-
-    for c in creds:
-        t.add_row(c["agent_id"], fmt(c["created_at"]), fmt(c["expires_at"]), "yes" if c["revoked"] else "no",
-                  ",".join(c["groups"]))
-    Console().print(t)
-
-
 # -- benchmarks: aios_bench.cli, when the bench extra is installed ------------------------------------------
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
@@ -494,6 +411,9 @@ def bench(ctx: click.Context) -> None:
 
 
 register_access_commands(main)
+register_agent_commands(main)
+main.add_command(gateway_command)
 
 if __name__ == "__main__":
     main()
+

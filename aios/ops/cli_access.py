@@ -1,5 +1,5 @@
-"""``aios grant | revoke-grant | grants | group | audit | console-token``: the access manager, its audit log and the
-operator console's credential, for operators.
+"""``aios grant | revoke-grant | grants | group | audit | cancel | console-token``: the access manager, its
+audit log, cancelling any agent's syscall, and the operator console's credential, for operators.
 
 Registered on the ``aios`` command by :func:`register`, so that this file owns its commands.
 """
@@ -75,6 +75,28 @@ def _table(columns: list[str], rows: list[list[str]], empty: str, styles: list[s
 
 def register(main: click.Group) -> None:
     """Add the access commands to the ``aios`` group."""
+
+    @main.command("cancel")
+    @click.argument("syscall_id")
+    def cancel(syscall_id: str) -> None:
+        """Cancel SYSCALL_ID, any agent's: if queued it never starts, if running it is stopped where its service
+        can (an LLM generation within one engine step); its caller gets `Cancelled`."""
+        from aios.sdk.client import resolve_settings
+        from aios.state.connections import state_client
+        from aios.state.keys import CANCEL_ANY
+        from aios.worker.cancels import keys_ok, record
+
+        if not keys_ok(syscall_id):
+            _fail(f"{syscall_id!r} is not a syscall id (8-64 letters, digits, '_' or '-')")
+        try:
+            settings = resolve_settings(None)
+            recorded = record(state_client(settings), settings, syscall_id, CANCEL_ANY)
+        except AIOSError as exc:
+            _fail(exc)
+        if not recorded:
+            _fail(f"syscall {syscall_id} is answered already: nothing to cancel")
+        _say(f"cancelled {syscall_id}: its caller gets Cancelled (a running tool that cannot be stopped is "
+             "abandoned)")
 
     @main.command("grant")
     @click.argument("owner")

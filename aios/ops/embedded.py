@@ -268,6 +268,14 @@ class LocalKernel:
         self._workers["flower"] = self._spawn(argv, "flower", env=env)
         self._recipes["flower"] = lambda: self.start_flower(port)
 
+    def start_gateway(self, port: int) -> None:
+        """The OpenAI-compatible gateway (``aios gateway``) on ``AIOS_GATEWAY_HOST``:``port``, in front of this
+        kernel; supervised like a worker, stopped with it."""
+        self.progress(f"starting the gateway on http://{self.settings.gateway.host}:{port}/v1")
+        argv = [sys.executable, "-m", "aios", "gateway", f"--port={port}"]
+        self._workers["gateway"] = self._spawn(argv, "gateway", env=self.env())
+        self._recipes["gateway"] = lambda: self.start_gateway(port)
+
     def start_worker(self, name: str) -> None:
         """Start (or restart, after :meth:`kill_worker`) one resource worker and wait until it answers."""
         self._start_worker(name)
@@ -324,7 +332,7 @@ class LocalKernel:
 
     def log_file(self, name: str) -> Path:
         """The log of process ``name`` (``redis``, ``flower`` or a worker's name)."""
-        return self.log_dir / (f"{name}.log" if name in ("redis", "flower") else f"worker-{name}.log")
+        return self.log_dir / (f"{name}.log" if name in ("redis", "flower", "gateway") else f"worker-{name}.log")
 
     # -- discovery for `aios up` ------------------------------------------------------------------------
 

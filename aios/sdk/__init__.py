@@ -22,6 +22,7 @@ The SDK imports nothing of the worker side (``aios.worker``, ``aios.services``, 
 
 from aios.sdk.asyncio import AsyncKernel
 from aios.sdk.core import Messages, Pending, resolve_settings
+from aios.sdk.streaming import AsyncTokenStream, TokenStream
 from aios.sdk.sync import Kernel
 
-__all__ = ["AsyncKernel", "Kernel", "Messages", "Pending", "resolve_settings"]
+__all__ = ["AsyncKernel", "AsyncTokenStream", "Kernel", "Messages", "Pending", "TokenStream", "resolve_settings"]

@@ -11,11 +11,14 @@ import redis.asyncio as aredis
 from aios.broker.reply_queues import ReplyInbox
 from aios.sdk.core import Pending
 from aios.sdk.operations import Call, Operation, Operations
+from aios.sdk.streaming import AsyncTokenStream
 from aios.state.connections import async_state_client
 from aios.wire.errors import KernelUnavailable
-from aios.wire.syscalls import Response, Syscall
+from aios.wire.syscalls import LLMSyscall, Response, Syscall
 
 P = ParamSpec("P")
+Stream = AsyncTokenStream
+"""This client's token stream (both clients name it so: their signatures read the same)."""
 T = TypeVar("T")
 
 
@@ -40,6 +43,18 @@ class AsyncKernel(Operations):
         got = await self._redis.blpop([self._reply_key(pending)], timeout=self._wait_s(pending))
         return None if got is None else got[1]
 
+    async def _next_reply_or_raise(self, pending: Pending) -> bytes | str | None:
+        try:
+            return await self._next_reply(pending)
+        except aredis.ConnectionError as exc:
+            raise KernelUnavailable(f"cannot reach the kernel's Redis: {exc}; check AIOS_REDIS_URL") from None
+
+    async def stream(self, syscall: LLMSyscall) -> Stream:
+        """Publish ``syscall`` (made with ``stream=True``); ``async for`` over its text as it is decoded."""
+        if not syscall.stream:
+            syscall = syscall.model_copy(update={"stream": True})
+        return AsyncTokenStream(self, await self.submit(syscall))
+
     async def submit(self, syscall: Syscall) -> Pending:
         """Publish ``syscall`` and return at once; :meth:`wait` for its answer."""
         # Publishing is a blocking kombu call; keep it off the event loop.
@@ -50,11 +65,7 @@ class AsyncKernel(Operations):
         ``AuthError`` (only forged replies came); an irreversible syscall nobody approved in time is answered
         ``ApprovalDenied`` by the kernel."""
         while True:
-            try:
-                got = await self._next_reply(pending)
-            except aredis.ConnectionError as exc:
-                raise KernelUnavailable(f"cannot reach the kernel's Redis: {exc}; check AIOS_REDIS_URL") from None
-            if (response := self._accept(pending, got)) is not None:
+            if (response := self._accept(pending, await self._next_reply_or_raise(pending))) is not None:
                 return response
 
     async def wait(self, pending: Pending) -> Any:
@@ -70,6 +81,8 @@ class AsyncKernel(Operations):
         return await asyncio.gather(*(self.call(s) for s in syscalls), return_exceptions=return_exceptions)
 
     async def _run(self, call: Call[T]) -> T:
+        if call.stream:
+            return await self.stream(call.syscalls[0])  # type: ignore[arg-type, return-value]  # see llm_chat
         return call.post(await self.gather(call.syscalls, return_exceptions=call.each_may_fail))
 
     def _bind(self, op: Operation[P, T]) -> Callable[P, Coroutine[Any, Any, T]]:

@@ -39,7 +39,9 @@ from aios.wire.errors import (
 )
 from aios.wire.priority import DEFAULT_PRIORITY, check, is_redis_url
 from aios.wire.seal import open_reply
+from aios.wire.stream import Assembler
 from aios.wire.syscalls import (
+    CancelSyscall,
     ChatMessage,
     LLMSyscall,
     MemorySyscall,
@@ -134,11 +136,13 @@ class _Core:
 
     def llm_syscall(self, messages: Messages, output: str = "text", *, json_schema: dict[str, Any] | None = None,
                     tools: Tools = (), max_tokens: int = 256, temperature: float = 0.0, model: str | None = None,
-                    priority: int | None = None, timeout_s: float | None = None) -> LLMSyscall:
-        """An LLM syscall; ``output``: ``text``, ``json`` (with ``json_schema``) or ``tool_call`` (with ``tools``)."""
+                    priority: int | None = None, timeout_s: float | None = None, **options: Any) -> LLMSyscall:
+        """An LLM syscall; ``output``: ``text``, ``json`` (with ``json_schema``) or ``tool_call`` (with ``tools``).
+        ``options``: the syscall's other fields (``top_p``, ``seed``, ``stop``, ``tool_choice``,
+        ``parallel_tool_calls``, ``stream``: see :class:`~aios.wire.syscalls.LLMSyscall`)."""
         return LLMSyscall(messages=_messages(messages), output=output, json_schema=json_schema,  # type: ignore[arg-type]
                           tools=_tools(tools), max_tokens=max_tokens, temperature=temperature, model=model,
-                          **self._common(priority, timeout_s))
+                          **options, **self._common(priority, timeout_s))
 
     def tool_syscall(self, name: str, arguments: dict[str, Any] | None = None, *, priority: int | None = None,
                      timeout_s: float | None = None) -> ToolSyscall:
@@ -169,12 +173,19 @@ class _Core:
                         priority: int | None = None, timeout_s: float | None = None, if_version: int | None = None,
                         with_version: bool = False, version: int | None = None, at: float | None = None,
                         with_agent: str | None = None, mode: Literal["read", "write"] = "read", query: str | None = None,
-                        k: int = 5) -> StorageSyscall:
+                        k: int = 5, texts: Sequence[str] = ()) -> StorageSyscall:
         """``owner``: another agent's files (needs its grant, see ``aios grant``); ``None``: this agent's own.
         The other keywords are the op's fields (see :class:`~aios.wire.syscalls.StorageSyscall`)."""
         return StorageSyscall(op=op, path=path, content=content, owner=owner,  # type: ignore[arg-type]
                               if_version=if_version, with_version=with_version, version=version, at=at,
-                              with_agent=with_agent, mode=mode, query=query, k=k, **self._common(priority, timeout_s))
+                              with_agent=with_agent, mode=mode, query=query, k=k, texts=tuple(texts),
+                              **self._common(priority, timeout_s))
+
+    def cancel_syscall(self, target: "str | Pending", *, priority: int | None = None,
+                       timeout_s: float | None = None) -> CancelSyscall:
+        """A signed request to cancel ``target`` (a syscall id of this agent's, or its :class:`Pending`)."""
+        return CancelSyscall(target=target.id if isinstance(target, Pending) else target,
+                             **self._common(priority, timeout_s))
 
     # -- the wire ----------------------------------------------------------------------------------------
 
@@ -275,6 +286,15 @@ class _Core:
     def _no_answer(self, pending: Pending) -> Exception:
         forged = self._forged.pop(pending.id, None)
         return forged or self._timeout(pending)
+
+    def _stream_step(self, pending: Pending, assembler: Assembler, got: bytes | str | None) -> str:
+        """One wait of a streamed syscall: the new text it brought (``""`` for none). Raises as :meth:`_accept`
+        when the wait ran out."""
+        if got is None:
+            if assembler.forged is not None:
+                self._forged[pending.id] = assembler.forged
+            raise self._no_answer(pending)
+        return assembler.feed(got.decode() if isinstance(got, bytes) else got)
 
     @staticmethod
     def _unwrap(response: Response) -> Any:

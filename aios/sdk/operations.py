@@ -23,7 +23,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, Literal, ParamSpec, TypeVar, overload
 
-from aios.sdk.core import Messages, Tools, _Core
+from aios.sdk.core import Messages, Pending, Tools, _Core
 from aios.wire.syscalls import Syscall
 
 if TYPE_CHECKING:
@@ -46,6 +46,8 @@ class Call(Generic[T]):
     syscalls: tuple[Syscall, ...]
     post: Callable[[list[Any]], T]
     each_may_fail: bool = False
+    stream: bool = False
+    """The value is the one syscall's text as it is decoded (a ``TokenStream`` / ``AsyncTokenStream``)."""
 
 
 def _one(syscall: Syscall, field: str | None = None) -> Call[Any]:
@@ -123,11 +125,17 @@ class Operations(_Core):
 
     @operation
     def llm_chat(self, messages: Messages, *, max_tokens: int = 256, temperature: float = 0.0,
-                 model: str | None = None, priority: int | None = None, timeout_s: float | None = None) -> Call[str]:
+                 model: str | None = None, priority: int | None = None, timeout_s: float | None = None,
+                 stream: bool = False) -> Call[str]:
         """The model's reply to ``messages`` (a string: one user message; or ``ChatMessage``\\ s or
-        ``{"role", "content"}`` dicts), as text. ``model``: a core of ``AIOS_LLM_MODELS``, or the served model."""
-        return _one(self.llm_syscall(messages, "text", max_tokens=max_tokens, temperature=temperature, model=model,
-                                     priority=priority, timeout_s=timeout_s), "content")
+        ``{"role", "content"}`` dicts), as text. ``model``: a core of ``AIOS_LLM_MODELS``, or the served model.
+        ``stream=True``: instead, a ``TokenStream`` (``AsyncTokenStream`` on ``AsyncKernel``) that yields the
+        text as it is decoded, its ``result`` set at the end; typed code can call ``stream(syscall)`` directly."""
+        syscall = self.llm_syscall(messages, "text", max_tokens=max_tokens, temperature=temperature, model=model,
+                                   priority=priority, timeout_s=timeout_s, stream=stream)
+        if stream:
+            return Call((syscall,), lambda results: results[0], stream=True)
+        return _one(syscall, "content")
 
     @operation
     def llm_chat_with_json_output(self, messages: Messages, json_schema: dict[str, Any] | None = None, *,
@@ -148,6 +156,23 @@ class Operations(_Core):
         return _one(self.llm_syscall(messages, "tool_call", tools=tools, max_tokens=max_tokens,
                                      temperature=temperature, model=model, priority=priority, timeout_s=timeout_s),
                     "tool_calls")
+
+    @operation
+    def embed(self, texts: list[str], *, priority: int | None = None, timeout_s: float | None = None) -> Call[Info]:
+        """The kernel's embedding model on ``texts`` (at most 256): ``{"model", "dim", "vectors": [[float]],
+        "tokens"}``, one unit-length vector per text; nothing is stored."""
+        return _one(self.storage_syscall("embed", texts=texts, priority=priority, timeout_s=timeout_s))
+
+    # -- control -----------------------------------------------------------------------------------------
+
+    @operation
+    def cancel(self, syscall: str | Pending, *, priority: int | None = None,
+               timeout_s: float | None = None) -> Call[bool]:
+        """Cancel one of this agent's own syscalls (its id, or the ``Pending`` of ``submit``): a queued one never
+        starts, a running generation stops within one engine step; its caller gets ``Cancelled``. ``True`` if the
+        cancel was recorded before the syscall was answered, ``False`` if it was answered already. A cancel naming
+        another agent's syscall is recorded under this agent's name and has no effect on it."""
+        return _one(self.cancel_syscall(syscall, priority=priority, timeout_s=timeout_s), "cancelled")
 
     # -- tools -------------------------------------------------------------------------------------------
 

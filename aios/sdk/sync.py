@@ -10,11 +10,14 @@ import redis
 from aios.broker.reply_queues import ReplyInbox
 from aios.sdk.core import Pending
 from aios.sdk.operations import Call, Operation, Operations
+from aios.sdk.streaming import TokenStream
 from aios.state.connections import state_client
 from aios.wire.errors import KernelUnavailable
-from aios.wire.syscalls import Response, Syscall
+from aios.wire.syscalls import LLMSyscall, Response, Syscall
 
 P = ParamSpec("P")
+Stream = TokenStream
+"""This client's token stream (both clients name it so: their signatures read the same)."""
 T = TypeVar("T")
 
 
@@ -45,6 +48,18 @@ class Kernel(Operations):
         got = self._redis.blpop([self._reply_key(pending)], timeout=self._wait_s(pending))
         return None if got is None else got[1]
 
+    def _next_reply_or_raise(self, pending: Pending) -> bytes | str | None:
+        try:
+            return self._next_reply(pending)
+        except redis.ConnectionError as exc:
+            raise KernelUnavailable(f"cannot reach the kernel's Redis: {exc}; check AIOS_REDIS_URL") from None
+
+    def stream(self, syscall: LLMSyscall) -> Stream:
+        """Publish ``syscall`` (made with ``stream=True``) and iterate over its text as it is decoded."""
+        if not syscall.stream:
+            syscall = syscall.model_copy(update={"stream": True})
+        return TokenStream(self, self.submit(syscall))
+
     def submit(self, syscall: Syscall) -> Pending:
         """Publish ``syscall`` and return at once; :meth:`wait` for its answer."""
         return self._publish(syscall)
@@ -54,11 +69,7 @@ class Kernel(Operations):
         ``AuthError`` (only forged replies came); an irreversible syscall nobody approved in time is answered
         ``ApprovalDenied`` by the kernel."""
         while True:
-            try:
-                got = self._next_reply(pending)
-            except redis.ConnectionError as exc:
-                raise KernelUnavailable(f"cannot reach the kernel's Redis: {exc}; check AIOS_REDIS_URL") from None
-            if (response := self._accept(pending, got)) is not None:
+            if (response := self._accept(pending, self._next_reply_or_raise(pending))) is not None:
                 return response
 
     def wait(self, pending: Pending) -> Any:
@@ -83,6 +94,8 @@ class Kernel(Operations):
         return out
 
     def _run(self, call: Call[T]) -> T:
+        if call.stream:
+            return self.stream(call.syscalls[0])  # type: ignore[arg-type, return-value]  # see llm_chat
         return call.post(self.gather(call.syscalls, return_exceptions=call.each_may_fail))
 
     def _bind(self, op: Operation[P, T]) -> Callable[P, T]:

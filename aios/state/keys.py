@@ -75,6 +75,16 @@ def claim(syscall_id: str) -> str:
     return f"{PREFIX}:claim:{syscall_id}"
 
 
+def cancel(syscall_id: str) -> str:
+    """Hash: who cancelled ``syscall_id`` -> when: an agent id (a verified cancel syscall: heeded only by that
+    agent's own syscall) or ``*`` (an operator: ``aios cancel``, Celery's ``revoke``). :mod:`aios.worker.cancels`."""
+    return f"{PREFIX}:cancel:{syscall_id}"
+
+
+CANCEL_ANY = "*"
+"""The :func:`cancel` field of an operator's cancel (heeded by a syscall of any agent)."""
+
+
 def delayed(queue: str) -> str:
     """Sorted set: syscall ids the kernel put off on ``queue``, by when they go back to it (:mod:`aios.worker.delayed`)."""
     return f"{PREFIX}:delayed:{queue}"

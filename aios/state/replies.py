@@ -62,6 +62,17 @@ class Replies:
             self.deliver(agent_id, sid, sealed)
         return answered
 
+    def push_chunk(self, agent_id: str, syscall_id: str, sealed: str) -> None:
+        """Hand a streamed syscall's chunk (:mod:`aios.wire.stream`) to its caller, on the channel its reply
+        takes; nothing is stored or counted (the reply is the answer)."""
+        if self.deliver is not None:
+            self.deliver(agent_id, syscall_id, sealed)
+            return
+        pipe = self.client.pipeline(transaction=False)
+        pipe.rpush(keys.reply(agent_id, syscall_id), sealed)
+        pipe.expire(keys.reply(agent_id, syscall_id), self.ttl_s)
+        pipe.execute()
+
     def hand_over_again(self, agent_id: str, syscall_id: str, key: str | None) -> bool:
         """Hand a stored answer over once more (a redelivered syscall whose answer may never have left: on
         RabbitMQ the answer is stored, then published). The SDK takes the first answer to an id and ignores the

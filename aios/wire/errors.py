@@ -125,11 +125,18 @@ class KernelBusy(AIOSError):
     code = "kernel_busy"
 
 
+class Cancelled(AIOSError):
+    """The syscall was cancelled (``Kernel.cancel`` by its own agent, ``aios cancel`` or Celery's ``revoke`` by an
+    operator) before it was answered: a queued one never ran, a running generation was stopped."""
+
+    code = "cancelled"
+
+
 _BY_CODE: dict[str, type[AIOSError]] = {}
 for _cls in (
     AIOSError, ConfigError, InvalidSyscall, PayloadTooLarge, SyscallTimeout, DeadlineExceeded, ToolError,
     UnknownTool, InvalidToolArguments, AuthError, ApprovalDenied, NotFound, AccessDenied, Conflict, BackendError,
-    KernelUnavailable, QuotaExceeded, KernelBusy,
+    KernelUnavailable, QuotaExceeded, KernelBusy, Cancelled,
 ):
     _BY_CODE[_cls.code] = _cls
 for _code in ("malformed", "unknown_kind", "content_type", "unknown_task", "wrong_queue", "broker_feature"):

@@ -83,6 +83,19 @@ class LLMSyscall(SyscallBase):
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     model: str | None = None
     """Model name; ``None`` means the worker's default model."""
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    """Nucleus sampling (with ``temperature`` > 0): draw only from the most likely tokens of this much mass."""
+    seed: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    """The seed of a sampled generation; ``None``: the kernel's fixed one (replies do not depend on the order)."""
+    stop: tuple[str, ...] = Field(default=(), max_length=4)
+    """The reply ends before the first of these strings (which is not part of it)."""
+    tool_choice: str | None = None
+    """``output='tool_call'``: ``None`` / ``required`` (call one of ``tools``), ``auto`` (call one, or answer
+    in text: the result's ``content``), or a tool's name (call that one)."""
+    parallel_tool_calls: bool = False
+    """``output='tool_call'``: the model may call several tools in one reply."""
+    stream: bool = False
+    """Send the reply's text to the caller as it is decoded, before the reply (see :mod:`aios.wire.stream`)."""
 
     @field_validator("tools")
     @classmethod
@@ -96,6 +109,12 @@ class LLMSyscall(SyscallBase):
     def _tools_for_tool_call(self) -> "LLMSyscall":
         if self.output == "tool_call" and not self.tools:
             raise ValueError("output='tool_call' needs at least one entry in tools")
+        names = {t.name for t in self.tools}
+        if self.tool_choice not in (None, "auto", "required", *names):
+            raise ValueError(f"tool_choice {self.tool_choice!r} is none of 'auto', 'required' or a tool's name "
+                             f"({', '.join(sorted(names)) or 'no tools given'})")
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must not be empty")
         return self
 
 
@@ -147,11 +166,12 @@ class StorageSyscall(SyscallBase):
     ``write`` (keeps a version; ``if_version`` makes it a compare-and-set), ``read`` (``with_version``),
     ``list``, ``delete``, ``create`` (a new file; fails if it exists), ``mkdir``, ``rollback`` (to ``version``
     or to the version current at time ``at``), ``versions``, ``share`` (with ``with_agent``, ``mode``),
-    ``search`` (by meaning over the agent's files: ``query``, ``k``), ``mount``."""
+    ``search`` (by meaning over the agent's files: ``query``, ``k``), ``mount``, ``embed`` (``texts`` through
+    the kernel's embedding model: vectors, nothing stored)."""
 
     kind: Literal["storage"] = "storage"
     op: Literal["write", "read", "list", "delete", "create", "mkdir", "rollback", "versions", "share", "search",
-                "mount"]
+                "mount", "embed"]
     path: str = Field(default="", max_length=1024)
     content: str | None = None
     if_version: int | None = Field(default=None, ge=0)
@@ -166,6 +186,8 @@ class StorageSyscall(SyscallBase):
     mode: Literal["read", "write"] = "read"
     query: str | None = Field(default=None, min_length=1, max_length=10_000)
     k: int = Field(default=5, ge=1, le=100)
+    texts: tuple[str, ...] = Field(default=(), max_length=256)
+    """``embed``: the texts to embed with the kernel's embedding model (nothing is stored)."""
     owner: str | None = None
     """Whose files: ``None`` is the calling agent's own; another agent's needs its grant (:mod:`aios.policy.access`)."""
 
@@ -186,12 +208,23 @@ class StorageSyscall(SyscallBase):
             raise ValueError("storage op 'share' needs with_agent")
         if self.op == "search" and self.query is None:
             raise ValueError("storage op 'search' needs a query")
+        if self.op == "embed" and not self.texts:
+            raise ValueError("storage op 'embed' needs texts")
         return self
 
 
-Syscall = Annotated[LLMSyscall | ToolSyscall | MemorySyscall | StorageSyscall, Field(discriminator="kind")]
+class CancelSyscall(SyscallBase):
+    """Cancel ``target``, one of this agent's own syscalls (a control syscall: signed like any other, so the worker
+    that verifies it records the cancel under the verified agent's name, and only a syscall of that agent heeds it)."""
+
+    kind: Literal["cancel"] = "cancel"
+    target: str = Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
+
+
+Syscall = Annotated[LLMSyscall | ToolSyscall | MemorySyscall | StorageSyscall | CancelSyscall,
+                    Field(discriminator="kind")]
 SYSCALL_ADAPTER: TypeAdapter[Syscall] = TypeAdapter(Syscall)
-KINDS = ("llm", "tool", "memory", "storage")
+KINDS = ("llm", "tool", "memory", "storage", "cancel")
 
 
 # StrEnum would change str()/format() of a member ('ok', not 'Status.OK') on a public wire type.

@@ -1,7 +1,7 @@
 """The Celery app of one resource worker: ``celery -A workers.<resource> worker -Q aios.<resource>``.
 
-Background parts (the mover of delayed syscalls, the ager, the approval expiry) start and stop with one Celery
-bootstep, not from signals."""
+Background parts (the mover of delayed syscalls, the cancel watch, the lease sweep, the ager, the approval
+expiry) start and stop with one Celery bootstep, not from signals."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, bootsteps
+from celery.signals import task_revoked
 
 from aios.broker import kombu_client
 from aios.broker.app import make_app
@@ -16,12 +17,15 @@ from aios.policy.approvals import Approvals, Expirer
 from aios.policy.governor import Ager, should_age
 from aios.services.base import Service
 from aios.settings import Settings, get_settings
+from aios.worker.cancels import on_revoked
+from aios.worker.leases import LeaseSweeper
 from aios.worker.runtime import Runtime
 
 
 class BackgroundStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery ships no type hints
     """The worker's background passes, started and stopped with it: the mover of syscalls the kernel put off
-    (retries, quota waits), the ager (Redis brokers, ``priority`` policy) and the approval expiry
+    (retries, quota waits), the watch for cancels of running syscalls, the sweep that requeues a dead worker's
+    syscalls once their leases lapsed (Redis brokers), the ager (Redis brokers, ``priority`` policy) and the approval expiry
     (``AIOS_APPROVALS=required``)."""
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
@@ -29,7 +33,9 @@ class BackgroundStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery s
 
     def start(self, worker: Any) -> None:
         runtime: Runtime = worker.app.aios_runtime
-        self.passes = [runtime.delayed]
+        self.passes = [runtime.delayed, runtime.cancels.periodic]
+        if runtime.broker_redis is not None:  # RabbitMQ redelivers a dead worker's messages by itself
+            self.passes.append(LeaseSweeper(runtime))
         if runtime.broker_redis is not None and should_age(runtime.settings, runtime.resource):
             self.passes.append(Ager(runtime.broker_redis, runtime.queue, runtime.settings.scheduling.aging_s))
         if runtime.settings.security.approvals == "required":
@@ -64,4 +70,9 @@ def create_worker_app(resource: str, service_factory: Callable[[Settings], Servi
     def syscall(task: Any, *args: Any, **kwargs: Any) -> None:
         runtime.execute(task.request.id, args, kwargs, worker=task.request.hostname or resource)
 
+    def revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
+        if getattr(sender, "name", None) == runtime.task_name:  # Celery acked a revoked message unrun
+            on_revoked(runtime, request)
+
+    task_revoked.connect(revoked, weak=False)
     return app

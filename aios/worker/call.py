@@ -39,6 +39,8 @@ class Call:
     """The identity step accepted the sender (signature checked, or identities off): only then is it answered."""
     snapshot: Snapshot | None = None
     """A suspended generation to continue."""
+    cancelled: bool = False
+    """A cancel this syscall heeds is recorded (read by the load step): it is answered ``Cancelled``, not run."""
     claimed: "tuple[str, str | float] | None" = None
     """What the load step's claim attempt found (:meth:`aios.worker.claims.Claims.take`), for the idempotency step."""
     claim: str | None = None

@@ -2,7 +2,7 @@
 
 The claim is ``aios:claim:<id>`` holding a random token of the delivery, set only if the id is neither claimed nor
 answered, in one script (``lua/claim.lua``): two copies of one signed syscall taken at the same moment by two
-threads or two workers cannot both start it. It is a lease (:data:`CLAIM_LEASE_S`, at most half the visibility
+threads or two workers cannot both start it. It is a lease (``AIOS_LEASE_S``, at most half the visibility
 timeout) that a thread of the worker renews while the delivery runs, so a worker that dies holding one frees it
 soon after, and the broker's redelivery of its message can run (a claim held until the deadline would turn every
 worker death into a lost syscall on RabbitMQ, which redelivers at once).
@@ -29,8 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aios.worker")
 
-CLAIM_LEASE_S = 10.0
-"""How long a claim outlives its holder's last renewal (at most half of ``AIOS_VISIBILITY_TIMEOUT_S``)."""
 CLAIMED, ANSWERED, HELD = "claimed", "answered", "held"
 
 
@@ -39,7 +37,8 @@ class Claims:
 
     def __init__(self, rt: "Runtime") -> None:
         self.redis = rt.redis
-        self.lease_s = min(CLAIM_LEASE_S, rt.settings.broker.visibility_timeout_s / 2)
+        self.lease_s = min(rt.settings.worker.lease_s, rt.settings.broker.visibility_timeout_s / 2)
+        self.renew_s = min(rt.settings.worker.lease_renew_s, self.lease_s / 3)
         self._take = scripts.register(rt.redis, "claim")
         self._loaded = False
         self._release = scripts.register(rt.redis, "claim_release")
@@ -101,7 +100,7 @@ class Claims:
 
     def _renew_loop(self) -> None:
         while True:
-            time.sleep(self.lease_s / 3)
+            time.sleep(self.renew_s)
             with self._lock:
                 held = list(self._held.items())
             if not held:

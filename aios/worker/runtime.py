@@ -26,14 +26,17 @@ from aios.policy.placement import Placement
 from aios.services.base import Service
 from aios.settings import Settings, worker_queue
 from aios.state.connections import broker_client, state_client
+from aios.state.context import ContextStore
 from aios.wire.errors import AIOSError
 from aios.wire.priority import is_redis_url
 from aios.worker.call import Call, Done, Refuse
+from aios.worker.cancels import Cancels
 from aios.worker.claims import Claims
 from aios.worker.delayed import Delayed
 from aios.worker.pipeline import Pipeline, Step
 from aios.worker.refusals import Refusals
 from aios.worker.requeue import Requeue
+from aios.worker.streams import Streams
 
 log = logging.getLogger("aios.worker")
 
@@ -59,8 +62,13 @@ class Runtime:
         self.governor = Governor(settings, self.redis, resource)
         self.placement = Placement(settings, lambda: self.redis)
         self.replies = replies_for(self.redis, settings)
+        self.streams = Streams(self.replies)
+        """Chunks of streamed LLM syscalls, on their way to the callers."""
         self.refusals = Refusals(self)
         self.claims = Claims(self)
+        self.cancels = Cancels(self)
+        self.checkpoints = ContextStore(self.redis, settings.broker.result_ttl_s)
+        """Where a running generation's checkpoints go (``aios:ctx:<id>``, what a suspension stores)."""
         self.delayed = Delayed(self)
         self.requeue = Requeue(self)
         self.arrivals: dict[str, int] = {}
@@ -79,6 +87,7 @@ class Runtime:
                 if self._service is None:
                     service = self._service_factory(self.settings)
                     service.watch_queue(self.queue_waiting)
+                    service.keep_checkpoints(self.checkpoints.save)
                     self._service = service
         return self._service
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 MODULES = ("sandbox", "storage", "audit", "approvals", "gate", "idempotency", "broker", "replies", "identity",
-           "gateway")
+           "gateway", "streams", "cancel")
 """The modules of this package that hold attacks (``aios_bench.attacks.<name>``), imported by :func:`all_attacks`."""
 
 

@@ -11,13 +11,13 @@ from aios.worker.pipeline import Pipeline, Step
 from aios.worker.steps import default_steps
 from tests.unit.conftest import MakeHarness, MakeSettings, tools
 
-ORDER = ["reply", "decode", "load", "identity", "idempotency", "deadline", "placement", "quota", "run"]
+ORDER = ["reply", "decode", "load", "identity", "idempotency", "cancel", "deadline", "placement", "quota", "run"]
 
 
 def test_the_default_order(harness: MakeHarness, make_settings: MakeSettings) -> None:
     assert harness("tool", StubService()).runtime.pipeline.names() == ORDER
     with_approvals = harness("tool", StubService(), settings=make_settings(approvals="required")).runtime
-    assert with_approvals.pipeline.names() == [*ORDER[:7], "approval", *ORDER[7:]]
+    assert with_approvals.pipeline.names() == [*ORDER[:8], "approval", *ORDER[8:]]
     assert [s.name for s in default_steps(with_approvals)] == with_approvals.pipeline.names()
 
 

@@ -42,6 +42,16 @@ class Request:
     quantum: int = 0
     """Tokens per time slice; 0: run to the end."""
     should_yield: Callable[[], bool] | None = None
+    top_p: float = 1.0
+    """Nucleus sampling (temperature > 0 only)."""
+    on_token: Callable[[int, int], None] | None = None
+    """Called on the engine's thread with ``(index, token)`` for each generated token as it is decoded (index
+    counts from the generation's start, resumed tokens included): token streaming. It must not block."""
+    checkpoint: int = 0
+    """Hand the generation so far to ``on_checkpoint`` every this many generated tokens; 0: never."""
+    on_checkpoint: Callable[[list[int], bytes | None], None] | None = None
+    """Called on the engine thread with every token generated so far and the sequence's KV state (or None): what
+    a suspension would return, so that a redelivered request resumes from there (it must return at once)."""
 
 
 class Status(enum.IntEnum):
@@ -234,6 +244,12 @@ class BatchScheduler:
 
     def slot(self, rid: int) -> int:
         return self._by_rid[rid].slot
+
+    def progress(self, rid: int) -> tuple[list[int], bool]:
+        """What ``rid`` generated so far, and whether its KV cells hold all of it but the last token (it is not
+        prefilling nor decoding resumed tokens again): only then is its state a snapshot a resume can start from."""
+        s = self._by_rid[rid]
+        return s.generated, s.status == Status.RUNNING and not s.feed and len(s.replay) <= 1
 
     # -- one step -----------------------------------------------------------------------------------------
 

@@ -72,6 +72,8 @@ class _Live:
 
     def __init__(self, req: Request, fut: Future[Generation], sampler: Any) -> None:
         self.req, self.fut, self.sampler = req, fut, sampler
+        self.emitted = len(req.resume)  # the index of its next generated token, for on_token
+        self.checkpointed = len(req.resume)  # tokens generated at its last checkpoint (or resume)
 
 
 class BatchEngine:
@@ -120,6 +122,7 @@ class BatchEngine:
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._pending: deque[tuple[Request, Future[Generation]]] = deque()  # submitted, not yet in _sched
         self._live: dict[int, _Live] = {}  # by request id: in _sched (waiting or running), or being released
+        self._aborting: list[tuple[Future[Generation], Exception]] = []  # abort() asked, the engine thread ends them
         self._cond = threading.Condition()
         self._closed = False
         self.steps = 0
@@ -173,6 +176,16 @@ class BatchEngine:
             self._cond.notify()
         return fut
 
+    def abort(self, fut: "Future[Generation]", exc: Exception) -> bool:
+        """End the request of ``fut`` (submitted, waiting or generating) before the next step: its slot is freed and
+        ``fut`` fails with ``exc``. ``False`` if it is done already."""
+        with self._cond:
+            if fut.done() or self._closed:
+                return False
+            self._aborting.append((fut, exc))
+            self._cond.notify()
+        return True
+
     def waiting(self) -> int:
         """Requests submitted but not yet admitted to a sequence slot."""
         return len(self._pending) + self._sched.num_waiting
@@ -190,7 +203,7 @@ class BatchEngine:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._closed and not self._pending and not self._sched.has_work():
+                while not self._closed and not self._pending and not self._aborting and not self._sched.has_work():
                     self._cond.wait()
                 if self._closed:
                     self._fail_live(BackendError("the LLM engine shut down mid-generation"))
@@ -202,6 +215,9 @@ class BatchEngine:
                     return
                 while self._pending:
                     self._add(*self._pending.popleft())
+                aborting, self._aborting = self._aborting, []
+            for fut, exc in aborting:
+                self._abort(fut, exc)
             try:
                 self._step()
             except Exception as exc:  # noqa: BLE001 - fail the batch, keep the engine alive
@@ -240,6 +256,14 @@ class BatchEngine:
         self.steps += 1
         outputs = [self._sample(chunk, index) for chunk, index in sorted(sample, key=lambda ci: ci[0].slot)]
         result = self._sched.update(outputs)
+        for out in outputs:  # every token but an end-of-generation one is the sequence's next (see update)
+            live = self._live[out.rid]
+            if live.req.on_token is not None and not out.eog:
+                try:
+                    live.req.on_token(live.emitted, out.token)
+                except Exception:  # noqa: BLE001 - a failing stream must not stop the batch
+                    log.exception("the token callback failed; the generation goes on")
+            live.emitted += not out.eog
         if result.cache is not None and self._sched.cache_slot is not None:
             cache, src = self._sched.cache_slot, result.cache.slot
             self._lc.llama_memory_seq_rm(self._mem, cache, -1, -1)
@@ -247,6 +271,24 @@ class BatchEngine:
             self._lc.llama_memory_seq_rm(self._mem, cache, result.cache.n_tokens, -1)
         for done in result.finished:
             self._release(done)
+        self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Hand each running request that generated ``checkpoint`` more tokens since its last checkpoint what a
+        suspension would return now (tokens, KV state), without stopping it."""
+        for rid in self._sched.running_ids():
+            live = self._live[rid]
+            every, hand = live.req.checkpoint, live.req.on_checkpoint
+            if not every or hand is None:
+                continue
+            tokens, whole = self._sched.progress(rid)
+            if not whole or len(tokens) - live.checkpointed < every:
+                continue
+            live.checkpointed = len(tokens)
+            try:
+                hand(list(tokens), self._snapshot(self._sched.slot(rid)) if self.keep_state else None)
+            except Exception:  # noqa: BLE001 - a lost checkpoint costs a recomputation, never the batch
+                log.exception("a checkpoint callback failed")
 
     def _fill(self, plan: StepPlan) -> list[tuple[Chunk, int]]:
         """Write the plan's chunks into the batch, decode tokens first; returns the chunks to sample from, each
@@ -314,6 +356,8 @@ class BatchEngine:
         if req.temperature <= 0:
             lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
         else:
+            if req.top_p < 1.0:
+                lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_top_p(req.top_p, 1))
             lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_temp(req.temperature))
             lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_dist(token_seed(req.seed, 0)))
         return chain
@@ -336,6 +380,18 @@ class BatchEngine:
         del self._live[done.rid]
         self._lc.llama_sampler_free(live.sampler)
         live.fut.set_result(Generation(list(done.tokens), done.status.finish_reason, done.prompt_tokens, state))
+
+    def _abort(self, fut: "Future[Generation]", exc: Exception) -> None:
+        """End the request of ``fut`` now (between steps): free its slot and its sampler, fail its future."""
+        rid = next((r for r, live in self._live.items() if live.fut is fut), None)
+        if rid is None or rid not in self._sched:  # finished meanwhile (or never admitted: a failed sampler)
+            return
+        done = self._sched.finish(rid)
+        live = self._live.pop(rid)
+        if done.slot is not None and done.slot >= 0:
+            self._lc.llama_memory_seq_rm(self._mem, done.slot, -1, -1)
+        self._lc.llama_sampler_free(live.sampler)
+        fut.set_exception(exc)
 
     def _fail_live(self, exc: Exception) -> None:
         """Fail every request past admission whose future is unresolved (those of a plan half carried out

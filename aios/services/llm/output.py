@@ -14,21 +14,50 @@ from aios.wire.syscalls import LLMSyscall, ToolSpec
 Message = dict[str, str]
 
 
-def tool_call_schema(tools: tuple[ToolSpec, ...]) -> dict[str, Any]:
-    """One JSON schema that matches exactly one call of one of ``tools``: ``{"name": ..., "arguments": {...}}``."""
-    return {"anyOf": [{"type": "object", "properties": {"name": {"const": t.name}, "arguments": t.parameters},
-                       "required": ["name", "arguments"], "additionalProperties": False} for t in tools]}
+ANSWER = "answer"
+"""With ``tool_choice='auto'`` the model may reply ``{"answer": <text>}`` instead of calling a tool."""
 
 
-def tool_instruction(tools: tuple[ToolSpec, ...]) -> str:
+def offered(syscall: LLMSyscall) -> tuple[ToolSpec, ...]:
+    """The tools the model may call: all, or the one ``tool_choice`` names."""
+    return tuple(t for t in syscall.tools if syscall.tool_choice in (None, "auto", "required", t.name))
+
+
+def tool_call_schema(tools: tuple[ToolSpec, ...], *, parallel: bool = False, auto: bool = False) -> dict[str, Any]:
+    """One JSON schema that matches exactly one call of one of ``tools``: ``{"name": ..., "arguments": {...}}``;
+    ``parallel``: or a list of such calls; ``auto``: or ``{"answer": <text>}``."""
+    call: dict[str, Any] = {"anyOf": [{"type": "object", "properties": {"name": {"const": t.name},
+                                                                        "arguments": t.parameters},
+                                       "required": ["name", "arguments"], "additionalProperties": False}
+                                      for t in tools]}
+    forms = [call]
+    if parallel:
+        forms.append({"type": "array", "items": call, "minItems": 1, "maxItems": 8})
+    if auto:
+        forms.append({"type": "object", "properties": {ANSWER: {"type": "string"}}, "required": [ANSWER],
+                      "additionalProperties": False})
+    return call if len(forms) == 1 else {"anyOf": forms}
+
+
+def tool_instruction(tools: tuple[ToolSpec, ...], *, auto: bool = False) -> str:
     # Argument names only: the grammar (or the server) enforces the schema, and small models follow a short
     # signature list better than a schema dump (measured on SmolLM2-135M), at a fraction of the prompt tokens.
+    # Several calls at once (a JSON list) are allowed by the grammar but not suggested: told of lists,
+    # SmolLM2-135M wrote prose inside the first call's strings instead (measured).
     lines = ["Available tools:"]
     for t in tools:
         args = ", ".join(t.parameters.get("properties", {}))
         lines.append(f"- {t.name}({args}): {t.description}".rstrip(": "))
     lines.append('Reply with a JSON object: {"name": <tool>, "arguments": {<argument>: <value>}}.')
+    if auto:
+        lines.append(f'To answer without a tool, reply {{"{ANSWER}": <your answer>}}.')
     return "\n".join(lines)
+
+
+def cut_at_stop(text: str, stops: tuple[str, ...] | list[str]) -> tuple[str, bool]:
+    """``text`` up to the first of ``stops``, and whether one was found."""
+    cut = min((text.index(x) for x in stops if x and x in text), default=-1)
+    return (text, False) if cut < 0 else (text[:cut], True)
 
 
 def schema_instruction(schema: dict[str, Any]) -> str:
@@ -99,15 +128,19 @@ def check_tool_call(name: str, arguments: Any, tools: tuple[ToolSpec, ...]) -> d
 
 
 def parse_tool_output(text: str | None, tools: tuple[ToolSpec, ...], finish_reason: str,
-                      max_tokens: int) -> list[dict[str, Any]]:
-    """Parse the constrained-decoding form ``{"name": ..., "arguments": {...}}`` into one checked call."""
+                      max_tokens: int) -> list[dict[str, Any]] | str:
+    """Parse the constrained-decoding form ``{"name": ..., "arguments": {...}}`` (or a list of them) into checked
+    calls; ``{"answer": <text>}`` (``tool_choice='auto'``) is returned as the text."""
     try:
         value = json.loads(text or "")
     except ValueError as exc:
         raise _unusable("tool call", finish_reason, max_tokens, f"not valid JSON ({exc})") from None
-    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+    if isinstance(value, dict) and set(value) == {ANSWER} and isinstance(value[ANSWER], str):
+        return str(value[ANSWER])
+    calls = value if isinstance(value, list) and value else [value]
+    if not all(isinstance(c, dict) and isinstance(c.get("name"), str) for c in calls):
         raise _unusable("tool call", finish_reason, max_tokens, 'expected {"name": <tool>, "arguments": {...}}')
-    return [check_tool_call(value["name"], value.get("arguments"), tools)]
+    return [check_tool_call(c["name"], c.get("arguments"), tools) for c in calls]
 
 
 def make_result(*, content: str | None, json_value: Any = None, tool_calls: list[dict[str, Any]] | None = None,
@@ -127,7 +160,9 @@ def prepare(syscall: LLMSyscall) -> tuple[dict[str, Any] | None, str | None]:
     if syscall.output == "tool_call":
         for t in syscall.tools:
             check_schema(t.parameters, f"parameters of tool {t.name!r}")
-        return tool_call_schema(syscall.tools), tool_instruction(syscall.tools)
+        tools, auto = offered(syscall), syscall.tool_choice == "auto"
+        return (tool_call_schema(tools, parallel=syscall.parallel_tool_calls, auto=auto),
+                tool_instruction(tools, auto=auto))
     return None, None
 
 
@@ -139,8 +174,13 @@ def finish(syscall: LLMSyscall, text: str | None, finish_reason: str | None, sch
         value = parse_json_output(text, schema, reason, syscall.max_tokens)
         return make_result(content=text, json_value=value, finish_reason=reason, **meta)
     if syscall.output == "tool_call":
-        calls = parse_tool_output(text, syscall.tools, reason, syscall.max_tokens)
+        calls = parse_tool_output(text, offered(syscall), reason, syscall.max_tokens)
+        if isinstance(calls, str):  # tool_choice='auto' and the model answered
+            return make_result(content=calls, finish_reason=reason, **meta)
         return make_result(content=None, tool_calls=calls, finish_reason="tool_calls", **meta)
+    if syscall.stop:
+        text, stopped = cut_at_stop(text or "", syscall.stop)
+        reason = "stop" if stopped else reason
     return make_result(content=text, finish_reason=reason, **meta)
 
 

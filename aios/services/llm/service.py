@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
 from aios.policy.scheduler import llm_quantum
 from aios.services.base import BaseService
-from aios.services.llm.engine import BatchEngine, Request
+from aios.services.llm.engine import BatchEngine, Generation, Request
 from aios.services.llm.output import (  # noqa: F401  (re-exported: the backends' shared prompt and output rules)
     Message,
     _unusable,
@@ -37,12 +39,17 @@ from aios.services.llm.output import (  # noqa: F401  (re-exported: the backends
     tool_call_schema,
     tool_instruction,
 )
+from aios.services.llm.stream import TextStream, current_emit
 from aios.services.llm.weights import load_llama
 from aios.settings import Settings
 from aios.state.context import Preempted, Snapshot
 from aios.wire.errors import AIOSError, BackendError, ConfigError, InvalidSyscall
 from aios.wire.syscalls import LLMSyscall, Syscall
 
+log = logging.getLogger("aios.worker")
+
+CHECKPOINT_WRITE_S = 10.0
+"""How long a generation's end waits for its last checkpoint to be stored."""
 SEED = 42
 """Fixed per request so that a sampled (temperature > 0) reply does not depend on what ran before it.
 Not 0: llama-cpp-python reads ``seed=0`` as "random"."""
@@ -106,6 +113,18 @@ class LlamaCppBackend:
         self.engine = BatchEngine(self._llama, n_ctx=settings.llm.n_ctx, n_seq=settings.llm.batch_size,
                                   n_threads=settings.llm.n_threads, prefix_cache=settings.llm.prefix_cache)
         self.engine.keep_state = settings.llm.snapshot_kv
+        self._generating: dict[str, Future[Generation]] = {}  # syscall id -> its engine request, while it runs
+        self.checkpoint_tokens = settings.llm.checkpoint_tokens
+        self.checkpoint_sink: Callable[[str, Snapshot], None] | None = None
+        """Set by the worker (``LLMService.keep_checkpoints``): stores a running generation's checkpoint."""
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="aios-llm-checkpoint")
+
+    def abort(self, syscall_id: str, exc: AIOSError) -> bool:
+        fut = self._generating.get(syscall_id)
+        return fut is not None and self.engine.abort(fut, exc)
+
+    def _detokenize(self, tokens: list[int]) -> bytes:
+        return bytes(self._llama.detokenize(tokens))
 
     def _should_yield(self) -> bool:
         return self.engine.waiting() > 0 or (self.others_waiting is not None and self.others_waiting())
@@ -133,18 +152,40 @@ class LlamaCppBackend:
                                f"{self.n_ctx}; shorten the messages or raise AIOS_LLM_N_CTX")
         if snapshot is not None and (snapshot.backend, snapshot.model) != (self.name, self.model_name):
             snapshot = None  # another model's snapshot: start over rather than continue someone else's text
+        stops = [*(rendered.stop or ()), *syscall.stop]
+        resumed = list(snapshot.tokens) if snapshot else []
+        emit = current_emit.get() if syscall.stream and syscall.output != "tool_call" else None
+        stream = TextStream(self._detokenize, stops, emit, resumed) if emit is not None else None
         # Sampled generations are sliced too: the engine seeds each token's draw from (seed, index), so a resumed
         # generation draws what the uninterrupted one would have.
         req = Request(prompt=prompt, max_tokens=min(syscall.max_tokens, self.n_ctx - len(prompt)),
-                      temperature=syscall.temperature, seed=SEED,
+                      temperature=syscall.temperature, seed=syscall.seed or SEED, top_p=syscall.top_p,
                       grammar=self._grammar(schema) if schema is not None else None,
-                      resume=list(snapshot.tokens) if snapshot else [], state=snapshot.state if snapshot else None,
-                      quantum=self.quantum, should_yield=self._should_yield)
-        gen = self.engine.submit(req).result()
+                      resume=resumed, state=snapshot.state if snapshot else None,
+                      quantum=self.quantum, should_yield=self._should_yield,
+                      on_token=stream.on_token if stream is not None else None)
+        writes: list[Future[None]] = []
+        sink, slices = self.checkpoint_sink, (snapshot.slices if snapshot else 0)
+        if sink is not None and self.checkpoint_tokens:
+            def checkpoint(tokens: list[int], state: bytes | None) -> None:  # on the engine thread: hand it over
+                snap = Snapshot(self.name, self.model_name, tokens=tokens, state=state, slices=slices)
+                writes.append(self._writer.submit(sink, syscall.id, snap))
+            req.checkpoint, req.on_checkpoint = self.checkpoint_tokens, checkpoint
+        fut = self.engine.submit(req)
+        self._generating[syscall.id] = fut
+        try:
+            gen = fut.result()
+        finally:
+            self._generating.pop(syscall.id, None)
+            for write in list(writes):  # every checkpoint is stored before the answer (which deletes it) or a
+                try:                    # suspension (which replaces it)
+                    write.result(timeout=CHECKPOINT_WRITE_S)
+                except Exception as exc:  # noqa: BLE001 - a lost checkpoint costs a recomputation, not the answer
+                    log.warning("syscall %s: a checkpoint was not stored: %s", syscall.id, exc)
         if gen.finish_reason == "preempted":
             raise Preempted(Snapshot(self.name, self.model_name, tokens=gen.tokens, state=gen.state,
                                      slices=(snapshot.slices if snapshot else 0) + 1))
-        text = self._llama.detokenize(gen.tokens).decode("utf-8", errors="ignore")
+        text = self._detokenize(gen.tokens).decode("utf-8", errors="ignore")
         for stop in rendered.stop or ():
             if stop and stop in text:
                 text = text[:text.index(stop)]
@@ -224,6 +265,12 @@ class OpenAIBackend:
     def _create(self, model: str, messages: list[Message], syscall: LLMSyscall, *, retries: int | None = None,
                 map_errors: bool = True, **kwargs: Any) -> Any:
         client = self.client if retries is None else self.client.with_options(max_retries=retries)
+        if syscall.top_p < 1.0:
+            kwargs.setdefault("top_p", syscall.top_p)
+        if syscall.seed is not None:
+            kwargs.setdefault("seed", syscall.seed)
+        if syscall.stop:
+            kwargs.setdefault("stop", list(syscall.stop))
         try:
             return client.chat.completions.create(model=model, messages=messages,  # type: ignore[arg-type]
                                                   max_tokens=syscall.max_tokens, temperature=syscall.temperature,
@@ -285,14 +332,21 @@ class OpenAIBackend:
         model = self._model(syscall)
         if (self.quantum and self._formatter is not None and syscall.output == "text"
                 and syscall.temperature == 0):
-            return self._sliced(model, syscall, snapshot)
+            return _emit_whole(syscall, self._sliced(model, syscall, snapshot))
         schema, instruction = prepare(syscall)
         spent: list[Any] = []
         if syscall.output == "tool_call":
             tools = [{"type": "function", "function": {"name": t.name, "description": t.description,
                                                        "parameters": t.parameters}} for t in syscall.tools]
-            resp = self._create(model, build_messages(syscall), syscall, tools=tools, tool_choice="required")
+            choice_arg: Any = syscall.tool_choice or "required"
+            if choice_arg not in ("auto", "required"):
+                choice_arg = {"type": "function", "function": {"name": choice_arg}}
+            extra = {"parallel_tool_calls": True} if syscall.parallel_tool_calls else {}
+            resp = self._create(model, build_messages(syscall), syscall, tools=tools, tool_choice=choice_arg, **extra)
             choice = resp.choices[0]
+            if not choice.message.tool_calls and syscall.tool_choice == "auto":
+                return make_result(content=choice.message.content or "", finish_reason=choice.finish_reason,
+                                   **_meta([resp], model))
             if choice.message.tool_calls:
                 calls = [check_tool_call(c.function.name, _loads_args(c.function.arguments, c.function.name,
                                                                        choice.finish_reason, syscall),
@@ -306,7 +360,16 @@ class OpenAIBackend:
         else:
             spent.append(self._create(model, build_messages(syscall), syscall))
         choice = spent[-1].choices[0]
-        return finish(syscall, choice.message.content, choice.finish_reason, schema, **_meta(spent, model))
+        return _emit_whole(syscall, finish(syscall, choice.message.content, choice.finish_reason, schema,
+                                           **_meta(spent, model)))
+
+
+def _emit_whole(syscall: LLMSyscall, result: dict[str, Any]) -> dict[str, Any]:
+    """A streamed syscall on a server whose reply is not streamed to us: its text goes as one chunk."""
+    emit = current_emit.get() if syscall.stream else None
+    if emit is not None and result["content"]:
+        emit(0, result["content"])
+    return result
 
 
 def template_formatter(template: str) -> Any:
@@ -357,6 +420,7 @@ class LLMService(BaseService):
     def __init__(self, settings: Settings, backend: LLMBackend | None = None) -> None:
         self.settings = settings
         self._backend: LLMBackend | None = backend
+        self._checkpoint_sink: Callable[[str, Snapshot], None] | None = None
         self._lock = threading.Lock()
         self.others_waiting: Callable[[], bool] | None = None
         """Set by the worker's runtime: whether other LLM syscalls wait in the broker."""
@@ -364,12 +428,27 @@ class LLMService(BaseService):
     def watch_queue(self, others_waiting: Callable[[], bool]) -> None:
         self.others_waiting = others_waiting
 
+    def keep_checkpoints(self, save: Callable[[str, Snapshot], None]) -> None:
+        """Called once by the worker: ``save(syscall_id, snapshot)`` stores a running generation's checkpoint
+        (every ``AIOS_LLM_CHECKPOINT_TOKENS``), for a redelivered copy to resume from (llama.cpp backend)."""
+        self._checkpoint_sink = save
+        if isinstance(self._backend, LlamaCppBackend):
+            self._backend.checkpoint_sink = save
+
+    def abort(self, syscall_id: str, exc: AIOSError) -> bool:
+        backend = self._backend
+        abort = getattr(backend, "abort", None)  # a backend that cannot stop a generation answers when it ends
+        return bool(abort(syscall_id, exc)) if abort is not None else False
+
     @property
     def backend(self) -> LLMBackend:
         if self._backend is None:
             with self._lock:
                 if self._backend is None:
-                    self._backend = BACKENDS[self.settings.llm.backend](self.settings)
+                    backend = BACKENDS[self.settings.llm.backend](self.settings)
+                    if isinstance(backend, LlamaCppBackend):
+                        backend.checkpoint_sink = self._checkpoint_sink
+                    self._backend = backend
         return self._backend
 
     def handle(self, syscall: Syscall, snapshot: Snapshot | None = None) -> dict[str, Any]:

@@ -273,6 +273,8 @@ class StorageService(BaseService):
         return _walk(fd, [agent] if parts is None else [agent, "files", *parts], create, visible=2)
 
     def _storage(self, agent: str, sc: StorageSyscall) -> Any:
+        if sc.op == "embed":
+            return self._embed(list(sc.texts))
         parts = _split(sc.path)
         path, folder, name = "/".join(parts), parts[:-1], parts[-1] if parts else ""
         if sc.op not in ("list", "search", "mount") and not parts:
@@ -444,6 +446,13 @@ class StorageService(BaseService):
                            "(see op='versions')")
         result = self._write(agent, parts, row[1], None, create_only=False, note=f"rollback to {row[0]}")
         return {**result, "restored": row[0]}
+
+    def _embed(self, texts: list[str]) -> dict[str, Any]:
+        """The kernel's embedding model on ``texts`` (the gateway's ``/v1/embeddings``): vectors and token count."""
+        embedder = self.embedder()
+        tok = getattr(embedder, "tok", None)  # the local model's tokenizer; a remote model's count is not known
+        tokens = sum(len(e.ids) for e in tok.encode_batch(texts)) if tok is not None else 0
+        return {"model": embedder.name, "dim": embedder.dim, "vectors": self.embed(texts).tolist(), "tokens": tokens}
 
     def _search_files(self, agent: str, query: str, k: int) -> dict[str, Any]:
         if not self.index_files:

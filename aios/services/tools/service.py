@@ -1,16 +1,15 @@
 """The tool manager: a registry of tools, each declaring a JSON schema that its arguments must satisfy.
 
 Arguments are validated before a tool runs; an invalid one gets an error naming the field. Every call has a time
-limit and, where a tool declares one, a concurrency limit. Built-in tools: calculator, Python in a sandbox
+limit and, where a tool declares one, a concurrency limit. Built-in tools: calculator (:mod:`aios.services.tools.calculator`), Python in a sandbox
 (:mod:`aios.services.tools.sandbox`), files in the calling agent's own storage, and HTTP GET restricted to an allow-list.
 Third-party and MCP tools come from :mod:`aios.services.tools.plugins` and go through the same validation.
 """
 
 from __future__ import annotations
 
-import ast
 import inspect
-import math
+import logging
 import os
 import threading
 import time
@@ -18,24 +17,32 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from concurrent.futures import Future, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic_core
-import simpleeval
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import ValidationError
-from simpleeval import SimpleEval
 
 from aios.services.base import BaseService
 from aios.services.tools import sandbox
+from aios.services.tools.calculator import calculate
 from aios.services.tools.threads import ToolThreads
 from aios.settings import Settings, get_settings
 from aios.state.context import Snapshot
-from aios.wire.errors import AIOSError, InvalidSyscall, InvalidToolArguments, ToolError, UnknownTool
+from aios.wire.errors import (
+    AIOSError,
+    DeadlineExceeded,
+    InvalidSyscall,
+    InvalidToolArguments,
+    ToolError,
+    UnknownTool,
+)
 from aios.wire.syscalls import StorageSyscall, Syscall, ToolSpec, ToolSyscall
+
+log = logging.getLogger("aios.worker")
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,13 @@ class ToolContext:
     agent_id: str
     syscall_id: str
     settings: Settings
+    deadline: float | None = None
+    """Unix time by which the call must be over (its syscall's deadline or service-time limit): a tool that can
+    be killed (the sandboxed ``python`` tool) is given no more time than is left."""
+
+    def left_s(self, want: float) -> float:
+        """``want`` seconds, or less if the deadline comes first (at least a moment, so a limit reads as one)."""
+        return want if self.deadline is None else max(0.01, min(want, self.deadline - time.time()))
 
 
 @dataclass(frozen=True)
@@ -100,6 +114,10 @@ class ToolRegistry:
         self._tools: dict[str, Tool] = {}
         self._slots: dict[str, threading.BoundedSemaphore] = {}
         self._threads = ToolThreads()
+        self._lock = threading.Lock()
+        self.abandoned = 0
+        """Tool threads still running a call whose caller stopped waiting (its time limit, a cancel): each holds
+        a thread (and the tool's concurrency slot) until its function returns."""
 
     def register(self, tool: Tool) -> Tool:
         if tool.name in self._tools:
@@ -149,13 +167,16 @@ class ToolRegistry:
             raise InvalidToolArguments(f"invalid arguments for tool {name!r}: arguments.ctx: 'ctx' is reserved")
         return tool
 
-    def call(self, name: str, arguments: dict[str, Any], ctx: ToolContext | None = None) -> Any:
-        """Validate, then run the tool within its time limit.
+    def call(self, name: str, arguments: dict[str, Any], ctx: ToolContext | None = None,
+             stop: "Future[Any] | None" = None) -> Any:
+        """Validate, then run the tool within its time limit (``stop``: a future whose exception, once set, the
+        caller raises at once instead of waiting on: a cancel).
 
         The function runs on a daemon thread (reused between calls: :mod:`aios.services.tools.threads`) and the
-        caller waits at most ``timeout_s``. A Python thread cannot
+        caller waits at most ``timeout_s``, or until the syscall's deadline in ``ctx``. A Python thread cannot
         be killed, so a tool past its limit is abandoned, not stopped: it keeps its thread (and its concurrency
-        slot) until it returns. Only the sandboxed ``python`` tool is truly killed, by its own limits in the child.
+        slot) until it returns, counted in :attr:`abandoned`. Only the sandboxed ``python`` tool is truly killed,
+        by its own limits in the child (given no more time than the syscall has left).
         """
         tool = self.validate(name, arguments)
         kwargs = dict(arguments)
@@ -165,12 +186,15 @@ class ToolRegistry:
             kwargs["ctx"] = ctx
         if tool.inline and name not in self._slots:
             return tool.fn(**kwargs)
-        deadline = time.monotonic() + tool.timeout_s
+        # Its own limit, or the syscall's (its deadline, AIOS_MAX_SYSCALL_TIMEOUT_S), whichever comes first.
+        limit_s = tool.timeout_s if ctx is None else ctx.left_s(tool.timeout_s)
+        deadline = time.monotonic() + limit_s
         slot = self._slots.get(name)
-        if slot is not None and not slot.acquire(timeout=tool.timeout_s):
+        if slot is not None and not slot.acquire(timeout=limit_s):
             raise ToolError(f"tool {name!r} is busy ({tool.max_concurrency} calls running) and no slot freed up "
-                            f"within its time limit of {tool.timeout_s:g} s; retry later")
+                            f"within its time limit of {limit_s:g} s; retry later")
         future: Future[Any] = Future()
+        left = [False]  # the caller stopped waiting: the thread is counted in ``abandoned`` until it returns
 
         def run() -> None:
             try:
@@ -182,11 +206,27 @@ class ToolRegistry:
             finally:
                 if slot is not None:
                     slot.release()
+                with self._lock:
+                    if left[0]:
+                        self.abandoned -= 1
 
         self._threads.run(run)
         # wait(), not result(timeout): a tool that itself raises TimeoutError must not read as our time limit.
-        if not wait([future], timeout=max(0.0, deadline - time.monotonic())).done:
-            raise ToolError(f"tool {name!r} exceeded its time limit of {tool.timeout_s:g} s")
+        watched = [future] if stop is None else [future, stop]
+        wait(watched, timeout=max(0.0, deadline - time.monotonic()), return_when=FIRST_COMPLETED)
+        with self._lock:
+            if not future.done():
+                left[0] = True
+                self.abandoned += 1
+        if left[0]:
+            log.warning("tool %r: its caller stopped waiting; its thread runs on (%d abandoned in this worker)",
+                        name, self.abandoned)
+            if stop is not None and stop.done():  # a cancel, or the syscall's own limit: its error
+                stop.result()
+            if limit_s < tool.timeout_s:
+                raise DeadlineExceeded(f"tool {name!r} was stopped after {limit_s:.1f} s: its syscall's time ran out "
+                                       "(its timeout_s, or AIOS_MAX_SYSCALL_TIMEOUT_S of service time)")
+            raise ToolError(f"tool {name!r} exceeded its time limit of {limit_s:g} s")
         try:
             return future.result()
         except AIOSError:  # ToolError, and storage's AccessDenied / NotFound, pass through as they are
@@ -201,6 +241,7 @@ class ToolService(BaseService):
     def __init__(self, registry: ToolRegistry | None = None, settings: Settings | None = None) -> None:
         self.registry = registry or builtin_registry()
         self._settings = settings
+        self._stops: dict[str, Future[Any]] = {}  # syscall id -> what abort() sets, while its tool runs
 
     @property
     def settings(self) -> Settings:
@@ -209,13 +250,30 @@ class ToolService(BaseService):
         return self._settings
 
     def handle(self, syscall: Syscall, snapshot: Snapshot | None = None) -> Any:
+        # No call outlives its syscall's deadline, nor AIOS_MAX_SYSCALL_TIMEOUT_S of service time.
+        deadline = min(syscall.deadline, time.time() + self.settings.syscalls.max_syscall_timeout_s)
         if not isinstance(syscall, ToolSyscall):
             raise InvalidSyscall(f"the tool service serves tool syscalls, not {syscall.kind!r}", code="wrong_queue")
-        ctx = ToolContext(agent_id=syscall.agent_id, syscall_id=syscall.id, settings=self.settings)
-        result = self.registry.call(syscall.tool, syscall.arguments, ctx=ctx)
+        ctx = ToolContext(agent_id=syscall.agent_id, syscall_id=syscall.id, settings=self.settings,
+                          deadline=deadline)
+        stop: Future[Any] = Future()
+        self._stops[syscall.id] = stop
+        try:
+            result = self.registry.call(syscall.tool, syscall.arguments, ctx=ctx, stop=stop)
+        finally:
+            self._stops.pop(syscall.id, None)
         if result is not None:
             _check_size(syscall.tool, result, self.settings.tools.max_result_bytes)
         return result
+
+    def abort(self, syscall_id: str, exc: AIOSError) -> bool:
+        """Stop waiting for the tool of ``syscall_id``: it is answered ``exc`` now; a Python thread cannot be
+        killed, so the tool's thread is abandoned (it runs to its end, its result dropped)."""
+        stop = self._stops.get(syscall_id)
+        if stop is None or stop.done():
+            return False
+        stop.set_exception(exc)
+        return True
 
     def irreversible(self, syscall: Syscall) -> str | None:
         if not isinstance(syscall, ToolSyscall):
@@ -245,91 +303,6 @@ def _check_size(tool: str, result: Any, limit: int) -> None:
         raise ToolError(f"tool {tool!r} returned {size:,} bytes of JSON, more than AIOS_MAX_RESULT_BYTES "
                         f"({limit:,}); nothing was stored. Ask it for less (a smaller range, shorter output), "
                         f"or the operator may raise the limit")
-
-
-# -- calculator ------------------------------------------------------------------------------------------------
-
-_MATH_FUNCTIONS = {
-    name: getattr(math, name)
-    for name in ("sqrt", "log", "log10", "log2", "exp", "sin", "cos", "tan", "asin", "acos", "atan", "floor",
-                 "ceil", "factorial", "gcd", "hypot", "degrees", "radians")
-}
-_MATH_FUNCTIONS.update(abs=abs, round=round, min=min, max=max)
-
-
-def _bounded_factorial(n: int) -> int:
-    if not isinstance(n, int) or not 0 <= n <= 1000:
-        raise ValueError("factorial takes an integer from 0 to 1000")
-    return math.factorial(n)
-
-
-_MATH_FUNCTIONS["factorial"] = _bounded_factorial
-_MAX_EXPRESSION_CHARS = 500
-MAX_INT_BITS = 10_000
-"""The largest integer the calculator computes, in bits (about 3000 digits): every power, product and shift is
-sized from its operands' bit lengths before it is computed, so none takes more than microseconds, and every result
-stays below Python's 4300-digit limit on turning an integer into text."""
-
-
-class _TooLarge(ValueError):
-    pass
-
-
-def _check_bits(bits: float, what: str) -> None:
-    if bits > MAX_INT_BITS:
-        raise _TooLarge(f"{what} would have about {int(bits * math.log10(2)):,} digits; the calculator computes "
-                        f"integers of at most {int(MAX_INT_BITS * math.log10(2)):,} digits ({MAX_INT_BITS} bits)")
-
-
-def _ints(*values: Any) -> bool:
-    return all(isinstance(v, int) and not isinstance(v, bool) for v in values)
-
-
-def _power(a: Any, b: Any) -> Any:
-    if _ints(a, b) and b > 0 and abs(a) > 1:
-        _check_bits(b * math.log2(abs(a)), "a power")
-    return simpleeval.safe_power(a, b)
-
-
-def _product(a: Any, b: Any) -> Any:
-    if _ints(a, b):
-        _check_bits(a.bit_length() + b.bit_length() - 1, "a product")
-    return simpleeval.safe_mult(a, b)
-
-
-def _shift(a: Any, b: Any) -> Any:
-    if _ints(a, b) and a:
-        _check_bits(a.bit_length() + b, "a shift")
-    return simpleeval.safe_lshift(a, b)
-
-
-_OPERATORS = {**simpleeval.DEFAULT_OPERATORS, ast.Pow: _power, ast.Mult: _product, ast.LShift: _shift}
-
-
-def calculate(expression: str) -> dict[str, Any]:
-    """Evaluate arithmetic safely: no names but math constants, no attributes, bounded powers, integers
-    (:data:`MAX_INT_BITS`) and strings."""
-    if len(expression) > _MAX_EXPRESSION_CHARS:
-        raise ToolError(f"expression is {len(expression)} characters; the calculator takes at most {_MAX_EXPRESSION_CHARS}")
-    evaluator = SimpleEval(operators=_OPERATORS, functions=_MATH_FUNCTIONS,
-                           names={"pi": math.pi, "e": math.e, "tau": math.tau})
-    try:
-        value = evaluator.eval(expression.replace("^", "**"))
-        if _ints(value):  # sums of bounded terms, the one way left to grow
-            _check_bits(value.bit_length(), "the result")
-    except SyntaxError as exc:
-        raise ToolError(f"calculator could not parse {expression!r}: {exc.msg}; write arithmetic like '17 * (3 + 4)'") from None
-    except _TooLarge as exc:
-        raise ToolError(f"calculator refused {expression!r}: {exc}") from None
-    except Exception as exc:
-        raise ToolError(f"calculator could not evaluate {expression!r}: {exc}") from None
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise ToolError(f"calculator result of {expression!r} is not a number")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ToolError(f"calculator result of {expression!r} is {value}, not a finite number")
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        value = int(value)
-    return {"expression": expression, "value": value}
 
 
 # -- files in the agent's own storage --------------------------------------------------------------------------
@@ -412,6 +385,23 @@ def _sleep(seconds: float) -> dict[str, float]:
     return {"slept_s": seconds}
 
 
+def _python(code: str, ctx: ToolContext, timeout_s: float = sandbox.TIMEOUT_S) -> dict[str, Any]:
+    """The sandboxed python tool, given no more wall-clock time than its syscall has left (a margin before the
+    deadline, so that the child is killed, and said so, before the caller stops waiting)."""
+    allowed = ctx.left_s(timeout_s + PYTHON_MARGIN_S) - PYTHON_MARGIN_S
+    if allowed <= 0:
+        raise DeadlineExceeded("the python tool did not start: its syscall's time ran out")
+    result = sandbox.run_python(code, timeout_s=min(timeout_s, allowed), memory_mb=sandbox.MEMORY_MB,
+                                cpu_s=sandbox.CPU_S, allow_degraded=ctx.settings.tools.sandbox_degraded)
+    if result["timed_out"] and allowed < timeout_s:
+        raise DeadlineExceeded(f"the python tool was killed after {allowed:.1f} s: its syscall's time ran out (its "
+                               "timeout_s, or AIOS_MAX_SYSCALL_TIMEOUT_S of service time)")
+    return result
+
+
+PYTHON_MARGIN_S = 0.5
+
+
 def _obj(props: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
     return {"type": "object", "properties": props, "required": list(required), "additionalProperties": False}
 
@@ -444,9 +434,7 @@ def builtin_registry() -> ToolRegistry:
         _obj({"code": {"type": "string", "minLength": 1, "maxLength": 20_000},
               "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": sandbox.MAX_TIMEOUT_S,
                             "description": f"wall-clock limit, default {sandbox.TIMEOUT_S:g}"}}, ("code",)),
-        lambda code, ctx, timeout_s=sandbox.TIMEOUT_S: sandbox.run_python(
-            code, timeout_s=timeout_s, memory_mb=sandbox.MEMORY_MB, cpu_s=sandbox.CPU_S,
-            allow_degraded=ctx.settings.tools.sandbox_degraded),
+        _python,
         timeout_s=sandbox.MAX_TIMEOUT_S + 10, max_concurrency=max(2, os.cpu_count() or 2),
     ))
     reg.register(Tool("read_file", "Read a text file from your own storage.", _obj({"path": _PATH}, ("path",)),

@@ -12,9 +12,10 @@ if TYPE_CHECKING:
 
 def default_steps(rt: "Runtime") -> list[Step]:
     """reply (its ``after`` answers, last of all), decode, state read, identity, idempotency (answered? else claim
-    it: at most one start), deadline (and the timeout_s cap), placement, approval, quota, run (with preemption and
+    it: at most one start), cancel (cancelled: answered so, never started; a cancel syscall: recorded), deadline (and the timeout_s cap), placement, approval, quota, run (with preemption and
     retries)."""
     from aios.worker.steps.approval import ApprovalStep
+    from aios.worker.steps.cancel import CancelStep
     from aios.worker.steps.deadline import DeadlineStep
     from aios.worker.steps.decode import DecodeStep
     from aios.worker.steps.idempotency import IdempotencyStep
@@ -26,7 +27,7 @@ def default_steps(rt: "Runtime") -> list[Step]:
     from aios.worker.steps.run import RunStep
 
     steps: list[Step] = [ReplyStep(rt), DecodeStep(rt), LoadStep(rt), IdentityStep(rt), IdempotencyStep(rt),
-                         DeadlineStep(rt), PlacementStep(rt)]
+                         CancelStep(rt), DeadlineStep(rt), PlacementStep(rt)]
     if rt.settings.security.approvals == "required":
         steps.append(ApprovalStep(rt))
     steps += [QuotaStep(rt), RunStep(rt)]

@@ -1,6 +1,6 @@
 """One pipelined round trip for what the next steps need from the kernel's state: is this id answered already,
 else its claim (taken here, given up at once if the sender turns out unverified), the agent's credential record,
-and a suspended generation's snapshot."""
+a suspended generation's snapshot, and whether a cancel it heeds is recorded."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from aios.state import keys
 from aios.state.context import load_from
 from aios.wire.syscalls import Syscall
 from aios.worker.call import Call
+from aios.worker.cancels import heeded
 from aios.worker.claims import ANSWERED, CLAIMED
 from aios.worker.pipeline import Step
 
@@ -44,6 +45,7 @@ class LoadStep(Step):
             call.agent_record = got.pop(0)
         if syscall.kind == "llm":
             call.snapshot = load_from(got.pop(0))
+        call.cancelled = heeded(got.pop(0))
 
     def _read(self, syscall: Syscall) -> tuple[str, list[Any]]:
         pipe = self.redis.pipeline(transaction=False)
@@ -52,6 +54,7 @@ class LoadStep(Step):
             pipe.hgetall(keys.agent(syscall.agent_id))
         if syscall.kind == "llm":  # only LLM generations are ever suspended
             pipe.hgetall(keys.context(syscall.id))
+        self.rt.cancels.read_in(pipe, syscall.id, syscall.agent_id)
         return token, pipe.execute()
 
     def after(self, call: Call) -> None:

@@ -1,5 +1,7 @@
 """Run the syscall on the service. A generation whose time slice ended is suspended and requeued; a transient
-backend failure is retried after a back-off; any other failure is the caller's answer, never a dead worker."""
+backend failure is retried after a back-off; any other failure is the caller's answer, never a dead worker. A
+cancel recorded while it runs, or its service-time limit, stops it where the service can (``Cancelled``,
+``DeadlineExceeded``: :mod:`aios.worker.cancels`)."""
 
 from __future__ import annotations
 
@@ -7,8 +9,10 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from aios.state import keys
 from aios.state.context import Preempted
-from aios.wire.errors import AIOSError
+from aios.wire.errors import AIOSError, Cancelled
+from aios.wire.syscalls import LLMSyscall
 from aios.worker.call import Call, Done
 from aios.worker.pipeline import Step
 
@@ -27,8 +31,18 @@ class RunStep(Step):
     def before(self, call: Call) -> None:
         syscall = call.need()
         assert call.payload is not None
+        service = self.rt.service
+        if call.snapshot is not None:  # continued from a suspension or a checkpoint, not started over
+            self.rt.redis.hincrby(keys.STATS_DONE, f"{syscall.kind}:resumed", 1)
         try:
-            result = self.rt.service.handle(syscall, call.snapshot)
+            # A cancel recorded while it runs, or its time limit, asks the service to stop it (the watch pass).
+            with self.rt.cancels.running(syscall.id, syscall.agent_id, lambda exc: service.abort(syscall.id, exc),
+                                         deadline=syscall.deadline):
+                if isinstance(syscall, LLMSyscall) and syscall.stream:
+                    with self.rt.streams.streaming(syscall, call.agent_key):
+                        result = service.handle(syscall, call.snapshot)
+                else:
+                    result = service.handle(syscall, call.snapshot)
             call.response = call.ok(result)
             call.counted = True
         except Preempted as p:
@@ -39,6 +53,8 @@ class RunStep(Step):
         except AIOSError as exc:
             if exc.transient and self.rt.requeue.retry_later(call, exc):
                 raise Done() from None
+            if isinstance(exc, Cancelled):
+                self.rt.redis.hincrby(keys.STATS_DONE, f"{syscall.kind}:cancelled", 1)
             call.response = call.error(exc)
             call.counted = True
         except Exception as exc:  # a bug in a service must not kill the worker nor leave the caller waiting
