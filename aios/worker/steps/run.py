@@ -36,7 +36,7 @@ class RunStep(Step):
         try:
             # A cancel recorded while it runs, or its time limit, asks the service to stop it (the watch pass).
             with self.rt.cancels.running(syscall.id, syscall.agent_id, lambda exc: service.abort(syscall.id, exc),
-                                         deadline=syscall.deadline):
+                                         deadline=syscall.stop_at):
                 result = service.handle(syscall, call.snapshot)
             call.response = call.ok(result)
             call.counted = True
