@@ -58,7 +58,7 @@ def test_what_differs_is_only_waiting(clients: tuple[Kernel, AsyncKernel]) -> No
     """Every call of the asyncio client that talks to the kernel is a coroutine function; none of the sync
     client's is; the builders are plain on both."""
     k, ak = clients
-    builders = {"llm_syscall", "tool_syscall", "tool_syscalls", "memory_syscall", "storage_syscall"}
+    builders = {"llm_syscall", "tool_syscall", "tool_syscalls", "memory_syscall", "storage_syscall", "cancel_syscall"}
     for name in public_calls(k):
         assert not inspect.iscoroutinefunction(getattr(k, name)), name
         assert inspect.iscoroutinefunction(getattr(ak, name)) == (name not in builders), name

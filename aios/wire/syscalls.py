@@ -20,6 +20,10 @@ from aios.wire.errors import InvalidSyscall, PayloadTooLarge
 from aios.wire.priority import DEFAULT_PRIORITY, MAX_PRIORITY, MIN_PRIORITY
 
 WIRE_VERSION: Final = 1
+STOP_GRACE_S: Final = 1.0
+"""A syscall still running this long past its deadline is stopped and answered ``deadline_exceeded``: the SDK
+listens 2 s past the deadline, so the answer still reaches the caller, and one that finishes just after its
+deadline is not thrown away."""
 AGENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 
@@ -57,6 +61,11 @@ class SyscallBase(_Wire):
     @property
     def deadline(self) -> float:
         return self.created_at + self.timeout_s
+
+    @property
+    def stop_at(self) -> float:
+        """When a worker stops it if it is still running: :data:`STOP_GRACE_S` past its deadline."""
+        return self.deadline + STOP_GRACE_S
 
 
 class ChatMessage(_Wire):

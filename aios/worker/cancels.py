@@ -69,7 +69,8 @@ class _Running:
     abort: Callable[[AIOSError], bool]
     started: float
     limit_at: float
-    """Unix time it must be over by: its deadline, or its start + ``AIOS_MAX_SYSCALL_TIMEOUT_S``."""
+    """Unix time it must be over by: just past its deadline (``Syscall.stop_at``), or its start +
+    ``AIOS_MAX_SYSCALL_TIMEOUT_S``."""
     aborted: bool = False
     told: bool = False
 
@@ -125,8 +126,10 @@ class Cancels:
             running = [(sid, r) for sid, r in self._running.items() if not r.aborted]
         for sid, r in running:
             if now >= r.limit_at:
-                why = ("past its deadline (its timeout_s)" if r.limit_at < r.started + self.max_run_s - 1e-6
-                       else f"the service-time limit of {self.max_run_s:g} s (AIOS_MAX_SYSCALL_TIMEOUT_S)")
+                why = ("past its deadline (its timeout_s); raise timeout_s"
+                       if r.limit_at < r.started + self.max_run_s - 1e-6
+                       else f"the service-time limit of {self.max_run_s:g} s (AIOS_MAX_SYSCALL_TIMEOUT_S); split the "
+                            "work, or the operator may raise the limit")
                 r.aborted = r.abort(limit_error(sid, now - r.started, why))
                 if r.aborted or not r.told:
                     log.warning("syscall %s ran past %s; %s", sid, why,

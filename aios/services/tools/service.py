@@ -225,7 +225,8 @@ class ToolRegistry:
                 stop.result()
             if limit_s < tool.timeout_s:
                 raise DeadlineExceeded(f"tool {name!r} was stopped after {limit_s:.1f} s: its syscall's time ran out "
-                                       "(its timeout_s, or AIOS_MAX_SYSCALL_TIMEOUT_S of service time)")
+                                       "(its timeout_s, or AIOS_MAX_SYSCALL_TIMEOUT_S of service time); raise "
+                                       "timeout_s")
             raise ToolError(f"tool {name!r} exceeded its time limit of {limit_s:g} s")
         try:
             return future.result()
@@ -251,7 +252,7 @@ class ToolService(BaseService):
 
     def handle(self, syscall: Syscall, snapshot: Snapshot | None = None) -> Any:
         # No call outlives its syscall's deadline, nor AIOS_MAX_SYSCALL_TIMEOUT_S of service time.
-        deadline = min(syscall.deadline, time.time() + self.settings.syscalls.max_syscall_timeout_s)
+        deadline = min(syscall.stop_at, time.time() + self.settings.syscalls.max_syscall_timeout_s)
         if not isinstance(syscall, ToolSyscall):
             raise InvalidSyscall(f"the tool service serves tool syscalls, not {syscall.kind!r}", code="wrong_queue")
         ctx = ToolContext(agent_id=syscall.agent_id, syscall_id=syscall.id, settings=self.settings,
@@ -390,12 +391,12 @@ def _python(code: str, ctx: ToolContext, timeout_s: float = sandbox.TIMEOUT_S) -
     deadline, so that the child is killed, and said so, before the caller stops waiting)."""
     allowed = ctx.left_s(timeout_s + PYTHON_MARGIN_S) - PYTHON_MARGIN_S
     if allowed <= 0:
-        raise DeadlineExceeded("the python tool did not start: its syscall's time ran out")
+        raise DeadlineExceeded("the python tool did not start: its syscall's time ran out; raise timeout_s")
     result = sandbox.run_python(code, timeout_s=min(timeout_s, allowed), memory_mb=sandbox.MEMORY_MB,
                                 cpu_s=sandbox.CPU_S, allow_degraded=ctx.settings.tools.sandbox_degraded)
     if result["timed_out"] and allowed < timeout_s:
         raise DeadlineExceeded(f"the python tool was killed after {allowed:.1f} s: its syscall's time ran out (its "
-                               "timeout_s, or AIOS_MAX_SYSCALL_TIMEOUT_S of service time)")
+                               "timeout_s, or AIOS_MAX_SYSCALL_TIMEOUT_S of service time); raise timeout_s")
     return result
 
 

@@ -37,7 +37,7 @@ class RunStep(Step):
         try:
             # A cancel recorded while it runs, or its time limit, asks the service to stop it (the watch pass).
             with self.rt.cancels.running(syscall.id, syscall.agent_id, lambda exc: service.abort(syscall.id, exc),
-                                         deadline=syscall.deadline):
+                                         deadline=syscall.stop_at):
                 if isinstance(syscall, LLMSyscall) and syscall.stream:
                     with self.rt.streams.streaming(syscall, call.agent_key):
                         result = service.handle(syscall, call.snapshot)
