@@ -20,10 +20,6 @@ from typing import Any
 import pytest
 import redis
 
-from agents.coder import agent as coder
-from agents.pair import agent as pair
-from agents.plan_execute import agent as plan_execute
-from agents.reflexion import agent as reflexion
 from aios import AccessDenied, Kernel
 from aios.ops.embedded import LocalKernel
 from aios.policy.approvals import Approvals
@@ -31,6 +27,10 @@ from aios.policy.audit import AuditLog
 from aios.policy.identity import Credentials
 from aios.settings import QUEUES, Settings
 from aios.state import keys
+from aios_agents.coder import agent as coder
+from aios_agents.pair import agent as pair
+from aios_agents.plan_execute import agent as plan_execute
+from aios_agents.reflexion import agent as reflexion
 from tests.conftest import BROKERS, authorized, base_settings, make_broker_settings
 
 pytestmark = pytest.mark.integration

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from agents.react import agent as react
 from aios import Kernel
 from aios.ops.embedded import LocalKernel, kernel_file
 from aios.state import keys
+from aios_agents.react import agent as react
 from tests.conftest import authorized, base_settings
 
 pytestmark = pytest.mark.integration

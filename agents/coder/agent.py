@@ -16,8 +16,8 @@ import re
 import uuid
 from typing import Any
 
-from agents.common import Steps, save_transcript, slug
 from aios import AIOSError, Kernel
+from aios_agents.common import Steps, save_transcript, slug
 
 MAX_ATTEMPTS = 3
 CODE_TOKENS = 256

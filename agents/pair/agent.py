@@ -18,8 +18,8 @@ import sys
 import uuid
 from typing import Any
 
-from agents.common import Steps, json_step, peer, save_transcript, slug
 from aios import ApprovalDenied, Kernel
+from aios_agents.common import Steps, json_step, peer, save_transcript, slug
 
 PEERS = ("reviewer",)
 """The other agents this one works with: ``aios run`` issues ``<agent id>-reviewer`` a credential too."""

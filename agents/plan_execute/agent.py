@@ -15,8 +15,8 @@ import re
 import uuid
 from typing import Any
 
-from agents.common import Steps, json_step, save_transcript, slug
 from aios import AIOSError, Kernel
+from aios_agents.common import Steps, json_step, save_transcript, slug
 
 MAX_STEPS = 4
 TOOLS = {

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from agents.common import Steps, arithmetic_in, json_step, save_transcript
 from aios import AIOSError, Kernel
+from aios_agents.common import Steps, arithmetic_in, json_step, save_transcript
 
 MAX_STEPS = 4
 TOOLS = {

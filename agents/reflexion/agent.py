@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.common import Steps, arithmetic_in, json_step, numbers_in, save_transcript, slug
 from aios import AIOSError, Kernel, NotFound
+from aios_agents.common import Steps, arithmetic_in, json_step, numbers_in, save_transcript, slug
 
 MAX_TRIALS = 3
 KEPT_REFLECTIONS = 5  # the newest lessons kept per task: enough to steer, few enough for a small context

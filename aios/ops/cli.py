@@ -44,11 +44,11 @@ def load_agent(name_or_path: str) -> ModuleType:
         spec.loader.exec_module(module)
     else:
         try:
-            module = importlib.import_module(f"agents.{name_or_path}.agent")
+            module = importlib.import_module(f"aios_agents.{name_or_path}.agent")
         except ModuleNotFoundError as exc:
-            import agents
+            import aios_agents
 
-            known = sorted(p.name for p in Path(agents.__file__).parent.iterdir() if (p / "agent.py").exists())
+            known = sorted(p.name for p in Path(aios_agents.__file__).parent.iterdir() if (p / "agent.py").exists())
             raise ConfigError(f"no agent named {name_or_path!r} ({exc}); known agents: {', '.join(known)}, "
                               "or give the path of an agent folder") from None
     if not callable(getattr(module, "run", None)):
