@@ -85,12 +85,16 @@ class GatewayContext:
         agent = await self.keys.resolve(token)
         if agent is None:
             return None
+        # The index of keys is reloaded only now and then: the record as it is now says whether it may still act.
+        current = await asyncio.to_thread(self.keys.credentials.get, agent.id)
+        if current is None or current.generation != agent.credential.generation:
+            return None
         try:
-            authorize(agent.credential, now=time.time())
+            authorize(current, now=time.time())
         except AuthError:
             return None
         self._agents[agent.id] = agent
-        return agent.credential
+        return current
 
     async def kernel_for(self, agent_id: str) -> AsyncKernel:
         """The kernel client of an agent that :meth:`agent_for_token` resolved."""
