@@ -44,6 +44,7 @@ from aios.sdk.client import Kernel
 from aios.settings import Settings
 from aios.state import keys
 from aios.wire.errors import AIOSError, KernelUnavailable, SyscallTimeout
+from aios.wire.priority import is_redis_url
 from aios.wire.syscalls import Status, Syscall
 from aios_bench.common import Bound, consoles, machine, print_targets, save, target
 from aios_bench.emulator import EmulatorProcess
@@ -86,7 +87,8 @@ class Run:
     broker: str
     records: list[Record] = field(default_factory=list)
     faults: list[Fault] = field(default_factory=list)
-    leftover_replies: int = 0
+    leftover_replies: set[str] = field(default_factory=set)
+    """Ids of syscalls whose reply was still waiting after the load drained."""
     ledger: Counter[str] = field(default_factory=Counter)
     t0: float = 0.0
 
@@ -139,8 +141,11 @@ class OwnRedis:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+def rabbitmqctl(*args: str, check: bool = True) -> None:
+    if shutil.which("rabbitmqctl") is None:
+        raise KernelUnavailable("the rabbitmq contender restarts the local RabbitMQ with rabbitmqctl, which is not "
+                                "on PATH here: run it on the RabbitMQ machine, or leave rabbitmq out of --brokers")
+    subprocess.run(["rabbitmqctl", *args], check=check, capture_output=True, timeout=120)
 
 
 class Agent(threading.Thread):
@@ -202,6 +207,7 @@ def _setup_broker(broker: str, stack: ExitStack, base: Settings) -> tuple[Settin
     state.start()
     stack.callback(state.stop)
     vhost = "aios-chaos"
+    rabbitmqctl("delete_vhost", vhost, check=False)  # what an interrupted run left
     rabbitmqctl("add_vhost", vhost)
     rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     stack.callback(lambda: rabbitmqctl("delete_vhost", vhost))
@@ -286,13 +292,14 @@ def run_broker(broker: str, settings: Settings, *, agents: int, phase_s: float, 
     return run
 
 
-def _leftover_replies(settings: Settings, kernels: list[Kernel]) -> int:
-    """Replies still waiting after every caller had its answer (or gave up): a second answer to one syscall."""
-    if settings.broker_url is not None and not settings.broker_url.startswith(("redis", "unix")):
-        return sum(len(k._inbox._got) for k in kernels if k._inbox is not None)
+def _leftover_replies(settings: Settings, kernels: list[Kernel]) -> set[str]:
+    """Ids of syscalls with a reply still waiting after the load drained: a second answer to a syscall whose caller
+    had one, or a late answer to one whose caller gave up (told apart in :func:`summarize`)."""
+    if not is_redis_url(settings.require_broker()):
+        return {sid for k in kernels if k._inbox is not None for sid in k._inbox._got}
     r = redis.Redis.from_url(settings.state_redis_url())
     try:
-        return sum(1 for _ in r.scan_iter(match=keys.reply("*", "*"), count=1000))
+        return {raw.decode().rsplit(":", 1)[1] for raw in r.scan_iter(match=keys.reply("*", "*"), count=1000)}
     finally:
         r.close()
 
@@ -301,6 +308,9 @@ def summarize(run: Run) -> dict[str, Any]:
     accepted = [r for r in run.records if not r.outcome.startswith("refused")]
     answered = [r for r in accepted if r.outcome not in ("timeout", "pending") and not r.outcome.startswith("wait:")]
     lost = len(accepted) - len(answered)
+    answered_ids = {r.syscall_id for r in answered}
+    twice = run.leftover_replies & answered_ids
+    late = run.leftover_replies - answered_ids
     failed = Counter(r.outcome for r in answered if r.outcome != "ok")
     tool_ids = {r.syscall_id for r in accepted if r.resource == "tool"}
     dup_effects = sum(1 for sid, n in run.ledger.items() if n > 1 and sid in tool_ids)
@@ -310,7 +320,7 @@ def summarize(run: Run) -> dict[str, Any]:
         hit = [r for r in accepted if r.submitted <= f.at and (r.answered is None or r.answered > f.at)
                and (f.what == "restart:broker" or r.resource == f.what.split(":", 1)[1])]
         for r in hit:
-            if r in answered and r.answered is not None:
+            if r.syscall_id in answered_ids and r.answered is not None:
                 recoveries.append(r.answered - f.at)
             else:
                 unrecovered += 1
@@ -330,7 +340,7 @@ def summarize(run: Run) -> dict[str, Any]:
     out = {
         "submitted": len(accepted), "answered": len(answered), "ok": sum(1 for r in answered if r.outcome == "ok"),
         "lost": lost, "failed": dict(failed), "refused_at_submit": len(run.records) - len(accepted),
-        "answered_twice": run.leftover_replies, "tool_executions": sum(run.ledger[s] for s in tool_ids),
+        "answered_twice": len(twice), "late_answers": len(late), "tool_executions": sum(run.ledger[s] for s in tool_ids),
         "duplicated_effects": dup_effects, "faults": [{"t_s": f.at - run.t0, "what": f.what} for f in run.faults],
         "recovery_s": {"p50": pct(recoveries, 50), "p99": pct(recoveries, 99), "affected": len(recoveries),
                        "unrecovered": unrecovered},

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import redis
 
-from aios.broker.app import kernel_queues, make_app, publish_retry_policy
+from aios.broker.app import kernel_queues, make_app
 from aios.ops.embedded import LocalKernel
 from aios.ops.supervisor import Supervisor
 from aios.policy.identity import Credentials
@@ -40,20 +40,11 @@ def test_rabbitmq_publishes_wait_for_confirms_into_durable_queues(tmp_path: Path
     app = make_app(s)
     assert app.conf.broker_transport_options == {"confirm_publish": True}
     assert app.conf.task_default_delivery_mode == "persistent"
-    assert app.conf.task_publish_retry and app.conf.broker_connection_max_retries is None
+    assert app.conf.broker_connection_max_retries is None and app.aios_reconnect_s == 30.0
     assert all(q.durable and q.exchange.durable for q in kernel_queues(s))
     off = make_app(s.updated(publish_confirms=False))
     assert "confirm_publish" not in off.conf.broker_transport_options
     app.close(), off.close()
-
-
-def test_the_publish_retry_policy_spans_the_reconnect_setting() -> None:
-    policy = publish_retry_policy(30.0)
-    waits, wait = [], policy["interval_start"]
-    for _ in range(int(policy["max_retries"])):
-        waits.append(wait)
-        wait = min(policy["interval_max"], wait + policy["interval_step"])
-    assert 29.0 <= sum(waits) <= 33.0
 
 
 def test_the_aios_up_valkey_keeps_an_append_only_file_with_the_fsync_setting(tmp_path: Path) -> None:

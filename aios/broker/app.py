@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
@@ -20,13 +18,6 @@ def kernel_queues(settings: Settings | None = None) -> list[Queue]:
               queue_arguments={"x-max-priority": MAX_PRIORITY})
         for name in names
     ]
-
-
-def publish_retry_policy(reconnect_s: float) -> dict[str, float]:
-    """kombu's retry policy for a publish: retry a broker it cannot reach about once a second for
-    ``reconnect_s`` (a broker restart), then give up (the SDK raises ``KernelUnavailable``)."""
-    return {"max_retries": int(math.ceil(reconnect_s)) + 1, "interval_start": 0, "interval_step": 0.5,
-            "interval_max": 1.0}
 
 
 def make_app(settings: Settings, name: str = "aios") -> Celery:
@@ -80,10 +71,9 @@ def make_app(settings: Settings, name: str = "aios") -> Celery:
         broker_connection_max_retries=None,
         worker_cancel_long_running_tasks_on_connection_loss=False,
         task_default_delivery_mode="persistent",
-        task_publish_retry=True,
-        task_publish_retry_policy=publish_retry_policy(settings.broker.reconnect_s),
         worker_consumer="aios.worker.gate:KernelConsumer",
         worker_hijack_root_logger=False,
         enable_utc=True,
     )
+    app.aios_reconnect_s = settings.broker.reconnect_s  # how long publish_syscall retries a broker that is away
     return app

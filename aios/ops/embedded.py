@@ -152,7 +152,7 @@ class LocalKernel:
             from aios.policy.identity import KERNEL_USER
 
             digest = hashlib.sha256(self.kernel_password.encode()).hexdigest()
-            conf += ["user default off", f"user {KERNEL_USER} on #{digest} ~* &* +@all"]
+            conf += ["user default off resetpass ~* &* +@all", f"user {KERNEL_USER} on #{digest} ~* &* +@all"]
         if self.persistent:
             redis_dir = private_dir(self.settings.data_dir / "redis")
             # The append-only file is what makes a submitted syscall durable on the embedded kernel: a restarted
