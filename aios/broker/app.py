@@ -70,6 +70,11 @@ def make_app(settings: Settings, name: str = "aios") -> Celery:
         broker_connection_retry=True,
         broker_connection_max_retries=None,
         worker_cancel_long_running_tasks_on_connection_loss=False,
+        # After a reconnect Celery would lower the prefetch count and raise it again from the thread that acks each
+        # task: with the threads pool that is a basic.qos on the consumer's connection from a worker thread while the
+        # main thread reads it, and py-amqp connections are not thread-safe: the worker deadlocked after a RabbitMQ
+        # restart under load (tests/test_durability.py). Prefetch is the thread count anyway (multiplier 1).
+        worker_enable_prefetch_count_reduction=False,
         task_default_delivery_mode="persistent",
         worker_consumer="aios.worker.gate:KernelConsumer",
         worker_hijack_root_logger=False,
