@@ -54,11 +54,13 @@ RESOURCES = ("llm", "tool", "storage")
 FAULT_WINDOW_S = 10.0
 """A syscall whose life overlaps ``[fault, fault + FAULT_WINDOW_S]`` counts as "during faults"."""
 TIMEOUT_S = 30.0
-"""Each syscall's ``timeout_s`` (and the kernel's ``AIOS_MAX_SYSCALL_TIMEOUT_S``)."""
-VISIBILITY_S = 35
-"""The kernel's ``AIOS_VISIBILITY_TIMEOUT_S`` here: the lowest above ``TIMEOUT_S``. A Redis broker gives a killed
-worker's message back only after it (until a lease requeues it sooner); by then the syscall is past its deadline
-and is answered ``deadline_exceeded``: counted as failed, not lost."""
+"""Each syscall's ``timeout_s`` (and the kernel's ``AIOS_MAX_SYSCALL_TIMEOUT_S``); ``--quick``: 20."""
+VISIBILITY_MARGIN_S = 5
+"""The kernel's ``AIOS_VISIBILITY_TIMEOUT_S`` here is the timeout plus this (it must be above it). A Redis broker
+gives a killed worker's message back only after it (until a lease requeues it sooner); by then the syscall is past
+its deadline and is answered ``deadline_exceeded``: counted as failed, not lost."""
+WARMUP_S = 5.0
+"""Load without faults before the first one."""
 TOOL_WORK_MS = 50
 LLM_SERVICE_MS = 100
 TARGETS: dict[str, tuple[float, Bound]] = {"lost": (0, "max"), "duplicated_effects": (0, "max"),
@@ -222,7 +224,7 @@ def _setup_broker(broker: str, stack: ExitStack, base: Settings) -> tuple[Settin
 
 
 def run_broker(broker: str, settings: Settings, *, agents: int, phase_s: float, kills: int, seed: int,
-               log: Any) -> Run:
+               timeout_s: float, log: Any) -> Run:
     run = Run(broker)
     rng = random.Random(seed)
     data = Path(tempfile.mkdtemp(prefix=f"aios-chaos-{broker}-"))
@@ -232,7 +234,8 @@ def run_broker(broker: str, settings: Settings, *, agents: int, phase_s: float, 
         base = settings.updated(
             data_dir=str(data), broker_url=None, redis_url=None, llm_backend="openai", llm_base_url=f"{emu.url}/v1",
             llm_model="emulated", llm_api_key="emulated", tool_modules="aios_bench.ledger", approvals="off",
-            max_syscall_timeout_s=TIMEOUT_S, default_timeout_s=TIMEOUT_S, visibility_timeout_s=VISIBILITY_S,
+            max_syscall_timeout_s=timeout_s, default_timeout_s=timeout_s,
+            visibility_timeout_s=int(timeout_s) + VISIBILITY_MARGIN_S,
             worker_concurrency=4)
         ks, restart_broker = _setup_broker(broker, stack, base)
         log(f"[{broker}] starting the kernel")
@@ -242,7 +245,7 @@ def run_broker(broker: str, settings: Settings, *, agents: int, phase_s: float, 
         for i in range(agents):
             agent_id = f"chaos-{i:03d}"
             secret = creds.create(agent_id, write_file=False).secret
-            k = Kernel(agent_id, settings=lk.settings, credential=secret, timeout_s=TIMEOUT_S)
+            k = Kernel(agent_id, settings=lk.settings, credential=secret, timeout_s=timeout_s)
             stack.callback(k.close)
             k.write_file("notes.txt", f"notes of {agent_id}")
             kernels.append(k)
@@ -259,8 +262,9 @@ def run_broker(broker: str, settings: Settings, *, agents: int, phase_s: float, 
         run.t0 = time.time()
         for t in threads:
             t.start()
-        log(f"[{broker}] load from {agents} agents; faults for {phase_s:.0f} s")
+        log(f"[{broker}] load from {agents} agents; faults for {phase_s:.0f} s after {WARMUP_S:.0f} s")
         for offset, what in fault_plan(rng, phase_s, kills):
+            offset += WARMUP_S
             time.sleep(max(0.0, run.t0 + offset - time.time()))
             if what == "restart:broker":
                 at = time.time()
@@ -281,11 +285,11 @@ def run_broker(broker: str, settings: Settings, *, agents: int, phase_s: float, 
                     continue
             run.faults.append(Fault(at, what))
             log(f"[{broker}] {at - run.t0:5.1f} s {what}")
-        time.sleep(max(0.0, run.t0 + phase_s - time.time()))
+        time.sleep(max(0.0, run.t0 + WARMUP_S + phase_s - time.time()))
         stop.set()
         log(f"[{broker}] draining")
         for t in threads:
-            t.join(TIMEOUT_S + 10)
+            t.join(timeout_s + 10)
         time.sleep(1.0)
         run.leftover_replies = _leftover_replies(lk.settings, kernels)
         run.ledger = executions(data)
@@ -340,7 +344,9 @@ def summarize(run: Run) -> dict[str, Any]:
     out = {
         "submitted": len(accepted), "answered": len(answered), "ok": sum(1 for r in answered if r.outcome == "ok"),
         "lost": lost, "failed": dict(failed), "refused_at_submit": len(run.records) - len(accepted),
-        "answered_twice": len(twice), "late_answers": len(late), "tool_executions": sum(run.ledger[s] for s in tool_ids),
+        "lost_syscalls": [{"id": r.syscall_id, "resource": r.resource, "submitted_t_s": r.submitted - run.t0,
+                           "outcome": r.outcome} for r in accepted if r.syscall_id not in answered_ids][:20],
+        "extra_replies": len(twice), "late_answers": len(late), "tool_executions": sum(run.ledger[s] for s in tool_ids),
         "duplicated_effects": dup_effects, "faults": [{"t_s": f.at - run.t0, "what": f.what} for f in run.faults],
         "recovery_s": {"p50": pct(recoveries, 50), "p99": pct(recoveries, 99), "affected": len(recoveries),
                        "unrecovered": unrecovered},
@@ -388,14 +394,15 @@ def plot(path: Path, runs: list[Run]) -> None:
 
 
 def run_chaos(settings: Settings, *, brokers: list[str], agents: int = 32, phase_s: float = 60.0, kills: int = 3,
-              seed: int = 13, json_path: Path | None = None) -> dict[str, Any]:
+              seed: int = 13, timeout_s: float = TIMEOUT_S, json_path: Path | None = None) -> dict[str, Any]:
     out, err = consoles()
-    runs = [run_broker(b, settings, agents=agents, phase_s=phase_s, kills=kills, seed=seed, log=err.log)
-            for b in brokers]
+    runs = [run_broker(b, settings, agents=agents, phase_s=phase_s, kills=kills, seed=seed, timeout_s=timeout_s,
+                       log=err.log) for b in brokers]
     result: dict[str, Any] = {
         "benchmark": "chaos", "machine": machine(),
         "params": {"agents": agents, "fault_phase_s": phase_s, "kills_per_worker_type": kills, "seed": seed,
-                   "syscall_timeout_s": TIMEOUT_S, "visibility_timeout_s": VISIBILITY_S,
+                   "warmup_s": WARMUP_S, "syscall_timeout_s": timeout_s,
+                   "visibility_timeout_s": int(timeout_s) + VISIBILITY_MARGIN_S,
                    "fault_window_s": FAULT_WINDOW_S, "llm": f"emulator ({LLM_SERVICE_MS} ms a call)",
                    "tool_work_ms": TOOL_WORK_MS},
         "brokers": {run.broker: summarize(run) for run in runs},
@@ -404,7 +411,7 @@ def run_chaos(settings: Settings, *, brokers: list[str], agents: int = 32, phase
     for b, s in result["brokers"].items():
         rec, lat = s["recovery_s"], s["latency_s"]
         out.print(f"[bold]{b}[/]: submitted {s['submitted']}, answered {s['answered']} (ok {s['ok']}, failed "
-                  f"{s['failed'] or 0}), lost {s['lost']}, answered twice {s['answered_twice']}, side effects twice "
+                  f"{s['failed'] or 0}), lost {s['lost']}, extra replies {s['extra_replies']}, side effects twice "
                   f"{s['duplicated_effects']} of {s['tool_executions']}; recovery p50 {_fmt(rec['p50'])} p99 "
                   f"{_fmt(rec['p99'])} ({rec['unrecovered']} never); p99 latency during faults "
                   f"{_fmt(lat['during_faults_p99'])}, outside {_fmt(lat['outside_faults_p99'])}")

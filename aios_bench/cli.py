@@ -218,9 +218,12 @@ def agents(agents: tuple[int, ...], steps: int, short: int, long: int, batch_siz
 @click.option("--seconds", default=60.0, show_default=True, help="Length of the fault phase per broker.")
 @click.option("--kills", default=3, show_default=True, help="SIGKILLs of each worker type per broker.")
 @click.option("--seed", default=13, show_default=True, help="Seed of the fault schedule.")
-@click.option("--quick", is_flag=True, help="A short run: 16 agents, 30 s of faults per broker (under 3 minutes).")
+@click.option("--timeout-s", default=30.0, show_default=True,
+              help="Each syscall's timeout_s, and the kernel's AIOS_MAX_SYSCALL_TIMEOUT_S (visibility timeout: +5 s).")
+@click.option("--quick", is_flag=True,
+              help="A short run: 16 agents, 20 s of faults per broker, 20 s timeouts (about 3 minutes for all three).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def chaos(brokers: str, agents: int, seconds: float, kills: int, seed: int, quick: bool,
+def chaos(brokers: str, agents: int, seconds: float, kills: int, seed: int, timeout_s: float, quick: bool,
           json_path: Path | None) -> None:
     """Steady load while workers are SIGKILLed and the broker restarts: lost, twice, time to recover."""
     from aios_bench.chaos import run_chaos
@@ -230,10 +233,10 @@ def chaos(brokers: str, agents: int, seconds: float, kills: int, seed: int, quic
     if unknown:
         _fail(ValueError(f"unknown brokers {sorted(unknown)}: use embedded, redis, rabbitmq"))
     if quick:
-        agents, seconds = min(agents, 16), min(seconds, 30.0)
+        agents, seconds, timeout_s = min(agents, 16), min(seconds, 20.0), min(timeout_s, 20.0)
     try:
         run_chaos(get_settings(), brokers=chosen, agents=agents, phase_s=seconds, kills=kills, seed=seed,
-                  json_path=json_path)
+                  timeout_s=timeout_s, json_path=json_path)
     except AIOSError as exc:
         _fail(exc)
 
