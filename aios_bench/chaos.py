@@ -4,7 +4,7 @@ Per broker (``embedded``: the ``aios up`` Valkey with its append-only file; ``re
 benchmark's own, append-only file on, restarted by SIGKILL; ``rabbitmq``: a private vhost of the local RabbitMQ,
 restarted with ``rabbitmqctl stop_app/start_app``, its state in a redis-server of the benchmark's own), a kernel with
 all three workers under the ``aios up`` supervisor (:class:`aios.ops.supervisor.Supervisor`, which restarts what
-dies). ``agents`` agent threads loop over an LLM chat (the LLM provider emulator, :mod:`aios_bench.emulator`: the
+dies). ``agents`` agent threads, a third on each resource, loop over an LLM chat (the LLM provider emulator, :mod:`aios_bench.emulator`: the
 benchmark is about the kernel's faults, not the model's speed, and a killed LLM worker comes back in a second
 instead of reloading a model), a tool syscall with a side effect (``ledger_append`` of :mod:`aios_bench.ledger`:
 each execution appends its syscall id to a ledger file) and a file read. During the fault phase the benchmark
@@ -163,9 +163,10 @@ class Agent(threading.Thread):
         return self.k.storage_syscall("read", "notes.txt")
 
     def run(self) -> None:
+        # Each agent keeps to one resource, so that a dead worker of one stalls only its own agents and the others'
+        # load goes on through the fault (an agent looping over all three would wait on whichever is down).
+        resource = RESOURCES[self.i % len(RESOURCES)]
         while not self.stop.is_set():
-            resource = RESOURCES[self.i % len(RESOURCES)]
-            self.i += 1
             rec = Record(resource, time.time())
             self.run_.records.append(rec)
             try:
@@ -376,9 +377,10 @@ def plot(path: Path, runs: list[Run]) -> None:
             bad = [(r.answered - run.t0, r.answered - r.submitted) for r in run.records
                    if r.resource == res and r.answered is not None and r.outcome != "ok"]
             if pts:
-                ax.scatter(*zip(*pts), s=4, color=colors[res], label=f"{res} ok")
+                ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=4, color=colors[res], label=f"{res} ok")
             if bad:
-                ax.scatter(*zip(*bad), s=14, marker="x", color=colors[res], label=f"{res} error/timeout")
+                ax.scatter([p[0] for p in bad], [p[1] for p in bad], s=14, marker="x", color=colors[res],
+                           label=f"{res} error/timeout")
         for f in run.faults:
             what = f.what.split(":", 1)[1]
             ax.axvline(f.at - run.t0, color=colors.get(what, "gray"), linestyle="--" if what != "broker" else "-",

@@ -93,22 +93,28 @@ def growth(series: list[float], warmup_fraction: float = 0.2) -> float | None:
 
 
 def keys_without_ttl(client: redis.Redis, ids: set[str]) -> dict[str, Any]:
-    """Keys with no TTL, by pattern (ids replaced by ``*``), and those that name a syscall of the run."""
+    """Keys with no TTL, by pattern (ids replaced by ``*``), those that name a syscall of the run, and every key
+    by pattern (what holds the memory)."""
     patterns: Counter[str] = Counter()
+    everything: Counter[str] = Counter()
     per_syscall: list[str] = []
     for raw in client.scan_iter(count=1000):
         name = raw.decode(errors="replace")
+        everything[ID_RE.sub("*", name)] += 1
         if client.ttl(raw) != -1:
             continue
         patterns[ID_RE.sub("*", name)] += 1
         if any(m in ids for m in ID_RE.findall(name)):
             per_syscall.append(name)
     return {"patterns": dict(patterns.most_common(40)), "per_syscall": per_syscall[:20],
-            "per_syscall_count": len(per_syscall)}
+            "per_syscall_count": len(per_syscall), "all_keys_by_pattern": dict(everything.most_common(10))}
 
 
 def run_soak(settings: Settings, *, minutes: float, agents: int = 8, sample_s: float = 5.0,
-             json_path: Path | None = None) -> dict[str, Any]:
+             result_ttl_s: int | None = None, json_path: Path | None = None) -> dict[str, Any]:
+    """``result_ttl_s``: the kernel's ``AIOS_RESULT_TTL_S`` (the idempotency window: every answer is kept that
+    long, so the kernel's Redis grows with the syscall rate until the first answers expire); ``None``: the
+    default (a day). A lower one lowers the visibility and syscall timeouts with it (they must stay below it)."""
     out, err = consoles()
     log = err.log
     samples: list[dict[str, Any]] = []
@@ -121,6 +127,9 @@ def run_soak(settings: Settings, *, minutes: float, agents: int = 8, sample_s: f
         ks = settings.updated(data_dir=str(data), broker_url=None, redis_url=None, llm_backend="openai",
                               llm_base_url=f"{emu.url}/v1", llm_model=DEFAULT_MODEL, llm_api_key="emulated",
                               approvals="off", worker_concurrency=4)
+        if result_ttl_s is not None:
+            ks = ks.updated(result_ttl_s=result_ttl_s, visibility_timeout_s=result_ttl_s,
+                            max_syscall_timeout_s=result_ttl_s / 2, default_timeout_s=result_ttl_s / 2)
         lk = stack.enter_context(LocalKernel(ks, progress=log))
         creds = Credentials(lk.settings)
         kernels = []
@@ -181,7 +190,7 @@ def run_soak(settings: Settings, *, minutes: float, agents: int = 8, sample_s: f
     result: dict[str, Any] = {
         "benchmark": "soak", "machine": machine(),
         "params": {"minutes": minutes, "agents": agents, "sample_s": sample_s, "llm": "emulator (50 ms a call)",
-                   "warmup_fraction": 0.2},
+                   "warmup_fraction": 0.2, "result_ttl_s": result_ttl_s or settings.broker.result_ttl_s},
         "syscalls": dict(outcomes), "samples": samples,
         "growth": {"worker_rss": growth(rss_total), "redis_memory": growth(redis_mem), "fds": growth(fds_total),
                    **{f"rss[{n}]": growth([float(s["rss"].get(n, 0)) for s in samples]) for n in names}},

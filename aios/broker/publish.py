@@ -18,7 +18,6 @@ from kombu.exceptions import OperationalError
 from aios.state.keys import HEADER_ENQUEUED, HEADER_PRIORITY
 from aios.wire.priority import is_redis_url, to_broker
 
-
 log = logging.getLogger("aios.publish")
 
 UNREACHABLE = (OperationalError, redis.ConnectionError, redis.TimeoutError, AMQPError, ConnectionError, OSError)
