@@ -111,7 +111,7 @@ def _agents(lk: LocalKernel, n: int) -> list[Kernel]:
 
 def _check(load: Load, data_dir: Path) -> None:
     ran = executions(data_dir)
-    assert load.errors == []
+    assert load.errors == [], f"{len(load.errors)} syscalls failed, e.g. {load.errors[:3]}"
     assert len(load.submitted) >= 20
     assert len(set(load.submitted)) == len(load.submitted)
     assert set(load.answers) == set(load.submitted), "a submitted syscall was never answered"
