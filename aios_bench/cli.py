@@ -221,7 +221,7 @@ def agents(agents: tuple[int, ...], steps: int, short: int, long: int, batch_siz
 @click.option("--timeout-s", default=30.0, show_default=True,
               help="Each syscall's timeout_s, and the kernel's AIOS_MAX_SYSCALL_TIMEOUT_S (visibility timeout: +5 s).")
 @click.option("--quick", is_flag=True,
-              help="A short run: 18 agents, 15 s of faults per broker, 20 s timeouts (under 3 minutes for all three).")
+              help="A short run: 15 agents, 12 s of faults per broker, 18 s timeouts (about 3 minutes for all three).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def chaos(brokers: str, agents: int, seconds: float, kills: int, seed: int, timeout_s: float, quick: bool,
           json_path: Path | None) -> None:
@@ -233,7 +233,7 @@ def chaos(brokers: str, agents: int, seconds: float, kills: int, seed: int, time
     if unknown:
         _fail(ValueError(f"unknown brokers {sorted(unknown)}: use embedded, redis, rabbitmq"))
     if quick:
-        agents, seconds, timeout_s = min(agents, 18), min(seconds, 15.0), min(timeout_s, 20.0)
+        agents, seconds, timeout_s = min(agents, 15), min(seconds, 12.0), min(timeout_s, 18.0)
     try:
         run_chaos(get_settings(), brokers=chosen, agents=agents, phase_s=seconds, kills=kills, seed=seed,
                   timeout_s=timeout_s, json_path=json_path)
