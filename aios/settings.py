@@ -106,6 +106,17 @@ class BrokerSettings(BaseModel):
     deadletter_max_bytes: int = Field(default=16_777_216, ge=65_536)
     """``aios:deadletter`` holds at most this many bytes of entries (besides ``deadletter_max`` entries): the
     oldest go first. Each entry keeps only the first 4 KB of what was refused, with its size and SHA-256."""
+    publish_confirms: bool = True
+    """RabbitMQ: every publish (the SDK's submit, a worker's requeue, a reply) waits for the broker's publisher
+    confirm, so that a syscall the SDK returned for is in a durable queue, as a persistent message. Off: a
+    publish returns once written to the socket (faster; a broker crash can lose what it had not yet taken)."""
+    reconnect_s: float = Field(default=30.0, ge=0)
+    """How long a publisher (SDK or worker) and a worker's state connection keep retrying a broker or Redis they
+    cannot reach (a restart) before giving up: the SDK then raises ``KernelUnavailable``."""
+    embedded_appendfsync: Literal["always", "everysec", "no"] = "everysec"
+    """The persistent embedded Redis of ``aios up`` (its append-only file): ``always`` fsyncs before it answers
+    each write (a submitted syscall survives a power cut), ``everysec`` once a second (a crash of the Redis process
+    loses nothing it answered; a power cut up to a second), ``no`` when the OS flushes."""
 
     def require(self) -> str:
         if self.url is None:
@@ -492,6 +503,9 @@ FLAT: dict[str, tuple[str, str]] = {
     "result_ttl_s": ("broker", "result_ttl_s"),
     "deadletter_max": ("broker", "deadletter_max"),
     "deadletter_max_bytes": ("broker", "deadletter_max_bytes"),
+    "publish_confirms": ("broker", "publish_confirms"),
+    "reconnect_s": ("broker", "reconnect_s"),
+    "embedded_appendfsync": ("broker", "embedded_appendfsync"),
     "max_payload_bytes": ("syscalls", "max_payload_bytes"),
     "default_timeout_s": ("syscalls", "default_timeout_s"),
     "max_syscall_timeout_s": ("syscalls", "max_syscall_timeout_s"),

@@ -227,3 +227,52 @@ def gateway(quick: bool, json_path: Path | None, **given: Any) -> None:
         run_gateway_bench(get_settings(), _params(GatewayParams(), QUICK, quick, given), json_path=json_path)
     except AIOSError as exc:
         _fail(exc)
+
+
+@bench.command()
+@click.option("--brokers", default="embedded,redis,rabbitmq", show_default=True,
+              help="Comma-separated: embedded (the aios up Valkey), redis (a redis-server of the benchmark's own, "
+                   "append-only), rabbitmq (a private vhost of the local RabbitMQ; restarting it needs rabbitmqctl).")
+@click.option("--agents", default=32, show_default=True, help="Agents (threads), a third on each resource.")
+@click.option("--seconds", default=60.0, show_default=True, help="Length of the fault phase per broker.")
+@click.option("--kills", default=3, show_default=True, help="SIGKILLs of each worker type per broker.")
+@click.option("--seed", default=13, show_default=True, help="Seed of the fault schedule.")
+@click.option("--timeout-s", default=30.0, show_default=True,
+              help="Each syscall's timeout_s, and the kernel's AIOS_MAX_SYSCALL_TIMEOUT_S (visibility timeout: +5 s).")
+@click.option("--quick", is_flag=True,
+              help="A short run: 15 agents, 12 s of faults per broker, 18 s timeouts (about 3 minutes for all three).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def chaos(brokers: str, agents: int, seconds: float, kills: int, seed: int, timeout_s: float, quick: bool,
+          json_path: Path | None) -> None:
+    """Steady load while workers are SIGKILLed and the broker restarts: lost, twice, time to recover."""
+    from aios_bench.chaos import run_chaos
+
+    chosen = [b.strip() for b in brokers.split(",") if b.strip()]
+    unknown = set(chosen) - {"embedded", "redis", "rabbitmq"}
+    if unknown:
+        _fail(ValueError(f"unknown brokers {sorted(unknown)}: use embedded, redis, rabbitmq"))
+    if quick:
+        agents, seconds, timeout_s = min(agents, 15), min(seconds, 12.0), min(timeout_s, 18.0)
+    try:
+        run_chaos(get_settings(), brokers=chosen, agents=agents, phase_s=seconds, kills=kills, seed=seed,
+                  timeout_s=timeout_s, json_path=json_path)
+    except AIOSError as exc:
+        _fail(exc)
+
+
+@bench.command()
+@click.option("--minutes", default=30.0, show_default=True, help="Length of the steady load.")
+@click.option("--agents", default=8, show_default=True, help="Agents (threads) looping over LLM, tool, storage.")
+@click.option("--sample-s", default=5.0, show_default=True, help="Seconds between samples.")
+@click.option("--result-ttl-s", type=int, default=None,
+              help="The kernel's AIOS_RESULT_TTL_S (answers are kept this long); unset: the default, a day.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def soak(minutes: float, agents: int, sample_s: float, result_ttl_s: int | None, json_path: Path | None) -> None:
+    """Steady mixed load for a while: worker RSS, Redis memory, descriptors, queue depth; keys left behind."""
+    from aios_bench.soak import run_soak
+
+    try:
+        run_soak(get_settings(), minutes=minutes, agents=agents, sample_s=sample_s, result_ttl_s=result_ttl_s,
+                 json_path=json_path)
+    except AIOSError as exc:
+        _fail(exc)

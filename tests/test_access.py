@@ -100,7 +100,7 @@ def test_owner_field_is_validated_like_an_agent_id() -> None:
 
 def test_own_data_never_touches_redis_and_cross_agent_fails_closed(tmp_path: Path, vectors: Any) -> None:
     # A Redis that is not there: own data still works; another agent's is refused, not served unchecked.
-    svc = storage_service(Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:1/0"), vectors)
+    svc = storage_service(Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:1/0", reconnect_s=0), vectors)
     assert svc.handle(MemorySyscall(agent_id="alice", op="put", key="k", value=1))["created"]
     assert svc.handle(MemorySyscall(agent_id="alice", op="get", key="k", owner="alice"))["value"] == 1
     with pytest.raises(KernelUnavailable, match="cannot check access to 'alice''s memory"):

@@ -131,7 +131,7 @@ def test_search_is_per_agent(svc: StorageService) -> None:
 
 
 def test_memory_goes_on_from_disk_when_the_fast_tier_redis_is_down(tmp_path: Path, vectors: Any) -> None:
-    svc = storage_service(Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:1/0"), vectors)
+    svc = storage_service(Settings(data_dir=tmp_path, broker_url="redis://127.0.0.1:1/0", reconnect_s=0), vectors)
     assert mem(svc, "put", "k", {"v": 1})["created"] is True
     assert mem(svc, "get", "k") == {"key": "k", "value": {"v": 1}}
     assert mem(svc, "update", "k", {"v": 2})["created"] is False

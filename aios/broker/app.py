@@ -13,7 +13,8 @@ def kernel_queues(settings: Settings | None = None) -> list[Queue]:
     """Every kernel queue (with ``settings``: the extra LLM cores' too), with broker priorities."""
     names = all_queues(settings) if settings is not None else list(QUEUES.values())
     return [
-        Queue(name, Exchange(name, type="direct"), routing_key=name,  # type: ignore[no-untyped-call]  # kombu's Queue, Exchange: unannotated
+        # Durable (kombu's default, said here): on RabbitMQ they and their persistent messages survive a restart.
+        Queue(name, Exchange(name, type="direct", durable=True), routing_key=name, durable=True,  # type: ignore[no-untyped-call]  # kombu's Queue, Exchange: unannotated
               queue_arguments={"x-max-priority": MAX_PRIORITY})
         for name in names
     ]
@@ -38,6 +39,11 @@ def make_app(settings: Settings, name: str = "aios") -> Celery:
             "unacked_restore_interval": max(1, min(10, settings.broker.visibility_timeout_s // 4)),
             "unacked_restore_throttle": 1,
         }
+    elif settings.broker.publish_confirms:
+        # py-amqp waits for the broker's ack of each publish (and raises on a nack): a submit returns only once
+        # RabbitMQ has the message, in a durable queue (kernel_queues) as a persistent message (Celery's default
+        # delivery mode).
+        transport_options = {"confirm_publish": True}
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -58,8 +64,21 @@ def make_app(settings: Settings, name: str = "aios") -> Celery:
         task_routes={f"aios.{res}": {"queue": q} for res, q in QUEUES.items()},
         result_expires=settings.broker.result_ttl_s,
         broker_connection_retry_on_startup=True,
+        # Workers reconnect to a restarted broker by themselves, for as long as it takes (a supervisor is there for
+        # what is worse); a running syscall keeps running, and its message, unacknowledged on the old connection,
+        # comes back: its claim or its stored answer stops a second run.
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        # After a reconnect Celery would lower the prefetch count and raise it again from the thread that acks each
+        # task: with the threads pool that is a basic.qos on the consumer's connection from a worker thread while the
+        # main thread reads it, and py-amqp connections are not thread-safe: the worker deadlocked after a RabbitMQ
+        # restart under load (tests/test_durability.py). Prefetch is the thread count anyway (multiplier 1).
+        worker_enable_prefetch_count_reduction=False,
+        task_default_delivery_mode="persistent",
         worker_consumer="aios.worker.gate:KernelConsumer",
         worker_hijack_root_logger=False,
         enable_utc=True,
     )
+    app.aios_reconnect_s = settings.broker.reconnect_s  # how long publish_syscall retries a broker that is away
     return app

@@ -34,6 +34,13 @@ def install() -> None:
         create: Any = kombu_redis.Channel._create_client  # kombu ships no type hints
 
         def _create_client(self: Any, asynchronous: bool = False) -> Any:
+            if getattr(getattr(self, "connection", None), "client", None) is None:
+                # The channel outlived its connection (a Redis restart: kombu's close restores unacked messages
+                # through a new client). kombu would fail with an AttributeError, which Celery takes as
+                # unrecoverable and the worker exits; a connection error it reconnects from.
+                import redis
+
+                raise redis.ConnectionError("the kombu channel's connection is closed")
             if asynchronous:
                 return create(self, asynchronous=True)
             pool = self.pool  # a new one after a fork or a reconnect: the cached client must follow it
@@ -45,6 +52,30 @@ def install() -> None:
         kombu_redis.Channel._create_client = _create_client  # type: ignore[method-assign]  # the patch itself
         kombu_redis.Channel._brpop_read = _brpop_read  # type: ignore[method-assign]
         _installed = True
+
+
+GIVE_BACK_S = 30.0
+"""How long a worker keeps trying to put back a message it took while Redis went away."""
+
+
+def _give_back(channel: Any, lane: str, item: bytes) -> None:
+    import time
+
+    import redis
+
+    # The channel's own pool (its URL, socket, credentials); it opens fresh connections once Redis is back.
+    client = redis.Redis(connection_pool=channel.pool)
+    deadline = time.monotonic() + GIVE_BACK_S
+    pause = 0.1
+    while True:
+        try:
+            client.rpush(lane, item)  # kombu pops from the right: the head of the list
+            return
+        except (redis.ConnectionError, redis.TimeoutError):
+            if time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(1.0, pause * 2)
 
 
 LANE = "aios_lane"
@@ -80,7 +111,14 @@ def _brpop_read(self: Any, **options: Any) -> bool:
             if isinstance(info, dict):
                 info[LANE] = lane
                 info[SIZE] = len(item)
-        self.connection._deliver(message, queue)
+        try:
+            self.connection._deliver(message, queue)
+        except self.connection_errors:
+            # Taken off the list, but kombu could not record it as unacknowledged (Redis went away between the
+            # two commands): without this it would be lost. Put it back at the head of its list once Redis answers
+            # again; a copy that was recorded after all is stopped by its claim or its stored answer.
+            _give_back(self, lane, item)
+            raise
         return True
     finally:
         self._in_poll = None

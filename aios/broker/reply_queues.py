@@ -42,33 +42,44 @@ def reply_queue(agent_id: str) -> Any:
 class AmqpReplies:
     """Publishes sealed replies to agents' reply queues (kernel side, the kernel's broker user)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, confirms: bool = True, reconnect_s: float = 30.0) -> None:
         self.url = url
+        self.confirms = confirms
+        """Wait for RabbitMQ's publisher confirm of each reply (``AIOS_PUBLISH_CONFIRMS``)."""
+        self.reconnect_s = reconnect_s
+        """How long to keep trying a broker that is away (a restart) before the reply's publish fails."""
         self._conn: Any = None
         self._producer: Any = None
         self._declared: set[str] = set()
         self._lock = threading.Lock()
 
     def __call__(self, agent_id: str, syscall_id: str, sealed: str) -> None:
+        # The answer is stored in the kernel's Redis already; a redelivered copy of the syscall would be dropped as
+        # answered, so this publish is the caller's only way to learn it: it keeps trying through a broker restart.
+        deadline = time.monotonic() + self.reconnect_s
+        pause = 0.1
         with self._lock:
-            for attempt in range(3):
+            while True:
                 try:
                     if self._producer is None:
-                        self._conn = KOMBU.Connection(self.url, connect_timeout=10)
+                        options = {"confirm_publish": True} if self.confirms else {}
+                        self._conn = KOMBU.Connection(self.url, connect_timeout=10, transport_options=options)
                         self._producer = KOMBU.Producer(self._conn.channel())
                         self._declared.clear()
                     queue = reply_queue(agent_id)
                     declare = [] if agent_id in self._declared else [queue]
                     self._producer.publish(sealed, exchange="", routing_key=queue.name, declare=declare,
                                            correlation_id=syscall_id, content_type="text/plain",
-                                           content_encoding="utf-8", delivery_mode=2, retry=True)
+                                           content_encoding="utf-8", delivery_mode=2, retry=False)
                     self._declared.add(agent_id)
                     return
-                except Exception as exc:  # a dropped connection: open a new one and try again
+                except Exception as exc:  # a dropped connection, a broker restarting: open a new one, try again
                     log.warning("publishing the reply to %s on RabbitMQ failed (%s); reconnecting", syscall_id, exc)
                     self.close_locked()
-                    if attempt == 2:
+                    if time.monotonic() + pause > deadline:
                         raise
+                    time.sleep(pause)
+                    pause = min(1.0, pause * 2)
 
     def close_locked(self) -> None:
         if self._conn is not None:
@@ -86,7 +97,8 @@ class AmqpReplies:
 def replies_for(client: redis.Redis, settings: Settings) -> Replies:
     """The kernel's reply writer for this broker: on Redis, reply lists; on RabbitMQ, the agents' reply queues."""
     broker = settings.require_broker()
-    deliver = None if is_redis_url(broker) else AmqpReplies(broker)
+    deliver = None if is_redis_url(broker) else AmqpReplies(
+        broker, confirms=settings.broker.publish_confirms, reconnect_s=settings.broker.reconnect_s)
     return Replies(client, settings.broker.result_ttl_s, deliver=deliver)
 
 

@@ -144,24 +144,33 @@ class LocalKernel:
         finally:
             out.close()
 
-    def _start_redis(self) -> None:
-        self.progress("starting the embedded Redis")
+    def redis_conf(self) -> list[str]:
+        """The embedded server's configuration, one directive a line."""
         conf = ["port 0", f"unixsocket {self.socket}", "unixsocketperm 700", 'save ""', "daemonize no",
                 "loglevel warning"]
         if self.kernel_password is not None:
             from aios.policy.identity import KERNEL_USER
 
             digest = hashlib.sha256(self.kernel_password.encode()).hexdigest()
-            conf += ["user default off", f"user {KERNEL_USER} on #{digest} ~* &* +@all"]
+            conf += ["user default off resetpass ~* &* +@all", f"user {KERNEL_USER} on #{digest} ~* &* +@all"]
         if self.persistent:
             redis_dir = private_dir(self.settings.data_dir / "redis")
-            conf += [f"dir {redis_dir}", "appendonly yes", "appendfsync everysec"]
-        else:
+            # The append-only file is what makes a submitted syscall durable on the embedded kernel: a restarted
+            # server replays it (queues, unacknowledged messages, answers, credentials). AIOS_EMBEDDED_APPENDFSYNC
+            # says when it reaches the disk (docs/operations.md, "Durability").
+            conf += [f"dir {redis_dir}", "appendonly yes",
+                     f"appendfsync {self.settings.broker.embedded_appendfsync}"]
+        else:  # `aios run`, tests and benchmarks: a throw-away kernel keeps nothing on disk
             conf += [f"dir {self.run_dir}", "appendonly no"]
+        return conf
+
+    def _start_redis(self) -> None:
+        self.progress("starting the embedded Redis")
+        conf = self.redis_conf()
         conf_file = self.run_dir / "valkey.conf"  # the run dir is 0700: the kernel's password hash stays private
         write_private(conf_file, ("\n".join(conf) + "\n").encode())
         self._redis_proc = self._spawn([redis_server_binary(), str(conf_file)], "redis")
-        client = state_client(self.settings)  # unix://<this socket>
+        client = state_client(self.settings, retrying=False)  # unix://<this socket>; a probe: no retries
         deadline = time.monotonic() + 15
         while True:
             try:

@@ -38,7 +38,7 @@ class KernelCollector(Collector):
         from aios.state import keys
         from aios.state.connections import as_text, state_client
 
-        r = state_client(self.settings)
+        r = state_client(self.settings, retrying=False)  # a scrape: fail at once, not 30 s later
         try:
             done = r.hgetall(keys.STATS_DONE)
             rejected = r.hgetall(keys.STATS_REJECTED)

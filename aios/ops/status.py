@@ -58,7 +58,7 @@ def collect(settings: Settings, timeout_s: float = 1.0) -> dict[str, Any]:
         depths = queue_depths(app, settings)
     finally:
         app.close()
-    r = state_client(settings)
+    r = state_client(settings, retrying=False)  # an operator asks: say at once that it is away
     try:
         done = {as_text(k): int(v) for k, v in r.hgetall(keys.STATS_DONE).items()}
         rejected = {as_text(k): int(v) for k, v in r.hgetall(keys.STATS_REJECTED).items()}
@@ -73,7 +73,7 @@ def collect(settings: Settings, timeout_s: float = 1.0) -> dict[str, Any]:
 def restarts(settings: Settings) -> dict[str, dict[str, Any]]:
     """Per process the ``aios up`` supervisor watches: its restarts, its last exit (``code 1``, ``SIGKILL``) and when
     (unix time); empty without a supervisor."""
-    r = state_client(settings)
+    r = state_client(settings, retrying=False)  # an operator asks: say at once that it is away
     try:
         raw = r.hgetall(keys.SUPERVISOR_RESTARTS)
     finally:
@@ -106,7 +106,7 @@ def scheduling(settings: Settings) -> dict[str, Any]:
     from aios.settings import policy_name
 
     now = time.time()
-    r = state_client(settings)
+    r = state_client(settings, retrying=False)  # an operator asks: say at once that it is away
     try:
         agents: list[dict[str, Any]] = []
         resources: list[dict[str, Any]] = []
@@ -147,7 +147,7 @@ def scheduling(settings: Settings) -> dict[str, Any]:
 
 
 def deadletters(settings: Settings, limit: int = 20) -> list[dict[str, Any]]:
-    r = state_client(settings)
+    r = state_client(settings, retrying=False)  # an operator asks: say at once that it is away
     try:
         return [json.loads(x) for x in r.lrange(keys.DEADLETTER, 0, limit - 1)]
     finally:

@@ -104,7 +104,7 @@ class Supervisor:
 
     def start(self) -> None:
         """Begin watching: this kernel's counts start at zero (the hash is reset, every process listed)."""
-        self._state = state_client(self.local.settings)
+        self._state = state_client(self.local.settings, retrying=False)  # it restarts Redis: never wait on it
         now = time.monotonic()
         for name in self.local.supervised():
             self._watches[name] = self._new_watch(now)

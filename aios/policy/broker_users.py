@@ -26,6 +26,7 @@ from urllib.parse import SplitResult, quote, unquote, urlsplit
 import kombu
 import redis
 
+from aios.broker.publish import refused_by_broker as refused_by_broker  # re-exported: where it was first
 from aios.broker.queues import step_list
 from aios.broker.reply_queues import reply_queue_name
 from aios.settings import Settings, all_queues, broker_to_redis_py
@@ -38,21 +39,6 @@ KOMBU: Any = kombu  # kombu ships no type hints
 AGENT_COMMANDS = ("+lpush", "+blpop", "+lpop", "+ping", "+hello", "+client|setinfo", "+client|setname", "+select",
                   "+echo")
 """The commands an agent's Redis user may run (the SDK's publish, reply wait and the connection's handshake)."""
-
-
-REFUSALS = ("NOPERM", "No permissions", "WRONGPASS", "NOAUTH", "invalid username-password", "ACCESS_REFUSED",
-            "ACCESS-REFUSED", "PRECONDITION_FAILED", "PRECONDITION-FAILED", "NOT_ALLOWED", "is deleted",
-            "client already authenticated")
-"""How Redis/Valkey and RabbitMQ say no to a broker user (a wrong password, a deleted user, a forbidden key or
-command, a forged ``user_id``)."""
-
-
-def refused_by_broker(exc: BaseException) -> bool:
-    """Whether ``exc`` is the broker refusing this user, rather than the broker being away."""
-    if isinstance(exc, (redis.exceptions.NoPermissionError, redis.exceptions.AuthenticationError)):
-        return True
-    text = str(exc).lower()
-    return any(mark.lower() in text for mark in REFUSALS)
 
 
 def with_user(url: str, user: str, password: str) -> str:

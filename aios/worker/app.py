@@ -5,10 +5,13 @@ expiry) start and stop with one Celery bootstep, not from signals."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from celery import Celery, bootsteps
+from celery.exceptions import Reject
 from celery.signals import task_revoked
 
 from aios.broker import kombu_client
@@ -20,6 +23,8 @@ from aios.settings import Settings, get_settings
 from aios.worker.cancels import on_revoked
 from aios.worker.leases import LeaseSweeper
 from aios.worker.runtime import Runtime
+
+log = logging.getLogger("aios.worker")
 
 
 class BackgroundStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery ships no type hints
@@ -68,7 +73,14 @@ def create_worker_app(resource: str, service_factory: Callable[[Settings], Servi
 
     @app.task(name=runtime.task_name, bind=True, ignore_result=True, typing=False)  # type: ignore[untyped-decorator]  # celery has no type information
     def syscall(task: Any, *args: Any, **kwargs: Any) -> None:
-        runtime.execute(task.request.id, args, kwargs, worker=task.request.hostname or resource)
+        try:
+            runtime.execute(task.request.id, args, kwargs, worker=task.request.hostname or resource)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # The kernel's Redis stayed away longer than AIOS_RECONNECT_S: give the message back rather than have
+            # Celery acknowledge a syscall nobody answered (its claim or stored answer stops a second run).
+            log.error("the kernel's Redis is unreachable (%s); syscall %s goes back to its queue", exc,
+                      task.request.id)
+            raise Reject(str(exc), requeue=True) from exc
 
     def revoked(sender: Any = None, request: Any = None, **_: Any) -> None:
         if getattr(sender, "name", None) == runtime.task_name:  # Celery acked a revoked message unrun
