@@ -245,11 +245,11 @@ def plot(path: Path, result: dict[str, Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if result.get("emulated"):
+    ns, res = result["params"]["agents"], result["results"]
+    if result.get("emulated"):  # its own PNG: beside the single-turn one, or in its place
         from aios_bench.emulated import plot as plot_emulated
 
-        plot_emulated(path.with_name(path.stem + "-emulated.png"), result["emulated"])
-    ns, res = result["params"]["agents"], result["results"]
+        plot_emulated(path.with_name(path.stem + "-emulated.png") if res else path, result["emulated"])
     if not res:
         return
     fig, axes = plt.subplots(1, 4, figsize=(17, 4))

@@ -100,12 +100,13 @@ async def _agents(n: int, calls: int, call: Callable[[int, int], Any]) -> list[S
 
 
 def run_direct(url: str, n: int, p: EmulatedParams) -> list[Sample]:
-    import httpx
+    import httpx2  # openai's own HTTP client (3.x)
     import openai
 
     async def main() -> list[Sample]:
-        http = httpx.AsyncClient(limits=httpx.Limits(max_connections=None, max_keepalive_connections=None),
-                                 timeout=TIMEOUT_S)
+        # no connection limit: every agent has its call open at once (openai's default pool stops at 1000)
+        http = openai.DefaultAsyncHttpx2Client(limits=httpx2.Limits(max_connections=None, max_keepalive_connections=None),
+                                               timeout=TIMEOUT_S)
         client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="emulated", max_retries=0, http_client=http)
 
         async def call(i: int, c: int) -> Sample:
@@ -235,10 +236,12 @@ def print_table(console: Console, e: dict[str, Any]) -> None:
     for col in ("contender", "agents", "makespan s", "avg wait s", "p90 wait s", "overhead p50 ms",
                 "overhead p99 ms", "errors"):
         table.add_column(col, justify="left" if col == "contender" else "right")
+    def fmt(v: float | None, f: str) -> str:
+        return "-" if v is None else format(v, f)
+
     for n in p["agents"]:
         for name in ("direct", "kernel"):
             r = e["results"][name][str(n)]
-            fmt = (lambda v, f: "-" if v is None else format(v, f))
             table.add_row(name, str(n), fmt(r["makespan_s"], ".1f"), fmt(r["avg_wait_s"], ".2f"),
                           fmt(r["p90_wait_s"], ".2f"), fmt(r["overhead_p50_ms"], ".1f"),
                           fmt(r["overhead_p99_ms"], ".1f"), str(r["errors"]))
