@@ -97,6 +97,7 @@ class Record:
     tokens: int = 0
     prompt_tokens: int = 0
     errors: int = 0
+    first_error: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -121,15 +122,16 @@ def run_agents(contender: Any, n: int, steps: int, short: int, long: int, progre
                     talk.answered(asked, content)
                 else:
                     talk.observe(contender.tool(client, step.expression))
-                ok = True
-            except Exception:  # noqa: BLE001 - counted; the run goes on
-                ok = False
+                error = None
+            except Exception as exc:  # noqa: BLE001 - counted; the run goes on
+                error = repr(exc)
             with rec.lock:
                 rec.waits.append(time.perf_counter() - t0)
                 rec.syscalls += 1
                 rec.tokens += tokens
                 rec.prompt_tokens += prompt
-                rec.errors += 0 if ok else 1
+                rec.errors += 0 if error is None else 1
+                rec.first_error = rec.first_error or error
             progress.advance(task)
         with rec.lock:
             rec.agent_times.append(time.perf_counter() - t_agent)
@@ -149,7 +151,7 @@ def run_agents(contender: Any, n: int, steps: int, short: int, long: int, progre
             "p90_wait_s": float(np.percentile(waits, 90)), "avg_agent_time_s": float(agents.mean()),
             "p90_agent_time_s": float(np.percentile(agents, 90)), "syscalls": rec.syscalls,
             "syscalls_per_s": rec.syscalls / total, "tokens": rec.tokens, "tokens_per_s": rec.tokens / total,
-            "prompt_tokens": rec.prompt_tokens, "errors": rec.errors}
+            "prompt_tokens": rec.prompt_tokens, "errors": rec.errors, "first_error": rec.first_error}
 
 
 TARGETS: dict[str, tuple[float, Bound]] = {

@@ -31,7 +31,8 @@ from aios.services.tools.service import calculate
 from aios.settings import Settings
 from aios.wire.errors import ConfigError
 
-TIMEOUT_S = 900.0
+TIMEOUT_S = 600.0
+"""Per call; for the kernel at most its AIOS_MAX_SYSCALL_TIMEOUT_S (600 by default), past which it refuses a call."""
 Messages = list[dict[str, str]]
 
 
@@ -151,7 +152,8 @@ class KernelContender:
     def agent(self, i: int) -> Kernel:
         agent_id = f"bench-agent-{i}"
         secret = self._creds.create(agent_id, write_file=False).secret if self.settings.security.auth == "required" else None
-        return Kernel(agent_id, settings=self.settings, timeout_s=TIMEOUT_S, credential=secret)
+        return Kernel(agent_id, settings=self.settings, credential=secret,
+                      timeout_s=min(TIMEOUT_S, self.settings.syscalls.max_syscall_timeout_s))
 
     def llm(self, k: Kernel, messages: Messages, max_tokens: int) -> tuple[int, int, str]:
         result = k.call(k.llm_syscall(messages, "text", max_tokens=max_tokens))

@@ -43,7 +43,8 @@ from aios_bench.gpu_model import GPUShape
 from aios_bench.ratelimit import kernel_settings
 
 SYSTEM = "You are one of many agents sharing one GPU server."
-TIMEOUT_S = 900.0
+TIMEOUT_S = 600.0
+"""Per call: the kernel's default AIOS_MAX_SYSCALL_TIMEOUT_S (it refuses longer ones)."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class Sample:
     submitted: float = 0.0
     timing: Any = None
     ok: bool = True
+    error: str = ""
 
 
 async def _agents(n: int, calls: int, call: Callable[[int, int], Any]) -> list[Sample]:
@@ -115,12 +117,12 @@ def run_direct(url: str, n: int, p: EmulatedParams) -> list[Sample]:
             try:
                 await client.chat.completions.create(model=DEFAULT_MODEL, messages=prompt(tag, p.prompt_tokens),  # type: ignore[arg-type]
                                                      max_tokens=p.max_tokens)
-                ok = True
-            except Exception:  # noqa: BLE001 - counted as an error; the run goes on
-                ok = False
-            return Sample(tag, t0, time.time(), ok=ok)
+            except Exception as exc:  # noqa: BLE001 - counted as an error; the run goes on
+                return Sample(tag, t0, time.time(), ok=False, error=repr(exc))
+            return Sample(tag, t0, time.time())
 
         try:
+            await call(0, -1)  # warm-up (untimed): the client's first call builds its machinery
             return await _agents(n, p.calls, call)
         finally:
             await client.close()
@@ -153,11 +155,13 @@ def run_kernel(settings: Settings, url: str, n: int, p: EmulatedParams, log: Cal
                                                            max_tokens=p.max_tokens))
                     submitted = time.time()
                     response = await k.wait_response(pending)
-                    return Sample(tag, t0, time.time(), submitted, response.timing, response.error is None)
-                except Exception:  # noqa: BLE001 - counted as an error; the run goes on
-                    return Sample(tag, t0, time.time(), ok=False)
+                    return Sample(tag, t0, time.time(), submitted, response.timing, response.error is None,
+                                  "" if response.error is None else response.error.message)
+                except Exception as exc:  # noqa: BLE001 - counted as an error; the run goes on
+                    return Sample(tag, t0, time.time(), ok=False, error=repr(exc))
 
-            try:
+            try:  # warm-up (untimed): a call or two through every worker
+                await asyncio.gather(*(call(i % n, -1) for i in range(2 * p.workers)))
                 return await _agents(n, p.calls, call)
             finally:
                 for k in kernels:
@@ -177,6 +181,7 @@ def summarize(samples: list[Sample], served: dict[str, list[float]]) -> dict[str
     overhead = [1000 * ((s.t1 - s.t0) - (served[s.tag][1] - served[s.tag][0])) for s in ok]
     out: dict[str, Any] = {
         "calls": len(samples), "errors": len(samples) - len(ok),
+        "first_error": next((s.error for s in samples if s.error), None),
         "makespan_s": max(s.t1 for s in samples) - min(s.t0 for s in samples),
         "avg_wait_s": float(np.mean(waits)) if waits else None, "p90_wait_s": _pct(waits, 90),
         "overhead_p50_ms": _pct(overhead, 50), "overhead_p99_ms": _pct(overhead, 99),
