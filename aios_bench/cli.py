@@ -209,14 +209,16 @@ def engine(sizes: tuple[int, ...], tokens: int, threads: int, quantize: str, jso
 @click.option("--emulated-max-tokens", default=256, show_default=True)
 @click.option("--emulated-workers", default=4, show_default=True,
               help="The kernel's LLM worker processes (their threads together: one per agent).")
-@click.option("--quick", is_flag=True, help="--emulated small: 50 and 100 agents, 1 call of 32 tokens, 2 workers.")
+@click.option("--emulated-ramp-s", default=5.0, show_default=True,
+              help="The emulated agents start spread over this many seconds (a load generator's spawn rate).")
+@click.option("--quick", is_flag=True, help="--emulated small: 50 and 100 agents, 2 calls of about 64 tokens, 2 workers.")
 @click.option("--llama-server", "llama_server", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A llama-server binary to use instead of the one built (once) from llama-cpp-python's sdist.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def agents(agents: tuple[int, ...], steps: int, short: int, long: int, batch_size: int, quantum: int, threads: int,
            contenders: str, single_turn: bool, multi_turn: bool, multi_turn_agents: int, multi_turn_steps: int,
            multi_turn_contenders: str, emulated: bool, emulated_agents: tuple[int, ...], emulated_calls: int,
-           emulated_max_tokens: int, emulated_workers: int, quick: bool, llama_server: Path | None,
+           emulated_max_tokens: int, emulated_workers: int, emulated_ramp_s: float, quick: bool, llama_server: Path | None,
            json_path: Path | None) -> None:
     """N concurrent ReAct-style agents: llama.cpp's servers directly vs the kernel with FIFO, RR, batching."""
     from aios_bench.agents import run_agents_bench
@@ -228,7 +230,8 @@ def agents(agents: tuple[int, ...], steps: int, short: int, long: int, batch_siz
     scale = None
     if emulated:
         scale = QUICK if quick else EmulatedParams(agents=emulated_agents, calls=emulated_calls,
-                                                   max_tokens=emulated_max_tokens, workers=emulated_workers)
+                                                   max_tokens=emulated_max_tokens, workers=emulated_workers,
+                                                   ramp_s=emulated_ramp_s)
     try:
         run_agents_bench(get_settings(), agents=list(agents), steps=steps, short=short, long=long,
                          batch_size=batch_size, quantum=quantum, threads=threads, contenders=names(contenders),

@@ -1,12 +1,13 @@
 """``aios bench agents --emulated``: the paper's scale, 250 to 2000 concurrent agents against an emulated GPU.
 
-Each agent makes ``calls`` LLM calls one after the other (a ~``prompt_tokens`` prompt, ``max_tokens`` out) against
+Each agent makes ``calls`` LLM calls one after the other (a ~``prompt_tokens`` prompt, 0.5 to 1.5 x ``max_tokens``
+out, fixed per call: :func:`out_tokens`; the agents start spread over ``ramp_s``, after an untimed warm-up call each) against
 the provider emulator (:mod:`aios_bench.emulator`) serving with the service time of an 8B model on one GPU
 (:class:`~aios_bench.gpu_model.GPUShape`: continuous batching of at most 256 sequences, per-step decode cost and a
 prefill cost). Two contenders per agent count, each against a freshly started emulator:
 
-- ``direct``: the agents are asyncio tasks of this process calling the emulator with one ``openai.AsyncOpenAI``
-  client (no kernel);
+- ``direct``: the agents are asyncio tasks of this process posting to the emulator with one ``httpx`` client
+  (openai's, without its models: the cheapest client, so that this process's own cost stays small; no kernel);
 - ``kernel``: the agents are asyncio tasks, each an :class:`~aios.sdk.AsyncKernel` with its own credential, on a
   fresh embedded kernel whose ``workers`` LLM worker processes (openai backend) together have a thread for every
   agent, so that the requests wait in the emulator's batch queue, as the direct agents' do, and not for a thread.
@@ -55,14 +56,26 @@ class EmulatedParams:
     prompt_tokens: int = 400
     workers: int = 4
     """LLM worker processes of the kernel; their threads together: one per agent."""
+    ramp_s: float = 5.0
+    """Agents start spread over this long (a load generator's spawn rate), not all in one instant: the agents of
+    this one driver process would otherwise queue behind each other's first publish, and that queue is the
+    driver's, not the kernel's."""
     gpu: GPUShape = field(default_factory=GPUShape)
 
     def check(self) -> None:
-        if not self.agents or min(self.agents) < 1 or self.calls < 1 or self.max_tokens < 1 or self.workers < 1:
-            raise ConfigError("--emulated needs agent counts >= 1, and calls, max_tokens and workers >= 1")
+        if not self.agents or min(self.agents) < 1 or self.calls < 1 or self.max_tokens < 1 or self.workers < 1 \
+                or self.ramp_s < 0:
+            raise ConfigError("--emulated needs agent counts >= 1, calls, max_tokens and workers >= 1, ramp >= 0")
 
 
-QUICK = EmulatedParams(agents=(50, 100), calls=1, max_tokens=32, prompt_tokens=100, workers=2)
+QUICK = EmulatedParams(agents=(50, 100), calls=2, max_tokens=64, prompt_tokens=100, workers=2, ramp_s=1.0)
+
+
+def out_tokens(mean: int, agent: int, call: int) -> int:
+    """The call's output length: from half to one and a half times ``mean``, fixed per agent and call. Real outputs
+    end at different lengths; equal ones would all leave the GPU's batch in the same step and reach the agents in
+    one burst, which measures the receiving process, not the path."""
+    return max(1, round(mean * (0.5 + ((agent * 7 + call * 13) % 101) / 100)))
 
 
 def prompt(tag: str, tokens: int) -> list[dict[str, str]]:
@@ -78,54 +91,55 @@ class Sample:
     tag: str
     t0: float
     t1: float
-    submitted: float = 0.0
     timing: Any = None
     ok: bool = True
     error: str = ""
 
 
-async def _agents(n: int, calls: int, call: Callable[[int, int], Any]) -> list[Sample]:
-    """``n`` agent tasks started together, each making ``calls`` calls in turn; every call's sample."""
-    go = asyncio.Event()
+WARM_UP_AT_ONCE = 64
+
+
+async def _agents(n: int, p: EmulatedParams, call: Callable[[int, int, int], Any]) -> list[Sample]:
+    """Every agent's warm-up call first (one token, untimed, at most 64 at once: an agent's first call sets up its
+    connection), then ``n`` agent tasks, agent i starting ``i / n`` of the way into ``p.ramp_s``, each making
+    ``p.calls`` calls in turn (``call(agent, index, max_tokens)``); every timed call's sample."""
+    room = asyncio.Semaphore(WARM_UP_AT_ONCE)
+
+    async def warm_up(i: int) -> None:
+        async with room:
+            await call(i, -1, 1)
+
+    await asyncio.gather(*(warm_up(i) for i in range(n)))
 
     async def agent(i: int) -> list[Sample]:
-        await go.wait()
-        out = []
-        for c in range(calls):
-            out.append(await call(i, c))
-        return out
+        await asyncio.sleep(i * p.ramp_s / n)
+        return [await call(i, c, out_tokens(p.max_tokens, i, c)) for c in range(p.calls)]
 
-    tasks = [asyncio.create_task(agent(i)) for i in range(n)]
-    await asyncio.sleep(0)
-    go.set()
-    return [s for group in await asyncio.gather(*tasks) for s in group]
+    return [s for group in await asyncio.gather(*(agent(i) for i in range(n))) for s in group]
 
 
 def run_direct(url: str, n: int, p: EmulatedParams) -> list[Sample]:
-    import httpx2  # openai's own HTTP client (3.x)
-    import openai
+    import httpx2  # openai's own HTTP client (3.x), without openai's request and response models: the cheapest
+    # client this process can be, so that its own cost stays small beside the kernel's
 
     async def main() -> list[Sample]:
-        # no connection limit: every agent has its call open at once (openai's default pool stops at 1000)
-        http = openai.DefaultAsyncHttpx2Client(limits=httpx2.Limits(max_connections=None, max_keepalive_connections=None),
-                                               timeout=TIMEOUT_S)
-        client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="emulated", max_retries=0, http_client=http)
+        # no connection limit: every agent has its call open at once
+        async with httpx2.AsyncClient(limits=httpx2.Limits(max_connections=None, max_keepalive_connections=None),
+                                      timeout=TIMEOUT_S) as http:
 
-        async def call(i: int, c: int) -> Sample:
-            tag = f"d{i}-{c}"
-            t0 = time.time()
-            try:
-                await client.chat.completions.create(model=DEFAULT_MODEL, messages=prompt(tag, p.prompt_tokens),  # type: ignore[arg-type]
-                                                     max_tokens=p.max_tokens)
-            except Exception as exc:  # noqa: BLE001 - counted as an error; the run goes on
-                return Sample(tag, t0, time.time(), ok=False, error=repr(exc))
-            return Sample(tag, t0, time.time())
+            async def call(i: int, c: int, max_tokens: int) -> Sample:
+                tag = f"d{i}-{c}"
+                t0 = time.time()
+                try:
+                    resp = await http.post(f"{url}/v1/chat/completions", json={
+                        "model": DEFAULT_MODEL, "messages": prompt(tag, p.prompt_tokens), "max_tokens": max_tokens})
+                    resp.raise_for_status()
+                    resp.json()["choices"][0]["message"]["content"]
+                except Exception as exc:  # noqa: BLE001 - counted as an error; the run goes on
+                    return Sample(tag, t0, time.time(), ok=False, error=repr(exc))
+                return Sample(tag, t0, time.time())
 
-        try:
-            await call(0, -1)  # warm-up (untimed): the client's first call builds its machinery
-            return await _agents(n, p.calls, call)
-        finally:
-            await client.close()
+            return await _agents(n, p, call)
 
     return asyncio.run(main())
 
@@ -147,22 +161,20 @@ def run_kernel(settings: Settings, url: str, n: int, p: EmulatedParams, log: Cal
             kernels = [AsyncKernel(f"bench-emu-{i}", settings=lk.settings, timeout_s=TIMEOUT_S, credential=secrets[i])
                        for i in range(n)]
 
-            async def call(i: int, c: int) -> Sample:
+            async def call(i: int, c: int, max_tokens: int) -> Sample:
                 k, tag = kernels[i], f"k{i}-{c}"
                 t0 = time.time()
                 try:
                     pending = await k.submit(k.llm_syscall(prompt(tag, p.prompt_tokens), "text",
-                                                           max_tokens=p.max_tokens))
-                    submitted = time.time()
+                                                           max_tokens=max_tokens))
                     response = await k.wait_response(pending)
-                    return Sample(tag, t0, time.time(), submitted, response.timing, response.error is None,
+                    return Sample(tag, t0, time.time(), response.timing, response.error is None,
                                   "" if response.error is None else response.error.message)
                 except Exception as exc:  # noqa: BLE001 - counted as an error; the run goes on
                     return Sample(tag, t0, time.time(), ok=False, error=repr(exc))
 
-            try:  # warm-up (untimed): a call or two through every worker
-                await asyncio.gather(*(call(i % n, -1) for i in range(2 * p.workers)))
-                return await _agents(n, p.calls, call)
+            try:
+                return await _agents(n, p, call)
             finally:
                 for k in kernels:
                     await k.aclose()
@@ -190,8 +202,7 @@ def summarize(samples: list[Sample], served: dict[str, list[float]]) -> dict[str
     timed = [s for s in ok if s.timing is not None]
     if timed:
         parts = {
-            "sdk_publish": [s.submitted - s.t0 for s in timed],
-            "to_worker": [s.timing.started_at - s.submitted for s in timed],
+            "to_worker": [s.timing.started_at - s.timing.created_at for s in timed],
             "worker_before_provider": [served[s.tag][0] - s.timing.started_at for s in timed],
             "worker_after_provider": [s.timing.finished_at - served[s.tag][1] for s in timed],
             "reply": [s.t1 - s.timing.finished_at for s in timed],
