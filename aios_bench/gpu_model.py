@@ -86,8 +86,8 @@ class BatchedGPU:
             if not self.running and not self.waiting:
                 self._wake.clear()
                 await self._wake.wait()
+                clock = time.monotonic()  # idle time is not caught up; a late step is
             now = time.monotonic()
-            clock = max(clock, now)  # idle time is not caught up
             joining = 0
             while self.waiting and len(self.running) < self.shape.max_batch:
                 seq = self.waiting.popleft()
