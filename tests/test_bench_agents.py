@@ -124,10 +124,11 @@ def test_emulated_requests_carry_their_tag_and_overhead_is_the_wait_minus_the_em
     msgs = prompt("k7-1", 400)
     assert TAG.search(msgs[1]["content"]).group(1) == "k7-1"  # type: ignore[union-attr]
     assert 400 <= prompt_tokens(msgs) <= 420
-    samples = [Sample("a", 0.0, 1.0), Sample("b", 0.5, 2.5), Sample("c", 0.0, 9.0, ok=False)]
-    out = summarize(samples, {"a": [0.1, 0.95], "b": [0.6, 2.48]})
+    samples = [Sample("a-0", 0.0, 1.0), Sample("a-1", 0.5, 2.5), Sample("c-0", 0.0, 9.0, ok=False)]
+    out = summarize(samples, {"a-0": [0.1, 0.95], "a-1": [0.6, 2.48]})
     assert out["calls"] == 3 and out["errors"] == 1 and out["makespan_s"] == 9.0
     assert out["overhead_p50_ms"] == pytest.approx((150 + 120) / 2) and out["avg_wait_s"] == 1.5
+    assert out["overhead_later_p99_ms"] == pytest.approx(120)  # the agents' later calls alone
     assert "parts_ms" not in out  # direct calls have no kernel timing to split
 
 
