@@ -281,13 +281,14 @@ def plot(path: Path, e: dict[str, Any]) -> None:
 
     ns = e["params"]["agents"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for name, style in (("direct", "o--"), ("kernel", "o-")):
+    for name, style, color in (("direct", "o--", "tab:blue"), ("kernel", "o-", "tab:orange")):
         r = [e["results"][name][str(n)] for n in ns]
-        axes[0].plot(ns, [x["makespan_s"] for x in r], style, label=name)
-        axes[1].plot(ns, [x["avg_wait_s"] for x in r], style, label=f"{name} avg")
-        axes[1].plot(ns, [x["p90_wait_s"] for x in r], style, alpha=0.5, label=f"{name} p90")
-        axes[2].plot(ns, [x["overhead_p50_ms"] for x in r], style, label=f"{name} p50")
-        axes[2].plot(ns, [x["overhead_p99_ms"] for x in r], style, alpha=0.5, label=f"{name} p99")
+        axes[0].plot(ns, [x["makespan_s"] for x in r], style, color=color, label=name)
+        axes[1].plot(ns, [x["avg_wait_s"] for x in r], style, color=color, label=f"{name} avg")
+        axes[1].plot(ns, [x["p90_wait_s"] for x in r], style, color=color, alpha=0.4, label=f"{name} p90")
+        axes[2].plot(ns, [x["overhead_p50_ms"] for x in r], style, color=color, label=f"{name} p50")
+        axes[2].plot(ns, [x["overhead_p99_ms"] for x in r], style, color=color, alpha=0.4, label=f"{name} p99")
+    axes[2].set_yscale("log")
     axes[0].plot(ns, [e["ideal_makespan_s"][str(n)] for n in ns], ":", color="gray", label="GPU alone (bound)")
     axes[2].axhline(10, color="red", linestyle=":", label="goal p99 at 2000")
     for ax, title in zip(axes, ("makespan (s)", "wait per call (s)", "overhead per call (ms)"), strict=True):
