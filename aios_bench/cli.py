@@ -188,24 +188,56 @@ def engine(sizes: tuple[int, ...], tokens: int, threads: int, quantize: str, jso
 @bench.command()
 @click.option("--agents", default="8,16,32", show_default=True, callback=_int_list,
               help="Numbers of concurrent agents, comma-separated.")
-@click.option("--steps", default=2, show_default=True, help="LLM + tool syscall pairs per agent script.")
+@click.option("--steps", default=3, show_default=True, help="LLM + tool syscall pairs per agent script.")
 @click.option("--short", "short", default=24, show_default=True, help="max_tokens of a short LLM step.")
 @click.option("--long", "long", default=160, show_default=True, help="max_tokens of a long LLM step (every eighth).")
-@click.option("--batch-size", default=16, show_default=True, help="Sequences decoded together (batching).")
+@click.option("--batch-size", default=16, show_default=True,
+              help="Sequences decoded together (batching), and llama-server's slots (-np).")
 @click.option("--quantum", default=16, show_default=True, help="Time slice in tokens (round robin).")
-@click.option("--threads", default=2, show_default=True, help="llama.cpp threads, for the server and the kernel alike.")
-@click.option("--contenders", default=",".join(("baseline", "fifo", "rr", "batching")), show_default=True)
+@click.option("--threads", default=2, show_default=True, help="llama.cpp threads, for the servers and the kernel alike.")
+@click.option("--contenders", default="baseline,llama_server,fifo,rr,batching", show_default=True)
+@click.option("--single-turn/--no-single-turn", default=True, show_default=True,
+              help="The single-turn workload (--agents x --steps).")
+@click.option("--multi-turn", is_flag=True, help="Also the multi-turn workload: each call carries the whole conversation.")
+@click.option("--multi-turn-agents", default=16, show_default=True)
+@click.option("--multi-turn-steps", default=6, show_default=True)
+@click.option("--multi-turn-contenders", default="llama_server,batching", show_default=True)
+@click.option("--emulated", is_flag=True,
+              help="Also the paper's scale: thousands of agents against an emulated 8B model on one GPU.")
+@click.option("--emulated-agents", default="250,500,1000,2000", show_default=True, callback=_int_list)
+@click.option("--emulated-calls", default=2, show_default=True, help="LLM calls per emulated agent, in turn.")
+@click.option("--emulated-max-tokens", default=256, show_default=True)
+@click.option("--emulated-workers", default=4, show_default=True,
+              help="The kernel's LLM worker processes (their threads together: one per agent).")
+@click.option("--emulated-ramp-s", default=5.0, show_default=True,
+              help="The emulated agents start spread over this many seconds (a load generator's spawn rate).")
+@click.option("--quick", is_flag=True, help="--emulated small: 50 and 100 agents, 2 calls of about 64 tokens, 2 workers.")
+@click.option("--llama-server", "llama_server", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A llama-server binary to use instead of the one built (once) from llama-cpp-python's sdist.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def agents(agents: tuple[int, ...], steps: int, short: int, long: int, batch_size: int, quantum: int, threads: int,
-           contenders: str, json_path: Path | None) -> None:
-    """N concurrent ReAct-style agents: llama.cpp server directly vs the kernel with FIFO, RR, batching."""
+           contenders: str, single_turn: bool, multi_turn: bool, multi_turn_agents: int, multi_turn_steps: int,
+           multi_turn_contenders: str, emulated: bool, emulated_agents: tuple[int, ...], emulated_calls: int,
+           emulated_max_tokens: int, emulated_workers: int, emulated_ramp_s: float, quick: bool, llama_server: Path | None,
+           json_path: Path | None) -> None:
+    """N concurrent ReAct-style agents: llama.cpp's servers directly vs the kernel with FIFO, RR, batching."""
     from aios_bench.agents import run_agents_bench
+    from aios_bench.emulated import QUICK, EmulatedParams
 
+    def names(text: str) -> tuple[str, ...]:
+        return tuple(c.strip() for c in text.split(",") if c.strip())
+
+    scale = None
+    if emulated:
+        scale = QUICK if quick else EmulatedParams(agents=emulated_agents, calls=emulated_calls,
+                                                   max_tokens=emulated_max_tokens, workers=emulated_workers,
+                                                   ramp_s=emulated_ramp_s)
     try:
-        run_agents_bench(get_settings(), agents=list(agents), steps=steps, short=short, long=long, batch_size=batch_size,
-                         quantum=quantum, threads=threads,
-                         contenders=tuple(c.strip() for c in contenders.split(",") if c.strip()),
-                         json_path=json_path)
+        run_agents_bench(get_settings(), agents=list(agents), steps=steps, short=short, long=long,
+                         batch_size=batch_size, quantum=quantum, threads=threads, contenders=names(contenders),
+                         single_turn=single_turn, multi_turn=multi_turn, multi_agents=multi_turn_agents,
+                         multi_steps=multi_turn_steps, multi_contenders=names(multi_turn_contenders),
+                         emulated=scale, llama_server=llama_server, json_path=json_path)
     except AIOSError as exc:
         _fail(exc)
 

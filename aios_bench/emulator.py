@@ -11,8 +11,12 @@ It serves ``POST /v1/chat/completions``, ``GET /v1/models`` and ``GET /stats``:
   deterministic completion of exactly ``max_tokens`` tokens (one word per token) with ``usage``:
   ``prompt_tokens = ceil(len(text of all messages) / 4)``. With ``stream: true`` the same text comes as
   server-sent chunks of four words, after the same service time (``stream_options.include_usage`` honoured).
+  With ``gpu`` (a :class:`~aios_bench.gpu_model.GPUShape`) the service is instead a continuous-batching GPU:
+  requests join a batch of at most ``max_batch``, each step's time set by the batch and the prompts joining.
 - **Counters** (``/stats``): admitted requests, 429s (by limit), tokens, requests in flight, and the time of every
   admission and every 429 (seconds since the emulator started), from which a benchmark measures throughput.
+  A request whose messages contain ``[req TAG]`` is also timed (``served``: TAG -> [arrived, answered], Unix
+  time): a benchmark subtracts the emulator's time from what its agents saw to find its own overhead.
 
 Run in-process on a background thread with :class:`EmulatorThread`, in its own process with
 :class:`EmulatorProcess`, or from a shell::
@@ -26,6 +30,7 @@ import argparse
 import asyncio
 import json
 import math
+import re
 import socket
 import subprocess
 import sys
@@ -42,8 +47,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from aios_bench.gpu_model import BatchedGPU, GPUShape
+
 DEFAULT_MODEL = "emulated"
 DEFAULT_MAX_TOKENS = 16
+TAG = re.compile(r"\[req ([\w.:-]{1,64})\]")
 WORDS = ("lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit")
 
 
@@ -133,6 +141,7 @@ class Counters:
     admitted_at: list[float] = field(default_factory=list)
     admitted_tokens: list[int] = field(default_factory=list)
     rejected_at: list[float] = field(default_factory=list)
+    served: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 def openai_error(status: int, message: str, type_: str, code: str | None, param: str | None = None,
@@ -145,11 +154,12 @@ class Emulator:
     """The provider: its limiter, counters and the Starlette app that serves them."""
 
     def __init__(self, *, rpm: int | None = None, tpm: int | None = None, window_s: float = 60.0,
-                 service_s: float = 0.0, model: str = DEFAULT_MODEL) -> None:
+                 service_s: float = 0.0, model: str = DEFAULT_MODEL, gpu: GPUShape | None = None) -> None:
         if service_s < 0:
             raise ValueError(f"service time must not be negative (got {service_s})")
         self.limiter = SlidingWindowLimiter(rpm, tpm, window_s)
         self.service_s = service_s
+        self.gpu = BatchedGPU(gpu) if gpu is not None else None
         self.model = model
         self.counters = Counters()
         self.started = time.monotonic()
@@ -165,7 +175,8 @@ class Emulator:
 
     def limits(self) -> dict[str, Any]:
         return {"rpm": self.limiter.rpm, "tpm": self.limiter.tpm, "window_s": self.limiter.window_s,
-                "service_s": self.service_s, "model": self.model}
+                "service_s": self.service_s, "model": self.model,
+                "gpu": None if self.gpu is None else vars(self.gpu.shape)}
 
     def stats(self) -> dict[str, Any]:
         c = self.counters
@@ -174,7 +185,9 @@ class Emulator:
                 "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
                 "in_flight": c.in_flight, "max_in_flight": c.max_in_flight, "uptime_s": self.clock(),
                 "limits": self.limits(), "admitted_at": list(c.admitted_at),
-                "admitted_tokens": list(c.admitted_tokens), "rejected_at": list(c.rejected_at)}
+                "admitted_tokens": list(c.admitted_tokens), "rejected_at": list(c.rejected_at),
+                "served": dict(c.served), "gpu_steps": None if self.gpu is None else self.gpu.steps,
+                "gpu_max_running": None if self.gpu is None else self.gpu.max_running}
 
     def _rate_headers(self, now: float) -> dict[str, str]:
         used_requests, used_tokens = self.limiter.used(now)
@@ -214,6 +227,7 @@ class Emulator:
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             return openai_error(400, f"'max_tokens' must be a positive integer (got {max_tokens!r})",
                                 "invalid_request_error", None, "max_tokens")
+        arrived = time.time()
         n_prompt = prompt_tokens(messages)
         now = self.clock()
         decision = self.limiter.admit(now, n_prompt + max_tokens)
@@ -234,10 +248,14 @@ class Emulator:
         c.max_in_flight = max(c.max_in_flight, c.in_flight)
         headers = self._rate_headers(now)
         try:
-            if self.service_s:
+            if self.gpu is not None:
+                await self.gpu.serve(n_prompt, max_tokens)
+            elif self.service_s:
                 await asyncio.sleep(self.service_s)
         finally:
             c.in_flight -= 1
+        if tag := TAG.search(message_text(messages)):
+            c.served[tag.group(1)] = (arrived, time.time())
         self._ids += 1
         if body.get("stream"):
             return StreamingResponse(self._chunks(f"chatcmpl-emu-{self._ids}", max_tokens, n_prompt,
@@ -353,10 +371,12 @@ class EmulatorProcess:
     """The emulator in a child process (so that the load a benchmark puts on its own process cannot slow it)."""
 
     def __init__(self, *, rpm: int | None = None, tpm: int | None = None, window_s: float = 60.0,
-                 service_s: float = 0.0, model: str = DEFAULT_MODEL) -> None:
+                 service_s: float = 0.0, model: str = DEFAULT_MODEL, gpu: GPUShape | None = None) -> None:
         Emulator(rpm=rpm, tpm=tpm, window_s=window_s, service_s=service_s, model=model)  # bad options fail here
         self.argv = [sys.executable, "-m", "aios_bench.emulator", "--window-s", str(window_s), "--service-ms",
                      str(service_s * 1000), "--model", model, "--port", "0"]
+        if gpu is not None:
+            self.argv += ["--gpu", json.dumps(vars(gpu))]
         if rpm is not None:
             self.argv += ["--rpm", str(rpm)]
         if tpm is not None:
@@ -407,14 +427,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--window-s", type=float, default=60.0, help="sliding window length (default 60: per minute)")
     parser.add_argument("--service-ms", type=float, default=0.0, help="service time of each request (default 0)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model name it serves (default {DEFAULT_MODEL})")
+    parser.add_argument("--gpu", default=None, help='a batched GPU service instead of --service-ms: JSON of '
+                        'aios_bench.gpu_model.GPUShape fields, e.g. {"max_batch": 256} ({} for the defaults)')
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed at start)")
     args = parser.parse_args(argv)
     try:
+        gpu = None if args.gpu is None else GPUShape(**json.loads(args.gpu))
         emulator = Emulator(rpm=args.rpm, tpm=args.tpm, window_s=args.window_s, service_s=args.service_ms / 1000,
-                            model=args.model)
+                            model=args.model, gpu=gpu)
         sock = _bound_socket(args.host, args.port)
-    except (ValueError, OSError) as exc:
+    except (ValueError, TypeError, OSError) as exc:
         parser.error(str(exc))
     host, port = sock.getsockname()[:2]
     print(f"listening on http://{host}:{port}", flush=True)
