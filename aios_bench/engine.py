@@ -61,7 +61,7 @@ def measure(label: str, path: Path, sizes: list[int], tokens: int, threads: int,
         task = progress.add_task(f"{label} B={b}", total=2 * b)
         prompts = [llama.tokenize(f"<|im_start|>user\nAgent {i}: write a detailed story about {TOPICS[i % 8]}."
                                   "<|im_end|>\n<|im_start|>assistant\n".encode(), special=True) for i in range(b)]
-        engine = BatchEngine(llama, n_ctx=tokens + 64, n_seq=b, n_threads=threads, prefix_cache=False)
+        engine = BatchEngine(llama, n_ctx=tokens + 64, n_seq=b, n_threads=threads)
         try:
             engine.submit(Request(prompt=prompts[0], max_tokens=4)).result()  # warm-up
             t0 = time.perf_counter()

@@ -104,7 +104,8 @@ class LlamaCppBackend:
         self._formatter = chat_formatter(self._llama)
         self._grammars: dict[str, Any] = {}
         self.engine = BatchEngine(self._llama, n_ctx=settings.llm.n_ctx, n_seq=settings.llm.batch_size,
-                                  n_threads=settings.llm.n_threads, prefix_cache=settings.llm.prefix_cache)
+                                  n_threads=settings.llm.n_threads,
+                                  cache_bytes=settings.llm.kv_cache_mb * 2**20 if settings.llm.prefix_cache else 0)
         self.engine.keep_state = settings.llm.snapshot_kv
 
     def _should_yield(self) -> bool:
@@ -139,7 +140,7 @@ class LlamaCppBackend:
                       temperature=syscall.temperature, seed=SEED,
                       grammar=self._grammar(schema) if schema is not None else None,
                       resume=list(snapshot.tokens) if snapshot else [], state=snapshot.state if snapshot else None,
-                      quantum=self.quantum, should_yield=self._should_yield)
+                      quantum=self.quantum, should_yield=self._should_yield, agent=syscall.agent_id)
         gen = self.engine.submit(req).result()
         if gen.finish_reason == "preempted":
             raise Preempted(Snapshot(self.name, self.model_name, tokens=gen.tokens, state=gen.state,
