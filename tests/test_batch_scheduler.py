@@ -8,6 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from aios.services.llm.batch_scheduler import (
+    MAX_CHUNK,
     MIN_PREFIX,
     Admit,
     BatchScheduler,
@@ -150,16 +151,16 @@ def test_an_ended_conversation_keeps_its_cells_and_the_next_turn_starts_from_the
     result = s.update([Sampled(c.rid, 8) for c in s.schedule().decode])  # 3 tokens: 7, 7, 8: max_tokens
     (done,) = result.finished
     assert outs and done.status == Status.FINISHED_LENGTH and done.tokens == (7, 7, 8)
-    assert done.cells == tuple(range(100, 120)) + (7, 7)  # the last token was sampled, never decoded
+    assert done.cells == tuple(range(100, 120))  # its prompt's: the reply's are prefilled with the next turn
     data = keep(s, done)
     # Its agent's next call carries the conversation so far and a new turn: only the new tokens are prefilled.
-    turn = s.add(Request(prompt=list(done.cells) + [8, 1, 2, 3], max_tokens=5))
+    turn = s.add(Request(prompt=list(done.cells) + [7, 7, 8, 1, 2, 3], max_tokens=5))
     same = s.add(req(20))  # a prompt wholly cached: its last token is evaluated again, for the logits
     few = s.add(Request(prompt=list(range(100, 100 + MIN_PREFIX - 1)) + [1, 2], max_tokens=5))
     plan = s.schedule()
-    assert plan.admitted == (Admit(turn, 0, data, 22), Admit(same, 1, data, 19), Admit(few, 2))
+    assert plan.admitted == (Admit(turn, 0, data, 20), Admit(same, 1, data, 19), Admit(few, 2))
     assert {c.rid: (c.pos, c.tokens) for c in plan.prefill} == {
-        turn: (22, (8, 1, 2, 3)), same: (19, (119,)), few: (0, tuple(range(100, 115)) + (1, 2))}
+        turn: (20, (7, 7, 8, 1, 2, 3)), same: (19, (119,)), few: (0, tuple(range(100, 115)) + (1, 2))}
     off = sched(cache_bytes=0)
     a = off.add(req(20))
     step(off)
@@ -193,12 +194,15 @@ def test_a_suspended_generation_resumes_from_the_cache_when_its_snapshot_has_tok
     step(s), step(s)  # the prompt, then a token: two tokens generated, a time slice's worth
     (done,) = s.schedule().preempted
     assert done.status == Status.FINISHED_PREEMPTED and done.tokens == (7, 7) and done.keep
-    assert done.cells == tuple(range(100, 120)) + (7,)
+    assert done.cells == tuple(range(100, 120))
     data = keep(s, done)
     again = s.add(req(20, resume=list(done.tokens)))
     plan = s.schedule()
-    assert plan.admitted == (Admit(again, 0, data, 21),) and plan.prefill == ()
-    assert [(c.pos, c.tokens, c.logits, c.sample_index) for c in plan.decode] == [(21, (7,), True, 2)]
+    assert plan.admitted == (Admit(again, 0, data, 20),) and plan.prefill == ()
+    s.update([])  # its first token decoded again, nothing to sample yet
+    steps = [plan, step(s)]
+    assert [(c.pos, c.tokens, c.logits, c.sample_index) for p in steps for c in p.decode] == [
+        (20, (7,), False, 2), (21, (7,), True, 2)]  # its tokens decoded again one by one, as first decoded
     assert r not in s
 
 
@@ -258,3 +262,14 @@ def test_status_is_ordered_and_budgets_are_checked() -> None:
         Budget(n_seq=8, n_ctx=64, n_batch=4)
     with pytest.raises(ValueError):
         Budget(n_seq=0, n_ctx=64, n_batch=4)
+
+
+def test_a_long_prompt_is_prefilled_in_pieces_below_the_attention_tile() -> None:
+    """A prompt's cells must not depend on where it is cut (the cache cuts it where the last call ended): every
+    piece stays below llama.cpp's flash-attention tile, however much room the step has."""
+    s = sched(n_seq=2, n_batch=512)
+    a = s.add(req(150))
+    plan = s.schedule()
+    assert [(c.rid, c.pos, len(c.tokens)) for c in plan.prefill] == [(a, 0, MAX_CHUNK)]
+    s.update([])
+    assert [(c.pos, len(c.tokens)) for c in s.schedule().prefill] == [(MAX_CHUNK, MAX_CHUNK)]

@@ -29,6 +29,12 @@ MIN_PREFIX = 16
 """Shortest cached prefix worth loading: a load copies the cached sequence's cells (all of them, then trims),
 which costs about what prefilling a few tokens costs on a CPU."""
 
+MAX_CHUNK = 63
+"""Most prompt tokens of one sequence in one step. llama.cpp's CPU flash attention takes a tiled path for 64 query
+rows or more (``GGML_FA_TILE_Q``) and a row-by-row path below, and the two round differently: a prompt evaluated in
+one long chunk gets other cells than the same tokens evaluated in pieces (from the cache, after a snapshot).
+Below the tile, every row is computed alike however the prompt is cut, so the cells do not depend on the cut."""
+
 
 @dataclass
 class Request:
@@ -120,8 +126,8 @@ class Chunk:
 
 @dataclass(frozen=True)
 class Finished:
-    """A sequence that left its slot: every token it generated, and why (``status``); ``keep``: save its KV cells
-    (those of ``cells``, prompt then generated tokens) in the cache before the slot is emptied."""
+    """A sequence that left its slot: every token it generated, and why (``status``); ``keep``: save the KV cells
+    of its prompt (those of ``cells``) in the cache before the slot is emptied."""
 
     rid: int
     slot: int
@@ -361,7 +367,7 @@ class BatchScheduler:
         room = self.budget.n_batch - len(decode)
         prefill: list[Chunk] = []
         for s in self._running:
-            take = min(len(s.feed), room)
+            take = min(len(s.feed), room, MAX_CHUNK)
             if take > 0:
                 last = take == len(s.feed) and not s.replay
                 prefill.append(Chunk(s.rid, s.slot, s.pos, tuple(s.feed[:take]), last, len(s.generated)))
@@ -382,6 +388,9 @@ class BatchScheduler:
             raise ValueError(f"request {s.rid} already finished ({s.status.name})")
         was_running, s.status = s.status == Status.RUNNING, status
         del self._by_rid[s.rid]
-        cells = tuple((s.req.prompt + s.generated)[:s.pos]) if was_running else ()
+        # Prompt cells only: a generated token's cells were computed by a one-row decode, which llama.cpp's CPU
+        # flash attention splits across threads past 512 cells; the next call prefills that reply as prompt
+        # tokens, and those cells must be what prefilling computes.
+        cells = tuple(s.req.prompt[:min(s.pos, len(s.req.prompt))]) if was_running else ()
         keep = self.prefix_cache and status != Status.FINISHED_ABORTED and len(cells) >= MIN_PREFIX
         return Finished(s.rid, s.slot, status, tuple(s.generated), len(s.req.prompt), cells, keep)

@@ -31,7 +31,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from aios.services.llm.kv_cache import RadixCache
 from aios.services.llm.batch_scheduler import (
     MIN_PREFIX,
     Admit,
@@ -44,6 +43,7 @@ from aios.services.llm.batch_scheduler import (
     Status,
     StepPlan,
 )
+from aios.services.llm.kv_cache import RadixCache
 from aios.wire.errors import BackendError
 
 __all__ = ["MIN_PREFIX", "BatchEngine", "Generation", "Request", "token_seed"]
@@ -329,14 +329,14 @@ class BatchEngine:
         lc.llama_sampler_chain_add(live.sampler, lc.llama_sampler_init_dist(token_seed(live.req.seed, index)))
 
     def _release(self, done: Finished) -> None:
-        """Free a sequence's slot; its cells go to the cache (``keep``) and, when it was suspended, to the snapshot
-        (``keep_state``): one state, two holders."""
+        """Free a sequence's slot: when it was suspended, its state goes to the snapshot (``keep_state``), and its
+        prompt's cells to the cache (``keep``); one state, written out the same way for both."""
         live = self._live[done.rid]
-        preempted = done.status == Status.FINISHED_PREEMPTED and self.keep_state
-        data = self._save(done.slot) if done.keep or preempted else None
-        if done.keep and data is not None and self._sched.cache.insert(done.cells, live.req.agent, data):
-            self.agents_held = frozenset(self._sched.cache.agents())
-        state = data if preempted else None
+        state = self._save(done.slot) if done.status == Status.FINISHED_PREEMPTED and self.keep_state else None
+        if done.keep:
+            self._lc.llama_memory_seq_rm(self._mem, done.slot, len(done.cells), -1)  # its prompt's cells only
+            if self._sched.cache.insert(done.cells, live.req.agent, self._save(done.slot)):
+                self.agents_held = frozenset(self._sched.cache.agents())
         self._lc.llama_memory_seq_rm(self._mem, done.slot, -1, -1)
         del self._live[done.rid]
         self._lc.llama_sampler_free(live.sampler)

@@ -37,7 +37,7 @@ from aios.services.llm.output import (  # noqa: F401  (re-exported: the backends
     tool_call_schema,
     tool_instruction,
 )
-from aios.services.llm.weights import load_llama
+from aios.services.llm.weights import load_llama, serving_path
 from aios.settings import Settings
 from aios.state.context import Preempted, Snapshot
 from aios.wire.errors import AIOSError, BackendError, ConfigError, InvalidSyscall
@@ -87,7 +87,11 @@ class LlamaCppBackend:
         path = Path(settings.llm.model) if settings.llm.model else default_model_path()
         if not path.is_file():
             raise ConfigError(f"GGUF model {str(path)!r} not found; set AIOS_LLM_MODEL to a GGUF file path")
+        source, path = path, serving_path(path, settings.llm.requantize, bundled=not settings.llm.model,
+                                          cache_dir=settings.data_dir / "models")
         self.model_name = path.name
+        self._names = {None, path.name, path.stem, source.name, source.stem}
+        """What a syscall's ``model`` may say for this model (the file converted from, too)."""
         self.core = settings.llm.core
         """The AIOS_LLM_MODELS core this backend serves (a syscall may name it), or None for the default core."""
         self.n_ctx = settings.llm.n_ctx
@@ -122,7 +126,7 @@ class LlamaCppBackend:
         return self._grammars[key]
 
     def chat(self, syscall: LLMSyscall, snapshot: Snapshot | None = None) -> dict[str, Any]:
-        if syscall.model not in (None, self.model_name, Path(self.model_name).stem, self.core):
+        if syscall.model not in self._names and syscall.model != self.core:
             raise ConfigError(f"this LLM worker serves {self.model_name!r}, not {syscall.model!r}: leave model unset "
                               "or point AIOS_LLM_MODEL at that GGUF file")
         schema, instruction = prepare(syscall)
