@@ -239,9 +239,11 @@ class LLMSettings(BaseModel):
     """Time slice of one LLM syscall in generated tokens; when it expires and other LLM syscalls wait, the
     generation is suspended (snapshot in Redis) and requeued at its priority. 0: never preempt."""
     requantize: Literal["auto", "off", "q8_0", "q4_0"] = "auto"
-    """llama.cpp: serve the model converted to this weight type (once, cached in ``<data_dir>/models``).
+    """llama.cpp: serve the model converted to this weight type (once, cached in ``llm_weights_dir``).
     ``auto``: the bundled SmolLM2 (Q4_1) as Q8_0, which batches about 1.6x faster on a CPU (docs/benchmarks.md),
     and a GGUF named by ``llm_model`` as it is; ``off``: every model as it is."""
+    weights_dir: Path = Field(default_factory=lambda: Path(os.path.expanduser("~/.cache/aios/models")))
+    """Where converted weights are cached: derived from the model file alone, so shared by every data dir."""
     cpu_repack: Literal["auto", "on", "off"] = "auto"
     """llama.cpp: use its repacked CPU kernels (AMX and the like). ``auto``: yes, except when llama.cpp was built
     with AMX and runs under a hypervisor, where they crash (see :mod:`aios.services.llm.weights`)."""
@@ -527,6 +529,7 @@ FLAT: dict[str, tuple[str, str]] = {
     "llm_prefix_cache": ("llm", "prefix_cache"),
     "llm_kv_cache_mb": ("llm", "kv_cache_mb"),
     "llm_requantize": ("llm", "requantize"),
+    "llm_weights_dir": ("llm", "weights_dir"),
     "llm_snapshot_kv": ("llm", "snapshot_kv"),
     "llm_chat_template": ("llm", "chat_template"),
     "llm_cpu_repack": ("llm", "cpu_repack"),

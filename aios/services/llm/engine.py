@@ -11,6 +11,11 @@ own logits with its own sampler chain (greedy, or temperature + seeded dist; beh
 output). Requests join and leave between steps. Greedy output is the same, bit for bit, batched or alone (flash
 attention and one KV stream per sequence; see ``__init__``).
 
+When a request ends, the KV cells of its prompt are written out (``llama_state_seq_get_data``) into the
+conversation cache (:mod:`aios.services.llm.kv_cache`); a later request whose tokens share a long enough prefix
+with a cached entry (its agent's last call, a shared system prompt) starts from those cells
+(``llama_state_seq_set_data``, then the cells past the shared prefix removed) and prefills only the rest.
+
 A request may carry a quantum (tokens per time slice) and a ``should_yield`` callable: once it has generated a
 quantum of tokens in this slice and ``should_yield()`` is true, it is suspended and its future resolves with
 ``finish_reason="preempted"`` and every token generated so far. Submitting the same prompt with those tokens as

@@ -88,7 +88,7 @@ class LlamaCppBackend:
         if not path.is_file():
             raise ConfigError(f"GGUF model {str(path)!r} not found; set AIOS_LLM_MODEL to a GGUF file path")
         source, path = path, serving_path(path, settings.llm.requantize, bundled=not settings.llm.model,
-                                          cache_dir=settings.data_dir / "models")
+                                          cache_dir=settings.llm.weights_dir)
         self.model_name = path.name
         self._names = {None, path.name, path.stem, source.name, source.stem}
         """What a syscall's ``model`` may say for this model (the file converted from, too)."""

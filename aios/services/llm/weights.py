@@ -13,8 +13,8 @@ the repacked kernels anyway, ``off`` never uses them.
 Weights that batch: how much continuous batching gains on a CPU depends on whether llama.cpp has a batched matrix
 kernel for the weights' type. The bundled SmolLM2 file is Q4_1, which batches about 2x at 16-32 sequences where
 Q8_0 batches about 3x (``aios bench engine``, docs/benchmarks.md). So by default (``AIOS_LLM_REQUANTIZE=auto``)
-the bundled model is served as Q8_0, converted once with ``llama_model_quantize`` and cached in
-``<data_dir>/models``: Q8_0 holds each Q4_1 weight to within 1/254 of its block's largest, so answers change
+the bundled model is served as Q8_0, converted once with ``llama_model_quantize`` (seconds) and cached in
+``AIOS_LLM_WEIGHTS_DIR``: Q8_0 holds each Q4_1 weight to within 1/254 of its block's largest, so answers change
 only as much as that rounding does (measured there). A GGUF named by ``AIOS_LLM_MODEL`` is served as it is,
 unless ``AIOS_LLM_REQUANTIZE`` names a type.
 """
