@@ -242,8 +242,9 @@ class LLMSettings(BaseModel):
     """llama.cpp: serve the model converted to this weight type (once, cached in ``llm_weights_dir``).
     ``auto``: the bundled SmolLM2 (Q4_1) as Q8_0, which batches about 1.6x faster on a CPU (docs/benchmarks.md),
     and a GGUF named by ``llm_model`` as it is; ``off``: every model as it is."""
-    weights_dir: Path = Field(default_factory=lambda: Path(os.path.expanduser("~/.cache/aios/models")))
-    """Where converted weights are cached: derived from the model file alone, so shared by every data dir."""
+    weights_dir: Path | None = None
+    """Where converted weights are cached (unset: ``~/.cache/aios/models``): derived from the model file alone, so
+    shared by every data dir."""
     cpu_repack: Literal["auto", "on", "off"] = "auto"
     """llama.cpp: use its repacked CPU kernels (AMX and the like). ``auto``: yes, except when llama.cpp was built
     with AMX and runs under a hypervisor, where they crash (see :mod:`aios.services.llm.weights`)."""

@@ -37,7 +37,7 @@ from aios.services.llm.output import (  # noqa: F401  (re-exported: the backends
     tool_call_schema,
     tool_instruction,
 )
-from aios.services.llm.weights import load_llama, serving_path
+from aios.services.llm.weights import WEIGHTS_DIR, load_llama, serving_path
 from aios.settings import Settings
 from aios.state.context import Preempted, Snapshot
 from aios.wire.errors import AIOSError, BackendError, ConfigError, InvalidSyscall
@@ -88,7 +88,7 @@ class LlamaCppBackend:
         if not path.is_file():
             raise ConfigError(f"GGUF model {str(path)!r} not found; set AIOS_LLM_MODEL to a GGUF file path")
         source, path = path, serving_path(path, settings.llm.requantize, bundled=not settings.llm.model,
-                                          cache_dir=settings.llm.weights_dir)
+                                          cache_dir=settings.llm.weights_dir or WEIGHTS_DIR)
         self.model_name = path.name
         self._names = {None, path.name, path.stem, source.name, source.stem}
         """What a syscall's ``model`` may say for this model (the file converted from, too)."""

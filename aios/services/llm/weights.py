@@ -36,6 +36,8 @@ Repack = Literal["auto", "on", "off"]
 Requantize = Literal["auto", "off", "q8_0", "q4_0"]
 FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_1": "LLAMA_FTYPE_MOSTLY_Q4_1",
           "f16": "LLAMA_FTYPE_MOSTLY_F16"}
+WEIGHTS_DIR = Path.home() / ".cache" / "aios" / "models"
+"""Where converted weights are cached unless ``AIOS_LLM_WEIGHTS_DIR`` says otherwise."""
 AUTO_TYPE = "q8_0"
 """What ``auto`` serves the bundled model as: measured in docs/benchmarks.md (engine), nearly lossless from Q4_1."""
 
