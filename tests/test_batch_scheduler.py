@@ -87,8 +87,8 @@ def test_prefill_is_chunked_within_the_token_budget_after_the_decode_tokens() ->
         assert p.n_tokens <= 8 and p.decode[0].rid == a and all(len(x.tokens) == 1 for x in p.decode)
     assert [[(x.rid, x.pos, len(x.tokens), x.logits) for x in p.prefill] for p in plans] == [
         [(b, 0, 7, False)],  # 8 - 1 decode token
-        [(b, 7, 3, True), (c, 0, 4, False)],  # b's prompt done: its logits; c gets the rest
-        [(c, 4, 1, True)]]
+        [(b, 7, 3, True), (c, 0, 3, False)],  # b's prompt done: its logits; c gets 3 (4 would end alone)
+        [(c, 3, 1, False)]]  # 2 beside two decode tokens would end alone too
     assert plans[1].prefill[0].tokens == tuple(range(207, 210))
     assert [x.rid for x in plans[2].decode] == [a, b]  # b decodes from the step after its prompt is done
     assert [x.pos for x in plans[2].decode] == [5, 10]
@@ -273,3 +273,22 @@ def test_a_long_prompt_is_prefilled_in_pieces_below_the_attention_tile() -> None
     assert [(c.rid, c.pos, len(c.tokens)) for c in plan.prefill] == [(a, 0, MAX_CHUNK)]
     s.update([])
     assert [(c.pos, len(c.tokens)) for c in s.schedule().prefill] == [(MAX_CHUNK, MAX_CHUNK)]
+
+
+def test_no_prompt_chunk_leaves_its_last_token_alone_in_a_ubatch() -> None:
+    """llama.cpp evaluates as many tokens of every sequence per ubatch: a chunk one token longer than all others
+    would end in a ubatch of its own last token (LONE_ROW); it is cut one token shorter instead."""
+    s = sched(n_seq=3, n_batch=512)
+    a = s.add(req(5, max_tokens=9))
+    step(s)
+    b = s.add(req(3, start=300))
+    plan = s.schedule()  # beside a's decode token: b's 3 prompt tokens end in a ubatch of 2, not alone
+    assert {c.rid: len(c.tokens) for c in (*plan.decode, *plan.prefill)} == {a: 1, b: 3}
+    s.update([Sampled(a, 7), Sampled(b, 7)])
+    s.add(req(2, start=400))
+    plan = s.schedule()  # but 2 would: 1 beside the others, then 1 alone; it takes 1
+    assert sorted(len(c.tokens) for c in (*plan.decode, *plan.prefill)) == [1, 1, 1]
+    c = sched(n_seq=2, n_batch=512)
+    x, y = c.add(req(31)), c.add(req(30, start=300))
+    plan = c.schedule()
+    assert {ch.rid: (len(ch.tokens), ch.logits) for ch in plan.prefill} == {x: (30, False), y: (30, True)}

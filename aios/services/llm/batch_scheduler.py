@@ -29,6 +29,11 @@ MIN_PREFIX = 16
 """Shortest cached prefix worth loading: a load copies the cached sequence's cells (all of them, then trims),
 which costs about what prefilling a few tokens costs on a CPU."""
 
+LONE_ROW = "one token of one sequence in a llama.cpp ubatch"
+"""Past 512 KV cells, llama.cpp's CPU flash attention splits such a row's cells across threads and rounds
+otherwise than for the same row beside others: the scheduler never cuts a prompt so that its last token ends alone,
+and the runner pads a step of one token with a token in a free slot."""
+
 MAX_CHUNK = 63
 """Most prompt tokens of one sequence in one step. llama.cpp's CPU flash attention takes a tiled path for 64 query
 rows or more (``GGML_FA_TILE_Q``) and a row-by-row path below, and the two round differently: a prompt evaluated in
@@ -372,6 +377,12 @@ class BatchScheduler:
                 last = take == len(s.feed) and not s.replay
                 prefill.append(Chunk(s.rid, s.slot, s.pos, tuple(s.feed[:take]), last, len(s.generated)))
                 room -= take
+        counts = sorted([1] * len(decode) + [len(c.tokens) for c in prefill], reverse=True)
+        if len(counts) >= 2 and counts[0] == counts[1] + 1 >= 2:
+            # llama.cpp cuts a batch into ubatches of as many tokens from every sequence, so the longest chunk's
+            # last token would be evaluated alone; one token fewer, and it ends beside another (see LONE_ROW).
+            i = next(i for i, c in enumerate(prefill) if len(c.tokens) == counts[0])
+            prefill[i] = replace(prefill[i], tokens=prefill[i].tokens[:-1], logits=False)
         return replace(plan, decode=decode, prefill=tuple(prefill))
 
     def _free_slot(self, slot: int) -> None:

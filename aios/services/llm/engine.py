@@ -139,6 +139,7 @@ class BatchEngine:
         self.agents_held: frozenset[str] = frozenset()
         """The agents whose conversations the cache holds (read by other threads: replaced, never changed)."""
         self.keep_state = True
+        self._pad: int | None = None  # the free slot padding the last step, emptied after it
         self.max_active = 0
         self._thread = threading.Thread(target=self._run, name="aios-llm-engine", daemon=True)
         self._thread.start()
@@ -243,6 +244,8 @@ class BatchEngine:
         if self._batch.n_tokens == 0:
             return
         rc = self._lc.llama_decode(self._ctx, self._batch)
+        if self._pad is not None:
+            self._lc.llama_memory_seq_rm(self._mem, self._pad, -1, -1)
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc} (no room in the KV cache?)")
         self.steps += 1
@@ -266,6 +269,12 @@ class BatchEngine:
             if chunk.logits:
                 sample.append((chunk, n - 1))
         self.prefilled += sum(len(c.tokens) for c in plan.prefill)
+        self._pad = None
+        if n == 1 and self._free:  # LONE_ROW: a token in the next free slot, so that this one is not alone
+            self._pad = self._free[-1]
+            b.token[1], b.pos[1], b.n_seq_id[1], b.logits[1] = b.token[0], 0, 1, False
+            b.seq_id[1][0] = self._pad
+            n = 2
         b.n_tokens = n
         return sample
 
