@@ -253,17 +253,27 @@ class LLMSettings(BaseModel):
     a continuation would be penalised differently from an uninterrupted run."""
     batch_size: int = Field(default=4, ge=1, le=64)
     """llama.cpp: sequences decoded together in one context, and the LLM worker's thread count (so that it keeps
-    taking syscalls while it decodes). KV memory grows with ``llm_n_ctx * (llm_batch_size + 1)`` (one more stream
-    for the prefix cache)."""
+    taking syscalls while it decodes). KV memory grows with ``llm_n_ctx * llm_batch_size``."""
     quantum_tokens: int = Field(default=0, ge=0)
     """Time slice of one LLM syscall in generated tokens; when it expires and other LLM syscalls wait, the
     generation is suspended (snapshot in Redis) and requeued at its priority. 0: never preempt."""
+    requantize: Literal["auto", "off", "q8_0", "q4_0"] = "auto"
+    """llama.cpp: serve the model converted to this weight type (once, cached in ``llm_weights_dir``).
+    ``auto``: the bundled SmolLM2 (Q4_1) as Q8_0, which batches about 1.6x faster on a CPU (docs/benchmarks.md),
+    and a GGUF named by ``llm_model`` as it is; ``off``: every model as it is."""
+    weights_dir: Path | None = None
+    """Where converted weights are cached (unset: ``~/.cache/aios/models``): derived from the model file alone, so
+    shared by every data dir."""
     cpu_repack: Literal["auto", "on", "off"] = "auto"
     """llama.cpp: use its repacked CPU kernels (AMX and the like). ``auto``: yes, except when llama.cpp was built
     with AMX and runs under a hypervisor, where they crash (see :mod:`aios.services.llm.weights`)."""
     prefix_cache: bool = True
-    """llama.cpp: keep the KV cells of the last prompt prefilled and start a new syscall from the prefix it shares
-    with it (agents share system prompts), when that is at least 16 tokens. Output is unchanged."""
+    """llama.cpp: keep each finished (or suspended) syscall's KV cells, prompt and output, in the conversation
+    cache, and start a new syscall from the longest prefix it shares with a cached one (its agent's earlier turn,
+    a system prompt), when that is at least 16 tokens: only the rest is prefilled. Output is unchanged."""
+    kv_cache_mb: int = Field(default=512, ge=0)
+    """llama.cpp: host memory for the conversation cache, in MiB (about 23 KB a token for SmolLM2-135M); the
+    least recently used conversations are dropped past it. 0: no cache."""
     snapshot_kv: bool = True
     """llama.cpp: store the sequence's KV state in the snapshot (resumes without recomputing; about 23 KB a
     token for SmolLM2-135M). Off: tokens only, recomputed on resume."""
@@ -565,6 +575,9 @@ FLAT: dict[str, tuple[str, str]] = {
     "llm_batch_size": ("llm", "batch_size"),
     "llm_quantum_tokens": ("llm", "quantum_tokens"),
     "llm_prefix_cache": ("llm", "prefix_cache"),
+    "llm_kv_cache_mb": ("llm", "kv_cache_mb"),
+    "llm_requantize": ("llm", "requantize"),
+    "llm_weights_dir": ("llm", "weights_dir"),
     "llm_snapshot_kv": ("llm", "snapshot_kv"),
     "llm_checkpoint_tokens": ("llm", "checkpoint_tokens"),
     "llm_chat_template": ("llm", "chat_template"),

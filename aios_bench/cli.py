@@ -186,6 +186,26 @@ def engine(sizes: tuple[int, ...], tokens: int, threads: int, quantize: str, jso
 
 
 @bench.command()
+@click.option("--agents", default=16, show_default=True, help="Concurrent agents.")
+@click.option("--steps", default=6, show_default=True, help="LLM calls per agent, each with the whole conversation.")
+@click.option("--tokens", default=32, show_default=True, help="Tokens generated per call (greedy).")
+@click.option("--threads", default=2, show_default=True, help="llama.cpp threads.")
+@click.option("--batch", default=16, show_default=True, help="Engine sequence slots (AIOS_LLM_BATCH_SIZE).")
+@click.option("--requantize", default="auto", show_default=True, help="AIOS_LLM_REQUANTIZE for both contenders.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def conversations(agents: int, steps: int, tokens: int, threads: int, batch: int, requantize: str,
+                  json_path: Path | None) -> None:
+    """Multi-turn agents on the engine, without and with the conversation cache: makespan, prefill saved."""
+    from aios_bench.conversations import run_conversations_bench
+
+    try:
+        run_conversations_bench(agents=agents, steps=steps, tokens=tokens, threads=threads, batch=batch,
+                                requantize=requantize, data_dir=Path(get_settings().data_dir), json_path=json_path)
+    except AIOSError as exc:
+        _fail(exc)
+
+
+@bench.command()
 @click.option("--agents", default="8,16,32", show_default=True, callback=_int_list,
               help="Numbers of concurrent agents, comma-separated.")
 @click.option("--steps", default=3, show_default=True, help="LLM + tool syscall pairs per agent script.")

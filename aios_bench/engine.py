@@ -12,7 +12,6 @@ copies of the model converted with ``llama_model_quantize`` (e.g. ``q8_0,q4_0``)
 
 from __future__ import annotations
 
-import ctypes
 import time
 from pathlib import Path
 from typing import Any
@@ -22,35 +21,11 @@ from rich.table import Table
 
 from aios.services.llm.engine import BatchEngine, Request
 from aios.services.llm.service import default_model_path
-from aios.services.llm.weights import load_llama
+from aios.services.llm.weights import FTYPES, load_llama, quantized
 from aios.wire.errors import ConfigError
 from aios_bench.common import consoles, machine, progress_bars, save
 
 TOPICS = ("a cat", "the sea", "a robot", "Paris", "a dragon", "the moon", "a train", "a lost map")
-FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_1": "LLAMA_FTYPE_MOSTLY_Q4_1",
-          "f16": "LLAMA_FTYPE_MOSTLY_F16"}
-
-
-def quantized(src: Path, kind: str, out_dir: Path) -> Path:
-    """``src`` converted to ``kind`` (cached in ``out_dir``)."""
-    import llama_cpp
-    from llama_cpp._utils import suppress_stdout_stderr
-
-    if kind not in FTYPES:
-        raise ConfigError(f"--quantize: unknown type {kind!r}; known: {', '.join(FTYPES)}")
-    out = out_dir / f"{src.stem}.{kind}.gguf"
-    if not out.is_file():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype = getattr(llama_cpp, FTYPES[kind])
-        params.allow_requantize = True
-        tmp = out.with_suffix(".part")
-        with suppress_stdout_stderr(disable=False):  # llama.cpp logs every tensor it converts
-            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
-        if rc != 0:
-            raise ConfigError(f"llama.cpp could not convert {src} to {kind}")
-        tmp.rename(out)
-    return out
 
 
 def measure(label: str, path: Path, sizes: list[int], tokens: int, threads: int, gpu_layers: int,
@@ -61,7 +36,7 @@ def measure(label: str, path: Path, sizes: list[int], tokens: int, threads: int,
         task = progress.add_task(f"{label} B={b}", total=2 * b)
         prompts = [llama.tokenize(f"<|im_start|>user\nAgent {i}: write a detailed story about {TOPICS[i % 8]}."
                                   "<|im_end|>\n<|im_start|>assistant\n".encode(), special=True) for i in range(b)]
-        engine = BatchEngine(llama, n_ctx=tokens + 64, n_seq=b, n_threads=threads, prefix_cache=False)
+        engine = BatchEngine(llama, n_ctx=tokens + 64, n_seq=b, n_threads=threads)
         try:
             engine.submit(Request(prompt=prompts[0], max_tokens=4)).result()  # warm-up
             t0 = time.perf_counter()
@@ -120,6 +95,8 @@ def run_engine_bench(data_dir: Path, *, sizes: list[int], tokens: int = 64, thre
     src = default_model_path()
     models = {"bundled": src}
     for kind in quantize or []:
+        if kind not in FTYPES:
+            raise ConfigError(f"--quantize: unknown type {kind!r}; known: {', '.join(FTYPES)}")
         err.log(f"converting {src.name} to {kind} (cached in {data_dir / 'models'})")
         models[kind] = quantized(src, kind, data_dir / "models")
     results: dict[str, Any] = {}

@@ -79,23 +79,70 @@ def test_slots_stay_consecutive_and_moved_sequences_generate_the_same(engine_bac
     assert sorted(engine._free, reverse=True) == engine._free and len(engine._free) == engine.n_seq
 
 
-def test_prefix_cache_reuses_shared_prompt_cells_without_changing_output(engine_backend: LlamaCppBackend) -> None:
-    system = {"role": "system", "content": "You are a careful assistant. Answer briefly and plainly, in English."}
-    calls = [LLMSyscall(agent_id="a", messages=(ChatMessage(**system), ChatMessage(role="user", content=p)),
-                        max_tokens=24) for p in PROMPTS]
+SYSTEM = ChatMessage(role="system", content="You are a careful assistant. Answer briefly and plainly, in English.")
+TURNS = ("Name a colour.", "Why that one?", "Name another.")
+AGENTS = PROMPTS[1:]
+
+
+def conversations(backend: LlamaCppBackend, temperature: float, *, batched: bool,
+                  history: list[list[ChatMessage]] | None = None) -> tuple[list[list[str]], list[list[ChatMessage]]]:
+    """Three agents, three turns each; every call carries the agent's whole conversation so far (as a chat agent
+    does). Returns every reply, per agent, and the conversations (from ``history``'s replies when given, so that
+    two runs send the very same prompts)."""
+    convs = [[SYSTEM] for _ in AGENTS]
+    replies: list[list[str]] = [[] for _ in AGENTS]
+    for t, question in enumerate(TURNS):
+        for i, c in enumerate(convs):
+            c.append(ChatMessage(role="user", content=f"{AGENTS[i]} {question}"))
+        calls = [LLMSyscall(agent_id=f"agent-{i}", messages=tuple(c), max_tokens=10, temperature=temperature)
+                 for i, c in enumerate(convs)]
+        if batched:
+            with ThreadPoolExecutor(len(calls)) as pool:
+                answers = [r["content"] for r in pool.map(backend.chat, calls)]
+        else:
+            answers = [backend.chat(c)["content"] for c in calls]
+        for i, c in enumerate(convs):
+            replies[i].append(answers[i])
+            said = history[i][2 * t + 2].content if history else answers[i]
+            c.append(ChatMessage(role="assistant", content=said))
+    return replies, convs
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("temperature", [0.0, 0.8], ids=["greedy", "sampled"])
+def test_each_turn_prefills_only_its_new_tokens_and_output_is_unchanged(temperature: float,
+                                                                         engine_backend: LlamaCppBackend) -> None:
+    """The conversation cache: an agent's next call starts from the KV cells (prompt and reply) of its last one,
+    alone or batched, with more conversations than the cache's budget holds (evicted ones start afresh), greedy
+    and sampled; every reply is the one an engine without the cache gives, token for token."""
     engine = engine_backend.engine
-    engine.prefix_cache, engine._cache_tokens = False, []
+    engine.prefix_cache = False
+    engine.cache.clear()
+    prefilled = engine.prefilled
     try:
-        fresh = [engine_backend.chat(c)["content"] for c in calls]
+        fresh, history = conversations(engine_backend, temperature, batched=False)
     finally:
         engine.prefix_cache = True
-    hits, reused = engine.prefix_hits, engine.prefix_tokens_reused
-    cached = [engine_backend.chat(c)["content"] for c in calls]
-    with ThreadPoolExecutor(len(calls)) as pool:
-        batched = [r["content"] for r in pool.map(engine_backend.chat, calls)]
-    assert engine.prefix_hits - hits >= len(calls) * 2 - 1
-    assert (engine.prefix_tokens_reused - reused) / (engine.prefix_hits - hits) >= 20  # the system prompt and more
-    assert cached == fresh and batched == fresh
+    uncached = engine.prefilled - prefilled
+    engine.cache.clear()
+    prefilled, hits, reused = engine.prefilled, engine.prefix_hits, engine.prefix_tokens_reused
+    replies, _ = conversations(engine_backend, temperature, batched=True, history=history)
+    assert replies == fresh
+    assert engine.prefix_hits - hits >= len(AGENTS) * (len(TURNS) - 1)  # every later turn, at least
+    assert engine.prefilled - prefilled + engine.prefix_tokens_reused - reused >= uncached
+    assert engine.prefilled - prefilled < uncached / 2, "later turns should prefill only their new tokens"
+    assert engine.agents_held == {f"agent-{i}" for i in range(len(AGENTS))}
+    # Alone, with room for about one conversation: the others are evicted and start afresh.
+    budget = engine.cache.budget_bytes
+    engine.cache.budget_bytes = max(len(e.data) for e in engine.cache.entries()) * 3 // 2
+    engine.cache.clear()
+    try:
+        evicted, hits = engine.cache.evicted, engine.prefix_hits
+        replies, _ = conversations(engine_backend, temperature, batched=False, history=history)
+        assert replies == fresh and engine.cache.evicted > evicted and engine.prefix_hits > hits
+        assert len(engine.cache) < len(AGENTS)
+    finally:
+        engine.cache.budget_bytes = budget
 
 
 @pytest.mark.parametrize("kv", [True, False], ids=["kv-state", "tokens-only"])

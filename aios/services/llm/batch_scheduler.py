@@ -1,17 +1,18 @@
 """The continuous-batching scheduler, on its own: which request runs in which slot and which tokens go in a step.
 
-Why a module of its own: admission, slot compaction, the prefix-cache decision, chunked prefill, time slices and
-preemption are decisions, not llama.cpp calls, and mixed with those calls they could only be tested on the real
+Why a module of its own: admission, slot compaction, where a sequence starts from (its snapshot, a cached
+conversation: :mod:`aios.services.llm.kv_cache`), chunked prefill, time slices and preemption are decisions, not llama.cpp calls, and mixed with those calls they could only be tested on the real
 model. As in vLLM v1, a pure state machine decides and a runner (:class:`~aios.services.llm.engine.BatchEngine`)
 executes: no I/O and no llama.cpp here, so every rule is unit-tested in milliseconds (tests/test_batch_scheduler.py).
 
 One step: the runner adds (:meth:`~BatchScheduler.add`) the requests submitted since the last one, calls
 :meth:`~BatchScheduler.schedule` and carries out the :class:`StepPlan` it returns, in its order: snapshot and
-free the sequences preempted at the end of their time slice, start the admitted ones in their slots (from a
-snapshot; if it does not load, :meth:`~BatchScheduler.restore_failed` revises the plan; or from the prefix cache),
-move sequences down into holes, decode one ``llama_batch`` holding the decode tokens then the prompt chunks.
-Then it samples and feeds the tokens back with :meth:`~BatchScheduler.update`, which advances the sequences by
-what was decoded and says which finished and whether a prompt just prefilled becomes the prefix cache.
+free the sequences preempted at the end of their time slice (keeping their cells in the cache when
+:attr:`Finished.keep`), start the admitted ones in their slots (from the state the :class:`Admit` names, a snapshot
+or a cached conversation; if it does not load, :meth:`~BatchScheduler.restore_failed` revises the plan), move
+sequences down into holes, decode one ``llama_batch`` holding the decode tokens then the prompt chunks. Then it
+samples and feeds the tokens back with :meth:`~BatchScheduler.update`, which advances the sequences by what was
+decoded and says which finished (their cells to keep as well).
 """
 
 from __future__ import annotations
@@ -22,9 +23,22 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from aios.services.llm.kv_cache import Entry, RadixCache
+
 MIN_PREFIX = 16
-"""Shortest shared prompt prefix worth copying from the prefix cache: a copy moves a whole KV stream
-(``n_ctx`` cells), which costs about what prefilling a few tokens costs on a CPU."""
+"""Shortest cached prefix worth loading: a load copies the cached sequence's cells (all of them, then trims),
+which costs about what prefilling a few tokens costs on a CPU."""
+
+LONE_ROW = "one token of one sequence in a llama.cpp ubatch"
+"""Past 512 KV cells, llama.cpp's CPU flash attention splits such a row's cells across threads and rounds
+otherwise than for the same row beside others: the scheduler never cuts a prompt so that its last token ends alone,
+and the runner pads a step of one token with a token in a free slot."""
+
+MAX_CHUNK = 63
+"""Most prompt tokens of one sequence in one step. llama.cpp's CPU flash attention takes a tiled path for 64 query
+rows or more (``GGML_FA_TILE_Q``) and a row-by-row path below, and the two round differently: a prompt evaluated in
+one long chunk gets other cells than the same tokens evaluated in pieces (from the cache, after a snapshot).
+Below the tile, every row is computed alike however the prompt is cut, so the cells do not depend on the cut."""
 
 
 @dataclass
@@ -52,6 +66,8 @@ class Request:
     on_checkpoint: Callable[[list[int], bytes | None], None] | None = None
     """Called on the engine thread with every token generated so far and the sequence's KV state (or None): what
     a suspension would return, so that a redelivered request resumes from there (it must return at once)."""
+    agent: str = ""
+    """Whose conversation this is: its cells, kept in the cache when it ends, are counted as that agent's."""
 
 
 class Status(enum.IntEnum):
@@ -91,13 +107,14 @@ class Budget:
 
 @dataclass(frozen=True)
 class Admit:
-    """``rid`` starts in ``slot``: from its snapshot (``restore``), else from ``reuse`` prompt tokens of the prefix
-    cache (0: none)."""
+    """``rid`` starts in ``slot``: with the first ``cells`` KV cells of ``state`` (llama.cpp sequence state: the
+    request's own snapshot when ``snapshot``, else a cached conversation's), or afresh (``state`` None, 0 cells)."""
 
     rid: int
     slot: int
-    restore: bool
-    reuse: int
+    state: bytes | None = field(default=None, repr=False)
+    cells: int = 0
+    snapshot: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,13 +141,16 @@ class Chunk:
 
 @dataclass(frozen=True)
 class Finished:
-    """A sequence that left its slot: every token it generated, and why (``status``)."""
+    """A sequence that left its slot: every token it generated, and why (``status``); ``keep``: save the KV cells
+    of its prompt (those of ``cells``) in the cache before the slot is emptied."""
 
     rid: int
     slot: int
     status: Status
     tokens: tuple[int, ...]
     prompt_tokens: int
+    cells: tuple[int, ...] = ()
+    keep: bool = False
 
 
 @dataclass(frozen=True)
@@ -161,19 +181,10 @@ class Sampled:
 
 
 @dataclass(frozen=True)
-class CacheCopy:
-    """Keep the first ``n_tokens`` cells of ``slot`` as the prefix cache."""
-
-    slot: int
-    n_tokens: int
-
-
-@dataclass(frozen=True)
 class StepResult:
-    """What :meth:`BatchScheduler.update` decided; the runner copies the cache first, then frees ``finished``."""
+    """What :meth:`BatchScheduler.update` decided: the sequences that ended, for the runner to free."""
 
     finished: tuple[Finished, ...] = ()
-    cache: CacheCopy | None = None
 
 
 class _Seq:
@@ -187,20 +198,20 @@ class _Seq:
         self.generated = list(req.resume)
         self.slice_count = 0
         self.slice_end = False  # a token of the last step ended a time slice: ask should_yield before the next
-        self.reused = 0  # prompt tokens taken from the prefix cache
-        self.prefilling = bool(self.feed)
+        self.source: Entry | None = None  # the cached conversation it started from
+        self.snapshot_failed = False  # its snapshot did not load: never try it again
+        self.cache_failed = False  # neither did the cached state it then started from: start afresh
 
 
 class BatchScheduler:
     """The scheduling state of one engine; not thread-safe (the engine thread alone drives it)."""
 
-    def __init__(self, budget: Budget, *, prefix_cache: bool = True) -> None:
+    def __init__(self, budget: Budget, *, cache_bytes: int = 0) -> None:
         self.budget = budget
-        self.cache_slot: int | None = budget.n_seq if prefix_cache else None
-        """The prefix cache's KV stream (after the sequence slots), or None when the engine has none."""
-        self.prefix_cache = prefix_cache
-        """Whether the prefix cache is used (it can be switched off, not on, after construction)."""
-        self.cache_tokens: list[int] = []
+        self.cache = RadixCache(cache_bytes)
+        """The conversations whose KV cells are kept (budget 0: none)."""
+        self.prefix_cache = cache_bytes > 0
+        """Whether the cache is used: sequences start from it, and keep their cells in it when they end."""
         self.free_slots = list(range(budget.n_seq - 1, -1, -1))
         """Free slot ids, highest first: ``pop()`` hands out the lowest."""
         self._waiting: deque[_Seq] = deque()
@@ -281,15 +292,6 @@ class BatchScheduler:
                     s.feed = s.feed[len(c.tokens):]
                 else:
                     s.replay.pop(0)
-        cache: CacheCopy | None = None
-        for s in self._running:
-            if s.prefilling and not s.feed:
-                s.prefilling = False
-                if self._use_cache() and not s.reused and len(s.req.prompt) >= MIN_PREFIX:
-                    # Its cells become the prefix cache, unless they came from it (the cache then already holds
-                    # what it shares with the others); of several, the last in slot order is kept.
-                    cache = CacheCopy(s.slot, len(s.req.prompt))
-                    self.cache_tokens = list(s.req.prompt)
         finished: list[Finished] = []
         for out in outputs:
             s = self._by_rid[out.rid]
@@ -304,20 +306,23 @@ class BatchScheduler:
             if s.req.quantum and s.slice_count >= s.req.quantum:
                 s.slice_end = True
             s.replay.append(out.token)
-        return StepResult(tuple(finished), cache)
+        return StepResult(tuple(finished))
 
     def finish(self, rid: int, status: Status = Status.FINISHED_ABORTED) -> Finished:
         """End ``rid`` (waiting or running) with ``status``; its slot is free for the next :meth:`schedule`."""
         return self._finish(self._by_rid[rid], status)
 
     def restore_failed(self, rid: int) -> StepPlan:
-        """The snapshot of ``rid``, admitted by the last plan with ``restore``, did not load (another model or KV
-        layout): it prefills its prompt (from the prefix cache if it can) and decodes its earlier tokens again.
-        Returns the last plan with its admission of ``rid`` and its batch revised; carry out that one."""
+        """The state that the last plan's admission of ``rid`` named did not load (a snapshot from another model
+        or KV layout): it starts from the cache instead if that was its snapshot, else afresh (and the cache
+        forgets that entry); the rest is prefilled and its earlier tokens decoded again. Returns the last plan with
+        its admission of ``rid`` and its batch revised; carry out that one."""
         s = self._by_rid[rid]
-        s.feed, s.replay, s.pos, s.reused = list(s.req.prompt), list(s.req.resume), 0, 0
-        s.prefilling = bool(s.feed)
-        fallback = Admit(rid, s.slot, False, self._reuse_prefix(s))
+        if s.source is not None:
+            self.cache.remove(s.source)
+            s.cache_failed = True
+        s.snapshot_failed = True
+        fallback = self._start(s)
         admitted = tuple(fallback if a.rid == rid else a for a in self._planned.admitted)
         self._planned = self._compose(replace(self._planned, admitted=admitted))
         return self._planned
@@ -333,34 +338,34 @@ class BatchScheduler:
     def _admit(self, s: _Seq) -> Admit:
         s.slot, s.status = self.free_slots.pop(), Status.RUNNING
         self._running.append(s)
-        if s.req.state and s.req.resume:  # from the snapshot: only the last token is decoded again
-            s.feed, s.replay, s.prefilling = [], [s.req.resume[-1]], False
-            s.pos = len(s.req.prompt) + len(s.req.resume) - 1
-            return Admit(s.rid, s.slot, True, 0)
-        return Admit(s.rid, s.slot, False, self._reuse_prefix(s))
+        return self._start(s)
 
-    def _use_cache(self) -> bool:
-        return self.prefix_cache and self.cache_slot is not None
+    def cached_prefix(self, tokens: list[int]) -> tuple[Entry | None, int]:
+        """The cached conversation a sequence of ``tokens`` starts from, and how many of its cells: the longest
+        shared prefix, leaving at least one token to evaluate (for the logits); none under :data:`MIN_PREFIX`."""
+        if not self.prefix_cache:
+            return None, 0
+        entry, m = self.cache.match(tokens)
+        m = min(m, len(tokens) - 1)
+        return (entry, m) if entry is not None and m >= MIN_PREFIX else (None, 0)
 
-    def prefix_match(self, prompt: list[int]) -> int:
-        """Prompt tokens a request starting with ``prompt`` takes from the prefix cache: the shared prefix, at
-        least one prompt token left to evaluate (for the logits), 0 when shorter than :data:`MIN_PREFIX`."""
-        if not self._use_cache() or not self.cache_tokens:
-            return 0
-        cached, m = self.cache_tokens, 0
-        limit = min(len(cached), len(prompt) - 1)
-        while m < limit and prompt[m] == cached[m]:
-            m += 1
-        return m if m >= MIN_PREFIX else 0
-
-    def _reuse_prefix(self, s: _Seq) -> int:
-        """Start ``s`` from the cached cells of the prompt prefix it shares with an earlier request (agents share
-        system prompts), so that only the rest is prefilled. The copied cells are bit for bit those the prefix gets
-        computed afresh (batch invariance), so the output does not change."""
-        m = self.prefix_match(s.req.prompt)
-        if m:
-            s.feed, s.pos, s.reused = s.req.prompt[m:], m, m
-        return m
+    def _start(self, s: _Seq) -> Admit:
+        """Where ``s`` starts: the longest prefix of its tokens (prompt, then those generated before a suspension)
+        whose cells it can load, from its own snapshot or from a cached conversation (its agent's earlier turn,
+        another agent's system prompt); then the rest of the prompt is prefilled and the generated tokens decoded
+        again one by one, as they were first decoded. The loaded cells are bit for bit those computed afresh
+        (batch invariance), so the output does not change."""
+        prompt, resume = s.req.prompt, s.req.resume
+        full = prompt + resume
+        snapshot = len(full) - 1 if s.req.state and resume and not s.snapshot_failed else 0
+        entry, m = self.cached_prefix(full) if not s.cache_failed else (None, 0)
+        s.source = entry if entry is not None and m > snapshot else None
+        if snapshot and s.source is None:
+            start, state = snapshot, s.req.state
+        else:
+            start, state = (m, s.source.data) if s.source is not None else (0, None)
+        s.pos, s.feed, s.replay = start, prompt[start:], resume[max(0, start - len(prompt)):]
+        return Admit(s.rid, s.slot, state, start, snapshot=bool(snapshot) and s.source is None)
 
     def _compact(self) -> tuple[Move, ...]:
         """Keep the running sequences' slots consecutive from 0: llama.cpp evaluates sequences with consecutive ids
@@ -383,11 +388,17 @@ class BatchScheduler:
         room = self.budget.n_batch - len(decode)
         prefill: list[Chunk] = []
         for s in self._running:
-            take = min(len(s.feed), room)
+            take = min(len(s.feed), room, MAX_CHUNK)
             if take > 0:
                 last = take == len(s.feed) and not s.replay
                 prefill.append(Chunk(s.rid, s.slot, s.pos, tuple(s.feed[:take]), last, len(s.generated)))
                 room -= take
+        counts = sorted([1] * len(decode) + [len(c.tokens) for c in prefill], reverse=True)
+        if len(counts) >= 2 and counts[0] == counts[1] + 1 >= 2:
+            # llama.cpp cuts a batch into ubatches of as many tokens from every sequence, so the longest chunk's
+            # last token would be evaluated alone; one token fewer, and it ends beside another (see LONE_ROW).
+            i = next(i for i, c in enumerate(prefill) if len(c.tokens) == counts[0])
+            prefill[i] = replace(prefill[i], tokens=prefill[i].tokens[:-1], logits=False)
         return replace(plan, decode=decode, prefill=tuple(prefill))
 
     def _free_slot(self, slot: int) -> None:
@@ -402,6 +413,11 @@ class BatchScheduler:
             self._free_slot(s.slot)
         else:
             raise ValueError(f"request {s.rid} already finished ({s.status.name})")
-        s.status = status
+        was_running, s.status = s.status == Status.RUNNING, status
         del self._by_rid[s.rid]
-        return Finished(s.rid, s.slot, status, tuple(s.generated), len(s.req.prompt))
+        # Prompt cells only: a generated token's cells were computed by a one-row decode, which llama.cpp's CPU
+        # flash attention splits across threads past 512 cells; the next call prefills that reply as prompt
+        # tokens, and those cells must be what prefilling computes.
+        cells = tuple(s.req.prompt[:min(s.pos, len(s.req.prompt))]) if was_running else ()
+        keep = self.prefix_cache and status != Status.FINISHED_ABORTED and len(cells) >= MIN_PREFIX
+        return Finished(s.rid, s.slot, status, tuple(s.generated), len(s.req.prompt), cells, keep)

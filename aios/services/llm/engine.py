@@ -11,6 +11,11 @@ own logits with its own sampler chain (greedy, or temperature + seeded dist; beh
 output). Requests join and leave between steps. Greedy output is the same, bit for bit, batched or alone (flash
 attention and one KV stream per sequence; see ``__init__``).
 
+When a request ends, the KV cells of its prompt are written out (``llama_state_seq_get_data``) into the
+conversation cache (:mod:`aios.services.llm.kv_cache`); a later request whose tokens share a long enough prefix
+with a cached entry (its agent's last call, a shared system prompt) starts from those cells
+(``llama_state_seq_set_data``, then the cells past the shared prefix removed) and prefills only the rest.
+
 A request may carry a quantum (tokens per time slice) and a ``should_yield`` callable: once it has generated a
 quantum of tokens in this slice and ``should_yield()`` is true, it is suspended and its future resolves with
 ``finish_reason="preempted"`` and every token generated so far. Submitting the same prompt with those tokens as
@@ -43,6 +48,7 @@ from aios.services.llm.batch_scheduler import (
     Status,
     StepPlan,
 )
+from aios.services.llm.kv_cache import RadixCache
 from aios.wire.errors import BackendError
 
 __all__ = ["MIN_PREFIX", "BatchEngine", "Generation", "Request", "token_seed"]
@@ -81,13 +87,13 @@ class BatchEngine:
     ``n_ctx`` tokens each."""
 
     def __init__(self, llama: Any, *, n_ctx: int, n_seq: int, n_batch: int = 512, n_threads: int | None = None,
-                 flash_attn: bool = True, prefix_cache: bool = True) -> None:
+                 flash_attn: bool = True, cache_bytes: int = 0) -> None:
         import llama_cpp
 
         self._lc = llama_cpp
         self.llama = llama
         self.n_ctx, self.n_seq, self.n_batch = n_ctx, n_seq, n_batch
-        self._sched = BatchScheduler(Budget(n_seq=n_seq, n_ctx=n_ctx, n_batch=n_batch), prefix_cache=prefix_cache)
+        self._sched = BatchScheduler(Budget(n_seq=n_seq, n_ctx=n_ctx, n_batch=n_batch), cache_bytes=cache_bytes)
         params = llama_cpp.llama_context_default_params()
         # One KV stream of n_ctx cells per sequence (kv_unified off): a sequence's attention never depends on where
         # other sequences' cells lie. llama.cpp puts the tokens of sequences with consecutive ids in one
@@ -96,11 +102,10 @@ class BatchEngine:
         # bit for bit those it gets alone (measured: 32 sequences x 96 tokens, Q4_1, Q8_0 and Q4_0 files, 1 and 2
         # threads); without it, batched greedy output drifts from the unbatched after a few tokens.
         # llama.cpp pads the context to 256 cells, then divides it evenly among the streams.
-        n_streams = n_seq + 1 if prefix_cache else n_seq
-        params.n_ctx = -(-n_ctx // 256) * 256 * n_streams
+        params.n_ctx = -(-n_ctx // 256) * 256 * n_seq
         params.n_batch = n_batch
         params.n_ubatch = n_batch
-        params.n_seq_max = n_streams  # with the prefix cache, its stream is the last one
+        params.n_seq_max = n_seq
         params.kv_unified = False
         params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
                                   else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
@@ -129,8 +134,15 @@ class BatchEngine:
         self.restored = 0
         self.moved = 0
         self.prefix_hits = 0
+        """Sequences started from a cached conversation."""
         self.prefix_tokens_reused = 0
+        """Prompt (and resumed) tokens those took from the cache instead of evaluating them."""
+        self.prefilled = 0
+        """Prompt tokens evaluated."""
+        self.agents_held: frozenset[str] = frozenset()
+        """The agents whose conversations the cache holds (read by other threads: replaced, never changed)."""
         self.keep_state = True
+        self._pad: int | None = None  # the free slot padding the last step, emptied after it
         self.max_active = 0
         self._thread = threading.Thread(target=self._run, name="aios-llm-engine", daemon=True)
         self._thread.start()
@@ -139,7 +151,7 @@ class BatchEngine:
 
     @property
     def prefix_cache(self) -> bool:
-        """Whether the prefix cache is used (it can be switched off, not on, after construction)."""
+        """Whether the conversation cache is used (sequences start from it and keep their cells in it)."""
         return self._sched.prefix_cache
 
     @prefix_cache.setter
@@ -147,12 +159,9 @@ class BatchEngine:
         self._sched.prefix_cache = on
 
     @property
-    def _cache_tokens(self) -> list[int]:
-        return self._sched.cache_tokens
-
-    @_cache_tokens.setter
-    def _cache_tokens(self, tokens: list[int]) -> None:
-        self._sched.cache_tokens = tokens
+    def cache(self) -> RadixCache:
+        """The cached conversations (read it on the engine thread, or while the engine is idle)."""
+        return self._sched.cache
 
     @property
     def _free(self) -> list[int]:
@@ -251,6 +260,8 @@ class BatchEngine:
         if self._batch.n_tokens == 0:
             return
         rc = self._lc.llama_decode(self._ctx, self._batch)
+        if self._pad is not None:
+            self._lc.llama_memory_seq_rm(self._mem, self._pad, -1, -1)
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc} (no room in the KV cache?)")
         self.steps += 1
@@ -264,11 +275,6 @@ class BatchEngine:
                 except Exception:  # noqa: BLE001 - a failing stream must not stop the batch
                     log.exception("the token callback failed; the generation goes on")
             live.emitted += not out.eog
-        if result.cache is not None and self._sched.cache_slot is not None:
-            cache, src = self._sched.cache_slot, result.cache.slot
-            self._lc.llama_memory_seq_rm(self._mem, cache, -1, -1)
-            self._lc.llama_memory_seq_cp(self._mem, src, cache, -1, -1)
-            self._lc.llama_memory_seq_rm(self._mem, cache, result.cache.n_tokens, -1)
         for done in result.finished:
             self._release(done)
         self._checkpoint()
@@ -286,7 +292,7 @@ class BatchEngine:
                 continue
             live.checkpointed = len(tokens)
             try:
-                hand(list(tokens), self._snapshot(self._sched.slot(rid)) if self.keep_state else None)
+                hand(list(tokens), self._save(self._sched.slot(rid)) if self.keep_state else None)
             except Exception:  # noqa: BLE001 - a lost checkpoint costs a recomputation, never the batch
                 log.exception("a checkpoint callback failed")
 
@@ -304,6 +310,13 @@ class BatchEngine:
                 n += 1
             if chunk.logits:
                 sample.append((chunk, n - 1))
+        self.prefilled += sum(len(c.tokens) for c in plan.prefill)
+        self._pad = None
+        if n == 1 and self._free:  # LONE_ROW: a token in the next free slot, so that this one is not alone
+            self._pad = self._free[-1]
+            b.token[1], b.pos[1], b.n_seq_id[1], b.logits[1] = b.token[0], 0, 1, False
+            b.seq_id[1][0] = self._pad
+            n = 2
         b.n_tokens = n
         return sample
 
@@ -315,34 +328,36 @@ class BatchEngine:
         return Sampled(chunk.rid, tok, bool(self._lc.llama_vocab_is_eog(self._vocab, tok)))
 
     def _start(self, adm: Admit, plan: StepPlan) -> StepPlan:
-        """Start an admitted request in its slot: from its snapshot, else from the prefix cache or afresh. Returns
-        the plan to carry out (revised when the snapshot does not load)."""
-        reuse = adm.reuse
-        if adm.restore:
-            if self._restore(adm.slot, self._live[adm.rid].req.state or b""):
+        """Start an admitted request in its slot, from the state its admission names (its snapshot or a cached
+        conversation, trimmed to the cells it shares) or afresh. Returns the plan to carry out (revised when the
+        state does not load)."""
+        while adm.state is not None and not self._load(adm.slot, adm.state):
+            # Another model or layout: start from the cache or afresh instead, in this very step.
+            plan = self._sched.restore_failed(adm.rid)
+            adm = next(a for a in plan.admitted if a.rid == adm.rid)
+        if adm.state is not None:
+            self._lc.llama_memory_seq_rm(self._mem, adm.slot, adm.cells, -1)
+            if adm.snapshot:
                 self.restored += 1
-            else:  # another model or layout: prefill and decode again instead, in this very step
-                plan = self._sched.restore_failed(adm.rid)
-                reuse = next(a.reuse for a in plan.admitted if a.rid == adm.rid)
-        if reuse:
-            self._lc.llama_memory_seq_cp(self._mem, self._sched.cache_slot, adm.slot, -1, -1)
-            self._lc.llama_memory_seq_rm(self._mem, adm.slot, reuse, -1)
-            self.prefix_hits += 1
-            self.prefix_tokens_reused += reuse
+            else:
+                self.prefix_hits += 1
+                self.prefix_tokens_reused += adm.cells
         return plan
 
-    def _restore(self, slot: int, state: bytes) -> bool:
+    def _load(self, slot: int, state: bytes) -> bool:
+        """Write a sequence state (``llama_state_seq_get_data``'s) into ``slot``; False if it does not load."""
         buf = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
         if self._lc.llama_state_seq_set_data(self._ctx, buf, len(state), slot) == 0:
             self._lc.llama_memory_seq_rm(self._mem, slot, -1, -1)
-            return False  # another model or layout: recompute from the tokens instead
+            return False
         return True
 
-    def _snapshot(self, slot: int) -> bytes:
+    def _save(self, slot: int) -> bytes:
+        """The sequence state of ``slot``: its used KV cells (about 23 KB a token for SmolLM2-135M)."""
         size = self._lc.llama_state_seq_get_size(self._ctx, slot)
         buf = (ctypes.c_uint8 * size)()
         n = self._lc.llama_state_seq_get_data(self._ctx, buf, size, slot)
-        return bytes(buf[:n])
+        return ctypes.string_at(buf, n)
 
     def _sampler(self, req: Request) -> Any:
         lc = self._lc
@@ -372,10 +387,14 @@ class BatchEngine:
         lc.llama_sampler_chain_add(live.sampler, lc.llama_sampler_init_dist(token_seed(live.req.seed, index)))
 
     def _release(self, done: Finished) -> None:
+        """Free a sequence's slot: when it was suspended, its state goes to the snapshot (``keep_state``), and its
+        prompt's cells to the cache (``keep``); one state, written out the same way for both."""
         live = self._live[done.rid]
-        state = None
-        if done.status == Status.FINISHED_PREEMPTED and self.keep_state:
-            state = self._snapshot(done.slot)
+        state = self._save(done.slot) if done.status == Status.FINISHED_PREEMPTED and self.keep_state else None
+        if done.keep:
+            self._lc.llama_memory_seq_rm(self._mem, done.slot, len(done.cells), -1)  # its prompt's cells only
+            if self._sched.cache.insert(done.cells, live.req.agent, self._save(done.slot)):
+                self.agents_held = frozenset(self._sched.cache.agents())
         self._lc.llama_memory_seq_rm(self._mem, done.slot, -1, -1)
         del self._live[done.rid]
         self._lc.llama_sampler_free(live.sampler)

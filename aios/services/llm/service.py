@@ -40,7 +40,7 @@ from aios.services.llm.output import (  # noqa: F401  (re-exported: the backends
     tool_instruction,
 )
 from aios.services.llm.stream import TextStream, current_emit
-from aios.services.llm.weights import load_llama
+from aios.services.llm.weights import WEIGHTS_DIR, load_llama, serving_path
 from aios.settings import Settings
 from aios.state.context import Preempted, Snapshot
 from aios.wire.errors import AIOSError, BackendError, ConfigError, InvalidSyscall
@@ -94,7 +94,11 @@ class LlamaCppBackend:
         path = Path(settings.llm.model) if settings.llm.model else default_model_path()
         if not path.is_file():
             raise ConfigError(f"GGUF model {str(path)!r} not found; set AIOS_LLM_MODEL to a GGUF file path")
+        source, path = path, serving_path(path, settings.llm.requantize, bundled=not settings.llm.model,
+                                          cache_dir=settings.llm.weights_dir or WEIGHTS_DIR)
         self.model_name = path.name
+        self._names = {None, path.name, path.stem, source.name, source.stem}
+        """What a syscall's ``model`` may say for this model (the file converted from, too)."""
         self.core = settings.llm.core
         """The AIOS_LLM_MODELS core this backend serves (a syscall may name it), or None for the default core."""
         self.n_ctx = settings.llm.n_ctx
@@ -111,7 +115,8 @@ class LlamaCppBackend:
         self._formatter = chat_formatter(self._llama)
         self._grammars: dict[str, Any] = {}
         self.engine = BatchEngine(self._llama, n_ctx=settings.llm.n_ctx, n_seq=settings.llm.batch_size,
-                                  n_threads=settings.llm.n_threads, prefix_cache=settings.llm.prefix_cache)
+                                  n_threads=settings.llm.n_threads,
+                                  cache_bytes=settings.llm.kv_cache_mb * 2**20 if settings.llm.prefix_cache else 0)
         self.engine.keep_state = settings.llm.snapshot_kv
         self._generating: dict[str, Future[Generation]] = {}  # syscall id -> its engine request, while it runs
         self.checkpoint_tokens = settings.llm.checkpoint_tokens
@@ -140,7 +145,7 @@ class LlamaCppBackend:
         return self._grammars[key]
 
     def chat(self, syscall: LLMSyscall, snapshot: Snapshot | None = None) -> dict[str, Any]:
-        if syscall.model not in (None, self.model_name, Path(self.model_name).stem, self.core):
+        if syscall.model not in self._names and syscall.model != self.core:
             raise ConfigError(f"this LLM worker serves {self.model_name!r}, not {syscall.model!r}: leave model unset "
                               "or point AIOS_LLM_MODEL at that GGUF file")
         schema, instruction = prepare(syscall)
@@ -163,7 +168,7 @@ class LlamaCppBackend:
                       grammar=self._grammar(schema) if schema is not None else None,
                       resume=resumed, state=snapshot.state if snapshot else None,
                       quantum=self.quantum, should_yield=self._should_yield,
-                      on_token=stream.on_token if stream is not None else None)
+                      on_token=stream.on_token if stream is not None else None, agent=syscall.agent_id)
         writes: list[Future[None]] = []
         sink, slices = self.checkpoint_sink, (snapshot.slices if snapshot else 0)
         if sink is not None and self.checkpoint_tokens:

@@ -9,11 +9,22 @@ CPU kernels, correct everywhere, and a warning in the log. A build without AMX (
 machines) keeps the other repacked kernels, which batch much better (measured by ``aios bench agents``: 1.46x
 against ``llama_cpp.server`` without them, where the same run had given 2.2x). ``AIOS_LLM_CPU_REPACK=on`` forces
 the repacked kernels anyway, ``off`` never uses them.
+
+Weights that batch: how much continuous batching gains on a CPU depends on whether llama.cpp has a batched matrix
+kernel for the weights' type. The bundled SmolLM2 file is Q4_1, which batches about 2x at 16-32 sequences where
+Q8_0 batches about 3x (``aios bench engine``, docs/benchmarks.md). So by default (``AIOS_LLM_REQUANTIZE=auto``)
+the bundled model is served as Q8_0, converted once with ``llama_model_quantize`` (seconds) and cached in
+``AIOS_LLM_WEIGHTS_DIR``: Q8_0 holds each Q4_1 weight to within 1/254 of its block's largest, so answers change
+only as much as that rounding does (measured there). A GGUF named by ``AIOS_LLM_MODEL`` is served as it is,
+unless ``AIOS_LLM_REQUANTIZE`` names a type.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import re
 import threading
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +33,51 @@ log = logging.getLogger("aios.llm")
 
 _LOAD_LOCK = threading.Lock()
 Repack = Literal["auto", "on", "off"]
+Requantize = Literal["auto", "off", "q8_0", "q4_0"]
+FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q4_1": "LLAMA_FTYPE_MOSTLY_Q4_1",
+          "f16": "LLAMA_FTYPE_MOSTLY_F16"}
+WEIGHTS_DIR = Path.home() / ".cache" / "aios" / "models"
+"""Where converted weights are cached unless ``AIOS_LLM_WEIGHTS_DIR`` says otherwise."""
+AUTO_TYPE = "q8_0"
+"""What ``auto`` serves the bundled model as: measured in docs/benchmarks.md (engine), nearly lossless from Q4_1."""
+
+
+def quantized(src: Path, kind: str, out_dir: Path) -> Path:
+    """``src`` converted to ``kind`` by llama.cpp, once: cached in ``out_dir`` (a name per source file, its size
+    and modification time), written under a temporary name and renamed, so that workers starting together never
+    read half a file."""
+    import llama_cpp
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    from aios.wire.errors import ConfigError
+
+    if kind not in FTYPES:
+        raise ConfigError(f"unknown weight type {kind!r}; known: {', '.join(FTYPES)}")
+    stat = src.stat()
+    stem = re.sub(r"\.(q\d_\w+|f16|f32|bf16)$", "", src.stem, flags=re.IGNORECASE)
+    out = out_dir / f"{stem}-{stat.st_size:x}-{int(stat.st_mtime):x}" / f"{stem}.{kind.upper()}.gguf"
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, FTYPES[kind])
+    params.allow_requantize = True
+    tmp = out.with_suffix(f".part{os.getpid()}")
+    log.info("converting %s to %s, once (cached as %s)", src.name, kind, out)
+    with suppress_stdout_stderr(disable=False):  # llama.cpp logs every tensor it converts
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+    if rc != 0:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"llama.cpp could not convert {src} to {kind}; set AIOS_LLM_REQUANTIZE=off")
+    tmp.replace(out)
+    return out
+
+
+def serving_path(src: Path, requantize: Requantize, *, bundled: bool, cache_dir: Path) -> Path:
+    """The GGUF file to load for ``src``: itself, or its conversion (``auto``: the bundled model as
+    :data:`AUTO_TYPE`)."""
+    kind = AUTO_TYPE if requantize == "auto" and bundled else None if requantize in ("auto", "off") else requantize
+    return src if kind is None else quantized(src, kind, cache_dir)
 
 
 def _cpu_flags() -> set[str]:
