@@ -308,10 +308,15 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     # A file, not a pipe: the server logs the whole GGUF metadata at start and would block on a full pipe.
     log_path = tmp_path_factory.mktemp("llama_server") / "server.log"
+    # Flash attention on, as the kernel's own engine runs: llama_cpp.server keeps the last request's KV and
+    # evaluates only what differs, so a repeated prompt's last token goes through attention alone, and without flash
+    # attention one query row is computed differently from many (seen on an AMD EPYC: the same greedy request
+    # answered differently the first time and the second). These tests of the openai backend (determinism, a
+    # continuation equal to the uninterrupted text) take a batch-invariant server for granted.
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "aios_bench.llama_server", "--model", str(default_model_path()), "--port", str(port),
-             "--host", "127.0.0.1", "--n_ctx", "2048", "--n_threads", "2"],
+             "--host", "127.0.0.1", "--n_ctx", "2048", "--n_threads", "2", "--flash_attn", "true"],
             stdout=log, stderr=subprocess.STDOUT,
         )
     base_url = f"http://127.0.0.1:{port}/v1"

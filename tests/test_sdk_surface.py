@@ -18,6 +18,7 @@ from aios import AsyncKernel, Kernel, UnknownTool
 from aios.ops.embedded import LocalKernel
 from aios.policy.identity import Credentials
 from aios.sdk.operations import Operation, Operations
+from aios.sdk.streaming import AsyncTokenStream
 from aios.settings import Settings
 from aios.wire.syscalls import Status
 from tests.conftest import base_settings
@@ -28,6 +29,8 @@ SDK_DIR = Path(__file__).resolve().parent.parent / "aios" / "sdk"
 LIFECYCLE = {Kernel: "close", AsyncKernel: "aclose"}
 """How each client is closed: the one public difference between them (besides sync vs async)."""
 LLM_CALLS = {"llm_chat", "llm_chat_with_json_output", "llm_chat_with_tool_call_output"}
+LLM_CLIENT_CALLS = LLM_CALLS | {"stream"}
+"""The LLM calls of a client: the operations, and ``stream`` (each client's own: it iterates)."""
 CALC = {"name": "calculator", "description": "Evaluate arithmetic",
         "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]}}
 CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
@@ -207,6 +210,9 @@ async def _every_call_but_the_llm(k: Through, me: str, friend: Through) -> None:
     assert (await k.delete_file("notes/a.txt"))["deleted"] is True
     await k.create_file("b.txt")
     assert (await k.delete("b.txt"))["deleted"] is True
+    # the embedding model
+    got = await k.embed(["hello", "world"])
+    assert len(got["vectors"]) == 2 and all(len(v) == got["dim"] for v in got["vectors"])
 
 
 @pytest.mark.integration
@@ -220,7 +226,7 @@ async def test_every_call_runs_through_a_real_kernel(kind: str, kernel: LocalKer
     finally:
         await _close(client)
         await _close(friend)
-    assert k.used == set(public_calls(client)) - LLM_CALLS  # nothing left out (the LLM calls: below)
+    assert k.used == set(public_calls(client)) - LLM_CLIENT_CALLS  # nothing left out (the LLM calls: below)
 
 
 @pytest.fixture(scope="module")
@@ -241,6 +247,9 @@ async def test_every_llm_call_runs_through_a_real_kernel(kind: str, llm_kernel: 
         calls = await k.llm_chat_with_tool_call_output("Compute 6 * 7 with the calculator.", tools=[CALC],
                                                        max_tokens=64)
         assert calls and calls[0]["name"] == "calculator"
+        stream = await k.stream(client.llm_syscall("Say hi.", max_tokens=8))
+        pieces = [p async for p in stream] if isinstance(stream, AsyncTokenStream) else list(stream)
+        assert "".join(pieces) == stream.result["content"]
     finally:
         await _close(client)
-    assert k.used == LLM_CALLS
+    assert k.used == LLM_CLIENT_CALLS
