@@ -9,17 +9,27 @@ from pathlib import Path
 
 import pytest
 import redis
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from aios.broker.app import make_app
 from aios.ops.cli import main
 from aios.ops.embedded import LocalKernel
+from aios.settings import get_settings
 from aios.state import keys
 from aios.wire.errors import Cancelled, DeadlineExceeded
 from aios.wire.syscalls import Status
 from tests.conftest import BROKERS, authorized, make_broker_settings
 
 pytestmark = pytest.mark.integration
+
+
+def _aios(lk: LocalKernel, *args: str) -> Result:
+    """``aios <args>`` in-process, as an operator of ``lk``."""
+    get_settings.cache_clear()  # settings are read once per process: an earlier test's kernel may be in the cache
+    try:
+        return CliRunner().invoke(main, list(args), env=lk.env())
+    finally:
+        get_settings.cache_clear()
 
 
 def _done(state: redis.Redis, field: str) -> int:
@@ -37,7 +47,7 @@ def test_cancelled_queued_syscalls_never_start(broker: str, tmp_path: Path, requ
         by_operator = k.submit(k.tool_syscall("sleep", {"seconds": 0.3}, timeout_s=60))
         kept = k.submit(k.tool_syscall("sleep", {"seconds": 0.3}, timeout_s=60))
         cancel = k.submit(k.cancel_syscall(mine, priority=9, timeout_s=60))
-        result = CliRunner().invoke(main, ["cancel", by_operator.id], env=lk.env())
+        result = _aios(lk, "cancel", by_operator.id)
         assert result.exit_code == 0, result.output
         lk.start_worker("tool")
         assert k.wait(cancel) == {"target": mine.id, "cancelled": True}
@@ -48,7 +58,7 @@ def test_cancelled_queued_syscalls_never_start(broker: str, tmp_path: Path, requ
         assert _done(state, "tool:ok") == 1 and _done(state, "cancel:ok") == 1  # the cancelled ones never ran
         assert _done(state, "tool:cancelled") == 2
         assert k.cancel(kept) is False  # answered: nothing to cancel
-        again = CliRunner().invoke(main, ["cancel", kept.id], env=lk.env())
+        again = _aios(lk, "cancel", kept.id)
         assert again.exit_code == 1 and "answered already" in again.output
 
 

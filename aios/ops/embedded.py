@@ -28,6 +28,7 @@ from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 import redis
+from kombu.exceptions import OperationalError
 
 from aios.settings import FLAT, QUEUES, Settings, kernel_file, llm_queue, operator_file
 from aios.state.connections import state_client
@@ -227,7 +228,11 @@ class LocalKernel:
                             f"the {name} worker exited with code {proc.returncode} while starting; "
                             f"see {self.log_dir / f'worker-{name}.log'}"
                         )
-                replies = app.control.ping(timeout=0.5) or []
+                try:
+                    replies = app.control.ping(timeout=0.5) or []
+                    trouble = ""
+                except (OSError, OperationalError) as exc:  # the broker reset the connection (a restart): retry
+                    replies, trouble = [], f" (the broker: {exc})"
                 seen = {host.split("@", 1)[0] for reply in replies for host in reply}
                 missing = wanted - seen
                 if not missing:
@@ -235,9 +240,11 @@ class LocalKernel:
                     return
                 if time.monotonic() > deadline:
                     raise KernelUnavailable(
-                        f"workers {sorted(missing)} did not answer within {self.ready_timeout_s:.0f}s; "
+                        f"workers {sorted(missing)} did not answer within {self.ready_timeout_s:.0f}s{trouble}; "
                         f"see the logs in {self.log_dir}"
                     )
+                if trouble:
+                    time.sleep(0.5)
         finally:
             app.close()
 

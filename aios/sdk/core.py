@@ -122,7 +122,17 @@ class _Core:
         self._placement = Placement(self.settings, None)
         self._depth_seen: dict[str, tuple[float, int]] = {}  # queue -> (when, depth)
         self._forged: dict[str, AuthError] = {}  # syscall id -> a forged reply seen while waiting
-        self._open_replies()
+        try:
+            self._open_replies()
+        except Exception as exc:
+            if refused_by_broker(exc):  # RabbitMQ: the agent's own user may not read its reply queue (any more)
+                raise self._refused(exc) from None
+            raise
+
+    def _refused(self, exc: BaseException) -> AuthError:
+        return AuthError(f"the broker refused agent {self.agent_id!r}'s own user ({exc}): its credential was revoked "
+                         f"or replaced; an operator issues a new one with `aios agent create {self.agent_id}`",
+                         code="broker_refused")
 
     def _open_replies(self) -> None:
         """Open the connection this client waits for replies on (each client its own kind)."""
@@ -213,10 +223,7 @@ class _Core:
                             route=route, from_agent=True)
         except (OperationalError, redis.ConnectionError, redis.ResponseError, AMQPError, ConnectionError) as exc:
             if refused_by_broker(exc):
-                raise AuthError(
-                    f"the broker refused agent {self.agent_id!r}'s own user ({exc}): its credential was revoked or "
-                    f"replaced; an operator issues a new one with `aios agent create {self.agent_id}`",
-                    code="broker_refused") from None
+                raise self._refused(exc) from None
             raise KernelUnavailable(
                 f"cannot reach the broker at {self._broker_url}: {exc}; start the kernel with `aios up` "
                 "or check AIOS_BROKER_URL"
