@@ -70,6 +70,14 @@ class Calls:
     wrong_text: int = 0
     wall_s: float = 0.0
 
+    def done(self, start: float, first: float | None, got: str, want: str) -> None:
+        """One call that answered: its latency, its time to first token (its latency when nothing streamed), and
+        whether its text is the one expected."""
+        end = time.perf_counter()
+        self.latency_s.append(end - start)
+        self.ttft_s.append((first or end) - start)
+        self.wrong_text += got != want
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -130,10 +138,7 @@ async def _one_openai(client: openai.AsyncOpenAI, model: str, stream: bool, max_
     except Exception as exc:  # noqa: BLE001 - a failed call is counted, not fatal
         out.failed.append(f"{type(exc).__name__}: {exc}"[:200])
         return
-    end = time.perf_counter()
-    out.latency_s.append(end - start)
-    out.ttft_s.append((first or end) - start)
-    out.wrong_text += got != want
+    out.done(start, first, got, want)
 
 
 async def _one_sdk(kernel: AsyncKernel, stream: bool, max_tokens: int, out: Calls, want: str) -> None:
@@ -150,10 +155,7 @@ async def _one_sdk(kernel: AsyncKernel, stream: bool, max_tokens: int, out: Call
     except Exception as exc:  # noqa: BLE001
         out.failed.append(f"{type(exc).__name__}: {exc}"[:200])
         return
-    end = time.perf_counter()
-    out.latency_s.append(end - start)
-    out.ttft_s.append((first or end) - start)
-    out.wrong_text += got != want
+    out.done(start, first, got, want)
 
 
 async def _run(contender: str, n: int, stream: bool, params: GatewayParams, clients: list[Any]) -> Calls:
