@@ -96,7 +96,9 @@ def test_a_chat_completion_is_a_syscall_of_the_keys_agent(gw: Gateway) -> None:
 
 
 def test_bad_or_missing_keys_are_401_in_openai_format(gw: Gateway) -> None:
-    for key in (secrets.token_hex(32), "not-a-key", gw.keys["alice"][:-1] + "0"):
+    alice = gw.keys["alice"]
+    tampered = alice[:-1] + ("1" if alice.endswith("0") else "0")  # one character off, never the key itself
+    for key in (secrets.token_hex(32), "not-a-key", tampered):
         with pytest.raises(openai.AuthenticationError) as err:
             openai.OpenAI(base_url=gw.url, api_key=key, max_retries=0).chat.completions.create(
                 model="default", messages=ASK, max_tokens=4)
