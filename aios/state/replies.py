@@ -48,8 +48,13 @@ class Replies:
         accounted = syscall.agent_id if syscall is not None and t is not None else ""
         body = response.model_dump_json()
         sealed = seal_reply(body, key, sid) if key else body
+        # The script stores the response JSON and hands the sealed answer over: sent once, the seal stripped there.
+        if self.deliver is not None:
+            answer, how = body, "keep"
+        else:
+            answer, how = sealed, "sealed" if key else "plain"
         argv: list[Any] = [
-            "once" if once else "notify", body, "" if self.deliver is not None else sealed,
+            "once" if once else "notify", answer, how,
             self.ttl_s, f"{kind}:{response.status.value}" if kind is not None else "",
             accounted, t.service_s if accounted and t else 0, t.queue_wait_s if accounted and t else 0, WAITS_KEPT,
             recent_record(response, syscall) if syscall is not None else "", RECENT_KEPT,

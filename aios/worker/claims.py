@@ -40,7 +40,6 @@ class Claims:
         self.lease_s = min(rt.settings.worker.lease_s, rt.settings.broker.visibility_timeout_s / 2)
         self.renew_s = min(rt.settings.worker.lease_renew_s, self.lease_s / 3)
         self._take = scripts.register(rt.redis, "claim")
-        self._loaded = False
         self._release = scripts.register(rt.redis, "claim_release")
         self._renew = scripts.register(rt.redis, "claim_renew")
         self._held: dict[str, str] = {}  # syscall id -> token
@@ -58,20 +57,18 @@ class Claims:
         return self.settle(syscall_id, token, self._take(keys=[keys.claim(syscall_id), keys.result(syscall_id)],
                                                          args=[token, self._lease_ms]))
 
-    def take_in(self, pipe: "redis.client.Pipeline", syscall_id: str) -> str:
-        """Queue :meth:`take` on ``pipe`` (the load step's one round trip); returns the token, for :meth:`settle`
-        with the script's reply. As a bare EVALSHA: a ``Script`` in a pipeline costs a SCRIPT EXISTS round trip
-        on every execute (redis-py); the script is loaded once here, and again by :meth:`load` after a
-        ``NoScriptError`` (a restarted server)."""
-        if not self._loaded:
-            self.load()
+    def take_reading(self, syscall_id: str, agent_id: str, *, credential: bool,
+                     snapshot: bool) -> tuple[tuple[str, str | float], dict[bytes, bytes], dict[bytes, bytes],
+                                              list[bytes | None]]:
+        """:meth:`take`, and in the same command what the worker's next steps read (the load step's one round
+        trip): the agent's credential record (if ``credential``), the syscall's snapshot (if ``snapshot``), and the
+        cancel fields it heeds (:func:`aios.worker.cancels.heeded`)."""
         token = secrets.token_hex(16)
-        pipe.evalsha(self._take.sha, 2, keys.claim(syscall_id), keys.result(syscall_id), token, self._lease_ms)
-        return token
-
-    def load(self) -> None:
-        self.redis.script_load(self._take.script)
-        self._loaded = True
+        got = self._take(keys=[keys.claim(syscall_id), keys.result(syscall_id), keys.agent(agent_id),
+                               keys.context(syscall_id), keys.cancel(syscall_id)],
+                         args=[token, self._lease_ms, int(credential), int(snapshot), agent_id, keys.CANCEL_ANY])
+        claimed, record, snap, cancels = got
+        return (self.settle(syscall_id, token, claimed), _pairs(record), _pairs(snap), cancels)
 
     def settle(self, syscall_id: str, token: str, reply: "list[int]") -> tuple[str, str | float]:
         """What :meth:`take` returns, from the claim script's ``reply``."""
@@ -119,3 +116,8 @@ class Claims:
                 if still:
                     log.warning("syscall %s: its claim lapsed while it ran (the worker stalled for %.0f s?)",
                                 syscall_id, self.lease_s)
+
+
+def _pairs(flat: "list[bytes]") -> dict[bytes, bytes]:
+    """A hash as ``HGETALL`` inside a script returns it (field, value, field, value, ...)."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))

@@ -8,19 +8,23 @@
 -- KEYS[3] answered-syscalls counter hash   KEYS[4] snapshot hash   KEYS[5] retry-attempts counter
 -- KEYS[6] attained-service zset   KEYS[7] per-agent stats hash   KEYS[8] recent-waits list   KEYS[9] claim key
 -- KEYS[10] recent-syscalls list (the operator console's)
--- ARGV[1] mode ('once' | 'notify')   ARGV[2] response JSON (stored)   ARGV[3] the answer handed over (the
--- response sealed with the agent's key; '' to hand nothing over here)   ARGV[4] TTL seconds
+-- ARGV[1] mode ('once' | 'notify')   ARGV[2] the answer: the response JSON, or the response sealed with the
+-- agent's key ('<64 hex digits of its HMAC>.<response JSON>')   ARGV[3] what ARGV[2] is, and whether to hand it
+-- over here: 'sealed' or 'plain' (pushed onto KEYS[2]), 'keep' (the response JSON, handed over elsewhere)
+-- ARGV[4] TTL seconds
 -- ARGV[5] counter field ('<kind>:<status>', '' for none)
 -- ARGV[6] agent id ('' for no accounting)   ARGV[7] service seconds   ARGV[8] wait seconds   ARGV[9] waits kept
 -- ARGV[10] the syscall's record for the recent-syscalls list (JSON, no payload)   ARGV[11] records kept
 -- Returns 1 if this call answered, 0 if an answer was stored already.
-local mode, body, sealed, ttl, field = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local mode, answer, how, ttl, field = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local body = answer  -- what is stored: the response JSON, without the seal (sent once, not twice)
+if how == 'sealed' then body = string.sub(answer, 66) end
 if mode == 'once' then
   if not redis.call('SET', KEYS[1], body, 'NX', 'EX', ttl) then return 0 end
   redis.call('DEL', KEYS[4], KEYS[5], KEYS[9])
 end
-if sealed ~= '' then
-  redis.call('RPUSH', KEYS[2], sealed)
+if how ~= 'keep' then
+  redis.call('RPUSH', KEYS[2], answer)
   redis.call('EXPIRE', KEYS[2], ttl)
 end
 if field ~= '' then redis.call('HINCRBY', KEYS[3], field, 1) end
