@@ -1,0 +1,118 @@
+"""The windows where a worker's death used to lose a syscall or answer it late, forced open by a kill at that very
+moment (a worker process that SIGKILLs itself there), on the embedded Valkey and a real Redis."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import redis
+from kombu import Connection, Consumer, Exchange, Producer, Queue
+
+from aios.broker import kombu_client
+from aios.ops.embedded import LocalKernel
+from aios.settings import broker_to_redis_py
+from aios_bench.chaos import OwnRedis
+from tests.conftest import base_settings
+
+pytestmark = pytest.mark.integration
+
+REDIS_BROKERS = ["embedded", "redis"]
+
+TAKER = textwrap.dedent("""
+    import os, signal, sys
+    from kombu import Connection, Consumer, Queue
+    from kombu.transport.virtual import base
+    if sys.argv[3] == "patched":
+        from aios.broker import kombu_client
+        kombu_client.install()
+
+    def die(self, message, queue):  # the moment the message reaches the worker's Python: killed right there
+        print("taken", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    base.Transport._deliver = die
+    with Connection(sys.argv[1]) as conn:
+        with Consumer(conn, queues=[Queue(sys.argv[2], routing_key=sys.argv[2])], callbacks=[lambda b, m: None]):
+            print("ready", flush=True)
+            conn.drain_events(timeout=20)
+""")
+
+
+@contextmanager
+def broker_url(broker: str, tmp_path: Path) -> Iterator[str]:
+    if broker == "redis":  # a redis-server of the test's own: others use the shared one's kombu keys
+        if shutil.which("redis-server") is None:
+            pytest.skip("no redis-server binary")
+        own = OwnRedis()
+        own.start()
+        try:
+            yield own.url
+        finally:
+            own.stop()
+        return
+    with LocalKernel(base_settings(tmp_path), resources=()) as lk:
+        yield lk.settings.require_broker()
+
+
+def _take_and_die(url: str, queue: str, patched: bool) -> None:
+    """A consumer of ``queue`` that is SIGKILLed as the message it took reaches Python, before kombu's own record
+    of it; a message is published once it waits."""
+    proc = subprocess.Popen([sys.executable, "-c", TAKER, url, queue, "patched" if patched else "stock"],
+                            stdout=subprocess.PIPE, text=True, env={**os.environ})
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(0.3)  # blocked waiting on the empty queue: the message arrives while it waits, as under load
+    with Connection(url) as conn:
+        Producer(conn).publish({"n": 1}, exchange=Exchange(queue, "direct"), routing_key=queue,
+                               declare=[Queue(queue, Exchange(queue, "direct"), routing_key=queue)])
+    assert proc.wait(30) == -9, "the consumer must have been killed holding the message"
+
+
+def _unacked_bodies(url: str) -> list[bytes]:
+    return [raw for raw in _client(url).hvals("unacked")]
+
+
+def _client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(broker_to_redis_py(url))
+
+
+@pytest.mark.parametrize("broker", REDIS_BROKERS)
+def test_a_worker_killed_as_it_takes_a_message_leaves_it_recorded_for_the_sweep(broker: str, tmp_path: Path) -> None:
+    """kombu BRPOPs a message, then records it as unacknowledged in a second command: a worker killed between the
+    two lost it (asserted on stock kombu, the control). The kernel's take script does both at once, so the message
+    is in ``unacked`` when the worker dies, and the restore the lease sweep uses puts it back on its queue."""
+    queue = f"aios-take-{os.getpid()}-{time.monotonic_ns()}"
+    with broker_url(broker, tmp_path) as url:
+        r = _client(url)
+        r.delete("unacked", "unacked_index")
+        _take_and_die(url, queue + "-stock", patched=False)
+        assert r.llen(queue + "-stock") == 0 and not _unacked_bodies(url), "stock kombu: the message is lost"
+
+        _take_and_die(url, queue, patched=True)
+        assert r.llen(queue) == 0
+        [raw] = _unacked_bodies(url)
+        [tag] = r.hkeys("unacked")
+        assert r.zscore("unacked_index", tag) is not None, "recorded with the time it was taken, for the sweep"
+
+        kombu_client.install()
+        from aios.worker.leases import LeaseSweeper
+
+        with Connection(url) as conn:
+            channel = conn.default_channel
+            assert LeaseSweeper._restore(channel, channel.client, tag) == "?"  # not a kernel task: its kind unknown
+            got: list[dict[str, int]] = []
+            with Consumer(conn, queues=[Queue(queue, routing_key=queue)],
+                          callbacks=[lambda body, message: (got.append(body), message.ack())]):
+                conn.drain_events(timeout=10)
+        assert got == [{"n": 1}], "the restored message is delivered again"
+        assert r.hlen("unacked") == 0
+        r.delete(queue, queue + "-stock")
