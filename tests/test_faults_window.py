@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -77,7 +78,7 @@ def _take_and_die(url: str, queue: str, patched: bool) -> None:
     assert proc.wait(30) == -9, "the consumer must have been killed holding the message"
 
 
-def _unacked_bodies(url: str) -> list[bytes]:
+def _unacked_bodies(url: str) -> list[bytes | str]:
     return [raw for raw in _client(url).hvals("unacked")]
 
 
@@ -110,8 +111,12 @@ def test_a_worker_killed_as_it_takes_a_message_leaves_it_recorded_for_the_sweep(
             channel = conn.default_channel
             assert LeaseSweeper._restore(channel, channel.client, tag) == "?"  # not a kernel task: its kind unknown
             got: list[dict[str, int]] = []
-            with Consumer(conn, queues=[Queue(queue, routing_key=queue)],
-                          callbacks=[lambda body, message: (got.append(body), message.ack())]):
+
+            def take(body: dict[str, int], message: Any) -> None:
+                got.append(body)
+                message.ack()
+
+            with Consumer(conn, queues=[Queue(queue, routing_key=queue)], callbacks=[take]):
                 conn.drain_events(timeout=10)
         assert got == [{"n": 1}], "the restored message is delivered again"
         assert r.hlen("unacked") == 0
