@@ -1,5 +1,6 @@
-"""The windows where a worker's death used to lose a syscall or answer it late, forced open by a kill at that very
-moment (a worker process that SIGKILLs itself there), on the embedded Valkey and a real Redis."""
+"""The windows where a worker's death used to lose a syscall or answer it late: a worker SIGKILLed as it takes a
+message (a consumer that kills itself at that very moment), and one SIGKILLed while it runs syscalls, whose
+syscalls used to wait out their lease."""
 
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ from kombu import Connection, Consumer, Exchange, Producer, Queue
 from aios.broker import kombu_client
 from aios.ops.embedded import LocalKernel
 from aios.settings import broker_to_redis_py
+from aios.state import keys
 from aios_bench.chaos import OwnRedis
-from tests.conftest import base_settings
+from tests.conftest import BROKERS, authorized, base_settings, make_broker_settings
 
 pytestmark = pytest.mark.integration
 
@@ -121,3 +123,31 @@ def test_a_worker_killed_as_it_takes_a_message_leaves_it_recorded_for_the_sweep(
         assert got == [{"n": 1}], "the restored message is delivered again"
         assert r.hlen("unacked") == 0
         r.delete(queue, queue + "-stock")
+
+
+@pytest.mark.parametrize("broker", BROKERS)
+def test_a_killed_workers_syscalls_start_again_well_within_a_lease(broker: str, tmp_path: Path,
+                                                                  request: pytest.FixtureRequest) -> None:
+    """The lease is 10 s (the default), yet a SIGKILLed worker's syscalls start again on the other worker within a
+    sweep (AIOS_LEASE_RENEW_S, 2 s) and a few seconds of slack: their claims name a process of this host that is
+    gone. On Redis the other worker's sweep puts them back; RabbitMQ redelivers them at once and the copies take the
+    dead process's claims over instead of waiting for them to lapse."""
+    sleep_s = 4.0
+    settings = make_broker_settings(broker, tmp_path, request, worker_concurrency=2)
+    with LocalKernel(settings, resources=["tool"]) as lk, authorized(lk.settings, "quick") as k:
+        assert lk.settings.worker.lease_s == 10.0
+        state = redis.Redis.from_url(lk.settings.state_redis_url())
+        pendings = [k.submit(k.tool_syscall("sleep", {"seconds": sleep_s}, timeout_s=60)) for _ in range(2)]
+        deadline = time.monotonic() + 20
+        while not all(state.exists(keys.claim(p.id)) for p in pendings):  # both run on the one worker
+            assert time.monotonic() < deadline, "the syscalls never started"
+            time.sleep(0.05)
+        lk.add_workers("tool")  # idle until the dead worker's syscalls come back
+        lk.kill_worker("tool")
+        killed = time.time()
+        for p in pendings:
+            response = k.wait_response(p)
+            assert response.result == {"slept_s": sleep_s}
+            assert response.timing.started_at - killed < lk.settings.worker.lease_renew_s + 3.0, \
+                "started again one lease after the kill: the dead holder was not recognised"
+        assert int(state.hget(keys.STATS_DONE, "tool:ok") or 0) == 2  # each completed once
