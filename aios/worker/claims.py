@@ -86,7 +86,16 @@ def holder_dead(token: "bytes | str | None") -> bool:
     host = _host()
     if len(parts) != 3 or host is None or parts[0] != host or not parts[1].isdigit():
         return False
-    return _start_time(int(parts[1])) != parts[2]
+    pid = int(parts[1])
+    if os.path.exists(f"/proc/{pid}/stat"):
+        return _start_time(pid) != parts[2]  # a zombie, or another process under a PID that was freed
+    try:  # not in /proc: gone, or hidden (a /proc mounted with hidepid): ask the kernel
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists, under another user
+        return False
+    return False
 
 
 class Claims:
