@@ -361,7 +361,10 @@ def summarize(run: Run) -> dict[str, Any]:
         "recovery_s": {"p50": pct(recoveries, 50), "p99": pct(recoveries, 99), "affected": len(recoveries),
                        "unrecovered": unrecovered, "unrecovered_syscalls": len(unrecovered_ids)},
         "per_fault": per_fault,
-        "duplicated_effect_ids": sorted(sid for sid, n in run.ledger.items() if n > 1 and sid in tool_ids)[:20],
+        "duplicated_effect_syscalls": [
+            {"id": r.syscall_id, "runs": run.ledger[r.syscall_id], "submitted_t_s": r.submitted - run.t0,
+             "answered_after_s": None if r.answered is None else r.answered - r.submitted, **_nearest_fault(run, r)}
+            for r in accepted if r.resource == "tool" and run.ledger[r.syscall_id] > 1][:20],
         "latency_s": {"during_faults_p99": pct(lat_in, 99), "outside_faults_p99": pct(lat_out, 99),
                       "during_faults_n": len(lat_in), "outside_faults_n": len(lat_out)},
     }
