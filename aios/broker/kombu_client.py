@@ -220,8 +220,8 @@ def _deliver(self: Any, lane: str, item: bytes, *, recorded: bool) -> bool:
         if isinstance(info, dict):
             info[LANE] = lane
             info[SIZE] = len(item)
-            if recorded and isinstance(message["properties"].get("delivery_tag"), str):
-                info[RECORDED] = True
+            # Always set: a message put back from memory may carry the flag of its last delivery.
+            info[RECORDED] = recorded and isinstance(message["properties"].get("delivery_tag"), str)
     if recorded:  # in ``unacked`` already: a failure here leaves it to the lease sweep or the visibility timeout
         self.connection._deliver(message, queue)
         return True
