@@ -321,14 +321,22 @@ def summarize(run: Run) -> dict[str, Any]:
     dup_effects = sum(1 for sid, n in run.ledger.items() if n > 1 and sid in tool_ids)
     recoveries: list[float] = []
     unrecovered = 0
+    unrecovered_ids: set[str] = set()
+    per_fault: list[dict[str, Any]] = []
     for f in run.faults:
         hit = [r for r in accepted if r.submitted <= f.at and (r.answered is None or r.answered > f.at)
                and (f.what == "restart:broker" or r.resource == f.what.split(":", 1)[1])]
+        these: list[float] = []
         for r in hit:
             if r.syscall_id in answered_ids and r.answered is not None:
-                recoveries.append(r.answered - f.at)
+                these.append(r.answered - f.at)
             else:
                 unrecovered += 1
+                unrecovered_ids.add(r.syscall_id)
+        recoveries += these
+        per_fault.append({"t_s": f.at - run.t0, "what": f.what, "affected": len(hit),
+                          "unanswered": len(hit) - len(these), "recovery_max_s": max(these, default=None),
+                          "recovery_p50_s": float(np.percentile(these, 50)) if these else None})
     windows = [(f.at, f.at + FAULT_WINDOW_S) for f in run.faults]
 
     def during(r: Record) -> bool:
@@ -346,11 +354,17 @@ def summarize(run: Run) -> dict[str, Any]:
         "submitted": len(accepted), "answered": len(answered), "ok": sum(1 for r in answered if r.outcome == "ok"),
         "lost": lost, "failed": dict(failed), "refused_at_submit": len(run.records) - len(accepted),
         "lost_syscalls": [{"id": r.syscall_id, "resource": r.resource, "submitted_t_s": r.submitted - run.t0,
-                           "outcome": r.outcome} for r in accepted if r.syscall_id not in answered_ids][:20],
+                           "outcome": r.outcome, **_nearest_fault(run, r)}
+                          for r in accepted if r.syscall_id not in answered_ids][:20],
         "extra_replies": len(twice), "late_answers": len(late), "tool_executions": sum(run.ledger[s] for s in tool_ids),
         "duplicated_effects": dup_effects, "faults": [{"t_s": f.at - run.t0, "what": f.what} for f in run.faults],
         "recovery_s": {"p50": pct(recoveries, 50), "p99": pct(recoveries, 99), "affected": len(recoveries),
-                       "unrecovered": unrecovered},
+                       "unrecovered": unrecovered, "unrecovered_syscalls": len(unrecovered_ids)},
+        "per_fault": per_fault,
+        "duplicated_effect_syscalls": [
+            {"id": r.syscall_id, "runs": run.ledger[r.syscall_id], "submitted_t_s": r.submitted - run.t0,
+             "answered_after_s": None if r.answered is None else r.answered - r.submitted, **_nearest_fault(run, r)}
+            for r in accepted if r.resource == "tool" and run.ledger[r.syscall_id] > 1][:20],
         "latency_s": {"during_faults_p99": pct(lat_in, 99), "outside_faults_p99": pct(lat_out, 99),
                       "during_faults_n": len(lat_in), "outside_faults_n": len(lat_out)},
     }
@@ -360,6 +374,15 @@ def summarize(run: Run) -> dict[str, Any]:
         "recovery_p99_s": target(recovery_p99, *TARGETS["recovery_p99_s"]),
     }
     return out
+
+
+def _nearest_fault(run: Run, r: Record) -> dict[str, Any]:
+    """The fault nearest to a syscall's submission, for the diagnosis of a lost one: which, and how long after the
+    submission it came (negative: before)."""
+    if not run.faults:
+        return {}
+    f = min(run.faults, key=lambda f: abs(f.at - r.submitted))
+    return {"nearest_fault": f.what, "fault_after_submit_s": f.at - r.submitted}
 
 
 def plot(path: Path, runs: list[Run]) -> None:

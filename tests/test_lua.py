@@ -19,7 +19,9 @@ from aios.wire.priority import MAX_PRIORITY, MIN_PRIORITY
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [p for d in ("aios", "aios_bench") for p in sorted((ROOT / d).rglob("*.py"))]
-REGISTERED = re.compile(r"""\bregister\(\s*[\w.]+\s*,\s*["'](\w+)["']\s*\)""")
+REGISTERED = re.compile(r"""\b(?:register\(\s*[\w.]+\s*,|source\()\s*["'](\w+)["']\s*\)""")
+"""``scripts.register(client, "name")``, or ``scripts.source("name")`` for a script sent by hand (the kombu patch
+sends the take script on kombu's own connection)."""
 SLOT = re.compile(r"\b(KEYS|ARGV)\[(\d+)\]")
 
 

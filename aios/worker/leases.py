@@ -10,6 +10,12 @@ the front of its priority list with kombu's own restore: one WATCH/MULTI transac
 that of two workers sweeping at once one restores it and the other finds it gone. The copy runs on the next free
 worker (its claim has lapsed), about ``AIOS_LEASE_S`` + ``AIOS_LEASE_RENEW_S`` after the death.
 
+A dead worker of the same host is found sooner: a claim names the worker process holding it
+(:func:`aios.worker.claims.holder`), and a delivery whose claim is held by a process of this host that is gone
+(SIGKILLed, OOM-killed) goes back at the next sweep, its stale claim deleted first so that the copy runs at once:
+within ``AIOS_LEASE_RENEW_S`` of the death instead of a lease. A live process is never taken for dead, however
+long it stalls; a holder on another host is left to its lease.
+
 A message taken but not yet claimed (at most ``worker_prefetch_multiplier`` x threads are ever taken, and each
 is claimed within milliseconds), and one answered but not yet acknowledged, are left alone. The visibility
 timeout stays as the last resort (a worker that restores nothing because every worker died).
@@ -27,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from aios.state import keys
 from aios.state.periodic import Periodic
+from aios.worker.claims import holder_dead
 
 if TYPE_CHECKING:
     from aios.worker.runtime import Runtime
@@ -61,6 +68,8 @@ class LeaseSweeper:
         self.grace_s = rt.claims.lease_s
         self.periodic = Periodic("aios-lease-sweep", rt.claims.renew_s, self.sweep)
         self.restored = 0
+        self._ids: dict[Any, str | None] = {}
+        """Delivery tag -> the syscall id of its message (``None``: not a kernel syscall)."""
         """Messages this worker put back (also counted ``<kind>:lease_requeued`` in ``aios:stats:done``)."""
 
     def start(self) -> "LeaseSweeper":
@@ -79,27 +88,50 @@ class LeaseSweeper:
         with app.connection_for_write() as conn:
             channel: Any = conn.default_channel  # kombu's Redis channel (kombu ships no type hints)
             client = channel.client
-            tags = client.zrangebyscore(channel.unacked_index_key, 0, now - self.grace_s, start=0, num=BATCH)
-            if not tags:
-                return 0
-            ids = [syscall_id_of(raw) for raw in client.hmget(channel.unacked_key, tags)]
-            taken = [(tag, sid) for tag, sid in zip(tags, ids, strict=True) if sid is not None]
+            scored = client.zrangebyscore(channel.unacked_index_key, 0, now, start=0, num=BATCH, withscores=True)
+            self._learn(client, channel, [tag for tag, _ in scored])
+            taken = [(tag, sid, float(score)) for tag, score in scored if (sid := self._ids.get(tag)) is not None]
             if not taken:
                 return 0
             pipe = self.rt.redis.pipeline(transaction=False)
-            for _, sid in taken:
-                pipe.exists(keys.claim(sid), keys.result(sid))
-            lapsed = [(tag, sid) for (tag, sid), n in zip(taken, pipe.execute(), strict=True) if int(n) == 0]
+            for _, sid, _ in taken:
+                pipe.get(keys.claim(sid))
+                pipe.exists(keys.result(sid))
+            got = pipe.execute()
+            lapsed: list[tuple[Any, str, Any]] = []
+            for i, (tag, sid, when) in enumerate(taken):
+                claim, answered = got[2 * i], int(got[2 * i + 1])
+                if answered:
+                    continue
+                if claim is None and when <= now - self.grace_s:  # its lease lapsed
+                    lapsed.append((tag, sid, None))
+                elif claim is not None and holder_dead(claim):  # its holder is gone: no need to wait for the lease
+                    lapsed.append((tag, sid, claim))
             restored = 0
-            for tag, sid in lapsed:
+            for tag, sid, stale in lapsed:
+                if stale is not None:  # the copy must find the claim free, not wait out the dead holder's lease
+                    self.rt.claims.release_stale(sid, stale)
                 kind = self._restore(channel, client, tag)
                 if kind is not None:
                     restored += 1
-                    log.warning("syscall %s: its worker's lease lapsed (the worker died?): its message is back on "
-                                "its queue", sid)
+                    log.warning("syscall %s: %s: its message is back on its queue", sid,
+                                "its worker's lease lapsed (the worker died?)" if stale is None
+                                else "the worker process running it is gone")
                     self.rt.redis.hincrby(keys.STATS_DONE, f"{kind}:lease_requeued", 1)
         self.restored += restored
         return restored
+
+    def _learn(self, client: Any, channel: Any, tags: "list[Any]") -> None:
+        """Remember the syscall id of each delivery tag (read once per delivery, not at every sweep: the messages
+        may be large), and forget the tags no longer taken."""
+        unknown = [tag for tag in tags if tag not in self._ids]
+        if unknown:
+            for tag, raw in zip(unknown, client.hmget(channel.unacked_key, unknown), strict=True):
+                self._ids[tag] = syscall_id_of(raw)
+        if len(self._ids) > len(tags):
+            keep = set(tags)
+            for tag in [t for t in self._ids if t not in keep]:
+                del self._ids[tag]
 
     @staticmethod
     def _restore(channel: Any, client: Any, tag: "bytes | str") -> str | None:

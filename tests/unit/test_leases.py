@@ -77,3 +77,25 @@ def test_only_kernel_messages_are_recognised() -> None:
     assert syscall_id_of(ok.replace("aios.tool", "other.task", 1)) is None
     assert syscall_id_of('[{"headers": {"task": "aios.tool", "id": "short"}}, "", ""]') is None
     assert syscall_id_of("not json") is None and syscall_id_of(None) is None
+
+
+def test_a_delivery_whose_worker_process_is_gone_goes_back_at_the_next_sweep(harness: MakeHarness) -> None:
+    """Not one lease later: its claim names a process of this host that no longer exists. The stale claim is
+    deleted with it, so that the copy runs at once; a live holder's delivery stays however long it runs."""
+    from aios.worker.claims import holder
+    from tests.unit.test_step_idempotency import dead_holder_token
+
+    h = harness("tool", StubService(), app=True)
+    dead, alive = h.sdk.tool_syscall("noop"), h.sdk.tool_syscall("noop")
+    for s in (dead, alive):
+        h.submit(s)
+        _take_unacked(h)
+    h.redis.set(keys.claim(dead.id), dead_holder_token(), px=60_000)
+    h.redis.set(keys.claim(alive.id), f"{holder()}/running", px=60_000)
+    sweeper = LeaseSweeper(h.runtime)
+    assert sweeper.sweep() == 1  # at once, not after grace_s
+    assert [m.message_id for m in h.queued()] == [dead.id] and _unacked(h) == 1
+    assert not h.redis.exists(keys.claim(dead.id)) and h.redis.exists(keys.claim(alive.id))
+    assert sweeper.sweep(now=time.time() + 3600) == 0  # the live holder's stays
+    h.deliver()
+    assert h.reply(dead.id) is not None and h.reply(dead.id).result == {"ran": dead.id}  # type: ignore[union-attr]

@@ -4,6 +4,8 @@ finds the id claimed by a delivery still running is put off by the kernel, and r
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -127,3 +129,33 @@ def test_a_copy_long_after_every_run_could_have_ended_is_dropped(harness: MakeHa
     h.redis.set(keys.claim(old.id), "stuck", px=60_000)
     assert h.run(old) is None and h.delayed() == [] and service.calls == []
     assert h.count(keys.STATS_DONE, "tool:duplicate") == 1
+
+
+def dead_holder_token() -> str:
+    """The claim token of a worker process of this host that has exited (and been reaped)."""
+    from aios.worker.claims import _host, _start_time
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    started = _start_time(proc.pid)
+    proc.kill()
+    proc.wait()
+    return f"{_host()}.{proc.pid}.{started}/0123abcd"
+
+
+def test_a_claim_of_a_dead_worker_process_of_this_host_is_taken_over_at_once(harness: MakeHarness) -> None:
+    """The copy need not wait out the lease of a holder whose process is gone: it deletes that claim and runs now.
+    A live holder (this very process, a stalled one) or one of another host is waited for as before."""
+    from aios.worker.claims import holder, holder_dead
+
+    service = StubService()
+    h = harness("tool", service, app=True)
+    syscall = h.sdk.tool_syscall("noop")
+    dead = dead_holder_token()
+    assert holder_dead(dead) and not holder_dead(f"{holder()}/live") and not holder_dead("other-host.1.2/x")
+    h.redis.set(keys.claim(syscall.id), dead, px=60_000)
+    assert h.run(syscall).status.value == "ok"  # type: ignore[union-attr]
+    assert len(service.calls) == 1 and h.delayed() == [] and h.runtime.claims.taken_over == 1
+
+    alive = h.sdk.tool_syscall("noop")
+    h.redis.set(keys.claim(alive.id), f"{holder()}/another-thread", px=60_000)  # alive: put off, not taken over
+    assert h.run(alive) is None and [sid for sid, _ in h.delayed()] == [alive.id]
