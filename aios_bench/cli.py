@@ -265,7 +265,7 @@ def agents(agents: tuple[int, ...], steps: int, short: int, long: int, batch_siz
 @bench.command()
 @click.option("--agents", callback=_int_list, default=None,
               help="Numbers of concurrent agents, comma-separated; 256 gives gateway_streams_256_ok.  [default: 64,256]")
-@click.option("--calls", type=int, default=None, help="Calls per agent, one after the other.  [default: 3]")
+@click.option("--calls", type=int, default=None, help="Calls per agent: rounds, each of one call per agent, the contenders in turn.  [default: 3]")
 @click.option("--service-ms", type=float, default=None, help="Provider service time per request.  [default: 50]")
 @click.option("--max-tokens", type=int, default=None, help="max_tokens of every call.  [default: 32]")
 @click.option("--llm-threads", type=int, default=None, help="Threads of the kernel's LLM worker.  [default: 64]")

@@ -145,4 +145,9 @@ def test_gateway_writes_json_with_both_targets_and_a_plot(tmp_path: Path) -> Non
     assert set(written["runs"]) == {f"3/{m}/{c}" for m in ("plain", "stream") for c in ("direct", "sdk", "gateway")}
     for run in written["runs"].values():  # every call of every contender answered, with the emulator's text
         assert (run["calls_ok"], run["calls_asked"], run["failed"], run["wrong_text"]) == (6, 6, 0, 0)
+        cpu = run["cpu_ms_per_call"]  # from /proc: this process (the clients), the gateway's, the rest
+        assert set(cpu) == {"client", "gateway", "kernel"} and cpu["client"] > 0 and min(cpu.values()) >= 0
+    assert set(written["overhead_p50_ms"]) == {"3/plain", "3/stream"}
+    assert written["targets"]["gateway_p50_overhead_ms"]["value"] == pytest.approx(written["overhead_p50_ms"]["3/plain"],
+                                                                                   abs=1e-3)
     assert out.with_suffix(".png").stat().st_size > 10_000

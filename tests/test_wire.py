@@ -17,6 +17,25 @@ REDIS = "redis://127.0.0.1:6379/0"
 AMQP = "amqp://guest:guest@127.0.0.1:5672//"
 
 
+def test_syscall_ids_are_random_hex_and_a_forked_child_draws_its_own() -> None:
+    import os
+
+    from aios.wire.syscalls import new_syscall_id
+
+    ids = [new_syscall_id() for _ in range(1000)]  # several reads of the OS's randomness (256 ids each)
+    assert len(set(ids)) == 1000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child's next id, while the parent's buffer still holds unused ones
+        os.write(write, new_syscall_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert len(child) == 32 and child != new_syscall_id()
+
+
 def tool(**over: object) -> dict:
     d = ToolSyscall(agent_id="a1", tool="noop").model_dump(mode="json")
     d.update(over)

@@ -17,9 +17,10 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from aios.gateway.disconnect import EventStream
 from aios.sdk import AsyncKernel
 from aios.wire.errors import AIOSError
 from aios.wire.priority import DEFAULT_PRIORITY
@@ -321,18 +322,16 @@ class OpenAIRoutes:
         syscall = chat_syscall(kernel, body, model=self._core(name), priority=priority)
         if body.get("stream"):
             opts = body.get("stream_options") or {}
-            return StreamingResponse(self._stream(request, kernel, syscall, str(name),
-                                                  bool(opts.get("include_usage"))),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            return EventStream(self._stream(kernel, syscall, str(name), bool(opts.get("include_usage"))),
+                               headers={"Cache-Control": "no-cache"})
         result = await self.ctx.until_disconnect(request, kernel, syscall, kernel.call(syscall))
         return JSONResponse(completion(syscall.id, str(name), result))
 
-    async def _stream(self, request: Request, kernel: AsyncKernel, syscall: LLMSyscall, model: str,
+    async def _stream(self, kernel: AsyncKernel, syscall: LLMSyscall, model: str,
                       include_usage: bool) -> AsyncIterator[str]:
         sid = syscall.id
-        # The client may go away while we wait for the next piece: cancel then, whether or not the server ever
-        # closes this generator (an ASGI server that reports a closed socket only on the next send may not).
-        watch = self.ctx.cancel_on_disconnect(request, kernel, sid)
+        # The client may go away while we wait for the next piece: EventStream then cancels this generator where
+        # it waits (and closes it in any case), and the syscall is cancelled below.
         answered = False
         try:
             yield _chunk(sid, model, {"role": "assistant", "content": ""})
@@ -350,18 +349,15 @@ class OpenAIRoutes:
                     elif result.get("content"):
                         yield _chunk(sid, model, {"content": result["content"]})
                 answered = True
-                watch.cancel()
                 yield _chunk(sid, model, {}, _finish(result))
                 if include_usage:
                     yield _chunk(sid, model, None, usage=_usage(result))
             except AIOSError as exc:
                 answered = True
-                watch.cancel()
                 yield f"data: {json.dumps(from_kernel(exc).body())}\n\n"
             yield "data: [DONE]\n\n"
         finally:
-            if not answered and not watch.done():  # closed or cancelled before the answer: the client went away
-                watch.cancel()
+            if not answered:  # closed or cancelled before the answer: the client went away
                 self.ctx.cancel(kernel, sid)
 
     async def embeddings(self, request: Request) -> Response:

@@ -34,6 +34,7 @@ from starlette.routing import BaseRoute
 
 from aios.gateway.auth import Agent, AgentKeys
 from aios.gateway.context import StatusSource
+from aios.gateway.disconnect import ClientGone, DisconnectWatch
 from aios.gateway.openai_api import ApiError, from_kernel
 from aios.policy.identity import Credential, authorize
 from aios.sdk import AsyncKernel
@@ -46,10 +47,6 @@ T = TypeVar("T")
 
 ROUTE_SETS = ("aios.gateway.openai_api", "aios.gateway.mcp_server", "aios.gateway.console")
 """Modules whose ``routes(ctx)`` the app serves, where installed."""
-
-
-class ClientGone(Exception):
-    """The HTTP client disconnected before its answer was ready (its syscall was cancelled)."""
 
 
 @dataclass
@@ -139,29 +136,16 @@ class GatewayContext:
         self._cancelling.add(task)
         task.add_done_callback(self._cancelling.discard)
 
-    def cancel_on_disconnect(self, request: Request, kernel: AsyncKernel, syscall_id: str) -> asyncio.Task[None]:
-        """A task that cancels ``syscall_id`` when the client disconnects; cancel the task once it is answered."""
-        async def watch() -> None:
-            await _disconnected(request)
-            self.cancel(kernel, syscall_id)
-
-        return asyncio.create_task(watch())
-
     async def until_disconnect(self, request: Request, kernel: AsyncKernel, syscall: Syscall,
                                work: Awaitable[T]) -> T:
         """Await ``work`` (the syscall's answer) unless the client disconnects first: then cancel the syscall and
         raise :class:`ClientGone`."""
-        task = asyncio.ensure_future(work)
-        gone = asyncio.ensure_future(_disconnected(request))
         try:
-            await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-        if not task.done():
-            task.cancel()
+            with DisconnectWatch(request.receive):
+                return await work
+        except ClientGone:
             self.cancel(kernel, syscall.id)
-            raise ClientGone(syscall.id)
-        return task.result()
+            raise ClientGone(syscall.id) from None
 
     async def aclose(self) -> None:
         if self._cancelling:
@@ -169,13 +153,6 @@ class GatewayContext:
         for _, kernel in self._kernels.values():
             await kernel.aclose()
         self._kernels.clear()
-
-
-async def _disconnected(request: Request) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
 
 
 # -- the app ----------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import asyncio
 import json
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import pytest
@@ -133,3 +133,104 @@ def test_a_token_resolves_to_its_agent_only_while_it_is_current(make_settings: M
         assert await index.resolve(alice) is None
 
     asyncio.run(run())
+
+
+# -- a client that goes away (aios.gateway.disconnect) ------------------------------------------------------------
+
+class Client:
+    """The ASGI receive of one request: its body, then ``http.disconnect`` once :meth:`hang_up` is called."""
+
+    def __init__(self) -> None:
+        self.gone = asyncio.Event()
+        self.sent: list[dict[str, Any]] = []
+
+    async def receive(self) -> dict[str, Any]:
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: MutableMapping[str, Any]) -> None:
+        self.sent.append(dict(message))
+
+    def hang_up(self) -> None:
+        self.gone.set()
+
+
+async def test_a_disconnect_cancels_the_watched_work_as_client_gone() -> None:
+    from aios.gateway.disconnect import ClientGone, DisconnectWatch
+
+    client, reached = Client(), asyncio.Event()
+
+    async def work() -> str:
+        reached.set()
+        await asyncio.sleep(30)
+        return "never"
+
+    async def request() -> str:
+        with DisconnectWatch(client.receive):
+            return await work()
+
+    task = asyncio.create_task(request())
+    await reached.wait()
+    client.hang_up()
+    with pytest.raises(ClientGone):
+        await task
+    assert task.cancelling() == 0  # the cancellation was taken back: the request's task may still answer
+
+
+async def test_a_watch_that_ended_cancels_nothing_and_other_cancellations_stay_cancellations() -> None:
+    from aios.gateway.disconnect import DisconnectWatch
+
+    client = Client()
+    with DisconnectWatch(client.receive) as watch:
+        assert await asyncio.sleep(0, "answered") == "answered"
+    client.hang_up()  # after the answer (uvicorn reports the end of a response as a disconnect too)
+    await asyncio.sleep(0.05)  # the watch would have cancelled this task by now
+    assert not watch.gone
+
+    async def request() -> None:
+        with DisconnectWatch(Client().receive):
+            await asyncio.sleep(30)
+
+    task = asyncio.create_task(request())
+    await asyncio.sleep(0.01)
+    task.cancel()  # not the client: e.g. the server shutting down
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_an_event_stream_closes_its_iterator_when_the_client_goes_away() -> None:
+    from aios.gateway.disconnect import EventStream
+
+    client, closed, first = Client(), asyncio.Event(), asyncio.Event()
+
+    async def events() -> Any:
+        try:
+            yield "data: 1\n\n"
+            first.set()
+            await asyncio.sleep(30)
+            yield "data: 2\n\n"
+        finally:
+            closed.set()
+
+    response = asyncio.create_task(EventStream(events())({"type": "http"}, client.receive, client.send))
+    await first.wait()
+    client.hang_up()
+    await asyncio.wait_for(response, 5)  # ends without an error: nobody to answer
+    assert closed.is_set()
+    assert [m.get("body") for m in client.sent] == [None, b"data: 1\n\n"]
+    assert client.sent[0]["status"] == 200 and (b"content-type", b"text/event-stream; charset=utf-8") in \
+        client.sent[0]["headers"]
+
+
+async def test_an_event_stream_sends_every_event_then_ends_the_body() -> None:
+    from aios.gateway.disconnect import EventStream
+
+    client = Client()
+
+    async def events() -> Any:
+        for i in range(3):
+            yield f"data: {i}\n\n"
+
+    await EventStream(events())({"type": "http"}, client.receive, client.send)
+    assert [(m.get("body"), m.get("more_body")) for m in client.sent[1:]] == [
+        (b"data: 0\n\n", True), (b"data: 1\n\n", True), (b"data: 2\n\n", True), (b"", False)]
