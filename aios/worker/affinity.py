@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import threading
 import time
@@ -146,7 +147,7 @@ class Affinity:
         now = time.time()
         totals = self.totals()
         delta = {k: v - self._flushed[k] for k, v in totals.items() if v != self._flushed[k]}
-        entry = {"queue": self.queue, "seen": now, "running": self.running, "slots": self.slots, "left": left,
+        entry = {"queue": self.queue, "pid": os.getpid(), "seen": now, "running": self.running, "slots": self.slots, "left": left,
                  "started": self._started, **totals}
         pipe = self.rt.redis.pipeline(transaction=True)
         pipe.hset(self.registry, self.worker_id, json.dumps(entry))
