@@ -87,4 +87,16 @@ def test_an_agents_turns_follow_its_context_and_survive_its_workers_death(
         before = seen[survivor]
         assert after["affinity_new"] + after["affinity_miss"] > before["affinity_new"] + before["affinity_miss"]
         assert after["affinity_hit"] >= before["affinity_hit"] + turns - 1  # its later turns: hits there
+        # Killed a moment ago, the victim still looked alive: the first turn was handed to its queue, and came back
+        # (on Redis the survivor drains a gone worker's queue; RabbitMQ sends it back after OWN_QUEUE_TTL_MS).
+        assert after["handovers"] > before["handovers"]
+        if broker != "rabbitmq":
+            assert after["reclaimed"] >= 1
         assert owner_pid(lk.settings, "agent0") == survivor
+        final = llm_workers(lk.settings)["llm_counters"]
+        print("LLM counters:", final)
+        r = redis.Redis.from_url(lk.settings.state_redis_url())
+        try:
+            assert not r.hgetall(keys.STATS_REJECTED), "no message refused (a sent-back one's x-death headers pass)"
+        finally:
+            r.close()
