@@ -277,7 +277,8 @@ class LLMSettings(BaseModel):
     affinity: bool = True
     """Several LLM workers of one core: an agent's syscall runs on the worker whose conversation cache holds its
     context when that worker is alive and has a free slot (the worker that takes it from the shared queue hands
-    it over to that worker's own queue), else on any worker (:mod:`aios.worker.affinity`). Redis and RabbitMQ."""
+    it over to that worker's own queue), else on any worker (:mod:`aios.worker.affinity`). Redis and RabbitMQ.
+    Off: the workers still record and count affinity hits (chance's), but hand nothing over."""
     affinity_ttl_s: float = Field(default=600.0, gt=0)
     """How long the record "agent -> the LLM worker holding its context" lives after its last syscall there."""
     snapshot_kv: bool = True

@@ -278,7 +278,7 @@ def status(as_json: bool) -> None:
         t = Table("LLM worker", "queue", "running", "seen", "cache hits", "misses", "prefill saved", "affinity hit",
                   "miss", "new", "handed over")
         for w in info["llm_workers"]:
-            t.add_row(w["id"] + (" (left)" if w.get("left") else ""), w["queue"], f"{w['running']}/{w['slots']}",
+            t.add_row(w["id"] + (" (left)" if w.get("left") else ""), w["queue"] or "- (affinity off)", f"{w['running']}/{w['slots']}",
                       f"{w['seen_s_ago']} s ago", str(w.get("cache_hits", "-")), str(w.get("cache_misses", "-")),
                       str(w.get("prefill_tokens_saved", "-")), str(w["affinity_hit"]), str(w["affinity_miss"]),
                       str(w["affinity_new"]), str(w["handovers"]))

@@ -57,17 +57,20 @@ def alive(view: WorkerView | None, now: float, gone_after_s: float) -> bool:
 
 
 def decide(me: str, owner: str | None, workers: Mapping[str, WorkerView], *, from_shared: bool, now: float,
-           gone_after_s: float) -> Route:
+           gone_after_s: float, hand_over: bool = True) -> Route:
     """The route of a syscall that worker ``me`` took, whose agent's context ``owner`` holds (``None``: nobody).
 
     ``from_shared``: it came from the core's shared queue. A syscall that came through ``me``'s own queue was
-    handed over already and runs here whatever the record says now: a syscall moves at most once."""
+    handed over already and runs here whatever the record says now: a syscall moves at most once. Without
+    ``hand_over`` (affinity off) it runs where it was taken, and the route only says whether that was a hit."""
     if owner is None:
         return Route(Outcome.NEW, why="no worker holds its agent's context")
     if owner == me:
         return Route(Outcome.HIT)
     if not from_shared:
         return Route(Outcome.MISS, why=f"handed over here, but worker {owner} holds its context now")
+    if not hand_over:
+        return Route(Outcome.MISS, why=f"worker {owner} holds its context (affinity off)")
     view = workers.get(owner)
     if not alive(view, now, gone_after_s):
         return Route(Outcome.MISS, why=f"worker {owner}, which holds its context, is gone")

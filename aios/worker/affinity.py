@@ -1,7 +1,7 @@
 """Affinity across the LLM workers of one core: an agent's syscalls go to the worker whose conversation cache holds
 its context, or to any worker when that one is busy or gone. The decision is :func:`aios.policy.affinity.decide`.
 
-Each LLM worker (llama.cpp backend, ``AIOS_LLM_AFFINITY``) has an id and a queue of its own,
+Each LLM worker (llama.cpp backend; with ``AIOS_LLM_AFFINITY``) has an id and a queue of its own,
 ``<core queue>.w-<id>``, which it consumes besides the core's shared queue; agents cannot push onto it (their
 broker users may push only onto the kernel's shared queues, docs/security.md). The kernel's Redis holds:
 
@@ -15,7 +15,8 @@ syscall was verified and claimed). If another worker holds the agent's context, 
 had a free slot, the syscall goes to that worker's queue (its claim given up first, as any requeue; counted
 ``handovers``); a syscall that came through a worker's own queue runs there, so it moves at most once. Otherwise it
 runs here. The worker that runs it counts an affinity ``hit`` (it holds the context), ``miss`` (another does, busy
-or gone) or ``new`` (nobody does).
+or gone) or ``new`` (nobody does). With ``AIOS_LLM_AFFINITY=false`` the workers still record and count (the hit
+rate of chance, for comparison: ``aios bench conversations --workers 2``), but hand nothing over.
 
 A worker that dies leaves its queue: on Redis the live workers move what waits there back onto the shared queue
 once its heartbeat is ``GONE_AFTER_S`` old (and keep doing so for a visibility timeout, for messages the lease
@@ -64,7 +65,7 @@ def parse_workers(raw: dict[Any, Any]) -> dict[str, WorkerView]:
     for k, v in raw.items():
         try:
             d = json.loads(v)
-            out[as_text(k)] = WorkerView(worker=as_text(k), queue=str(d["queue"]), seen=float(d["seen"]),
+            out[as_text(k)] = WorkerView(worker=as_text(k), queue=str(d["queue"] or ""), seen=float(d["seen"]),
                                          running=int(d["running"]), slots=int(d["slots"]), left=bool(d.get("left")))
         except (ValueError, KeyError, TypeError):
             continue
@@ -79,6 +80,8 @@ class Affinity:
         self.shared = rt.queue
         self.worker_id = secrets.token_hex(4)
         self.queue = f"{rt.queue}.w-{self.worker_id}"
+        self.hands_over = rt.settings.llm.affinity
+        """``AIOS_LLM_AFFINITY``; off, the worker only records and counts (no own queue, no hand-over)."""
         self.slots = rt.settings.llm.batch_size
         self.ttl_s = rt.settings.llm.affinity_ttl_s
         self.forget_after_s = rt.settings.broker.visibility_timeout_s + 60.0
@@ -100,7 +103,7 @@ class Affinity:
         pipe.hgetall(self.registry)
         owner, raw = pipe.execute()
         return decide(self.worker_id, as_text(owner) if owner is not None else None, parse_workers(raw),
-                      from_shared=from_shared, now=time.time(), gone_after_s=GONE_AFTER_S)
+                      from_shared=from_shared, now=time.time(), gone_after_s=GONE_AFTER_S, hand_over=self.hands_over)
 
     def hand_over(self, call: Call, queue: str) -> None:
         """Send the syscall to another worker's own ``queue``; this delivery is acknowledged when the step ends."""
@@ -147,7 +150,7 @@ class Affinity:
         now = time.time()
         totals = self.totals()
         delta = {k: v - self._flushed[k] for k, v in totals.items() if v != self._flushed[k]}
-        entry = {"queue": self.queue, "pid": os.getpid(), "seen": now, "running": self.running, "slots": self.slots, "left": left,
+        entry = {"queue": self.queue if self.hands_over else None, "pid": os.getpid(), "seen": now, "running": self.running, "slots": self.slots, "left": left,
                  "started": self._started, **totals}
         pipe = self.rt.redis.pipeline(transaction=True)
         pipe.hset(self.registry, self.worker_id, json.dumps(entry))
@@ -166,7 +169,7 @@ class Affinity:
         moved = 0
         broker = self.rt.broker_redis
         if broker is not None:
-            for view in drain:
+            for view in (v for v in drain if v.queue):
                 for src, dst in zip(step_lists(view.queue), step_lists(self.shared), strict=True):
                     while broker.lmove(src, dst, "LEFT", "RIGHT") is not None:  # oldest stays first to be served
                         moved += 1

@@ -91,7 +91,8 @@ def create_worker_app(resource: str, service_factory: Callable[[Settings], Servi
     task_revoked.connect(revoked, weak=False)
 
     def own_queue(sender: Any = None, **_: Any) -> None:
-        if getattr(sender, "app", None) is app and runtime.affinity is not None:  # after `-Q` chose the queues
+        if getattr(sender, "app", None) is app and runtime.affinity is not None and runtime.affinity.hands_over:
+            # after `-Q` chose the queues
             app.amqp.queues.select_add(runtime.affinity.queue_entity())
 
     worker_init.connect(own_queue, weak=False)

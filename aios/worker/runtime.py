@@ -78,7 +78,7 @@ class Runtime:
         """Message id -> the queue it came from (LLM workers with affinity; popped by the affinity step)."""
         self.affinity: Affinity | None = None
         """An LLM worker's affinity (:mod:`aios.worker.affinity`): its own queue, heartbeat and counters."""
-        if resource == "llm" and settings.llm.affinity and settings.llm.backend == "llamacpp":
+        if resource == "llm" and settings.llm.backend == "llamacpp":
             self.affinity = Affinity(self)
         self.app: Celery | None = None
         """The worker's Celery app (set by :func:`aios.worker.app.create_worker_app`): requeues go through it."""

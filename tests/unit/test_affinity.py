@@ -33,6 +33,14 @@ def test_a_busy_or_gone_holder_is_passed_over() -> None:
     assert route("b", [view("a")]).outcome is Outcome.MISS  # never heard of (forgotten)
 
 
+def test_with_affinity_off_nothing_moves_but_hits_are_still_told_apart() -> None:
+    workers = {w.worker: w for w in [view("a"), view("b")]}
+    off = {"from_shared": True, "now": NOW, "gone_after_s": GONE, "hand_over": False}
+    assert decide("a", "b", workers, **off).outcome is Outcome.MISS  # type: ignore[arg-type]
+    assert decide("a", "a", workers, **off).outcome is Outcome.HIT  # type: ignore[arg-type]
+    assert decide("a", None, workers, **off).outcome is Outcome.NEW  # type: ignore[arg-type]
+
+
 def test_a_syscall_moves_at_most_once() -> None:
     """One that came through this worker's own queue runs here, even if the record changed meanwhile."""
     r = route("b", [view("a"), view("b")], from_shared=False)
