@@ -85,9 +85,10 @@ def run_kernel_agents(workers: int, affinity: bool, agents: int, steps: int, tok
     task = progress.add_task(label, total=agents * steps)
     replies: list[list[str]] = [[] for _ in range(agents)]
     with tempfile.TemporaryDirectory(prefix="aios-bench-conv-") as tmp:
-        settings = Settings(data_dir=Path(tmp), llm_n_ctx=2048, llm_n_threads=threads, llm_batch_size=batch,
-                            llm_requantize=requantize, llm_affinity=affinity, approvals="off", quotas={},
-                            default_timeout_s=600.0)
+        values: dict[str, Any] = {"data_dir": Path(tmp), "llm_n_ctx": 2048, "llm_n_threads": threads,
+                                  "llm_batch_size": batch, "llm_requantize": requantize, "llm_affinity": affinity,
+                                  "approvals": "off", "quotas": {}, "default_timeout_s": 600.0}
+        settings = Settings(**values)
         with LocalKernel(settings, resources=["llm"], progress=log) as lk:
             if workers > 1:
                 lk.add_workers("llm", workers - 1)

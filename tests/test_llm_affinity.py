@@ -45,13 +45,13 @@ def beats(settings: Settings) -> dict[int, dict[str, Any]]:
 
 
 def owner_pid(settings: Settings, agent: str) -> int:
-    r = redis.Redis.from_url(settings.state_redis_url())
+    r = redis.Redis.from_url(settings.state_redis_url(), decode_responses=True)
     try:
         worker = r.get(keys.llm_owner("aios.llm", agent))
     finally:
         r.close()
     assert worker is not None, f"no LLM worker recorded as holding {agent}'s context"
-    return next(int(w["pid"]) for w in llm_workers(settings)["llm_workers"] if w["id"] == worker.decode())
+    return next(int(w["pid"]) for w in llm_workers(settings)["llm_workers"] if w["id"] == worker)
 
 
 @pytest.mark.parametrize("broker", BROKERS)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class WorkerView:
     """It stopped (said so at ``seen``)."""
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     HIT = "hit"
     """Runs here, on the worker holding its agent's context."""
     HAND_OVER = "handover"

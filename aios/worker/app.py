@@ -91,9 +91,12 @@ def create_worker_app(resource: str, service_factory: Callable[[Settings], Servi
     task_revoked.connect(revoked, weak=False)
 
     def own_queue(sender: Any = None, **_: Any) -> None:
-        if getattr(sender, "app", None) is app and runtime.affinity is not None and runtime.affinity.hands_over:
-            # after `-Q` chose the queues
-            app.amqp.queues.select_add(runtime.affinity.queue_entity())
+        """An LLM worker with affinity consumes its own queue too (added once `-Q` chose the queues)."""
+        affinity = runtime.affinity
+        if getattr(sender, "app", None) is not app or affinity is None or not affinity.hands_over:
+            return
+        worker_app: Any = sender.app
+        worker_app.amqp.queues.select_add(affinity.queue_entity())
 
     worker_init.connect(own_queue, weak=False)
     return app

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aios.policy.affinity import Outcome, WorkerView, decide, gone
+from aios.policy.affinity import Outcome, Route, WorkerView, decide, gone
 from aios.worker.affinity import parse_workers
 
 NOW = 1000.0
@@ -13,7 +13,7 @@ def view(worker: str, *, seen: float = NOW - 0.5, running: int = 0, slots: int =
     return WorkerView(worker=worker, queue=f"aios.llm.w-{worker}", seen=seen, running=running, slots=slots, left=left)
 
 
-def route(owner: str | None, workers: list[WorkerView], *, me: str = "a", from_shared: bool = True) -> object:
+def route(owner: str | None, workers: list[WorkerView], *, me: str = "a", from_shared: bool = True) -> Route:
     return decide(me, owner, {w.worker: w for w in workers}, from_shared=from_shared, now=NOW, gone_after_s=GONE)
 
 
@@ -35,10 +35,9 @@ def test_a_busy_or_gone_holder_is_passed_over() -> None:
 
 def test_with_affinity_off_nothing_moves_but_hits_are_still_told_apart() -> None:
     workers = {w.worker: w for w in [view("a"), view("b")]}
-    off = {"from_shared": True, "now": NOW, "gone_after_s": GONE, "hand_over": False}
-    assert decide("a", "b", workers, **off).outcome is Outcome.MISS  # type: ignore[arg-type]
-    assert decide("a", "a", workers, **off).outcome is Outcome.HIT  # type: ignore[arg-type]
-    assert decide("a", None, workers, **off).outcome is Outcome.NEW  # type: ignore[arg-type]
+    for owner, outcome in (("b", Outcome.MISS), ("a", Outcome.HIT), (None, Outcome.NEW)):
+        assert decide("a", owner, workers, from_shared=True, now=NOW, gone_after_s=GONE,
+                      hand_over=False).outcome is outcome
 
 
 def test_a_syscall_moves_at_most_once() -> None:
