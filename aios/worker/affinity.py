@@ -10,9 +10,9 @@ broker users may push only onto the kernel's shared queues, docs/security.md). T
 - ``aios:llm:workers:<queue>``: each worker's heartbeat (every ``HEARTBEAT_S``): its queue, slots in use, and its
   cache's counters, which ``aios status`` shows.
 
-The worker that takes a syscall from the shared queue reads both (one round trip, :class:`AffinityStep`, after the
-syscall was verified and claimed). If another worker holds the agent's context, beat within ``GONE_AFTER_S`` and
-had a free slot, the syscall goes to that worker's queue (its claim given up first, as any requeue; counted
+The worker that takes a syscall from the shared queue reads both (one round trip, after the syscall was verified
+and claimed: :class:`aios.worker.steps.affinity.AffinityStep`). If another worker holds the agent's context, beat
+within ``GONE_AFTER_S`` and had a free slot, the syscall goes to that worker's queue (its claim given up first, as any requeue; counted
 ``handovers``); a syscall that came through a worker's own queue runs there, so it moves at most once. Otherwise it
 runs here. The worker that runs it counts an affinity ``hit`` (it holds the context), ``miss`` (another does, busy
 or gone) or ``new`` (nobody does). With ``AIOS_LLM_AFFINITY=false`` the workers still record and count (the hit
@@ -43,8 +43,7 @@ from aios.policy.affinity import Outcome, Route, WorkerView, decide, gone
 from aios.state import keys
 from aios.state.connections import as_text
 from aios.state.periodic import Periodic
-from aios.worker.call import Call, Done
-from aios.worker.pipeline import Step
+from aios.worker.call import Call
 
 if TYPE_CHECKING:
     from aios.worker.runtime import Runtime
@@ -195,35 +194,3 @@ class Affinity:
             log.warning("the LLM worker's last heartbeat failed: %s", exc)
 
     _started = 0.0
-
-
-class AffinityStep(Step):
-    """After placement, before the quota: hand the syscall over to the worker holding its agent's context, or
-    run it here (and, after it ran, record whether this worker now holds the context)."""
-
-    name = "affinity"
-
-    def __init__(self, rt: "Runtime") -> None:
-        self.rt = rt
-        assert rt.affinity is not None
-        self.affinity = rt.affinity
-
-    def before(self, call: Call) -> None:
-        syscall = call.need()
-        arrived = self.rt.arrived_from.pop(call.message_id, None)
-        if arrived is None or self.rt.app is None:  # delivered without the gate (tests' harness)
-            return
-        route = self.affinity.route(syscall.agent_id, from_shared=arrived != self.affinity.queue)
-        if route.outcome is Outcome.HAND_OVER:
-            assert route.queue is not None
-            self.affinity.hand_over(call, route.queue)
-            raise Done()
-        if route.why:
-            log.info("syscall %s of %s runs here: %s", syscall.id, syscall.agent_id, route.why)
-        self.affinity.started(route.outcome)
-        call.affinity = route.outcome
-
-    def after(self, call: Call) -> None:
-        outcome = call.affinity
-        if isinstance(outcome, Outcome):
-            self.affinity.finished(call.need().agent_id, outcome)

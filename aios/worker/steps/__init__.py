@@ -30,7 +30,7 @@ def default_steps(rt: "Runtime") -> list[Step]:
     steps: list[Step] = [ReplyStep(rt), DecodeStep(rt), LoadStep(rt), IdentityStep(rt), IdempotencyStep(rt),
                          CancelStep(rt), DeadlineStep(rt), PlacementStep(rt)]
     if rt.affinity is not None:
-        from aios.worker.affinity import AffinityStep
+        from aios.worker.steps.affinity import AffinityStep
 
         steps.append(AffinityStep(rt))
     if rt.settings.security.approvals == "required":
