@@ -4,19 +4,22 @@ that worker is killed the agent's next turns are answered by the other one."""
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.request import urlopen
 
 import pytest
 import redis
 
 from aios.ops.embedded import LocalKernel
+from aios.ops.metrics import serve
 from aios.ops.status import llm_workers
 from aios.settings import Settings
 from aios.state import keys
-from tests.conftest import BROKERS, authorized, make_broker_settings
+from tests.conftest import BROKERS, authorized, make_broker_settings, run_aios
 
 pytestmark = pytest.mark.integration
 
@@ -75,6 +78,16 @@ def test_an_agents_turns_follow_its_context_and_survive_its_workers_death(
         assert sum(w["cache_hits"] for w in seen.values()) >= hits
         counters = llm_workers(lk.settings)["llm_counters"]
         assert counters["affinity_hit"] == hits and counters["affinity_hit_rate"] == round(hits / (hits + misses), 3)
+        shown = json.loads(run_aios(lk, "status", "--json").stdout)  # what an operator sees
+        assert len(shown["llm_workers"]) == 2 and shown["llm_counters"]["affinity_hit"] == hits
+        table = run_aios(lk, "status").stdout
+        assert f"({hits} hits, {misses} misses" in " ".join(table.split())
+        server, url = serve(lk.settings, port=0)
+        try:
+            text = urlopen(url, timeout=10).read().decode()
+        finally:
+            server.shutdown()
+        assert f'aios_llm_total{{what="affinity_hit"}} {float(hits)}' in text
 
         # The worker holding agent0's context dies: its next turns are answered by the other one.
         victim = owner_pid(lk.settings, "agent0")
@@ -93,8 +106,6 @@ def test_an_agents_turns_follow_its_context_and_survive_its_workers_death(
         if broker != "rabbitmq":
             assert after["reclaimed"] >= 1
         assert owner_pid(lk.settings, "agent0") == survivor
-        final = llm_workers(lk.settings)["llm_counters"]
-        print("LLM counters:", final)
         r = redis.Redis.from_url(lk.settings.state_redis_url())
         try:
             assert not r.hgetall(keys.STATS_REJECTED), "no message refused (a sent-back one's x-death headers pass)"

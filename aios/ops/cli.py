@@ -275,13 +275,13 @@ def status(as_json: bool) -> None:
             t.add_row(name, str(r["restarts"]), r["last_exit"] or "", at)
         console.print(t)
     if info["llm_workers"]:
-        t = Table("LLM worker", "queue", "running", "seen", "cache hits", "misses", "prefill saved", "affinity hit",
-                  "miss", "new", "handed over")
+        t = Table("LLM worker", "pid", "running", "beat", "cache hit/miss", "prefill saved", "affinity hit/miss/new",
+                  "handed over")
         for w in info["llm_workers"]:
-            t.add_row(w["id"] + (" (left)" if w.get("left") else ""), w["queue"] or "- (affinity off)", f"{w['running']}/{w['slots']}",
-                      f"{w['seen_s_ago']} s ago", str(w.get("cache_hits", "-")), str(w.get("cache_misses", "-")),
-                      str(w.get("prefill_tokens_saved", "-")), str(w["affinity_hit"]), str(w["affinity_miss"]),
-                      str(w["affinity_new"]), str(w["handovers"]))
+            t.add_row(w["id"] + (" (left)" if w.get("left") else ""), str(w.get("pid", "")),
+                      f"{w['running']}/{w['slots']}", f"{w['seen_s_ago']:.0f} s",
+                      f"{w.get('cache_hits', '-')}/{w.get('cache_misses', '-')}", str(w.get("prefill_tokens_saved", "-")),
+                      f"{w['affinity_hit']}/{w['affinity_miss']}/{w['affinity_new']}", str(w["handovers"]))
         console.print(t)
     if info["llm_counters"]:
         c = info["llm_counters"]
