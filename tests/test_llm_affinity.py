@@ -17,6 +17,7 @@ import redis
 from aios.ops.embedded import LocalKernel
 from aios.ops.metrics import serve
 from aios.ops.status import llm_workers
+from aios.sdk import Kernel
 from aios.settings import Settings
 from aios.state import keys
 from tests.conftest import BROKERS, authorized, make_broker_settings, run_aios
@@ -28,16 +29,19 @@ QUESTIONS = ("Name a colour{}.", "Name another one.", "Which of the two is darke
 THEMES = ("", " of the sea", " of a forest", " of the sky", " of a desert")
 
 
-def converse(settings: Settings, agent: str, turns: int) -> list[str]:
-    """``turns`` calls of ``agent``, each carrying the whole conversation so far."""
+def converse(settings: Settings, agent: str, turns: int, k: Kernel | None = None) -> list[str]:
+    """``turns`` calls of ``agent`` (through ``k``, else a client of its own), each carrying the whole conversation
+    so far."""
+    if k is None:
+        with authorized(settings, agent) as own:
+            return converse(settings, agent, turns, own)
     conv: list[dict[str, str]] = [{"role": "system", "content": SYSTEM}]
     replies = []
-    with authorized(settings, agent) as k:
-        for question in QUESTIONS[:turns]:
-            conv.append({"role": "user", "content": question.format(THEMES[int(agent[-1]) % len(THEMES)])})
-            out = k.call(k.llm_syscall(conv, max_tokens=8, temperature=0.0, timeout_s=60))
-            replies.append(out["content"] or "")
-            conv.append({"role": "assistant", "content": replies[-1]})
+    for question in QUESTIONS[:turns]:
+        conv.append({"role": "user", "content": question.format(THEMES[int(agent[-1]) % len(THEMES)])})
+        out = k.call(k.llm_syscall(conv, max_tokens=8, temperature=0.0, timeout_s=60))
+        replies.append(out["content"] or "")
+        conv.append({"role": "assistant", "content": replies[-1]})
     return replies
 
 
@@ -91,9 +95,10 @@ def test_an_agents_turns_follow_its_context_and_survive_its_workers_death(
 
         # The worker holding agent0's context dies: its next turns are answered by the other one.
         victim = owner_pid(lk.settings, "agent0")
-        lk.kill_worker(names[victim])
-        started = time.monotonic()
-        replies = converse(lk.settings, "agent0", turns)
+        with authorized(lk.settings, "agent0") as k0:  # its client first: on RabbitMQ making its user takes seconds
+            lk.kill_worker(names[victim])
+            started = time.monotonic()
+            replies = converse(lk.settings, "agent0", turns, k0)
         assert len(replies) == turns and time.monotonic() - started < 60
         survivor = next(pid for pid in names if pid != victim)
         after = beats(lk.settings)[survivor]
