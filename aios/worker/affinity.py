@@ -182,7 +182,10 @@ class Affinity:
 
     def start(self) -> "Affinity":
         self._started = time.time()
-        self.beat()
+        try:
+            self.beat()
+        except Exception as exc:  # the kernel's Redis away at start: the periodic beat tries again
+            log.warning("the LLM worker's first heartbeat failed (retrying): %s", exc)
         self._periodic.start()
         return self
 
