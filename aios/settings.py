@@ -274,6 +274,13 @@ class LLMSettings(BaseModel):
     kv_cache_mb: int = Field(default=512, ge=0)
     """llama.cpp: host memory for the conversation cache, in MiB (about 23 KB a token for SmolLM2-135M); the
     least recently used conversations are dropped past it. 0: no cache."""
+    affinity: bool = True
+    """Several LLM workers of one core: an agent's syscall runs on the worker whose conversation cache holds its
+    context when that worker is alive and has a free slot (the worker that takes it from the shared queue hands
+    it over to that worker's own queue), else on any worker (:mod:`aios.worker.affinity`). Redis and RabbitMQ.
+    Off: the workers still record and count affinity hits (chance's), but hand nothing over."""
+    affinity_ttl_s: float = Field(default=600.0, gt=0)
+    """How long the record "agent -> the LLM worker holding its context" lives after its last syscall there."""
     snapshot_kv: bool = True
     """llama.cpp: store the sequence's KV state in the snapshot (resumes without recomputing; about 23 KB a
     token for SmolLM2-135M). Off: tokens only, recomputed on resume."""
@@ -576,6 +583,8 @@ FLAT: dict[str, tuple[str, str]] = {
     "llm_quantum_tokens": ("llm", "quantum_tokens"),
     "llm_prefix_cache": ("llm", "prefix_cache"),
     "llm_kv_cache_mb": ("llm", "kv_cache_mb"),
+    "llm_affinity": ("llm", "affinity"),
+    "llm_affinity_ttl_s": ("llm", "affinity_ttl_s"),
     "llm_requantize": ("llm", "requantize"),
     "llm_weights_dir": ("llm", "weights_dir"),
     "llm_snapshot_kv": ("llm", "snapshot_kv"),

@@ -192,15 +192,20 @@ def engine(sizes: tuple[int, ...], tokens: int, threads: int, quantize: str, jso
 @click.option("--threads", default=2, show_default=True, help="llama.cpp threads.")
 @click.option("--batch", default=16, show_default=True, help="Engine sequence slots (AIOS_LLM_BATCH_SIZE).")
 @click.option("--requantize", default="auto", show_default=True, help="AIOS_LLM_REQUANTIZE for both contenders.")
+@click.option("--workers", default=1, show_default=True,
+              help="LLM workers; 2 or more: through a whole kernel, without and with affinity (--threads, --batch "
+                   "per worker).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
-def conversations(agents: int, steps: int, tokens: int, threads: int, batch: int, requantize: str,
+def conversations(agents: int, steps: int, tokens: int, threads: int, batch: int, requantize: str, workers: int,
                   json_path: Path | None) -> None:
-    """Multi-turn agents on the engine, without and with the conversation cache: makespan, prefill saved."""
+    """Multi-turn agents on the engine, without and with the conversation cache: makespan, prefill saved. With
+    --workers 2: on two LLM workers, without and with affinity: affinity hit rate, prefill saved."""
     from aios_bench.conversations import run_conversations_bench
 
     try:
         run_conversations_bench(agents=agents, steps=steps, tokens=tokens, threads=threads, batch=batch,
-                                requantize=requantize, data_dir=Path(get_settings().data_dir), json_path=json_path)
+                                requantize=requantize, data_dir=Path(get_settings().data_dir), workers=workers,
+                                json_path=json_path)
     except AIOSError as exc:
         _fail(exc)
 

@@ -38,6 +38,7 @@ def test_an_agents_next_turn_replaces_its_earlier_one_and_a_shorter_insert_adds_
     assert c.entries() == [second] and c.nbytes == 2  # the earlier turn is a prefix of the next: dropped
     assert first is not None and c.match(conv(0, 1))[0] is second
     assert c.insert(conv(0, 1), "a", b"333") is second and c.nbytes == 2  # already served by the longer one
+    assert c.insert(conv(0, 1), "b", b"333") is second and c.agents() == {"a", "b"}  # b's conversation is held too
     again = c.insert(conv(0, 2), "a", b"4444")  # the same tokens again: the newer data replaces the older
     assert c.entries() == [again] and c.nbytes == 4
 

@@ -20,6 +20,26 @@ def kernel_queues(settings: Settings | None = None) -> list[Queue]:
     ]
 
 
+OWN_QUEUE_TTL_MS = 3000
+"""RabbitMQ: how long a syscall handed over to an LLM worker's own queue waits there before the broker sends it
+back to the core's shared queue (the worker died, or stays busy)."""
+OWN_QUEUE_EXPIRES_MS = 600_000
+"""RabbitMQ: an LLM worker's own queue is deleted this long after its last consumer went (its messages went back
+to the shared queue long before)."""
+
+
+def own_queue(settings: Settings, name: str, shared: str) -> Queue:
+    """An LLM worker's own queue ``name`` (:mod:`aios.worker.affinity`): kernel-only, priorities as the shared
+    queue ``shared``. On RabbitMQ a message left in it ``OWN_QUEUE_TTL_MS`` is dead-lettered back onto ``shared``;
+    on Redis the live workers drain a dead worker's queue themselves."""
+    arguments: dict[str, object] = {"x-max-priority": MAX_PRIORITY}
+    if not is_redis_url(settings.require_broker()):
+        arguments.update({"x-message-ttl": OWN_QUEUE_TTL_MS, "x-dead-letter-exchange": shared,
+                          "x-dead-letter-routing-key": shared, "x-expires": OWN_QUEUE_EXPIRES_MS})
+    return Queue(name, Exchange(name, type="direct", durable=True), routing_key=name, durable=True,  # type: ignore[no-untyped-call]  # kombu's Queue, Exchange: unannotated
+                 queue_arguments=arguments)
+
+
 def make_app(settings: Settings, name: str = "aios") -> Celery:
     broker = settings.require_broker()
     # No result backend without a Redis (an agent on RabbitMQ has none): the kernel answers through its own

@@ -136,7 +136,7 @@ def url_user(url: str) -> str | None:
 
 # -- what Flower and the worker's logs show of a syscall ---------------------------------------------------------------
 
-NOTE_RE = re.compile(r"approved|resumed|demoted|deferred|delayed|quota wait|retry \d{1,4}")
+NOTE_RE = re.compile(r"approved|resumed|demoted|deferred|delayed|quota wait|handed over|retry \d{1,4}")
 """Why the kernel republished a syscall (:func:`publish_syscall`'s ``note``): a closed set, so that the gate can
 tell the kernel's labels from anything else an agent writes into ``argsrepr``."""
 _NAMES = {"text": "llm_chat", "json": "llm_chat_with_json_output", "tool_call": "llm_chat_with_tool_call_output"}

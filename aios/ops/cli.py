@@ -274,6 +274,21 @@ def status(as_json: bool) -> None:
             at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["last_exit_at"])) if r["last_exit_at"] else ""
             t.add_row(name, str(r["restarts"]), r["last_exit"] or "", at)
         console.print(t)
+    if info["llm_workers"]:
+        t = Table("LLM worker", "pid", "running", "beat", "cache hit/miss", "prefill saved", "affinity hit/miss/new",
+                  "handed over")
+        for w in info["llm_workers"]:
+            t.add_row(w["id"] + (" (left)" if w.get("left") else ""), str(w.get("pid", "")),
+                      f"{w['running']}/{w['slots']}", f"{w['seen_s_ago']:.0f} s",
+                      f"{w.get('cache_hits', '-')}/{w.get('cache_misses', '-')}", str(w.get("prefill_tokens_saved", "-")),
+                      f"{w['affinity_hit']}/{w['affinity_miss']}/{w['affinity_new']}", str(w["handovers"]))
+        console.print(t)
+    if info["llm_counters"]:
+        c = info["llm_counters"]
+        console.print(f"LLM, all workers: conversation cache hit rate {c['cache_hit_rate']:.0%}, prompt tokens from "
+                      f"the cache {c['prefill_saved_share']:.0%} ({c.get('prefill_tokens_saved', 0)} saved), "
+                      f"affinity hit rate {c['affinity_hit_rate']:.0%} ({c.get('affinity_hit', 0)} hits, "
+                      f"{c.get('affinity_miss', 0)} misses, {c.get('handovers', 0)} handed over)")
     console.print(f"answered: {info['answered'] or '{}'}")
     console.print(f"rejected: {info['rejected'] or '{}'}; dead letters kept: {info['deadletters']} (`aios deadletters`)")
 

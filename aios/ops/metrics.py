@@ -50,6 +50,15 @@ class KernelCollector(Collector):
             kind, _, status = as_text(k).partition(":")
             answered.add_metric([kind, status], float(v))
         yield answered
+        from aios.ops.status import llm_workers
+
+        llm = CounterMetricFamily("aios_llm", "LLM workers, fleet-wide: conversation cache hits and misses, prompt "
+                                  "tokens prefilled and saved by the cache, affinity hits, misses, new agents, "
+                                  "hand-overs", labels=["what"])
+        for what, n in llm_workers(self.settings)["llm_counters"].items():
+            if isinstance(n, int):
+                llm.add_metric([what], float(n))
+        yield llm
         refused = CounterMetricFamily("aios_syscalls_rejected", "Messages refused by a worker gate, by code",
                                       labels=["code"])
         for k, v in rejected.items():

@@ -67,7 +67,48 @@ def collect(settings: Settings, timeout_s: float = 1.0) -> dict[str, Any]:
         r.close()
     return {"broker": without_user(settings.broker_url) if settings.broker_url else None, "queues": depths, "workers": workers, "in_flight": in_flight,
             "answered": done, "rejected": rejected, "deadletters": deadletters, "restarts": restarts(settings),
-            **scheduling(settings)}
+            **scheduling(settings), **llm_workers(settings)}
+
+
+def llm_workers(settings: Settings) -> dict[str, Any]:
+    """The LLM workers' heartbeats (per core queue: own queue, slots in use, their conversation caches' and
+    affinity counters since each started; :mod:`aios.worker.affinity`) and the fleet-wide counters of them all."""
+    r = state_client(settings, retrying=False)
+    try:
+        queues = [q for q in all_queues(settings) if q == QUEUES["llm"] or q.startswith(QUEUES["llm"] + ".")]
+        pipe = r.pipeline(transaction=False)
+        for queue in queues:
+            pipe.hgetall(keys.llm_workers(queue))
+        pipe.hgetall(keys.STATS_LLM)
+        *beats, counters = pipe.execute()
+    finally:
+        r.close()
+    now = time.time()
+    workers = []
+    for queue, raw in zip(queues, beats, strict=True):
+        for worker, text in sorted(raw.items()):
+            try:
+                entry = json.loads(text)
+            except ValueError:
+                continue
+            entry.update({"id": as_text(worker), "core_queue": queue,
+                          "seen_s_ago": round(now - float(entry.get("seen", 0)), 1)})
+            workers.append(entry)
+    totals = {as_text(k): int(v) for k, v in counters.items()}
+    return {"llm_workers": workers, "llm_counters": {**totals, **rates(totals)}}
+
+
+def rates(c: dict[str, int]) -> dict[str, float]:
+    """The ratios of the LLM counters: conversation cache hit rate, share of prompt tokens taken from the cache,
+    affinity hit rate (of the syscalls whose agent's context some worker held)."""
+    def ratio(a: int, b: int) -> float:
+        return round(a / b, 3) if b else 0.0
+
+    hits, misses = c.get("cache_hits", 0), c.get("cache_misses", 0)
+    saved, prefilled = c.get("prefill_tokens_saved", 0), c.get("prefill_tokens", 0)
+    a_hit, a_miss = c.get("affinity_hit", 0), c.get("affinity_miss", 0)
+    return {"cache_hit_rate": ratio(hits, hits + misses), "prefill_saved_share": ratio(saved, saved + prefilled),
+            "affinity_hit_rate": ratio(a_hit, a_hit + a_miss)}
 
 
 def restarts(settings: Settings) -> dict[str, dict[str, Any]]:

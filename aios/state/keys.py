@@ -156,6 +156,25 @@ def quota(scope: str, part: str) -> str:
     return f"{PREFIX}:quota:{{{scope}}}:{part}"
 
 
+# -- LLM workers' affinity (aios/worker/affinity.py) ------------------------------------------------------------------
+
+def llm_workers(queue: str) -> str:
+    """Hash: the LLM workers of core queue ``queue``, worker id -> JSON (its own queue, last heartbeat, slots in
+    use, its conversation cache's counters); a dead one stays a while, so its queue is drained."""
+    return f"{PREFIX}:llm:workers:{queue}"
+
+
+def llm_owner(queue: str, agent_id: str) -> str:
+    """String with a TTL: the id of the LLM worker of ``queue`` whose conversation cache holds ``agent_id``'s
+    context."""
+    return f"{PREFIX}:llm:owner:{queue}:{agent_id}"
+
+
+STATS_LLM = f"{PREFIX}:stats:llm"
+"""Hash: the LLM workers' counters, fleet-wide: conversation cache hits, misses, prefill tokens evaluated and
+saved, affinity hits, misses, hand-overs (``aios status``, ``aios metrics``)."""
+
+
 # -- memory (aios/services/storage/memory.py) --------------------------------------------------------------------------
 
 def memfast(agent_id: str) -> str:

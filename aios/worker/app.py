@@ -12,7 +12,7 @@ from typing import Any
 import redis
 from celery import Celery, bootsteps
 from celery.exceptions import Reject
-from celery.signals import task_revoked
+from celery.signals import task_revoked, worker_init
 
 from aios.broker import kombu_client
 from aios.broker.app import make_app
@@ -45,6 +45,8 @@ class BackgroundStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery s
             self.passes.append(Ager(runtime.broker_redis, runtime.queue, runtime.settings.scheduling.aging_s))
         if runtime.settings.security.approvals == "required":
             self.passes.append(Expirer(Approvals(runtime.settings, runtime.redis)))
+        if runtime.affinity is not None:
+            self.passes.append(runtime.affinity)
         for background in self.passes:
             background.start()
 
@@ -87,4 +89,14 @@ def create_worker_app(resource: str, service_factory: Callable[[Settings], Servi
             on_revoked(runtime, request)
 
     task_revoked.connect(revoked, weak=False)
+
+    def own_queue(sender: Any = None, **_: Any) -> None:
+        """An LLM worker with affinity consumes its own queue too (added once `-Q` chose the queues)."""
+        affinity = runtime.affinity
+        if getattr(sender, "app", None) is not app or affinity is None or not affinity.hands_over:
+            return
+        worker_app: Any = sender.app
+        worker_app.amqp.queues.select_add(affinity.queue_entity())
+
+    worker_init.connect(own_queue, weak=False)
     return app

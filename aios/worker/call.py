@@ -50,6 +50,8 @@ class Call:
     """Its answer counts in its agent's record (it ran, or was refused by a quota): set by the steps that
     answer for the service."""
     response: Response | None = None
+    affinity: Any = None
+    """How it came to run on this worker (:class:`aios.policy.affinity.Outcome`), set by the affinity step."""
 
     def __post_init__(self) -> None:
         self.created = self.created or self.started

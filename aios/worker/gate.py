@@ -85,6 +85,9 @@ HEADERS: dict[str, Callable[[Any, str], bool]] = {
     "replaced_task_nesting": _zero, "stamped_headers": _empty, "stamps": _empty,
     HEADER_ENQUEUED: _time, HEADER_PRIORITY: _priority,
     "redelivered": lambda value, own_id: value in (None, True, False),  # kombu's Redis transport, on a redelivery
+    # RabbitMQ, on a message an LLM worker's own queue sent back to the shared one (aios.broker.app.own_queue):
+    "x-death": lambda value, own_id: value is None or isinstance(value, list),
+    **{f"x-{end}-death-{what}": _text for end in ("first", "last") for what in ("exchange", "queue", "reason")},
 }
 """The Celery protocol 2 headers the kernel's publish path sends, each with a test of the value it sends (the
 ids: unset, or the message's own id, as Celery sets them for a syscall republished from inside a worker task)."""
@@ -120,6 +123,8 @@ class KernelConsumer(Consumer):  # type: ignore[misc]  # celery ships no type hi
                 headers = message.headers if isinstance(message.headers, dict) else {}
                 if served is not None and isinstance(headers.get("id"), str):
                     runtime.arrivals[headers["id"]] = served
+                if runtime.affinity is not None and isinstance(headers.get("id"), str):
+                    runtime.arrived_from[headers["id"]] = arrived_from(message)
                 return handler(message)
             try:
                 refuse(message, runtime, *refusal)
@@ -186,6 +191,17 @@ def served_priority(message: Any, broker_url: str) -> int | None:
         return None
     priority = (message.properties or {}).get("priority")
     return from_broker(min(max(priority, 0), MAX_PRIORITY), broker_url) if isinstance(priority, int) else 0
+
+
+def arrived_from(message: Any) -> str:
+    """The queue a message came from: on Redis its list's (recorded by :mod:`aios.broker.kombu_client`), on
+    RabbitMQ its routing key (a dead-lettered one's is the queue it was sent back to)."""
+    info = message.delivery_info if isinstance(message.delivery_info, dict) else {}
+    lane = info.get(LANE)
+    if isinstance(lane, str):
+        queue, _, step = lane.rpartition(":")
+        return queue if queue and step.isdigit() else lane
+    return str(info.get("routing_key") or "")
 
 
 def check_envelope(message: Any, runtime: "Runtime") -> tuple[str, str] | None:

@@ -29,6 +29,7 @@ from aios.state.connections import broker_client, state_client
 from aios.state.context import ContextStore
 from aios.wire.errors import AIOSError
 from aios.wire.priority import is_redis_url
+from aios.worker.affinity import Affinity
 from aios.worker.call import Call, Done, Refuse
 from aios.worker.cancels import Cancels
 from aios.worker.claims import Claims
@@ -73,6 +74,12 @@ class Runtime:
         self.requeue = Requeue(self)
         self.arrivals: dict[str, int] = {}
         """Message id -> the kernel priority the gate saw it served at (popped by the placement step)."""
+        self.arrived_from: dict[str, str] = {}
+        """Message id -> the queue it came from (LLM workers with affinity; popped by the affinity step)."""
+        self.affinity: Affinity | None = None
+        """An LLM worker's affinity (:mod:`aios.worker.affinity`): its own queue, heartbeat and counters."""
+        if resource == "llm" and settings.llm.backend == "llamacpp":
+            self.affinity = Affinity(self)
         self.app: Celery | None = None
         """The worker's Celery app (set by :func:`aios.worker.app.create_worker_app`): requeues go through it."""
         self._service_factory = service_factory
@@ -111,6 +118,7 @@ class Runtime:
                                      kind=call.syscall.kind, once=True)  # raises if Redis is gone
         finally:
             self.arrivals.pop(message_id, None)
+            self.arrived_from.pop(message_id, None)
 
     def queue_waiting(self) -> bool:
         """Whether messages wait on this worker's queue (on Redis, every priority step), beyond those held."""

@@ -151,6 +151,32 @@ def push_above_grant(arena: Arena) -> Outcome:
     return attempt(f"LPUSH {top} (priority 9, grant {ATTACKER_MAX_PRIORITY})", lambda: b.lpush(top, "{}"))
 
 
+CLAIM_OWN = ("An agent cannot push onto an LLM worker's own queue (affinity): only a worker hands a syscall over "
+             "there.")
+
+
+@attack("push-to-llm-worker-queue", area="broker", brokers=REDIS, claim=CLAIM_OWN)
+def push_to_worker_queue(arena: Arena) -> Outcome:
+    b = attacker_broker(arena)
+    assert b is not None
+    lane = step_list(f"{QUEUES['llm']}.w-0123abcd", MAX_PRIORITY - ATTACKER_MAX_PRIORITY)
+    return attempt(f"LPUSH {lane}", lambda: b.lpush(lane, "{}"))
+
+
+@attack("rabbitmq-publish-to-llm-worker-queue", area="broker", brokers=("rabbitmq",), claim=CLAIM_OWN)
+def rabbit_worker_queue(arena: Arena) -> Outcome:
+    name = f"{QUEUES['llm']}.w-0123abcd"
+    with KOMBU.Connection(arena.attacker_settings.require_broker(), connect_timeout=5) as conn:
+        try:
+            ch = conn.channel()
+            ch.exchange_declare(name, "direct", durable=True)
+            KOMBU.Producer(ch).publish(json.dumps({}), exchange=name, routing_key=name, declare=[])
+            conn.drain_events(timeout=1)
+            return Outcome(False, f"mallory declared and published to exchange {name}")
+        except Exception as exc:  # kombu/amqp raise AccessRefused
+            return Outcome(refused_by_broker(exc) or "access" in str(exc).lower(), f"declare/publish {name}: {exc}")
+
+
 @attack("jump-the-queue", area="broker", claim="A syscall is served no higher than its signed fields and its "
         "agent's grant entitle it to, whatever priority or headers its publisher wrote.")
 def jump_the_queue(arena: Arena) -> Outcome:

@@ -135,6 +135,8 @@ class BatchEngine:
         self.moved = 0
         self.prefix_hits = 0
         """Sequences started from a cached conversation."""
+        self.prefix_misses = 0
+        """Sequences started afresh (no cached conversation shared 16 tokens or more with their prompt)."""
         self.prefix_tokens_reused = 0
         """Prompt (and resumed) tokens those took from the cache instead of evaluating them."""
         self.prefilled = 0
@@ -342,6 +344,8 @@ class BatchEngine:
             else:
                 self.prefix_hits += 1
                 self.prefix_tokens_reused += adm.cells
+        elif self.prefix_cache:
+            self.prefix_misses += 1
         return plan
 
     def _load(self, slot: int, state: bytes) -> bool:

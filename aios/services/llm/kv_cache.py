@@ -32,6 +32,8 @@ class Entry:
     tokens: tuple[int, ...]
     agent: str
     data: bytes = field(repr=False)
+    sharers: set[str] = field(default_factory=set, repr=False)
+    """Other agents whose conversation it holds too (theirs was a prefix of it when they ended)."""
 
 
 class _Node:
@@ -76,8 +78,8 @@ class RadixCache:
         return [e for e, _ in self._lru.values()]
 
     def agents(self) -> set[str]:
-        """The agents whose conversations are cached."""
-        return {e.agent for e, _ in self._lru.values()}
+        """The agents whose conversations are cached (in their own entries, or in another's that extends them)."""
+        return {a for e, _ in self._lru.values() for a in (e.agent, *e.sharers)}
 
     def match(self, tokens: Sequence[int]) -> tuple[Entry | None, int]:
         """The cached entry sharing the longest prefix with ``tokens``, and that prefix's length (``None, 0``
@@ -122,6 +124,8 @@ class RadixCache:
         if node.children:  # a cached entry extends these tokens: it serves them already
             longer = self._shortest(node)
             self.touch(longer)
+            if agent != longer.agent:
+                longer.sharers.add(agent)
             return longer
         if node.entry is not None:  # the same tokens again: the newer data replace the older, in place
             self._lru.pop(id(node.entry))

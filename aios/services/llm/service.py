@@ -445,6 +445,21 @@ class LLMService(BaseService):
         abort = getattr(backend, "abort", None)  # a backend that cannot stop a generation answers when it ends
         return bool(abort(syscall_id, exc)) if abort is not None else False
 
+    def cache_counters(self) -> dict[str, int] | None:
+        """The conversation cache's counters since this worker started (llama.cpp backend, once loaded; else
+        ``None``): ``cache_hits``, ``cache_misses`` (sequences started from a cached conversation, or afresh),
+        ``prefill_tokens`` (prompt tokens evaluated), ``prefill_tokens_saved`` (taken from the cache instead)."""
+        engine = getattr(self._backend, "engine", None)
+        if not isinstance(engine, BatchEngine):
+            return None
+        return {"cache_hits": engine.prefix_hits, "cache_misses": engine.prefix_misses,
+                "prefill_tokens": engine.prefilled, "prefill_tokens_saved": engine.prefix_tokens_reused}
+
+    def holds(self, agent_id: str) -> bool:
+        """Whether this worker's conversation cache holds a conversation of ``agent_id``."""
+        engine = getattr(self._backend, "engine", None)
+        return isinstance(engine, BatchEngine) and agent_id in engine.agents_held
+
     @property
     def backend(self) -> LLMBackend:
         if self._backend is None:

@@ -12,7 +12,8 @@ if TYPE_CHECKING:
 
 def default_steps(rt: "Runtime") -> list[Step]:
     """reply (its ``after`` answers, last of all), decode, state read, identity, idempotency (answered? else claim
-    it: at most one start), cancel (cancelled: answered so, never started; a cancel syscall: recorded), deadline (and the timeout_s cap), placement, approval, quota, run (with preemption and
+    it: at most one start), cancel (cancelled: answered so, never started; a cancel syscall: recorded), deadline (and the timeout_s cap), placement, affinity
+    (LLM workers: to the worker holding the agent's context), approval, quota, run (with preemption and
     retries)."""
     from aios.worker.steps.approval import ApprovalStep
     from aios.worker.steps.cancel import CancelStep
@@ -28,6 +29,10 @@ def default_steps(rt: "Runtime") -> list[Step]:
 
     steps: list[Step] = [ReplyStep(rt), DecodeStep(rt), LoadStep(rt), IdentityStep(rt), IdempotencyStep(rt),
                          CancelStep(rt), DeadlineStep(rt), PlacementStep(rt)]
+    if rt.affinity is not None:
+        from aios.worker.steps.affinity import AffinityStep
+
+        steps.append(AffinityStep(rt))
     if rt.settings.security.approvals == "required":
         steps.append(ApprovalStep(rt))
     steps += [QuotaStep(rt), RunStep(rt)]
