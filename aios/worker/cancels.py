@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -49,7 +49,7 @@ WATCH_S = 0.25
 """How often a worker looks for cancels of the syscalls it runs (one pipelined read, only while it runs some)."""
 
 
-def heeded(fields: "list[bytes | str | None]") -> bool:
+def heeded(fields: "Sequence[bytes | str | None]") -> bool:
     """Whether the cancel fields read for a syscall (``HMGET aios:cancel:<id> <its agent> *``) cancel it."""
     return any(f is not None for f in fields)
 
