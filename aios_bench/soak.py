@@ -92,6 +92,21 @@ def growth(series: list[float], warmup_fraction: float = 0.2) -> float | None:
     return float(np.mean(rest[-k:]) / np.mean(rest[:k]) - 1.0)
 
 
+def per_kept_answer(samples: list[dict[str, Any]], ttl_s: float) -> list[float]:
+    """The kernel Redis's ``used_memory`` over the answers it keeps (those of the last ``ttl_s``), at each sample
+    one TTL or more into the run: flat when nothing but the kept answers grows, whatever the syscall rate did (the
+    raw figure follows the rate: rate x TTL answers are kept). Empty when the run is shorter than two TTLs."""
+    out = []
+    for s in samples:
+        if s["t_s"] < ttl_s:
+            continue
+        before = [p for p in samples if p["t_s"] <= s["t_s"] - ttl_s]
+        kept = s["done"] - before[-1]["done"] if before else 0
+        if kept > 0:
+            out.append(s["redis_used_memory"] / kept)
+    return out if samples and samples[-1]["t_s"] >= 2 * ttl_s else []
+
+
 def keys_without_ttl(client: redis.Redis, ids: set[str]) -> dict[str, Any]:
     """Keys with no TTL, by pattern (ids replaced by ``*``), those that name a syscall of the run, and every key
     by pattern (what holds the memory)."""
@@ -187,12 +202,15 @@ def run_soak(settings: Settings, *, minutes: float, agents: int = 8, sample_s: f
     rss_total = [float(sum(s["rss"].values())) for s in samples]
     fds_total = [float(sum(s["fds"].values())) for s in samples]
     redis_mem = [float(s["redis_used_memory"]) for s in samples]
+    ttl = float(result_ttl_s or settings.broker.result_ttl_s)
+    per_kept = per_kept_answer(samples, ttl)
     result: dict[str, Any] = {
         "benchmark": "soak", "machine": machine(),
         "params": {"minutes": minutes, "agents": agents, "sample_s": sample_s, "llm": "emulator (50 ms a call)",
                    "warmup_fraction": 0.2, "result_ttl_s": result_ttl_s or settings.broker.result_ttl_s},
         "syscalls": dict(outcomes), "samples": samples,
         "growth": {"worker_rss": growth(rss_total), "redis_memory": growth(redis_mem), "fds": growth(fds_total),
+                   "redis_memory_per_kept_answer": growth(per_kept) if per_kept else None,
                    **{f"rss[{n}]": growth([float(s["rss"].get(n, 0)) for s in samples]) for n in names}},
         "keys_without_ttl": leftovers,
     }
