@@ -20,6 +20,7 @@ from aios.wire.errors import (
     ConfigError,
     Conflict,
     DeadlineExceeded,
+    Interrupted,
     InvalidSyscall,
     InvalidToolArguments,
     KernelBusy,
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 __all__ = [
     "AIOSError", "AccessDenied", "ApprovalDenied", "AsyncKernel", "AuthError", "BackendError", "Cancelled", "ChatMessage", "ConfigError", "Conflict", "DeadlineExceeded",
-    "InvalidSyscall", "InvalidToolArguments", "Kernel", "KernelBusy", "KernelUnavailable", "LLMSyscall", "MemorySyscall",
+    "Interrupted", "InvalidSyscall", "InvalidToolArguments", "Kernel", "KernelBusy", "KernelUnavailable", "LLMSyscall", "MemorySyscall",
     "NotFound", "PayloadTooLarge", "Pending", "QuotaExceeded", "Response", "Settings", "StorageSyscall", "SyscallTimeout", "ToolError",
     "ToolSpec", "ToolSyscall", "UnknownTool",
 ]

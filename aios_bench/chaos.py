@@ -48,7 +48,7 @@ from aios.wire.priority import is_redis_url
 from aios.wire.syscalls import Status, Syscall
 from aios_bench.common import Bound, consoles, machine, print_targets, save, target
 from aios_bench.emulator import EmulatorProcess
-from aios_bench.ledger import executions
+from aios_bench.ledger import LEDGER_ONCE, executions
 
 RESOURCES = ("llm", "tool", "storage")
 FAULT_WINDOW_S = 10.0
@@ -151,15 +151,15 @@ def rabbitmqctl(*args: str, check: bool = True) -> None:
 
 
 class Agent(threading.Thread):
-    def __init__(self, k: Kernel, run: Run, stop: threading.Event, offset: int) -> None:
+    def __init__(self, k: Kernel, run: Run, stop: threading.Event, offset: int, tool: str) -> None:
         super().__init__(daemon=True)
-        self.k, self.run_, self.stop, self.i = k, run, stop, offset
+        self.k, self.run_, self.stop, self.i, self.tool = k, run, stop, offset, tool
 
     def syscall(self, resource: str) -> Syscall:
         if resource == "llm":
             return self.k.llm_syscall("Say hi.", max_tokens=16)
         if resource == "tool":
-            return self.k.tool_syscall("ledger_append", {"work_ms": TOOL_WORK_MS})
+            return self.k.tool_syscall(self.tool, {"work_ms": TOOL_WORK_MS})
         return self.k.storage_syscall("read", "notes.txt")
 
     def run(self) -> None:
@@ -225,7 +225,7 @@ def _setup_broker(broker: str, stack: ExitStack, base: Settings) -> tuple[Settin
 
 
 def run_broker(broker: str, settings: Settings, *, agents: int, phase_s: float, kills: int, seed: int,
-               timeout_s: float, log: Any) -> Run:
+               timeout_s: float, log: Any, tool: str = LEDGER_ONCE) -> Run:
     run = Run(broker)
     rng = random.Random(seed)
     data = Path(tempfile.mkdtemp(prefix=f"aios-chaos-{broker}-"))
@@ -259,7 +259,7 @@ def run_broker(broker: str, settings: Settings, *, agents: int, phase_s: float, 
         stack.callback(sup_thread.join, 5)
         stack.callback(sup_stop.set)
         stop = threading.Event()
-        threads = [Agent(k, run, stop, i) for i, k in enumerate(kernels)]
+        threads = [Agent(k, run, stop, i, tool) for i, k in enumerate(kernels)]
         run.t0 = time.time()
         for t in threads:
             t.start()
@@ -419,17 +419,21 @@ def plot(path: Path, runs: list[Run]) -> None:
 
 
 def run_chaos(settings: Settings, *, brokers: list[str], agents: int = 32, phase_s: float = 60.0, kills: int = 3,
-              seed: int = 13, timeout_s: float = TIMEOUT_S, json_path: Path | None = None) -> dict[str, Any]:
+              seed: int = 13, timeout_s: float = TIMEOUT_S, json_path: Path | None = None,
+              tool: str = LEDGER_ONCE) -> dict[str, Any]:
+    """``tool``: the side-effecting tool the agents call: ``ledger_append_once`` (at-most-once: a copy of a syscall
+    that started is answered ``interrupted``) or ``ledger_append`` (at-least-once: the window where an effect runs
+    twice)."""
     out, err = consoles()
     runs = [run_broker(b, settings, agents=agents, phase_s=phase_s, kills=kills, seed=seed, timeout_s=timeout_s,
-                       log=err.log) for b in brokers]
+                       log=err.log, tool=tool) for b in brokers]
     result: dict[str, Any] = {
         "benchmark": "chaos", "machine": machine(),
         "params": {"agents": agents, "fault_phase_s": phase_s, "kills_per_worker_type": kills, "seed": seed,
                    "warmup_s": WARMUP_S, "syscall_timeout_s": timeout_s,
                    "visibility_timeout_s": int(timeout_s) + VISIBILITY_MARGIN_S,
                    "fault_window_s": FAULT_WINDOW_S, "llm": f"emulator ({LLM_SERVICE_MS} ms a call)",
-                   "tool_work_ms": TOOL_WORK_MS},
+                   "tool_work_ms": TOOL_WORK_MS, "tool": tool},
         "brokers": {run.broker: summarize(run) for run in runs},
     }
     result["targets"] = {f"{name}[{b}]": t for b, s in result["brokers"].items() for name, t in s["targets"].items()}

@@ -298,9 +298,12 @@ def gateway(quick: bool, json_path: Path | None, **given: Any) -> None:
               help="Each syscall's timeout_s, and the kernel's AIOS_MAX_SYSCALL_TIMEOUT_S (visibility timeout: +5 s).")
 @click.option("--quick", is_flag=True,
               help="A short run: 15 agents, 12 s of faults per broker, 18 s timeouts (about 3 minutes for all three).")
+@click.option("--at-least-once", is_flag=True,
+              help="The agents' side-effecting tool is the plain ledger_append (run again when a copy is delivered "
+                   "after a kill) instead of ledger_append_once (at-most-once: answered `interrupted`).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def chaos(brokers: str, agents: int, seconds: float, kills: int, seed: int, timeout_s: float, quick: bool,
-          json_path: Path | None) -> None:
+          at_least_once: bool, json_path: Path | None) -> None:
     """Steady load while workers are SIGKILLed and the broker restarts: lost, twice, time to recover."""
     from aios_bench.chaos import run_chaos
 
@@ -312,7 +315,8 @@ def chaos(brokers: str, agents: int, seconds: float, kills: int, seed: int, time
         agents, seconds, timeout_s = min(agents, 15), min(seconds, 12.0), min(timeout_s, 18.0)
     try:
         run_chaos(get_settings(), brokers=chosen, agents=agents, phase_s=seconds, kills=kills, seed=seed,
-                  timeout_s=timeout_s, json_path=json_path)
+                  timeout_s=timeout_s, json_path=json_path,
+                  tool="ledger_append" if at_least_once else "ledger_append_once")
     except AIOSError as exc:
         _fail(exc)
 

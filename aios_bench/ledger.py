@@ -18,6 +18,9 @@ from typing import Any
 from aios.services.tools.service import Tool, ToolContext, ToolRegistry
 
 LEDGER = "ledger.log"
+LEDGER_ONCE = "ledger_append_once"
+"""The same tool declared at-most-once (``Tool.at_most_once``): a copy of a syscall that started is answered
+``interrupted`` instead of appending again."""
 
 
 def ledger_path(data_dir: Path) -> Path:
@@ -44,6 +47,11 @@ def register(registry: ToolRegistry) -> None:
         parameters={"type": "object", "properties": {"work_ms": {"type": "integer", "minimum": 0, "maximum": 5000}},
                     "additionalProperties": False},
         fn=_append))
+    registry.register(Tool(
+        name=LEDGER_ONCE, description="Benchmark only: ledger_append, at most once per syscall.",
+        parameters={"type": "object", "properties": {"work_ms": {"type": "integer", "minimum": 0, "maximum": 5000}},
+                    "additionalProperties": False},
+        fn=_append, at_most_once=True))
 
 
 def executions(data_dir: Path) -> Counter[str]:

@@ -68,7 +68,7 @@ _STATUS = {"invalid_syscall": 400, "invalid_arguments": 400, "config": 400, "mal
            "quota_exceeded": 429, "kernel_busy": 429, "timeout": 504, "deadline_exceeded": 504,
            "backend_error": 502, "unavailable": 503, "broker_refused": 401, "unsigned": 401, "forged": 401,
            "revoked": 401, "unknown_agent": 401, "credential_expired": 401, "unauthenticated": 401,
-           "forged_reply": 502, "cancelled": 409}
+           "forged_reply": 502, "cancelled": 409, "interrupted": 409}
 _RETRY_IN = re.compile(r"retry in ([0-9.]+) s")
 
 

@@ -26,6 +26,10 @@ class Service(Protocol):
     def irreversible(self, syscall: Syscall) -> str | None:
         """Why ``syscall`` needs an operator's approval before it runs, or ``None``."""
 
+    def at_most_once(self, syscall: Syscall) -> bool:
+        """Whether ``syscall`` must never start twice: a copy delivered after one started it (a dead worker, a
+        lapsed lease) is answered :class:`~aios.wire.errors.Interrupted` instead of running again."""
+
     def concurrency_limit(self, syscall: Syscall) -> int | None:
         """A limit the service declares on how many such syscalls run at once, fleet-wide, or ``None``."""
 
@@ -49,6 +53,9 @@ class BaseService:
 
     def irreversible(self, syscall: Syscall) -> str | None:
         return None
+
+    def at_most_once(self, syscall: Syscall) -> bool:
+        return False
 
     def concurrency_limit(self, syscall: Syscall) -> int | None:
         return None

@@ -75,6 +75,12 @@ def claim(syscall_id: str) -> str:
     return f"{PREFIX}:claim:{syscall_id}"
 
 
+def started(syscall_id: str) -> str:
+    """Set when a syscall of an at-most-once tool starts (``Tool.at_most_once``): a later copy finds it and is
+    answered ``interrupted`` instead of running again. Lives as long as answers do (``AIOS_RESULT_TTL_S``)."""
+    return f"{PREFIX}:started:{syscall_id}"
+
+
 def cancel(syscall_id: str) -> str:
     """Hash: who cancelled ``syscall_id`` -> when: an agent id (a verified cancel syscall: heeded only by that
     agent's own syscall) or ``*`` (an operator: ``aios cancel``, Celery's ``revoke``). :mod:`aios.worker.cancels`."""

@@ -301,8 +301,9 @@ class StubService(BaseService):
     or limited."""
 
     def __init__(self, answer: Callable[[Syscall], Any] | None = None, *, irreversible: str | None = None,
-                 concurrency_limit: int | None = None) -> None:
+                 concurrency_limit: int | None = None, at_most_once: bool = False) -> None:
         self.answer = answer or (lambda syscall: {"ran": syscall.id})
+        self.once = at_most_once
         self.reason = irreversible
         self.limit = concurrency_limit
         self.calls: list[tuple[str, Snapshot | None]] = []
@@ -314,6 +315,9 @@ class StubService(BaseService):
 
     def irreversible(self, syscall: Syscall) -> str | None:
         return self.reason
+
+    def at_most_once(self, syscall: Syscall) -> bool:
+        return self.once
 
     def concurrency_limit(self, syscall: Syscall) -> int | None:
         return self.limit

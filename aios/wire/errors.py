@@ -125,6 +125,14 @@ class KernelBusy(AIOSError):
     code = "kernel_busy"
 
 
+class Interrupted(AIOSError):
+    """A syscall of an at-most-once tool (``Tool.at_most_once``) was delivered again after a copy had started it
+    (its worker died, or lost its lease): it is not run a second time. Its effect may or may not have happened;
+    check before asking again."""
+
+    code = "interrupted"
+
+
 class Cancelled(AIOSError):
     """The syscall was cancelled (``Kernel.cancel`` by its own agent, ``aios cancel`` or Celery's ``revoke`` by an
     operator) before it was answered: a queued one never ran, a running generation was stopped."""
@@ -136,7 +144,7 @@ _BY_CODE: dict[str, type[AIOSError]] = {}
 for _cls in (
     AIOSError, ConfigError, InvalidSyscall, PayloadTooLarge, SyscallTimeout, DeadlineExceeded, ToolError,
     UnknownTool, InvalidToolArguments, AuthError, ApprovalDenied, NotFound, AccessDenied, Conflict, BackendError,
-    KernelUnavailable, QuotaExceeded, KernelBusy, Cancelled,
+    KernelUnavailable, QuotaExceeded, KernelBusy, Cancelled, Interrupted,
 ):
     _BY_CODE[_cls.code] = _cls
 for _code in ("malformed", "unknown_kind", "content_type", "unknown_task", "wrong_queue", "broker_feature"):

@@ -98,3 +98,26 @@ def test_a_preempted_generation_is_suspended_and_requeued(harness: MakeHarness) 
     stats = h.redis.hgetall(keys.agent_stats("llm"))
     assert f"{h.agent_id}:service_s".encode() in stats and f"{h.agent_id}:n".encode() not in stats  # a slice
 
+
+
+def test_an_at_most_once_syscall_started_once_is_answered_interrupted_not_run_again(harness: MakeHarness) -> None:
+    service = StubService(lambda s: {"paid": 1}, at_most_once=True)
+    h = harness("tool", service)
+    syscall = h.sdk.tool_syscall("noop")
+    assert h.run(syscall).result == {"paid": 1}  # type: ignore[union-attr]
+    # Its worker died after the effect, before the answer was stored: the answer is gone, the start mark is not.
+    h.redis.delete(keys.result(syscall.id), keys.claim(syscall.id), keys.reply(h.agent_id, syscall.id))
+    again = h.run(syscall)
+    assert again is not None and again.error is not None and again.error.code == "interrupted"
+    assert [sid for sid, _ in service.calls] == [syscall.id]  # its service ran once
+    assert h.count(keys.STATS_DONE, "tool:interrupted") == 1
+
+
+def test_a_tool_that_is_not_at_most_once_runs_again_on_redelivery(harness: MakeHarness) -> None:
+    service = StubService(lambda s: {"ok": True})
+    h = harness("tool", service)
+    syscall = h.sdk.tool_syscall("noop")
+    assert h.run(syscall).result == {"ok": True}  # type: ignore[union-attr]
+    h.redis.delete(keys.result(syscall.id), keys.claim(syscall.id), keys.reply(h.agent_id, syscall.id))
+    assert h.run(syscall).result == {"ok": True}  # type: ignore[union-attr]  # at least once: it ran again
+    assert len(service.calls) == 2 and h.redis.get(keys.started(syscall.id)) is None

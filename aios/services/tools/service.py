@@ -76,6 +76,11 @@ class Tool:
     """Run on the worker's own thread, with no time limit: only for built-ins that return at once whatever their
     (validated) arguments (``noop``, ``echo``, ``word_count``, ``current_time``), where handing the call to a tool
     thread and back cost more than the tool itself."""
+    at_most_once: bool = False
+    """Its effect must never happen twice (a payment, a message sent): a syscall delivered again after a copy
+    started it (its worker died mid-call, or lost its lease) is answered ``interrupted`` instead of running again.
+    Off (the default), a tool runs at least once: a worker killed after the effect but before the answer was stored
+    runs it again on redelivery, so its effect should be idempotent (keyed on ``ctx.syscall_id``)."""
     validator: Draft202012Validator = field(init=False, repr=False, compare=False)
     wants_ctx: bool = field(init=False, repr=False, compare=False)
 
@@ -128,11 +133,12 @@ class ToolRegistry:
         return tool
 
     def tool(self, name: str, description: str, parameters: dict[str, Any], *, irreversible: bool = False,
-             timeout_s: float = 30.0, max_concurrency: int | None = None
+             timeout_s: float = 30.0, max_concurrency: int | None = None, at_most_once: bool = False
              ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator form of :meth:`register`; the function receives the validated arguments as keywords."""
         def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-            self.register(Tool(name, description, parameters, fn, irreversible, timeout_s, max_concurrency))
+            self.register(Tool(name, description, parameters, fn, irreversible, timeout_s, max_concurrency,
+                               at_most_once=at_most_once))
             return fn
         return wrap
 
@@ -284,6 +290,14 @@ class ToolService(BaseService):
         except UnknownTool:
             return None  # handle() refuses it with a clear error
         return f"tool {syscall.tool!r} is irreversible" if tool.irreversible else None
+
+    def at_most_once(self, syscall: Syscall) -> bool:
+        if not isinstance(syscall, ToolSyscall):
+            return False
+        try:
+            return self.registry.get(syscall.tool).at_most_once
+        except UnknownTool:
+            return False
 
     def concurrency_limit(self, syscall: Syscall) -> int | None:
         if not isinstance(syscall, ToolSyscall):

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from aios.state import keys
 from aios.state.context import Preempted
-from aios.wire.errors import AIOSError, Cancelled
+from aios.wire.errors import AIOSError, Cancelled, Interrupted
 from aios.wire.syscalls import LLMSyscall
 from aios.worker.call import Call, Done
 from aios.worker.pipeline import Step
@@ -28,12 +28,25 @@ class RunStep(Step):
     def __init__(self, rt: "Runtime") -> None:
         self.rt = rt
 
+    def _first_start(self, syscall_id: str) -> bool:
+        """Mark ``syscall_id`` started; False if a copy had marked it before."""
+        return bool(self.rt.redis.set(keys.started(syscall_id), self.rt.claims.holder, nx=True,
+                                      ex=self.rt.settings.broker.result_ttl_s))
+
     def before(self, call: Call) -> None:
         syscall = call.need()
         assert call.payload is not None
         service = self.rt.service
         if call.snapshot is not None:  # continued from a suspension or a checkpoint, not started over
             self.rt.redis.hincrby(keys.STATS_DONE, f"{syscall.kind}:resumed", 1)
+        if service.at_most_once(syscall) and not self._first_start(syscall.id):
+            call.response = call.error(Interrupted(
+                f"syscall {syscall.id} was started once already, by a worker that stopped before answering (killed, "
+                f"or stalled past its lease); its tool is at-most-once, so it is not run again: its effect may or may "
+                f"not have happened, check before asking again"))
+            self.rt.redis.hincrby(keys.STATS_DONE, f"{syscall.kind}:interrupted", 1)
+            call.counted = True
+            return
         try:
             # A cancel recorded while it runs, or its time limit, asks the service to stop it (the watch pass).
             with self.rt.cancels.running(syscall.id, syscall.agent_id, lambda exc: service.abort(syscall.id, exc),
