@@ -225,7 +225,14 @@ def _no_orphans_within(data_dir: Path, timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
     while (left := _processes_with_env("AIOS_DATA_DIR", str(data_dir))) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert left == []
+    assert left == [], [_cmdline(pid) for pid in left]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return f"{pid}: " + (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return f"{pid}: gone"
 
 
 def test_ctrl_c_during_aios_run_stops_the_embedded_kernel(tmp_path: Path) -> None:

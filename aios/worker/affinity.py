@@ -54,6 +54,8 @@ HEARTBEAT_S = 1.0
 """How often an LLM worker says it is alive, and how busy (and flushes its counters)."""
 GONE_AFTER_S = 3.0
 """A worker that has not beat for this long is gone: no syscall is handed to it, and its queue is drained."""
+FAREWELL_S = 2.0
+"""How long a stopping worker waits for its last heartbeat (it says it left) before it exits anyway."""
 COUNTERS = ("affinity_hit", "affinity_miss", "affinity_new", "handovers", "reclaimed")
 """This worker's own counters (with its cache's: :meth:`aios.services.llm.service.LLMService.cache_counters`)."""
 
@@ -191,6 +193,13 @@ class Affinity:
 
     def stop(self) -> None:
         self._periodic.stop()
+        # The farewell beat waits at most FAREWELL_S: at shutdown the kernel's Redis may be going away too (Ctrl-C
+        # of `aios run` stops both), and its connection would retry for AIOS_RECONNECT_S, keeping the worker alive.
+        farewell = threading.Thread(target=self._farewell, name="aios-llm-affinity-farewell", daemon=True)
+        farewell.start()
+        farewell.join(FAREWELL_S)
+
+    def _farewell(self) -> None:
         try:
             self.beat(left=True)
         except Exception as exc:  # the kernel's Redis away: the others see the heartbeat age instead
