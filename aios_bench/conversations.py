@@ -158,11 +158,8 @@ def run_conversations_bench(*, agents: int = 16, steps: int = 6, tokens: int = 3
             finally:
                 backend.engine.close()
     off, on = results["no cache"], results["conversation cache"]
-    identical = sum(a == b for ra, rb in zip(off["replies"], on["replies"], strict=True)
-                    for a, b in zip(ra, rb, strict=True))
+    identical, saved, speedup = compare(off, on)
     total = agents * steps
-    saved = 1 - on["prefilled_tokens"] / off["prefilled_tokens"] if off["prefilled_tokens"] else 0.0
-    speedup = off["makespan_s"] / on["makespan_s"]
     targets = {"speedup": target(speedup, 1.5, "min"), "prefill_saved": target(saved, 0.5, "min"),
                "identical_replies": target(identical / total, 1.0, "min")}
     table = Table(title=f"aios bench conversations: {agents} agents x {steps} steps, whole conversation per call, "
@@ -184,6 +181,15 @@ def run_conversations_bench(*, agents: int = 16, steps: int = 6, tokens: int = 3
     return result
 
 
+def compare(off: dict[str, Any], on: dict[str, Any]) -> tuple[int, float, float]:
+    """Two contenders' runs of the same agents, without and with the mechanism: replies identical call for call,
+    the share of prompt tokens no longer prefilled, and the makespan speedup."""
+    identical = sum(a == b for ra, rb in zip(off["replies"], on["replies"], strict=True)
+                    for a, b in zip(ra, rb, strict=True))
+    saved = 1 - on["prefilled_tokens"] / off["prefilled_tokens"] if off["prefilled_tokens"] else 0.0
+    return identical, saved, off["makespan_s"] / on["makespan_s"]
+
+
 def run_workers_bench(*, agents: int, steps: int, tokens: int, threads: int, batch: int, requantize: str,
                       workers: int, json_path: Path | None) -> dict[str, Any]:
     out, err = consoles()
@@ -193,11 +199,8 @@ def run_workers_bench(*, agents: int, steps: int, tokens: int, threads: int, bat
             results[name] = run_kernel_agents(workers, affinity, agents, steps, tokens, threads, batch, requantize,
                                               progress, f"{workers} workers, {name}", err.log)
     off, on = results["no affinity"], results["affinity"]
-    identical = sum(a == b for ra, rb in zip(off["replies"], on["replies"], strict=True)
-                    for a, b in zip(ra, rb, strict=True))
+    identical, saved, speedup = compare(off, on)
     total = agents * steps
-    saved = 1 - on["prefilled_tokens"] / off["prefilled_tokens"] if off["prefilled_tokens"] else 0.0
-    speedup = off["makespan_s"] / on["makespan_s"]
     targets = {"affinity_hit_rate": target(on["affinity_hit_rate"], 0.9, "min"),
                "prefill_saved": target(saved, 0.3, "min"), "speedup": target(speedup, 1.0, "min"),
                "identical_replies": target(identical / total, 1.0, "min")}

@@ -282,30 +282,27 @@ class ToolService(BaseService):
         stop.set_exception(exc)
         return True
 
-    def irreversible(self, syscall: Syscall) -> str | None:
+    def _tool_of(self, syscall: Syscall) -> Tool | None:
+        """The registered tool a syscall calls; ``None`` for another kind, or an unknown tool (``handle`` refuses it
+        with a clear error)."""
         if not isinstance(syscall, ToolSyscall):
             return None
         try:
-            tool = self.registry.get(syscall.tool)
+            return self.registry.get(syscall.tool)
         except UnknownTool:
-            return None  # handle() refuses it with a clear error
-        return f"tool {syscall.tool!r} is irreversible" if tool.irreversible else None
+            return None
+
+    def irreversible(self, syscall: Syscall) -> str | None:
+        tool = self._tool_of(syscall)
+        return f"tool {tool.name!r} is irreversible" if tool is not None and tool.irreversible else None
 
     def at_most_once(self, syscall: Syscall) -> bool:
-        if not isinstance(syscall, ToolSyscall):
-            return False
-        try:
-            return self.registry.get(syscall.tool).at_most_once
-        except UnknownTool:
-            return False
+        tool = self._tool_of(syscall)
+        return tool is not None and tool.at_most_once
 
     def concurrency_limit(self, syscall: Syscall) -> int | None:
-        if not isinstance(syscall, ToolSyscall):
-            return None
-        try:
-            return self.registry.get(syscall.tool).max_concurrency
-        except UnknownTool:
-            return None
+        tool = self._tool_of(syscall)
+        return None if tool is None else tool.max_concurrency
 
 
 def _check_size(tool: str, result: Any, limit: int) -> None:
