@@ -151,3 +151,31 @@ def test_a_killed_workers_syscalls_start_again_well_within_a_lease(broker: str, 
             assert response.timing.started_at - killed < lk.settings.worker.lease_renew_s + 3.0, \
                 "started again one lease after the kill: the dead holder was not recognised"
         assert int(state.hget(keys.STATS_DONE, "tool:ok") or 0) == 2  # each completed once
+
+
+@pytest.mark.parametrize("broker", REDIS_BROKERS)
+def test_an_answer_acknowledges_its_message_in_the_same_script(broker: str, tmp_path: Path,
+                                                               request: pytest.FixtureRequest) -> None:
+    """Where the broker's lists share the state's Redis database, the reply script acknowledges the message with its
+    answer: kombu's own acknowledgement after the task (a MULTI/EXEC of its own, one round trip more per syscall)
+    is never sent, and nothing is left in ``unacked`` for the sweep or the visibility timeout to give back."""
+    n = 20
+    settings = make_broker_settings(broker, tmp_path, request, worker_concurrency=1)
+    with LocalKernel(settings, resources=["tool"]) as lk, authorized(lk.settings, "acker") as k:
+        state = redis.Redis.from_url(lk.settings.state_redis_url())
+        k.call_tool("noop")
+
+        def transactions() -> int:
+            stats = state.info("commandstats")
+            return int(stats.get("cmdstat_exec", {}).get("calls", 0))
+
+        before = transactions()
+        for pending in [k.submit(k.tool_syscall("noop")) for _ in range(n)]:
+            k.wait(pending)
+        if broker == "embedded":  # the test's own server: every transaction on it is this kernel's
+            assert transactions() - before < n // 2, "kombu acknowledged each message with a transaction of its own"
+        deadline = time.monotonic() + 5
+        while state.hlen("unacked") or state.zcard("unacked_index"):
+            assert time.monotonic() < deadline, "answered messages are still recorded as unacknowledged"
+            time.sleep(0.05)
+        assert int(state.hget(keys.STATS_DONE, "tool:ok") or 0) == n + 1

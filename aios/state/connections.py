@@ -56,6 +56,27 @@ def async_state_client(settings: Settings, *, socket_timeout_s: float | None = N
                                  retry_on_error=RETRY_ON)
 
 
+def same_database(a: str, b: str) -> bool:
+    """Whether two redis-py URLs name the same server and database (users and passwords aside)."""
+    from redis.connection import parse_url
+
+    def where(url: str) -> tuple[object, ...]:
+        kw = parse_url(url)
+        return kw.get("path"), kw.get("host"), kw.get("port", 6379), int(kw.get("db") or 0)
+
+    try:
+        return where(a) == where(b)
+    except ValueError:
+        return False
+
+
+def shares_broker(settings: Settings) -> bool:
+    """Whether the kernel's state lives in the Redis broker's own database (the embedded kernel, and a Redis broker
+    with no ``AIOS_REDIS_URL`` of its own): then one script can answer a syscall and acknowledge its message."""
+    broker = settings.require_broker()
+    return is_redis_url(broker) and same_database(broker_to_redis_py(broker), settings.state_redis_url())
+
+
 def broker_client(settings: Settings) -> redis.Redis:
     """The broker's own Redis (kombu's queue lists), for depth and aging. Only for a Redis broker."""
     broker = settings.require_broker()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -17,6 +18,16 @@ WAITS_KEPT = 2000
 """Queue waits kept per resource for percentiles (``aios status``, metrics)."""
 RECENT_KEPT = 500
 """Answered syscalls kept, all agents together, for the operator console (:data:`aios.state.keys.RECENT`)."""
+
+
+@dataclass(frozen=True)
+class Ack:
+    """A message on a Redis broker, to acknowledge with its answer: its delivery tag and kombu's two keys that
+    record it as unacknowledged (:mod:`aios.broker.kombu_client`)."""
+
+    tag: str
+    unacked_key: str
+    unacked_index_key: str
 
 
 Deliver = Callable[[str, str, str], None]
@@ -36,12 +47,15 @@ class Replies:
         self._script = register(client, "reply")
 
     def write_reply(self, response: Response, *, agent_id: str, key: str | None, kind: str | None,
-                    once: bool = True, account: tuple[str, Syscall] | None = None) -> bool:
+                    once: bool = True, account: tuple[str, Syscall] | None = None,
+                    ack: Ack | None = None) -> bool:
         """Answer ``response.id`` of ``agent_id``: stored once and handed to its caller (``once``), or only handed
         over (a refusal, ``once=False``). The answer handed over is sealed with the agent's ``key`` (``None``: a
         kernel without identities, ``AIOS_AUTH=off``), so the caller accepts only what the kernel made for this
         syscall. ``kind`` counts it in ``aios:stats:done``; ``account=(resource, syscall)`` adds its service and
-        wait to its agent's record, in the same atomic step. True if this call answered."""
+        wait to its agent's record, in the same atomic step; ``ack``: the message it answers, acknowledged on the
+        Redis broker in that step too (only where the broker's lists live on this same server and database).
+        True if this call answered."""
         sid = response.id
         resource, syscall = account if account is not None else ("", None)
         t = response.timing
@@ -62,6 +76,9 @@ class Replies:
         key_list = [keys.result(sid), keys.reply(agent_id, sid), keys.STATS_DONE, keys.context(sid),
                     keys.attempts(sid), keys.attained(resource), keys.agent_stats(resource), keys.waits(resource),
                     keys.claim(sid), keys.RECENT]
+        if ack is not None:
+            key_list += [ack.unacked_key, ack.unacked_index_key]
+            argv.append(ack.tag)
         answered = bool(self._script(keys=key_list, args=argv))
         if answered and self.deliver is not None:
             self.deliver(agent_id, sid, sealed)

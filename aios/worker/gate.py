@@ -29,6 +29,7 @@ from celery.worker.consumer import Consumer
 from aios.broker.kombu_client import LANE, SIZE
 from aios.broker.publish import shown_label
 from aios.state.keys import HEADER_ENQUEUED, HEADER_PRIORITY
+from aios.state.replies import Ack
 from aios.wire.errors import PayloadTooLarge
 from aios.wire.priority import MAX_PRIORITY, MIN_PRIORITY, from_broker, is_redis_url
 from aios.worker.refusals import ENVELOPE_SLACK_BYTES, short
@@ -125,6 +126,10 @@ class KernelConsumer(Consumer):  # type: ignore[misc]  # celery ships no type hi
                     runtime.arrivals[headers["id"]] = served
                 if runtime.affinity is not None and isinstance(headers.get("id"), str):
                     runtime.arrived_from[headers["id"]] = arrived_from(message)
+                if runtime.acks_with_answer and isinstance(headers.get("id"), str):
+                    ack = ack_with_answer(message)
+                    if ack is not None:
+                        runtime.unacked[headers["id"]] = ack
                 return handler(message)
             try:
                 refuse(message, runtime, *refusal)
@@ -191,6 +196,18 @@ def served_priority(message: Any, broker_url: str) -> int | None:
         return None
     priority = (message.properties or {}).get("priority")
     return from_broker(min(max(priority, 0), MAX_PRIORITY), broker_url) if isinstance(priority, int) else 0
+
+
+def ack_with_answer(message: Any) -> Ack | None:
+    """The delivery to acknowledge with the message's answer: on a Redis broker (kombu's unacked records, no key
+    prefix), ``None`` elsewhere (RabbitMQ: kombu acknowledges it after the task, as always)."""
+    channel = getattr(message, "channel", None)
+    tag = getattr(message, "delivery_tag", None)
+    unacked, index = getattr(channel, "unacked_key", None), getattr(channel, "unacked_index_key", None)
+    if not (isinstance(tag, str) and isinstance(unacked, str) and isinstance(index, str)) \
+            or getattr(channel, "global_keyprefix", ""):
+        return None
+    return Ack(tag, unacked, index)
 
 
 def arrived_from(message: Any) -> str:

@@ -25,8 +25,9 @@ from aios.policy.identity import KeyRing
 from aios.policy.placement import Placement
 from aios.services.base import Service
 from aios.settings import Settings, worker_queue
-from aios.state.connections import broker_client, state_client
+from aios.state.connections import broker_client, shares_broker, state_client
 from aios.state.context import ContextStore
+from aios.state.replies import Ack
 from aios.wire.errors import AIOSError
 from aios.wire.priority import is_redis_url
 from aios.worker.affinity import Affinity
@@ -74,6 +75,11 @@ class Runtime:
         self.requeue = Requeue(self)
         self.arrivals: dict[str, int] = {}
         """Message id -> the kernel priority the gate saw it served at (popped by the placement step)."""
+        self.acks_with_answer = shares_broker(settings)
+        """The reply script acknowledges a message on the broker with its answer (one round trip less per
+        syscall): the broker's lists share the state's Redis database."""
+        self.unacked: dict[str, Ack] = {}
+        """Message id -> its delivery, to acknowledge with its answer (set by the gate, popped by the reply step)."""
         self.arrived_from: dict[str, str] = {}
         """Message id -> the queue it came from (LLM workers with affinity; popped by the affinity step)."""
         self.affinity: Affinity | None = None
@@ -119,6 +125,7 @@ class Runtime:
         finally:
             self.arrivals.pop(message_id, None)
             self.arrived_from.pop(message_id, None)
+            self.unacked.pop(message_id, None)
 
     def queue_waiting(self) -> bool:
         """Whether messages wait on this worker's queue (on Redis, every priority step), beyond those held."""

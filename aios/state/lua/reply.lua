@@ -8,6 +8,8 @@
 -- KEYS[3] answered-syscalls counter hash   KEYS[4] snapshot hash   KEYS[5] retry-attempts counter
 -- KEYS[6] attained-service zset   KEYS[7] per-agent stats hash   KEYS[8] recent-waits list   KEYS[9] claim key
 -- KEYS[10] recent-syscalls list (the operator console's)
+-- KEYS[11], KEYS[12] the Redis broker's unacknowledged-messages hash and index (kombu's), when it shares this
+-- server and database: the delivery ARGV[12] is acknowledged here, in the same step as its answer
 -- ARGV[1] mode ('once' | 'notify')   ARGV[2] the answer: the response JSON, or the response sealed with the
 -- agent's key ('<64 hex digits of its HMAC>.<response JSON>')   ARGV[3] what ARGV[2] is, and whether to hand it
 -- over here: 'sealed' or 'plain' (pushed onto KEYS[2]), 'keep' (the response JSON, handed over elsewhere)
@@ -15,10 +17,17 @@
 -- ARGV[5] counter field ('<kind>:<status>', '' for none)
 -- ARGV[6] agent id ('' for no accounting)   ARGV[7] service seconds   ARGV[8] wait seconds   ARGV[9] waits kept
 -- ARGV[10] the syscall's record for the recent-syscalls list (JSON, no payload)   ARGV[11] records kept
+-- ARGV[12] the delivery tag of the message answered, to acknowledge ('' for none; a copy answered already is
+-- acknowledged too: nothing is left to run for it)
 -- Returns 1 if this call answered, 0 if an answer was stored already.
 local mode, answer, how, ttl, field = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local body = answer  -- what is stored: the response JSON, without the seal (sent once, not twice)
 if how == 'sealed' then body = string.sub(answer, 66) end
+local tag = ARGV[12]
+if tag ~= nil and tag ~= '' then
+  redis.call('HDEL', KEYS[11], tag)
+  redis.call('ZREM', KEYS[12], tag)
+end
 if mode == 'once' then
   if not redis.call('SET', KEYS[1], body, 'NX', 'EX', ttl) then return 0 end
   redis.call('DEL', KEYS[4], KEYS[5], KEYS[9])
