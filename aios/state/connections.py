@@ -61,7 +61,7 @@ def same_database(a: str, b: str) -> bool:
     from redis.connection import parse_url
 
     def where(url: str) -> tuple[object, ...]:
-        kw = parse_url(url)
+        kw = parse_url(url)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
         return kw.get("path"), kw.get("host"), kw.get("port", 6379), int(kw.get("db") or 0)
 
     try:

@@ -204,8 +204,8 @@ def ack_with_answer(message: Any) -> Ack | None:
     channel = getattr(message, "channel", None)
     tag = getattr(message, "delivery_tag", None)
     unacked, index = getattr(channel, "unacked_key", None), getattr(channel, "unacked_index_key", None)
-    if not (isinstance(tag, str) and isinstance(unacked, str) and isinstance(index, str)) \
-            or getattr(channel, "global_keyprefix", ""):
+    prefix: Any = getattr(channel, "global_keyprefix", None)  # kombu ships no type hints
+    if not (isinstance(tag, str) and isinstance(unacked, str) and isinstance(index, str)) or prefix:
         return None
     return Ack(tag, unacked, index)
 
