@@ -179,3 +179,25 @@ def test_an_answer_acknowledges_its_message_in_the_same_script(broker: str, tmp_
             assert time.monotonic() < deadline, "answered messages are still recorded as unacknowledged"
             time.sleep(0.05)
         assert int(state.hget(keys.STATS_DONE, "tool:ok") or 0) == n + 1
+
+
+@pytest.mark.parametrize("broker", REDIS_BROKERS)
+def test_a_consumer_that_never_acknowledges_leaves_no_unacked_record(broker: str, tmp_path: Path) -> None:
+    """Celery's control replies (``reply.celery.pidbox``, what ``celery inspect`` and a worker's mingle read) are
+    consumed without acknowledgements: the take script must not record them as unacknowledged, or they would stay in
+    ``unacked`` until the visibility timeout put them back on their queue."""
+    kombu_client.install()
+    queue = f"aios-noack-{os.getpid()}-{time.monotonic_ns()}"
+    with broker_url(broker, tmp_path) as url:
+        r = _client(url)
+        r.delete("unacked", "unacked_index")
+        with Connection(url) as conn:
+            Producer(conn).publish({"n": 1}, exchange=Exchange(queue, "direct"), routing_key=queue,
+                                   declare=[Queue(queue, Exchange(queue, "direct"), routing_key=queue)])
+            got: list[Any] = []
+            with Consumer(conn, queues=[Queue(queue, routing_key=queue)], callbacks=[lambda b, m: got.append(b)],
+                          no_ack=True):
+                conn.drain_events(timeout=10)
+        assert got == [{"n": 1}]
+        assert r.hlen("unacked") == 0 and r.zcard("unacked_index") == 0
+        r.delete(queue)

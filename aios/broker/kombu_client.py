@@ -70,6 +70,18 @@ def install() -> None:
             return cached[1]
 
         kombu_redis.Channel._create_client = _create_client  # type: ignore[method-assign]  # the patch itself
+        consume: Any = kombu_redis.Channel.basic_consume
+
+        def _basic_consume(self: Any, queue: str, *args: Any, **kwargs: Any) -> Any:
+            no_ack = kwargs.get("no_ack", args[0] if args else False)
+            held: set[str] = self.__dict__.setdefault("_aios_no_ack", set())
+            if no_ack:  # nothing to record for a consumer that never acknowledges (Celery's control replies)
+                held.add(queue)
+            else:
+                held.discard(queue)
+            return consume(self, queue, *args, **kwargs)
+
+        kombu_redis.Channel.basic_consume = _basic_consume  # type: ignore[method-assign]
         global _stock_brpop_start
         _stock_brpop_start = kombu_redis.Channel._brpop_start
         kombu_redis.Channel._brpop_start = _brpop_start  # type: ignore[method-assign]
@@ -156,7 +168,10 @@ def _brpop_start(self: Any, timeout: Any = None) -> None:
     """kombu's ``Channel._brpop_start``, sending the take script (or, after it found nothing, the wait) instead of
     BRPOP; kombu's own where the server lacks what they need."""
     state = self.__dict__
-    if state.get("_aios_stock") or self.global_keyprefix:
+    no_ack = state.get("_aios_no_ack")
+    if state.get("_aios_stock") or self.global_keyprefix or (no_ack and not no_ack.isdisjoint(self.active_queues)):
+        # kombu's BRPOP: the server lacks what the take needs, or a consumer that never acknowledges (the take
+        # would record its messages as unacknowledged for good, and the visibility timeout give them back)
         state["_aios_mode"] = None
         _stock_brpop_start(self, timeout)
         return
