@@ -4,27 +4,19 @@ the same headers and the priority its resource's policy gives it, however it got
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import json
 import logging
-import os
 import re
-import socket
 import time
-import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import redis
-import redis.asyncio as aredis
 from amqp.exceptions import AMQPError
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from aios.broker.queues import step_list
 from aios.state.keys import HEADER_ENQUEUED, HEADER_PRIORITY
 from aios.wire.priority import is_redis_url, to_broker
 
@@ -64,7 +56,7 @@ class Route:
 
 
 def publish_syscall(app: Celery, payload: dict[str, Any], *, syscall_id: str, kind: str, agent_id: str, route: Route,
-                    note: str = "", from_agent: bool = False, lists: redis.Redis | None = None) -> None:
+                    note: str = "", from_agent: bool = False) -> None:
     """Publish the signed syscall ``payload`` (task id = syscall id) on ``route``, at once: no Celery ``eta`` or
     ``countdown`` (workers refuse them; the kernel's own delays are :mod:`aios.worker.delayed`).
 
@@ -72,16 +64,8 @@ def publish_syscall(app: Celery, payload: dict[str, Any], *, syscall_id: str, ki
     redacted :func:`label` instead of the (possibly private) payload. ``from_agent``: published by the agent's own broker user, which may neither declare nor
     bind anything: on Redis the message goes straight onto the queue's list (kombu's default exchange), on
     RabbitMQ to the kernel's exchange of that queue, with ``user_id`` set so that the broker vouches for the
-    sender.
-
-    ``lists``: on a Redis broker, a connection to it as the agent's user: an agent's message is then pushed onto its
-    queue's list with one LPUSH (:func:`redis_message`, what kombu would push), without Celery's and kombu's
-    publishing machinery (about two thirds of the SDK's CPU per syscall)."""
+    sender."""
     readable = label(payload, note)
-    if from_agent and lists is not None and is_redis_url(app.conf.broker_url):
-        lane, message = redis_message(payload, syscall_id=syscall_id, route=route, readable=readable)
-        _retrying(lambda attempt: lists.lpush(lane, message), syscall_id, app)
-        return
     extra: dict[str, Any] = {}
     if from_agent:
         redis_broker = is_redis_url(app.conf.broker_url)
@@ -89,63 +73,32 @@ def publish_syscall(app: Celery, payload: dict[str, Any], *, syscall_id: str, ki
         user = url_user(app.conf.broker_url)
         if not redis_broker and user is not None and user.startswith("agent-"):
             extra["user_id"] = user
-
-    def send(attempt: int) -> None:
-        if attempt == 0:  # the app's pooled connection
-            _send(app, payload, syscall_id, route, readable, extra)
-        else:  # a fresh one: a pooled connection that failed once keeps failing after the broker is back
-            with app.connection_for_write() as conn:
-                _send(app, payload, syscall_id, route, readable, {**extra, "connection": conn})
-
-    _retrying(send, syscall_id, app)
-
-
-async def publish_syscall_async(lists: aredis.Redis, app: Celery, payload: dict[str, Any], *, syscall_id: str,
-                                route: Route) -> None:
-    """:func:`publish_syscall` of an agent's syscall on a Redis broker, for an asyncio caller: the same message,
-    pushed with ``lists`` (a redis.asyncio connection to the broker as the agent's user), retried the same way."""
-    lane, message = redis_message(payload, syscall_id=syscall_id, route=route, readable=label(payload))
-    pause, started = 0.05, time.monotonic()
-    while True:
-        try:
-            await lists.lpush(lane, message)
-            return
-        except UNREACHABLE as exc:
-            _give_up_or_say(exc, started, pause, syscall_id, app)
-            await asyncio.sleep(pause)
-            pause = min(1.0, pause * 2)
-
-
-def _retrying(send: Callable[[int], Any], syscall_id: str, app: Celery) -> None:
-    """``send(attempt)`` until it goes through, for as long as the broker may take to come back.
-
-    kombu revives a Redis connection only once per publish, so a restart that takes longer fails it: the retries
-    through a broker restart are here, for AIOS_RECONNECT_S (make_app puts it on the app). A retry after a publish
-    whose confirmation was lost may queue the syscall twice; its claim and stored answer run it once."""
-    pause, started = 0.05, time.monotonic()
+    # kombu revives a Redis connection only once per publish, so a restart that takes longer fails it: the retries
+    # through a broker restart are here, for AIOS_RECONNECT_S (make_app puts it on the app). A retry after a publish
+    # whose confirmation was lost may queue the syscall twice; its claim and stored answer run it once.
+    started = time.monotonic()
+    pause = 0.05
     attempt = 0
     while True:
         try:
-            send(attempt)
+            if attempt == 0:  # the app's pooled connection
+                _send(app, payload, syscall_id, route, readable, extra)
+            else:  # a fresh one: a pooled connection that failed once keeps failing after the broker is back
+                with app.connection_for_write() as conn:
+                    _send(app, payload, syscall_id, route, readable, {**extra, "connection": conn})
             return
         except UNREACHABLE as exc:
-            _give_up_or_say(exc, started, pause, syscall_id, app)
+            waited = time.monotonic() - started
+            limit = float(getattr(app, "aios_reconnect_s", 0.0))
+            if refused_by_broker(exc):
+                limit = min(limit, REFUSAL_RETRY_S)
+            if waited + pause > limit:
+                raise
+            if waited == 0 or pause >= 1.0:
+                log.warning("publishing syscall %s failed (%s); retrying for up to %.0f s", syscall_id, exc, limit)
             time.sleep(pause)
             pause = min(1.0, pause * 2)
             attempt += 1
-
-
-def _give_up_or_say(exc: BaseException, started: float, pause: float, syscall_id: str, app: Celery) -> None:
-    """Raise ``exc`` (a failed publish) once the broker has had its time (AIOS_RECONNECT_S, less for a broker that
-    refuses this user); else log it (the first time, then once a second) before the next try, ``pause`` away."""
-    waited = time.monotonic() - started
-    limit = float(getattr(app, "aios_reconnect_s", 0.0))
-    if refused_by_broker(exc):
-        limit = min(limit, REFUSAL_RETRY_S)
-    if waited + pause > limit:
-        raise exc
-    if pause <= 0.05 or pause >= 1.0:
-        log.warning("publishing syscall %s failed (%s); retrying for up to %.0f s", syscall_id, exc, limit)
 
 
 class _Sent:
@@ -173,37 +126,6 @@ def _send(app: Celery, payload: dict[str, Any], syscall_id: str, route: Route, r
         add_to_parent=False,
         argsrepr=readable, kwargsrepr="{}", **extra,
     )
-
-
-EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
-"""The third element of a Celery protocol 2 body, as the kernel sends it (no canvas)."""
-HOST = socket.gethostname()
-"""For a message's ``origin``, as Celery writes it (its ``anon_nodename``: ``gen<pid>@<host>``)."""
-REPLY_TO = str(uuid.uuid4())
-"""What Celery writes as ``reply_to`` (the app's ``oid``); the kernel never answers through it."""
-
-
-def redis_message(payload: dict[str, Any], *, syscall_id: str, route: Route, readable: str) -> tuple[str, str]:
-    """The list and the message that Celery's ``send_task`` and kombu's Redis transport push for an agent's
-    syscall (Celery protocol 2, JSON, its body base64-encoded; the kernel's headers): what the worker's gate
-    accepts, field for field (``tests/test_sdk.py`` compares the two)."""
-    priority = to_broker(route.priority, "redis://")
-    body = json.dumps([[payload], {}, EMBED]).encode()
-    headers: dict[str, Any] = {
-        "lang": "py", "task": route.task, "id": syscall_id, "shadow": None, "eta": None, "expires": None,
-        "group": None, "group_index": None, "retries": 0, "timelimit": [None, None], "root_id": syscall_id,
-        "parent_id": None, "argsrepr": readable, "kwargsrepr": "{}", "origin": f"gen{os.getpid()}@{HOST}", "ignore_result": True,
-        "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
-        HEADER_ENQUEUED: time.time(), HEADER_PRIORITY: route.priority,
-    }
-    properties = {
-        "correlation_id": syscall_id, "reply_to": REPLY_TO, "argsrepr": readable, "kwargsrepr": "{}",
-        "delivery_mode": 2, "delivery_info": {"exchange": "", "routing_key": route.queue}, "priority": priority,
-        "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
-    }
-    message = {"body": base64.b64encode(body).decode(), "content-encoding": "utf-8",
-               "content-type": "application/json", "headers": headers, "properties": properties}
-    return step_list(route.queue, priority), json.dumps(message)
 
 
 def url_user(url: str) -> str | None:

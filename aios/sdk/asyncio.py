@@ -8,12 +8,11 @@ from typing import Any, ParamSpec, Self, TypeVar
 
 import redis.asyncio as aredis
 
-from aios.broker.publish import publish_syscall_async
 from aios.broker.reply_queues import ReplyInbox
-from aios.sdk.core import PUBLISH_ERRORS, Pending
+from aios.sdk.core import Pending
 from aios.sdk.operations import Call, Operation, Operations
 from aios.sdk.streaming import AsyncTokenStream
-from aios.state.connections import async_broker_client, async_state_client, shares_broker
+from aios.state.connections import async_state_client
 from aios.wire.errors import KernelUnavailable
 from aios.wire.syscalls import LLMSyscall, Response, Syscall
 
@@ -30,17 +29,12 @@ class AsyncKernel(Operations):
 
     _redis: aredis.Redis | None = None
     _inbox: ReplyInbox | None = None
-    _lists: aredis.Redis | None = None
-    """A Redis broker's lists, as the agent's broker user: publishes without a thread (the reply connection when
-    the broker's lists share the state's database)."""
 
     def _open_replies(self) -> None:
         if self._amqp_replies:
             self._inbox = ReplyInbox(self.settings.require_broker(), self.agent_id)
-            return
-        self._redis = async_state_client(self.settings)
-        if self.settings.scheduling.max_queue_depth is None:  # admission control looks at queues: a thread's work
-            self._lists = self._redis if shares_broker(self.settings) else async_broker_client(self.settings)
+        else:
+            self._redis = async_state_client(self.settings)
 
     async def _next_reply(self, pending: Pending) -> bytes | str | None:
         if self._inbox is not None:
@@ -63,15 +57,8 @@ class AsyncKernel(Operations):
 
     async def submit(self, syscall: Syscall) -> Pending:
         """Publish ``syscall`` and return at once; :meth:`wait` for its answer."""
-        if self._lists is None:  # a blocking kombu call (RabbitMQ, or admission control): off the event loop
-            return await asyncio.to_thread(self._publish, syscall)
-        payload = self._signed(syscall)
-        try:
-            await publish_syscall_async(self._lists, self._app, payload, syscall_id=syscall.id,
-                                        route=self._placement.route(syscall))
-        except PUBLISH_ERRORS as exc:
-            raise self._unpublished(exc) from None
-        return Pending(syscall)
+        # Publishing is a blocking kombu call; keep it off the event loop.
+        return await asyncio.to_thread(self._publish, syscall)
 
     async def wait_response(self, pending: Pending) -> Response:
         """The whole ``Response``, error or not. Raises only ``SyscallTimeout``, ``KernelUnavailable`` and
@@ -104,8 +91,6 @@ class AsyncKernel(Operations):
         return op.dress(self, bound)
 
     async def aclose(self) -> None:
-        if self._lists is not None and self._lists is not self._redis:
-            await self._lists.aclose()
         if self._redis is not None:
             await self._redis.aclose()
         if self._inbox is not None:

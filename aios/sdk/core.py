@@ -63,10 +63,6 @@ REPLY_GRACE_S = 2.0
 """How long past a syscall's deadline the SDK keeps listening, for a reply already on its way."""
 
 
-PUBLISH_ERRORS = (OperationalError, redis.ConnectionError, redis.ResponseError, AMQPError, ConnectionError)
-"""What a publish that did not go through raises: the broker away, or refusing the agent's user."""
-
-
 def _messages(messages: Messages) -> tuple[ChatMessage, ...]:
     if isinstance(messages, str):
         return (ChatMessage(role="user", content=messages),)
@@ -204,18 +200,6 @@ class _Core:
     # -- the wire ----------------------------------------------------------------------------------------
 
     def _publish(self, syscall: Syscall) -> Pending:
-        payload = self._signed(syscall)
-        try:
-            route = self._placement.route(syscall)
-            self._admit(syscall, route.resource, route.queue)
-            publish_syscall(self._app, payload, syscall_id=syscall.id, kind=syscall.kind, agent_id=syscall.agent_id,
-                            route=route, from_agent=True, lists=self._broker_redis())
-        except PUBLISH_ERRORS as exc:
-            raise self._unpublished(exc) from None
-        return Pending(syscall)
-
-    def _signed(self, syscall: Syscall) -> dict[str, Any]:
-        """The syscall's payload as published: checked against the kernel's limits, signed with the agent's key."""
         if syscall.agent_id != self.agent_id:
             raise ValueError(f"this client acts for agent {self.agent_id!r}, not {syscall.agent_id!r}: "
                              "make one Kernel per agent")
@@ -232,16 +216,19 @@ class _Core:
                 f"syscall is {size} bytes; the limit is {self.settings.syscalls.max_payload_bytes} (AIOS_MAX_PAYLOAD_BYTES): "
                 "store large data with write_file and pass its path"
             )
-        return payload
-
-    def _unpublished(self, exc: BaseException) -> Exception:
-        """What the caller is told of a publish that failed with ``exc``."""
-        if refused_by_broker(exc):
-            return self._refused(exc)
-        return KernelUnavailable(
-            f"cannot reach the broker at {self._broker_url}: {exc}; start the kernel with `aios up` "
-            "or check AIOS_BROKER_URL"
-        )
+        try:
+            route = self._placement.route(syscall)
+            self._admit(syscall, route.resource, route.queue)
+            publish_syscall(self._app, payload, syscall_id=syscall.id, kind=syscall.kind, agent_id=syscall.agent_id,
+                            route=route, from_agent=True)
+        except (OperationalError, redis.ConnectionError, redis.ResponseError, AMQPError, ConnectionError) as exc:
+            if refused_by_broker(exc):
+                raise self._refused(exc) from None
+            raise KernelUnavailable(
+                f"cannot reach the broker at {self._broker_url}: {exc}; start the kernel with `aios up` "
+                "or check AIOS_BROKER_URL"
+            ) from None
+        return Pending(syscall)
 
     def _admit(self, syscall: Syscall, resource: str, queue: str) -> None:
         """Admission control: past AIOS_MAX_QUEUE_DEPTH waiting syscalls, wait for room or raise KernelBusy."""
@@ -266,7 +253,6 @@ class _Core:
             self._depth_seen.pop(queue, None)
 
     def _broker_redis(self) -> redis.Redis | None:
-        """A Redis broker's own lists, as the agent's broker user (publishes, admission control)."""
         if self._broker is None and is_redis_url(self._broker_url):
             self._broker = broker_client(self.settings)
         return self._broker

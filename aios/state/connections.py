@@ -56,15 +56,6 @@ def async_state_client(settings: Settings, *, socket_timeout_s: float | None = N
                                  retry_on_error=RETRY_ON)
 
 
-def async_broker_client(settings: Settings) -> aredis.Redis:
-    """The broker's own Redis for an asyncio caller (an agent's publishes). Only for a Redis broker."""
-    return aredis.Redis.from_url(broker_to_redis_py(settings.require_broker()), socket_timeout=10,
-                                 socket_connect_timeout=10,
-                                 retry=AsyncRetry(ExponentialBackoff(cap=1.0, base=0.05),
-                                                  _retries(settings.broker.reconnect_s)),
-                                 retry_on_error=RETRY_ON)
-
-
 def same_database(a: str, b: str) -> bool:
     """Whether two redis-py URLs name the same server and database (users and passwords aside)."""
     from redis.connection import parse_url
