@@ -80,6 +80,9 @@ def default_model_path() -> Path:
 class LLMBackend(Protocol):
     name: str
     others_waiting: Callable[[], bool] | None
+    streams: bool
+    """Whether ``chat`` sends a streamed syscall's text as it comes (through ``current_emit``) before it returns.
+    ``False``: the text comes whole in the reply, and the worker sets up no stream for it."""
 
     def chat(self, syscall: LLMSyscall, snapshot: Snapshot | None = None) -> dict[str, Any]:
         """Answer one syscall with the result dict described in the module docstring, continuing from
@@ -91,6 +94,7 @@ class LlamaCppBackend:
     template; grammar-constrained decoding (one grammar sampler per sequence) for structured output."""
 
     name = "llamacpp"
+    streams = True
 
     def __init__(self, settings: Settings) -> None:
         try:
@@ -223,6 +227,9 @@ class OpenAIBackend:
     :mod:`aios.services.llm.provider` (the ``openai`` package's client cost a quarter of the worker's CPU per call)."""
 
     name = "openai"
+    streams = False
+    """The server is not streamed to the worker: a streamed syscall's text comes whole, in its reply (the SDK's
+    stream hands it on in one piece, as a single chunk before the reply would, one Redis message fewer)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -348,7 +355,7 @@ class OpenAIBackend:
         model = self._model(syscall)
         if (self.quantum and self._formatter is not None and syscall.output == "text"
                 and syscall.temperature == 0):
-            return _emit_whole(syscall, self._sliced(model, syscall, snapshot))
+            return self._sliced(model, syscall, snapshot)
         schema, instruction = prepare(syscall)
         spent: list[dict[str, Any]] = []
         if syscall.output == "tool_call":
@@ -381,16 +388,8 @@ class OpenAIBackend:
         else:
             spent.append(self._create(model, build_messages(syscall), syscall))
         choice = spent[-1]["choices"][0]
-        return _emit_whole(syscall, finish(syscall, (choice.get("message") or {}).get("content"),
-                                           choice.get("finish_reason"), schema, **_meta(spent, model)))
-
-
-def _emit_whole(syscall: LLMSyscall, result: dict[str, Any]) -> dict[str, Any]:
-    """A streamed syscall on a server whose reply is not streamed to us: its text goes as one chunk."""
-    emit = current_emit.get() if syscall.stream else None
-    if emit is not None and result["content"]:
-        emit(0, result["content"])
-    return result
+        return finish(syscall, (choice.get("message") or {}).get("content"), choice.get("finish_reason"), schema,
+                      **_meta(spent, model))
 
 
 def template_formatter(template: str) -> Any:
@@ -476,6 +475,11 @@ class LLMService(BaseService):
         """Whether this worker's conversation cache holds a conversation of ``agent_id``."""
         engine = getattr(self._backend, "engine", None)
         return isinstance(engine, BatchEngine) and agent_id in engine.agents_held
+
+    def streams_text(self) -> bool:
+        """Whether this worker's backend sends a streamed syscall's text before the reply (see
+        :attr:`LLMBackend.streams`); the run step sets up a stream only for one that does."""
+        return bool(getattr(self.backend, "streams", True))
 
     @property
     def backend(self) -> LLMBackend:
