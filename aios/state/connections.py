@@ -56,6 +56,15 @@ def async_state_client(settings: Settings, *, socket_timeout_s: float | None = N
                                  retry_on_error=RETRY_ON)
 
 
+def publish_client(settings: Settings) -> redis.Redis:
+    """The broker's Redis for an agent's publishes (:class:`aios.broker.publish.DirectRedis`): one quick retry on a
+    fresh connection (a pooled one the server dropped), no more: :func:`~aios.broker.publish.publish_syscall`
+    retries a broker that is away, through Celery, for ``AIOS_RECONNECT_S``."""
+    return redis.Redis.from_url(broker_to_redis_py(settings.require_broker()), socket_timeout=10,
+                                socket_connect_timeout=10, retry=Retry(ExponentialBackoff(cap=0.1, base=0.02), 1),
+                                retry_on_error=RETRY_ON)
+
+
 def broker_client(settings: Settings) -> redis.Redis:
     """The broker's own Redis (kombu's queue lists), for depth and aging. Only for a Redis broker."""
     broker = settings.require_broker()
