@@ -200,7 +200,8 @@ class _Core:
 
     # -- the wire ----------------------------------------------------------------------------------------
 
-    def _publish(self, syscall: Syscall) -> Pending:
+    def _payload(self, syscall: Syscall) -> dict[str, Any]:
+        """The signed payload of ``syscall``, checked as the kernel will (agent, timeout, size)."""
         if syscall.agent_id != self.agent_id:
             raise ValueError(f"this client acts for agent {self.agent_id!r}, not {syscall.agent_id!r}: "
                              "make one Kernel per agent")
@@ -217,6 +218,10 @@ class _Core:
                 f"syscall is {size} bytes; the limit is {self.settings.syscalls.max_payload_bytes} (AIOS_MAX_PAYLOAD_BYTES): "
                 "store large data with write_file and pass its path"
             )
+        return payload
+
+    def _publish(self, syscall: Syscall) -> Pending:
+        payload = self._payload(syscall)
         try:
             route = self._placement.route(syscall)
             self._admit(syscall, route.resource, route.queue)

@@ -65,6 +65,13 @@ def publish_client(settings: Settings) -> redis.Redis:
                                 retry_on_error=RETRY_ON)
 
 
+def async_publish_client(settings: Settings) -> aredis.Redis:
+    """:func:`publish_client` for asyncio (:meth:`aios.sdk.AsyncKernel.submit`)."""
+    return aredis.Redis.from_url(broker_to_redis_py(settings.require_broker()), socket_timeout=10,
+                                 socket_connect_timeout=10, retry=AsyncRetry(ExponentialBackoff(cap=0.1, base=0.02), 1),
+                                 retry_on_error=RETRY_ON)
+
+
 def broker_client(settings: Settings) -> redis.Redis:
     """The broker's own Redis (kombu's queue lists), for depth and aging. Only for a Redis broker."""
     broker = settings.require_broker()
