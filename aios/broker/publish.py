@@ -140,7 +140,7 @@ class DirectRedis:
     (``app.amqp.as_task_v2``), the body kombu's JSON, base64-encoded as kombu's Redis transport stores it, on the
     list kombu would pick for the priority (``tests/unit/test_publish_direct.py`` compares the two messages).
     Not used (Celery is) where something else might hang on Celery's publish: ``task_send_sent_event``, receivers
-    of its publish signals, kombu's ``global_keyprefix``."""
+    of its publish signals, kombu's ``global_keyprefix``, another protocol, serializer or compression."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
@@ -151,7 +151,8 @@ class DirectRedis:
 
         conf = app.conf
         return (is_redis_url(conf.broker_url) and not conf.task_send_sent_event
-                and not (conf.broker_transport_options or {}).get("global_keyprefix")
+                and int(conf.task_protocol or 2) == 2 and conf.task_serializer == "json"
+                and not conf.task_compression and not (conf.broker_transport_options or {}).get("global_keyprefix")
                 and not signals.before_task_publish.receivers and not signals.after_task_publish.receivers)
 
     @staticmethod

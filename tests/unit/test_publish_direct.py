@@ -64,6 +64,9 @@ def test_not_used_where_celery_must_publish(make_settings: MakeSettings) -> None
         app.conf.task_send_sent_event = True
         assert not DirectRedis.usable(app)
         app.conf.task_send_sent_event = False
+        app.conf.task_compression = "gzip"
+        assert not DirectRedis.usable(app)
+        app.conf.task_compression = None
         from celery import signals
 
         def receiver(**_: Any) -> None:
