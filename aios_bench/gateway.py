@@ -17,7 +17,7 @@ of the gateway's and of the rest (the kernel's worker and Redis, the emulator).
 ``gateway_p50_overhead_ms`` is the gateway's p50 latency minus the SDK path's, plain, at 64 agents (the first
 number of agents if 64 is not among them; every other is in ``overhead_p50_ms``); ``gateway_streams_256_ok``:
 every streamed call of 256 agents through the gateway ended with the whole text. The kernel's LLM worker does
-not stream from the provider (the ``openai`` backend sends its reply as one chunk), so through the kernel TTFT is
+not stream from the provider (the ``openai`` backend sends its text whole, in the reply), so through the kernel TTFT is
 close to the latency; direct streaming shows the provider's own.
 """
 

@@ -8,11 +8,12 @@ from typing import Any, ParamSpec, Self, TypeVar
 
 import redis.asyncio as aredis
 
+from aios.broker.publish import label
 from aios.broker.reply_queues import ReplyInbox
 from aios.sdk.core import Pending
 from aios.sdk.operations import Call, Operation, Operations
 from aios.sdk.streaming import AsyncTokenStream
-from aios.state.connections import async_state_client
+from aios.state.connections import async_publish_client, async_state_client
 from aios.wire.errors import KernelUnavailable
 from aios.wire.syscalls import LLMSyscall, Response, Syscall
 
@@ -29,6 +30,8 @@ class AsyncKernel(Operations):
 
     _redis: aredis.Redis | None = None
     _inbox: ReplyInbox | None = None
+    _abroker: aredis.Redis | None = None
+    _no_abroker = False
 
     def _open_replies(self) -> None:
         if self._amqp_replies:
@@ -57,8 +60,33 @@ class AsyncKernel(Operations):
 
     async def submit(self, syscall: Syscall) -> Pending:
         """Publish ``syscall`` and return at once; :meth:`wait` for its answer."""
+        client = self._async_publisher()
+        if client is not None:
+            # A Redis broker, no admission control: the message Celery would send, pushed from the event loop
+            # (no thread hop). If the broker fails it, the thread path below publishes it as ever (retries included).
+            payload = self._payload(syscall)
+            route = self._placement.route(syscall)
+            direct = self._direct_publisher()
+            assert direct is not None
+            lane, message = direct.message(self._app, payload, syscall.id, route, label(payload))
+            try:
+                await client.lpush(lane, message)
+                return Pending(syscall)
+            except (aredis.RedisError, ConnectionError):
+                pass  # away, failing or refusing: the thread path retries as it always does, and says what went wrong
         # Publishing is a blocking kombu call; keep it off the event loop.
         return await asyncio.to_thread(self._publish, syscall)
+
+    def _async_publisher(self) -> aredis.Redis | None:
+        """The broker's Redis for :meth:`submit` on the event loop, where it may be used: a Redis broker, a message
+        Celery's machinery need not send (:class:`~aios.broker.publish.DirectRedis`), no admission control (its
+        waits block)."""
+        if self._abroker is None and not self._no_abroker:
+            if self.settings.scheduling.max_queue_depth is None and self._direct_publisher() is not None:
+                self._abroker = async_publish_client(self.settings)
+            else:
+                self._no_abroker = True
+        return self._abroker
 
     async def wait_response(self, pending: Pending) -> Response:
         """The whole ``Response``, error or not. Raises only ``SyscallTimeout``, ``KernelUnavailable`` and
@@ -93,6 +121,8 @@ class AsyncKernel(Operations):
     async def aclose(self) -> None:
         if self._redis is not None:
             await self._redis.aclose()
+        if self._abroker is not None:
+            await self._abroker.aclose()
         if self._inbox is not None:
             self._inbox.close()
         self._close_shared()

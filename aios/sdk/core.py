@@ -19,14 +19,14 @@ from amqp.exceptions import AMQPError
 from kombu.exceptions import OperationalError
 
 from aios.broker.app import make_app
-from aios.broker.publish import publish_syscall
+from aios.broker.publish import DirectRedis, publish_syscall
 from aios.broker.queues import queue_depth
 from aios.policy.broker_users import agent_settings, refused_by_broker, without_user
 from aios.policy.identity import SIG_FIELD, credential_file, load_secret, sign
 from aios.policy.placement import Placement
 from aios.settings import KIND_TO_RESOURCE, Settings, discover, get_settings
 from aios.state import keys
-from aios.state.connections import broker_client
+from aios.state.connections import broker_client, publish_client
 from aios.wire.errors import (
     AuthError,
     ConfigError,
@@ -118,6 +118,7 @@ class _Core:
         self._seal_key = self._secret if self.settings.security.auth == "required" else None
         self._app = make_app(self.settings, name=f"aios-sdk-{agent_id}")
         self._broker: redis.Redis | None = None  # a Redis broker's own lists, for admission control
+        self._direct: DirectRedis | None = None  # a Redis broker: publishes without Celery's machinery
         # No kernel state here: the worker places a syscall by its policy (a fair policy's levels included).
         self._placement = Placement(self.settings, None)
         self._depth_seen: dict[str, tuple[float, int]] = {}  # queue -> (when, depth)
@@ -199,7 +200,8 @@ class _Core:
 
     # -- the wire ----------------------------------------------------------------------------------------
 
-    def _publish(self, syscall: Syscall) -> Pending:
+    def _payload(self, syscall: Syscall) -> dict[str, Any]:
+        """The signed payload of ``syscall``, checked as the kernel will (agent, timeout, size)."""
         if syscall.agent_id != self.agent_id:
             raise ValueError(f"this client acts for agent {self.agent_id!r}, not {syscall.agent_id!r}: "
                              "make one Kernel per agent")
@@ -216,11 +218,15 @@ class _Core:
                 f"syscall is {size} bytes; the limit is {self.settings.syscalls.max_payload_bytes} (AIOS_MAX_PAYLOAD_BYTES): "
                 "store large data with write_file and pass its path"
             )
+        return payload
+
+    def _publish(self, syscall: Syscall) -> Pending:
+        payload = self._payload(syscall)
         try:
             route = self._placement.route(syscall)
             self._admit(syscall, route.resource, route.queue)
             publish_syscall(self._app, payload, syscall_id=syscall.id, kind=syscall.kind, agent_id=syscall.agent_id,
-                            route=route, from_agent=True)
+                            route=route, from_agent=True, direct=self._direct_publisher())
         except (OperationalError, redis.ConnectionError, redis.ResponseError, AMQPError, ConnectionError) as exc:
             if refused_by_broker(exc):
                 raise self._refused(exc) from None
@@ -251,6 +257,11 @@ class _Core:
             time.sleep(pause)
             pause = min(0.5, pause * 1.5)
             self._depth_seen.pop(queue, None)
+
+    def _direct_publisher(self) -> DirectRedis | None:
+        if self._direct is None and is_redis_url(self._broker_url) and DirectRedis.usable(self._app):
+            self._direct = DirectRedis(publish_client(self.settings))
+        return self._direct
 
     def _broker_redis(self) -> redis.Redis | None:
         if self._broker is None and is_redis_url(self._broker_url):
@@ -314,4 +325,6 @@ class _Core:
         """Close what both clients hold (each client also closes its reply connection)."""
         if self._broker is not None:
             self._broker.close()
+        if self._direct is not None:
+            self._direct.close()
         self._app.close()

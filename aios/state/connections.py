@@ -56,6 +56,22 @@ def async_state_client(settings: Settings, *, socket_timeout_s: float | None = N
                                  retry_on_error=RETRY_ON)
 
 
+def publish_client(settings: Settings) -> redis.Redis:
+    """The broker's Redis for an agent's publishes (:class:`aios.broker.publish.DirectRedis`): one quick retry on a
+    fresh connection (a pooled one the server dropped), no more: :func:`~aios.broker.publish.publish_syscall`
+    retries a broker that is away, through Celery, for ``AIOS_RECONNECT_S``."""
+    return redis.Redis.from_url(broker_to_redis_py(settings.require_broker()), socket_timeout=10,
+                                socket_connect_timeout=10, retry=Retry(ExponentialBackoff(cap=0.1, base=0.02), 1),
+                                retry_on_error=RETRY_ON)
+
+
+def async_publish_client(settings: Settings) -> aredis.Redis:
+    """:func:`publish_client` for asyncio (:meth:`aios.sdk.AsyncKernel.submit`)."""
+    return aredis.Redis.from_url(broker_to_redis_py(settings.require_broker()), socket_timeout=10,
+                                 socket_connect_timeout=10, retry=AsyncRetry(ExponentialBackoff(cap=0.1, base=0.02), 1),
+                                 retry_on_error=RETRY_ON)
+
+
 def same_database(a: str, b: str) -> bool:
     """Whether two redis-py URLs name the same server and database (users and passwords aside)."""
     from redis.connection import parse_url

@@ -138,6 +138,7 @@ class FakeModel:
     """
 
     name = FAKE_BACKEND
+    streams = True
 
     def __init__(self, *, model_name: str = FAKE_MODEL_NAME, script: Callable[[LLMSyscall], str] | None = None,
                  length: int | None = None, quantum: int = 0, preempt: bool | Callable[[], bool] | None = None,

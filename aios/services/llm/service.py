@@ -39,6 +39,13 @@ from aios.services.llm.output import (  # noqa: F401  (re-exported: the backends
     tool_call_schema,
     tool_instruction,
 )
+from aios.services.llm.provider import (
+    ProviderClient,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderStatusError,
+    ProviderTimeout,
+)
 from aios.services.llm.stream import TextStream, current_emit
 from aios.services.llm.weights import WEIGHTS_DIR, load_llama, serving_path
 from aios.settings import Settings
@@ -73,6 +80,9 @@ def default_model_path() -> Path:
 class LLMBackend(Protocol):
     name: str
     others_waiting: Callable[[], bool] | None
+    streams: bool
+    """Whether ``chat`` sends a streamed syscall's text as it comes (through ``current_emit``) before it returns.
+    ``False``: the text comes whole in the reply, and the worker sets up no stream for it."""
 
     def chat(self, syscall: LLMSyscall, snapshot: Snapshot | None = None) -> dict[str, Any]:
         """Answer one syscall with the result dict described in the module docstring, continuing from
@@ -84,6 +94,7 @@ class LlamaCppBackend:
     template; grammar-constrained decoding (one grammar sampler per sequence) for structured output."""
 
     name = "llamacpp"
+    streams = True
 
     def __init__(self, settings: Settings) -> None:
         try:
@@ -212,24 +223,26 @@ def chat_formatter(llama: Any) -> Any:
 
 
 class OpenAIBackend:
-    """Any OpenAI-compatible server (OpenAI, vLLM, llama.cpp's server, Ollama...)."""
+    """Any OpenAI-compatible server (OpenAI, vLLM, llama.cpp's server, Ollama...), through the lean JSON client of
+    :mod:`aios.services.llm.provider` (the ``openai`` package's client cost a quarter of the worker's CPU per call)."""
 
     name = "openai"
+    streams = False
+    """The server is not streamed to the worker: a streamed syscall's text comes whole, in its reply (the SDK's
+    stream hands it on in one piece, as a single chunk before the reply would, one Redis message fewer)."""
 
     def __init__(self, settings: Settings) -> None:
-        import openai
-
-        self._openai = openai
         self.settings = settings
         # AIOS_LLM_API_KEY (which falls back to OPENAI_API_KEY: aios.settings), else a placeholder for local
         # servers that need none.
         api_key = settings.llm.api_key or "not-needed"
-        self.client = openai.OpenAI(base_url=settings.llm.base_url, api_key=api_key,
-                                    timeout=settings.llm.request_timeout_s, max_retries=settings.llm.client_retries)
-        self.base_url = str(self.client.base_url)
+        self.client = ProviderClient(settings.llm.base_url, api_key, timeout=settings.llm.request_timeout_s,
+                                     max_retries=settings.llm.client_retries)
+        self.base_url = self.client.base_url
         self.quantum = llm_quantum(settings)
         self.others_waiting: Callable[[], bool] | None = None
         self._formatter = template_formatter(settings.llm.chat_template) if settings.llm.chat_template else None
+        self._extra_body = settings.llm.extra_body or None
 
     def _model(self, syscall: LLMSyscall) -> str:
         # A syscall naming this worker's core (AIOS_LLM_MODELS) means the core's model on the server.
@@ -239,54 +252,58 @@ class OpenAIBackend:
             raise ConfigError("the openai LLM backend needs a model name: set AIOS_LLM_MODEL or the syscall's model")
         return model
 
-    def _error(self, exc: Exception, model: str) -> BackendError:
+    def _error(self, exc: ProviderError, model: str) -> BackendError:
         error = self._explain(exc, model)
-        o = self._openai
-        error.transient = isinstance(exc, (o.APITimeoutError, o.APIConnectionError, o.RateLimitError)) or (
-            isinstance(exc, o.APIStatusError) and (exc.status_code in (408, 409) or exc.status_code >= 500))
+        error.transient = isinstance(exc, ProviderConnectionError) or (
+            isinstance(exc, ProviderStatusError) and (exc.status_code in (408, 409, 429) or exc.status_code >= 500))
         return error
 
-    def _explain(self, exc: Exception, model: str) -> BackendError:
-        o, url = self._openai, self.base_url
-        if isinstance(exc, o.APITimeoutError):
+    def _explain(self, exc: ProviderError, model: str) -> BackendError:
+        url = self.base_url
+        if isinstance(exc, ProviderTimeout):
             return BackendError(f"the LLM server at {url} did not answer within {self.settings.llm.request_timeout_s}s;"
                                 " check its load or raise AIOS_LLM_REQUEST_TIMEOUT_S")
-        if isinstance(exc, o.APIConnectionError):
+        if isinstance(exc, ProviderConnectionError):
             return BackendError(f"cannot reach the LLM server at {url} ({exc}); check AIOS_LLM_BASE_URL and that "
                                 "the server is running")
-        if isinstance(exc, (o.AuthenticationError, o.PermissionDeniedError)):
-            return BackendError(f"the LLM server at {url} refused the API key ({exc.status_code}); "
-                                "check AIOS_LLM_API_KEY")
-        if isinstance(exc, o.NotFoundError):
-            return BackendError(f"the LLM server at {url} answered 404 for model {model!r}; check AIOS_LLM_MODEL, "
-                                "and that AIOS_LLM_BASE_URL ends in /v1")
-        if isinstance(exc, o.RateLimitError):
-            return BackendError(f"the LLM server at {url} is rate limiting (429); retry later or lower concurrency")
-        if isinstance(exc, o.APIStatusError):
+        if isinstance(exc, ProviderStatusError):
+            if exc.status_code in (401, 403):
+                return BackendError(f"the LLM server at {url} refused the API key ({exc.status_code}); "
+                                    "check AIOS_LLM_API_KEY")
+            if exc.status_code == 404:
+                return BackendError(f"the LLM server at {url} answered 404 for model {model!r}; check AIOS_LLM_MODEL,"
+                                    " and that AIOS_LLM_BASE_URL ends in /v1")
+            if exc.status_code == 429:
+                return BackendError(f"the LLM server at {url} is rate limiting (429); retry later or lower concurrency")
             return BackendError(f"the LLM server at {url} answered {exc.status_code} for model {model!r}: "
                                 f"{' '.join(str(exc.message).split())[:300]}; check AIOS_LLM_MODEL and the request")
         return BackendError(f"the LLM server at {url} failed: {exc}")
 
-    def _create(self, model: str, messages: list[Message], syscall: LLMSyscall, *, retries: int | None = None,
-                map_errors: bool = True, **kwargs: Any) -> Any:
-        client = self.client if retries is None else self.client.with_options(max_retries=retries)
-        if syscall.top_p < 1.0:
-            kwargs.setdefault("top_p", syscall.top_p)
-        if syscall.seed is not None:
-            kwargs.setdefault("seed", syscall.seed)
-        if syscall.stop:
-            kwargs.setdefault("stop", list(syscall.stop))
+    def _post(self, path: str, model: str, body: dict[str, Any], *, retries: int | None = None,
+              map_errors: bool = True) -> dict[str, Any]:
+        if self._extra_body:
+            body.update(self._extra_body)
         try:
-            return client.chat.completions.create(model=model, messages=messages,  # type: ignore[arg-type]
-                                                  max_tokens=syscall.max_tokens, temperature=syscall.temperature,
-                                                  extra_body=self.settings.llm.extra_body or None, **kwargs)
-        except self._openai.OpenAIError as exc:
+            return self.client.post(path, body, retries=retries)  # type: ignore[no-any-return]
+        except ProviderError as exc:
             if not map_errors:
                 raise
             raise self._error(exc, model) from None
 
+    def _create(self, model: str, messages: list[Message], syscall: LLMSyscall, *, retries: int | None = None,
+                map_errors: bool = True, **kwargs: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": syscall.max_tokens,
+                                "temperature": syscall.temperature, **kwargs}
+        if syscall.top_p < 1.0:
+            body.setdefault("top_p", syscall.top_p)
+        if syscall.seed is not None:
+            body.setdefault("seed", syscall.seed)
+        if syscall.stop:
+            body.setdefault("stop", list(syscall.stop))
+        return self._post("chat/completions", model, body, retries=retries, map_errors=map_errors)
+
     def _structured(self, model: str, syscall: LLMSyscall, schema: dict[str, Any],
-                    instruction: str | None) -> list[Any]:
+                    instruction: str | None) -> list[dict[str, Any]]:
         """Schema-constrained JSON: ``json_schema`` first, then ``json_object`` with the schema spelled out.
         Returns every response this cost (for usage); the last one carries the output."""
         fmt = {"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": False}}
@@ -294,13 +311,15 @@ class OpenAIBackend:
         try:
             # First without retries: a refusal is an answer, and llama.cpp's server refuses with a 500.
             return [self._create(model, messages, syscall, retries=0, map_errors=False, response_format=fmt)]
-        except self._openai.APIStatusError as exc:
+        except ProviderStatusError as exc:
             if not _refused_format(exc):
                 if exc.status_code in (408, 409, 429) or exc.status_code >= 500:  # transient: now with retries
                     return [self._create(model, messages, syscall, response_format=fmt)]
                 raise self._error(exc, model) from None
-        except self._openai.APIConnectionError:
+        except ProviderConnectionError:
             return [self._create(model, messages, syscall, response_format=fmt)]
+        except ProviderError as exc:
+            raise self._error(exc, model) from None
         text = schema_instruction(schema) if instruction is None else f"{instruction}\n{schema_instruction(schema)}"
         # "schema" beside json_object is the llama.cpp / Anyscale extension: grammar-constrained where understood.
         return [self._create(model, build_messages(syscall, text), syscall,
@@ -315,19 +334,18 @@ class OpenAIBackend:
         stop = [x for x in (rendered.stop or []) if x] or None
         while True:
             left = syscall.max_tokens - used["completion_tokens"]
-            try:
-                resp = self.client.completions.create(
-                    model=model, prompt=rendered.prompt + snap.text, max_tokens=min(self.quantum, left),
-                    temperature=0.0, seed=SEED, stop=stop, extra_body=self.settings.llm.extra_body or None)
-            except self._openai.OpenAIError as exc:
-                raise self._error(exc, model) from None
-            choice = resp.choices[0]
-            snap.text += choice.text or ""
-            if resp.usage:
-                used["prompt_tokens"] += resp.usage.prompt_tokens or 0
-                used["completion_tokens"] += resp.usage.completion_tokens or 0
-            if choice.finish_reason != "length" or used["completion_tokens"] >= syscall.max_tokens:
-                return make_result(content=snap.text, finish_reason=choice.finish_reason, model=resp.model or model,
+            resp = self._post("completions", model, {
+                "model": model, "prompt": rendered.prompt + snap.text, "max_tokens": min(self.quantum, left),
+                "temperature": 0.0, "seed": SEED, "stop": stop})
+            choice = resp["choices"][0]
+            snap.text += choice.get("text") or ""
+            usage = resp.get("usage")
+            if usage:
+                used["prompt_tokens"] += usage.get("prompt_tokens") or 0
+                used["completion_tokens"] += usage.get("completion_tokens") or 0
+            finish_reason = choice.get("finish_reason")
+            if finish_reason != "length" or used["completion_tokens"] >= syscall.max_tokens:
+                return make_result(content=snap.text, finish_reason=finish_reason, model=resp.get("model") or model,
                                    prompt_tokens=used["prompt_tokens"], completion_tokens=used["completion_tokens"])
             if self.others_waiting is not None and self.others_waiting():
                 snap.usage, snap.slices = used, snap.slices + 1
@@ -337,9 +355,9 @@ class OpenAIBackend:
         model = self._model(syscall)
         if (self.quantum and self._formatter is not None and syscall.output == "text"
                 and syscall.temperature == 0):
-            return _emit_whole(syscall, self._sliced(model, syscall, snapshot))
+            return self._sliced(model, syscall, snapshot)
         schema, instruction = prepare(syscall)
-        spent: list[Any] = []
+        spent: list[dict[str, Any]] = []
         if syscall.output == "tool_call":
             tools = [{"type": "function", "function": {"name": t.name, "description": t.description,
                                                        "parameters": t.parameters}} for t in syscall.tools]
@@ -348,15 +366,20 @@ class OpenAIBackend:
                 choice_arg = {"type": "function", "function": {"name": choice_arg}}
             extra = {"parallel_tool_calls": True} if syscall.parallel_tool_calls else {}
             resp = self._create(model, build_messages(syscall), syscall, tools=tools, tool_choice=choice_arg, **extra)
-            choice = resp.choices[0]
-            if not choice.message.tool_calls and syscall.tool_choice == "auto":
-                return make_result(content=choice.message.content or "", finish_reason=choice.finish_reason,
+            choice = resp["choices"][0]
+            message = choice.get("message") or {}
+            finish_reason = choice.get("finish_reason")
+            if not message.get("tool_calls") and syscall.tool_choice == "auto":
+                return make_result(content=message.get("content") or "", finish_reason=finish_reason,
                                    **_meta([resp], model))
-            if choice.message.tool_calls:
-                calls = [check_tool_call(c.function.name, _loads_args(c.function.arguments, c.function.name,
-                                                                       choice.finish_reason, syscall),
-                                         syscall.tools) for c in choice.message.tool_calls]
-                return make_result(content=choice.message.content, tool_calls=calls, finish_reason="tool_calls",
+            if message.get("tool_calls"):
+                calls = []
+                for c in message["tool_calls"]:
+                    function = c.get("function") or {}
+                    name = str(function.get("name") or "")
+                    calls.append(check_tool_call(name, _loads_args(function.get("arguments"), name, finish_reason,
+                                                                   syscall), syscall.tools))
+                return make_result(content=message.get("content"), tool_calls=calls, finish_reason="tool_calls",
                                    **_meta([resp], model))
             # The server ignored tool_choice (llama.cpp's server honours only a named tool): constrain instead.
             spent.append(resp)
@@ -364,17 +387,9 @@ class OpenAIBackend:
             spent += self._structured(model, syscall, schema, instruction)
         else:
             spent.append(self._create(model, build_messages(syscall), syscall))
-        choice = spent[-1].choices[0]
-        return _emit_whole(syscall, finish(syscall, choice.message.content, choice.finish_reason, schema,
-                                           **_meta(spent, model)))
-
-
-def _emit_whole(syscall: LLMSyscall, result: dict[str, Any]) -> dict[str, Any]:
-    """A streamed syscall on a server whose reply is not streamed to us: its text goes as one chunk."""
-    emit = current_emit.get() if syscall.stream else None
-    if emit is not None and result["content"]:
-        emit(0, result["content"])
-    return result
+        choice = spent[-1]["choices"][0]
+        return finish(syscall, (choice.get("message") or {}).get("content"), choice.get("finish_reason"), schema,
+                      **_meta(spent, model))
 
 
 def template_formatter(template: str) -> Any:
@@ -391,7 +406,7 @@ def template_formatter(template: str) -> Any:
     return llama_chat_format.Jinja2ChatFormatter(template=template, eos_token="", bos_token="")
 
 
-def _refused_format(exc: Any) -> bool:
+def _refused_format(exc: ProviderStatusError) -> bool:
     """Whether the server refused the ``json_schema`` response format itself (400/422, or llama.cpp's 500)."""
     return exc.status_code in (400, 422) or (exc.status_code == 500 and "response_format" in str(exc.message))
 
@@ -404,11 +419,12 @@ def _loads_args(arguments: str | None, name: str, finish_reason: str | None, sys
                         f"not valid JSON ({exc})") from None
 
 
-def _meta(responses: list[Any], model: str) -> dict[str, Any]:
+def _meta(responses: list[dict[str, Any]], model: str) -> dict[str, Any]:
     """Model name and usage summed over every request this syscall cost (fallbacks included)."""
-    prompt = sum((r.usage.prompt_tokens or 0) for r in responses if r.usage)
-    completion = sum((r.usage.completion_tokens or 0) for r in responses if r.usage)
-    return {"model": responses[-1].model or model, "prompt_tokens": prompt, "completion_tokens": completion}
+    usages = [u for r in responses if (u := r.get("usage"))]
+    prompt = sum((u.get("prompt_tokens") or 0) for u in usages)
+    completion = sum((u.get("completion_tokens") or 0) for u in usages)
+    return {"model": responses[-1].get("model") or model, "prompt_tokens": prompt, "completion_tokens": completion}
 
 
 # -- the service -------------------------------------------------------------------------------------------
@@ -459,6 +475,11 @@ class LLMService(BaseService):
         """Whether this worker's conversation cache holds a conversation of ``agent_id``."""
         engine = getattr(self._backend, "engine", None)
         return isinstance(engine, BatchEngine) and agent_id in engine.agents_held
+
+    def streams_text(self) -> bool:
+        """Whether this worker's backend sends a streamed syscall's text before the reply (see
+        :attr:`LLMBackend.streams`); the run step sets up a stream only for one that does."""
+        return bool(getattr(self.backend, "streams", True))
 
     @property
     def backend(self) -> LLMBackend:

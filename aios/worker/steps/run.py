@@ -22,6 +22,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("aios.worker")
 
 
+def _streams_text(service: object) -> bool:
+    """Whether the service sends a streamed syscall's text before its reply (the ``openai`` LLM backend does not:
+    its text comes whole in the reply, so no stream is set up, and no chunk repeats it)."""
+    streams = getattr(service, "streams_text", None)
+    return True if streams is None else bool(streams())
+
+
 class RunStep(Step):
     name = "run"
 
@@ -51,7 +58,7 @@ class RunStep(Step):
             # A cancel recorded while it runs, or its time limit, asks the service to stop it (the watch pass).
             with self.rt.cancels.running(syscall.id, syscall.agent_id, lambda exc: service.abort(syscall.id, exc),
                                          deadline=syscall.stop_at):
-                if isinstance(syscall, LLMSyscall) and syscall.stream:
+                if isinstance(syscall, LLMSyscall) and syscall.stream and _streams_text(service):
                     with self.rt.streams.streaming(syscall, call.agent_key):
                         result = service.handle(syscall, call.snapshot)
                 else:
