@@ -119,3 +119,21 @@ def test_the_lua_ager_moves_each_message_where_aged_priority_says(broker: redis.
         broker.delete(*lists)
     assert len({aged_priority(b, w, aging_s) - b for _, b, w in cases}) > 3, "the grid must cover several steps"
     assert not wrong, f"aging {aging_s}: (base, waited, lua put it in, aged_priority says, moved) {wrong[:10]}"
+
+
+@pytest.mark.integration
+def test_a_registered_script_runs_on_after_a_flush_and_a_dropped_connection(broker: redis.Redis) -> None:
+    """Scripts are called with one EVALSHA on a pooled connection (``scripts.LeanScript``); a server that forgot
+    them (a restart: SCRIPT FLUSH here) and a connection it dropped (CLIENT KILL) are ridden out, with the same
+    results, and a script's own error still reaches the caller."""
+    script = scripts.register(broker, "reply")
+    assert isinstance(script, scripts.LeanScript)
+    probe = scripts.LeanScript(broker, "return {KEYS[1], ARGV[1], redis.call('INCR', KEYS[1])}")
+    broker.delete("aios:test:lean")
+    assert probe(keys=["aios:test:lean"], args=["a"]) == [b"aios:test:lean", b"a", 1]
+    broker.script_flush()
+    assert probe(keys=["aios:test:lean"], args=["b"]) == [b"aios:test:lean", b"b", 2]
+    broker.client_kill_filter(_type="normal", skipme=False)  # every connection, this pool's included
+    assert probe(keys=["aios:test:lean"], args=["c"]) == [b"aios:test:lean", b"c", 3]
+    with pytest.raises(redis.ResponseError, match="boom"):
+        scripts.LeanScript(broker, "return redis.error_reply('boom')")()
