@@ -33,6 +33,7 @@ per no-op syscall.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import threading
@@ -156,6 +157,7 @@ _stock_brpop_start: Any = None
 log = logging.getLogger("aios.worker")
 
 
+@functools.cache
 def _take_script() -> tuple[str, str]:
     """The take script's text and SHA1."""
     from aios.state import scripts
