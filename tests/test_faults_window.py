@@ -4,6 +4,7 @@ syscalls used to wait out their lease."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -201,3 +202,30 @@ def test_a_consumer_that_never_acknowledges_leaves_no_unacked_record(broker: str
         assert got == [{"n": 1}]
         assert r.hlen("unacked") == 0 and r.zcard("unacked_index") == 0
         r.delete(queue)
+
+
+@pytest.mark.parametrize("broker", REDIS_BROKERS)
+def test_a_claim_read_ahead_for_a_message_refused_on_the_way_is_given_up(broker: str, tmp_path: Path,
+                                                                          request: pytest.FixtureRequest) -> None:
+    """A worker sends a message's claim reading as the message arrives (``Runtime.preload``), before its syscall is
+    decoded. A message refused after that (here: the envelope is Celery's, the syscall in it is not valid) must not
+    leave the claim behind: sent under a victim's syscall id, it would hold the victim's own syscall off for a
+    lease. The victim's syscall, published next under that id, runs at once."""
+    from tests.conftest import publish_raw
+
+    settings = make_broker_settings(broker, tmp_path, request, worker_concurrency=1)
+    with LocalKernel(settings, resources=["tool"]) as lk, authorized(lk.settings, "victim") as k:
+        state = redis.Redis.from_url(lk.settings.state_redis_url())
+        k.call_tool("noop")  # the worker's scripts are loaded: its read-ahead of the next claim runs
+        victim = k.tool_syscall("noop")
+        bogus = {"id": victim.id, "agent_id": "victim", "kind": "tool"}  # no tool, no signature
+        body = json.dumps([[bogus], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
+        publish_raw(lk.settings, body.encode(), content_type="application/json", message_id=victim.id)
+        deadline = time.monotonic() + 20
+        while not state.hlen(keys.STATS_REJECTED):
+            assert time.monotonic() < deadline, "the bogus message was never refused"
+            time.sleep(0.02)
+        assert not state.exists(keys.claim(victim.id)), "the refused message left its claim behind"
+        started = time.monotonic()
+        assert k.wait(k.submit(victim)) is None
+        assert time.monotonic() - started < 2.0

@@ -172,6 +172,7 @@ def on_revoked(rt: "Runtime", request: Any) -> None:
     if not isinstance(message_id, str) or not keys_ok(message_id):
         return
     try:
+        rt.drop_preload(message_id)  # read before the cancel was recorded: the pipeline reads again
         rt.cancels.record(message_id, keys.CANCEL_ANY)
         rt.execute(message_id, tuple(getattr(request, "args", ()) or ()), dict(getattr(request, "kwargs", {}) or {}),
                    worker=getattr(request, "hostname", None) or rt.resource)

@@ -26,6 +26,7 @@ import os
 import secrets
 import threading
 import time
+from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -98,6 +99,28 @@ def holder_dead(token: "bytes | str | None") -> bool:
     return False
 
 
+Reading = tuple[tuple[str, "str | float"], dict[bytes, bytes], dict[bytes, bytes], list["bytes | None"]]
+"""What :meth:`Claims.take_reading` returns: the claim's outcome (:meth:`Claims.settle`), the agent's credential
+record, the syscall's snapshot, and its cancel fields."""
+
+
+@dataclass
+class Preload:
+    """A claim reading sent as its message arrived, its reply still on ``conn`` (:meth:`Claims.send_reading`)."""
+
+    syscall_id: str
+    agent_id: str
+    credential: bool
+    snapshot: bool
+    token: str
+    conn: Any
+
+    def fits(self, syscall_id: str, agent_id: str, credential: bool, snapshot: bool) -> bool:
+        """Whether it read what the load step needs for this (decoded) syscall."""
+        return (self.syscall_id, self.agent_id, self.credential, self.snapshot) == \
+            (syscall_id, agent_id, credential, snapshot)
+
+
 class Claims:
     """One per worker process: takes, renews and gives up the claims of the deliveries it runs."""
 
@@ -130,16 +153,69 @@ class Claims:
         """A fresh token of this process: ``<holder>/<random>``."""
         return f"{self.holder}/{secrets.token_hex(12)}"
 
-    def take_reading(self, syscall_id: str, agent_id: str, *, credential: bool,
-                     snapshot: bool) -> tuple[tuple[str, str | float], dict[bytes, bytes], dict[bytes, bytes],
-                                              list[bytes | None]]:
+    def take_reading(self, syscall_id: str, agent_id: str, *, credential: bool, snapshot: bool) -> "Reading":
         """:meth:`take`, and in the same command what the worker's next steps read (the load step's one round
         trip): the agent's credential record (if ``credential``), the syscall's snapshot (if ``snapshot``), and the
         cancel fields it heeds (:func:`aios.worker.cancels.heeded`)."""
         token = self.token()
-        got = self._take(keys=[keys.claim(syscall_id), keys.result(syscall_id), keys.agent(agent_id),
-                               keys.context(syscall_id), keys.cancel(syscall_id)],
-                         args=[token, self._lease_ms, int(credential), int(snapshot), agent_id, keys.CANCEL_ANY])
+        return self._reading(syscall_id, token, self._take(*self._reading_call(syscall_id, agent_id, token,
+                                                                                credential, snapshot)))
+
+    def send_reading(self, syscall_id: str, agent_id: str, *, credential: bool, snapshot: bool) -> "Preload | None":
+        """Send :meth:`take_reading`'s command for a message as it arrives (the worker's event loop), without
+        waiting for its reply: its round trip then runs while the message is handed to a pool thread, which reads
+        the reply with :meth:`read_reading`. ``None`` if it could not be sent (the pool thread asks itself)."""
+        token = self.token()
+        keys_, args = self._reading_call(syscall_id, agent_id, token, credential, snapshot)
+        pool = self.redis.connection_pool
+        try:
+            conn: Any = pool.get_connection()
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            return None
+        try:
+            conn.send_command("EVALSHA", self._take.sha, len(keys_), *keys_, *args)
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            conn.disconnect()
+            pool.release(conn)
+            return None
+        return Preload(syscall_id, agent_id, credential, snapshot, token, conn)
+
+    def read_reading(self, pre: "Preload") -> "Reading":
+        """The reading :meth:`send_reading` asked for. A reply that did not come (a dropped connection, a server
+        that forgot the script) is asked again with the same token, which the claim script takes as this very
+        delivery's."""
+        got = self._reply(pre)
+        if got is None:
+            got = self._take(*self._reading_call(pre.syscall_id, pre.agent_id, pre.token, pre.credential,
+                                                 pre.snapshot))
+        return self._reading(pre.syscall_id, pre.token, got)
+
+    def discard(self, pre: "Preload") -> None:
+        """A preloaded reading no step will use (the message was refused before the load step, or revoked): its
+        reply read off the connection, and the claim it took given up."""
+        got = self._reply(pre)
+        if got is not None and int(got[0][0]) == 1:
+            self._release(keys=[keys.claim(pre.syscall_id)], args=[pre.token])
+
+    def _reply(self, pre: "Preload") -> Any:
+        pool = self.redis.connection_pool
+        try:
+            return pre.conn.read_response()
+        except redis.exceptions.NoScriptError:
+            return None
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            pre.conn.disconnect()
+            return None
+        finally:
+            pool.release(pre.conn)
+
+    def _reading_call(self, syscall_id: str, agent_id: str, token: str, credential: bool,
+                      snapshot: bool) -> tuple[list[str], list[Any]]:
+        return ([keys.claim(syscall_id), keys.result(syscall_id), keys.agent(agent_id), keys.context(syscall_id),
+                 keys.cancel(syscall_id)],
+                [token, self._lease_ms, int(credential), int(snapshot), agent_id, keys.CANCEL_ANY])
+
+    def _reading(self, syscall_id: str, token: str, got: Any) -> "Reading":
         claimed, record, snap, cancels = got
         return (self.settle(syscall_id, token, claimed), _pairs(record), _pairs(snap), cancels)
 

@@ -130,6 +130,7 @@ class KernelConsumer(Consumer):  # type: ignore[misc]  # celery ships no type hi
                     ack = ack_with_answer(message)
                     if ack is not None:
                         runtime.unacked[headers["id"]] = ack
+                runtime.preload(headers["id"], message.decode())
                 return handler(message)
             try:
                 refuse(message, runtime, *refusal)

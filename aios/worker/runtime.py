@@ -33,7 +33,7 @@ from aios.wire.priority import is_redis_url
 from aios.worker.affinity import Affinity
 from aios.worker.call import Call, Done, Refuse
 from aios.worker.cancels import Cancels
-from aios.worker.claims import Claims
+from aios.worker.claims import Claims, Preload
 from aios.worker.delayed import Delayed
 from aios.worker.pipeline import Pipeline, Step
 from aios.worker.refusals import Refusals
@@ -80,6 +80,8 @@ class Runtime:
         syscall): the broker's lists share the state's Redis database."""
         self.unacked: dict[str, Ack] = {}
         """Message id -> its delivery, to acknowledge with its answer (set by the gate, popped by the reply step)."""
+        self.preloads: dict[str, Preload] = {}
+        """Message id -> the claim reading sent as it arrived (:meth:`preload`, popped by the load step)."""
         self.arrived_from: dict[str, str] = {}
         """Message id -> the queue it came from (LLM workers with affinity; popped by the affinity step)."""
         self.affinity: Affinity | None = None
@@ -126,6 +128,33 @@ class Runtime:
             self.arrivals.pop(message_id, None)
             self.arrived_from.pop(message_id, None)
             self.unacked.pop(message_id, None)
+            self.drop_preload(message_id)
+
+    def preload(self, message_id: str, body: Any) -> None:
+        """As an accepted message arrives (the gate, on the worker's event loop), send its claim reading
+        (:meth:`aios.worker.claims.Claims.send_reading`), so that the round trip overlaps the handing over of the
+        message to a pool thread. Read from the message as published, unchecked: the load step uses it only if it
+        fits the syscall once decoded (else, and for a message refused before the load step, it is discarded and
+        its claim given up)."""
+        payload = body[0][0] if body and body[0] and isinstance(body[0][0], dict) else None
+        if payload is None or message_id in self.preloads:
+            return
+        agent, kind = payload.get("agent_id"), payload.get("kind")
+        if payload.get("id") != message_id or not isinstance(agent, str) or not 0 < len(agent) <= 128:
+            return
+        pre = self.claims.send_reading(message_id, agent, credential=self.settings.security.auth == "required",
+                                       snapshot=kind == "llm")
+        if pre is not None:
+            self.preloads[message_id] = pre
+
+    def drop_preload(self, message_id: str) -> None:
+        """Discard the claim reading of a message no load step will read (refused on the way, revoked)."""
+        pre = self.preloads.pop(message_id, None)
+        if pre is not None:
+            try:
+                self.claims.discard(pre)
+            except redis.RedisError as exc:  # the claim lapses with its lease
+                log.warning("could not give up the claim of syscall %s: %s", message_id, exc)
 
     def queue_waiting(self) -> bool:
         """Whether messages wait on this worker's queue (on Redis, every priority step), beyond those held."""

@@ -26,9 +26,15 @@ class LoadStep(Step):
 
     def before(self, call: Call) -> None:
         syscall = call.need()
-        call.claimed, record, snapshot, cancels = self.rt.claims.take_reading(
-            syscall.id, syscall.agent_id, credential=self.auth,
-            snapshot=syscall.kind == "llm")  # only LLM generations are ever suspended
+        snap = syscall.kind == "llm"  # only LLM generations are ever suspended
+        pre = self.rt.preloads.pop(call.message_id, None)
+        if pre is not None and pre.fits(syscall.id, syscall.agent_id, self.auth, snap):
+            reading = self.rt.claims.read_reading(pre)  # sent as the message arrived (aios.worker.runtime.preload)
+        else:
+            if pre is not None:
+                self.rt.claims.discard(pre)
+            reading = self.rt.claims.take_reading(syscall.id, syscall.agent_id, credential=self.auth, snapshot=snap)
+        call.claimed, record, snapshot, cancels = reading
         state, held = call.claimed
         call.answered = state == ANSWERED
         if state == CLAIMED:
