@@ -7,6 +7,10 @@ Both backends answer an :class:`~aios.syscalls.LLMSyscall` with the same result 
 
 Structured output (``json``, ``tool_call``) is always re-validated here with ``jsonschema``: llama.cpp silently
 falls back to a generic JSON grammar for schema features it cannot compile, and remote servers vary.
+
+Why this module is long: both backends answer to the one result contract above, and the service that picks between
+them sits beside them. The OpenAI-compatible backend is the part to move out next, with its prompt-template
+formatter (which borrows llama.cpp's chat formatter from here).
 """
 
 from __future__ import annotations
