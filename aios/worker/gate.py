@@ -120,17 +120,16 @@ class KernelConsumer(Consumer):  # type: ignore[misc]  # celery ships no type hi
         def gate(message: Any) -> Any:
             refusal = check_envelope(message, runtime)
             if refusal is None:
+                message_id: str = message.headers["id"]  # a syscall id: check_envelope saw to it
                 served = served_priority(message, runtime.settings.require_broker())
-                headers = message.headers if isinstance(message.headers, dict) else {}
-                if served is not None and isinstance(headers.get("id"), str):
-                    runtime.arrivals[headers["id"]] = served
-                if runtime.affinity is not None and isinstance(headers.get("id"), str):
-                    runtime.arrived_from[headers["id"]] = arrived_from(message)
-                if runtime.acks_with_answer and isinstance(headers.get("id"), str):
-                    ack = ack_with_answer(message)
-                    if ack is not None:
-                        runtime.unacked[headers["id"]] = ack
-                runtime.preload(headers["id"], message.decode())
+                if served is not None:
+                    runtime.arrivals[message_id] = served
+                if runtime.affinity is not None:
+                    runtime.arrived_from[message_id] = arrived_from(message)
+                ack = ack_with_answer(message) if runtime.acks_with_answer else None
+                if ack is not None:
+                    runtime.unacked[message_id] = ack
+                runtime.preload(message_id, message.decode())
                 return handler(message)
             try:
                 refuse(message, runtime, *refusal)

@@ -27,12 +27,12 @@ class LoadStep(Step):
     def before(self, call: Call) -> None:
         syscall = call.need()
         snap = syscall.kind == "llm"  # only LLM generations are ever suspended
-        pre = self.rt.preloads.pop(call.message_id, None)
+        pre = self.rt.preloads.get(call.message_id)
         if pre is not None and pre.fits(syscall.id, syscall.agent_id, self.auth, snap):
+            del self.rt.preloads[call.message_id]
             reading = self.rt.claims.read_reading(pre)  # sent as the message arrived (aios.worker.runtime.preload)
         else:
-            if pre is not None:
-                self.rt.claims.discard(pre)
+            self.rt.drop_preload(call.message_id)  # none, or read for another syscall than the one decoded
             reading = self.rt.claims.take_reading(syscall.id, syscall.agent_id, credential=self.auth, snapshot=snap)
         call.claimed, record, snapshot, cancels = reading
         state, held = call.claimed
